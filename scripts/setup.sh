@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sets up selfsup on a Debian machine:
+#   - Debian's dataset-fashion-mnist (the default data set, under /usr/share/datasets);
+#   - a Python venv holding the torch==2.11.0 wheel, used only as the source of libtorch,
+#     kept outside the clone in ~/.cache/selfsup/ and reused when its version matches;
+#   - the `.libtorch` link that .cargo/config.toml points tch at;
+#   - a release build of the binary (skipped with --no-build).
+set -euo pipefail
+TORCH_VERSION=2.11.0
+build=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-build) build=0 ;;
+    *) echo "setup.sh: unknown option '$arg' (known: --no-build)" >&2; exit 2 ;;
+  esac
+done
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${SELFSUP_CACHE:-$HOME/.cache/selfsup}
+venv=$cache/torch-$TORCH_VERSION
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  echo "setup: installing Debian's dataset-fashion-mnist" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist python3-venv >/dev/null
+fi
+
+have_version() {
+  [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null
+}
+if ! have_version; then
+  echo "setup: creating $venv with torch==$TORCH_VERSION (libtorch source)" >&2
+  rm -rf "$venv"
+  mkdir -p "$cache"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy
+  have_version || { echo "setup: torch $TORCH_VERSION did not install into $venv" >&2; exit 1; }
+fi
+torch_dir=$("$venv/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
+ln -sfn "$torch_dir" "$root/.libtorch"
+
+if [ "$build" = 1 ]; then
+  (cd "$root" && cargo build --release --quiet)
+  echo "setup: built $root/target/release/selfsup" >&2
+fi

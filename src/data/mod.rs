@@ -1,0 +1,225 @@
+//! Data sets (u8 images with labels, split into train and test) and the batch loader.
+
+pub mod idx;
+pub mod loader;
+
+pub use loader::{Batch, Loader, epoch_order};
+
+use anyhow::{Context, Result, bail};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use std::path::{Path, PathBuf};
+
+/// Where Debian's `dataset-fashion-mnist` package puts the IDX files.
+pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Images stored as u8, `[N, C, H, W]` row-major, with one label each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    pub images: Vec<u8>,
+    pub labels: Vec<i64>,
+    /// `[C, H, W]`
+    pub shape: [usize; 3],
+}
+
+impl Split {
+    pub fn new(images: Vec<u8>, labels: Vec<i64>, shape: [usize; 3]) -> Result<Split> {
+        let per = shape.iter().product::<usize>();
+        if per == 0 || images.len() != per * labels.len() {
+            bail!("{} image bytes do not hold {} images of shape {shape:?}", images.len(), labels.len());
+        }
+        Ok(Split { images, labels, shape })
+    }
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn image_len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.images[i * n..(i + 1) * n]
+    }
+    /// The images at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Split {
+        let mut images = Vec::with_capacity(indices.len() * self.image_len());
+        for &i in indices {
+            images.extend_from_slice(self.image(i));
+        }
+        let labels = indices.iter().map(|&i| self.labels[i]).collect();
+        Split { images, labels, shape: self.shape }
+    }
+    /// A seeded random subset of `n` images (all of them, in order, when `n` is 0 or too big).
+    pub fn subset(&self, n: usize, seed: u64) -> Split {
+        if n == 0 || n >= self.len() {
+            return self.clone();
+        }
+        let mut idx: Vec<usize> = (0..self.len()).collect();
+        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5b5e));
+        idx.truncate(n);
+        idx.sort_unstable();
+        self.select(&idx)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: String,
+    pub train: Split,
+    pub test: Split,
+    pub num_classes: usize,
+    pub class_names: Vec<String>,
+}
+
+pub const FASHION_MNIST_CLASSES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+
+/// A parsed `--data KIND[:PATH]`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSpec {
+    FashionMnist(PathBuf),
+    Mnist(PathBuf),
+}
+
+pub const DATA_KINDS: &str = "fashion-mnist, fashion-mnist:DIR, mnist:DIR";
+
+impl DataSpec {
+    pub fn parse(s: &str) -> Result<DataSpec> {
+        let (kind, path) = match s.split_once(':') {
+            Some((k, p)) => (k, Some(p)),
+            None => (s, None),
+        };
+        match (kind, path) {
+            ("fashion-mnist", None) => Ok(DataSpec::FashionMnist(DEBIAN_FASHION_MNIST.into())),
+            ("fashion-mnist", Some(p)) if !p.is_empty() => Ok(DataSpec::FashionMnist(p.into())),
+            ("mnist", Some(p)) if !p.is_empty() => Ok(DataSpec::Mnist(p.into())),
+            ("mnist", _) => bail!("data '{s}': mnist needs a folder, as mnist:DIR"),
+            _ => bail!("data '{s}' is not understood; expected one of: {DATA_KINDS}"),
+        }
+    }
+
+    pub fn load(&self) -> Result<Dataset> {
+        match self {
+            DataSpec::FashionMnist(dir) => {
+                let names = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
+                load_mnist_dir("fashion-mnist", dir, names)
+            }
+            DataSpec::Mnist(dir) => load_mnist_dir("mnist", dir, (0..10).map(|d| d.to_string()).collect()),
+        }
+    }
+}
+
+/// Loads the four standard IDX files from `dir` (each raw or with `.gz`).
+pub fn load_mnist_dir(name: &str, dir: &Path, class_names: Vec<String>) -> Result<Dataset> {
+    if !dir.is_dir() {
+        let hint = if dir == Path::new(DEBIAN_FASHION_MNIST) {
+            " (install Debian's package dataset-fashion-mnist, or run scripts/setup.sh)"
+        } else {
+            ""
+        };
+        bail!("data folder {} does not exist{hint}", dir.display());
+    }
+    let find = |stem: &str| -> Result<PathBuf> {
+        for cand in [format!("{stem}.gz"), stem.to_string()] {
+            let p = dir.join(&cand);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        bail!("{}: missing {stem} (or {stem}.gz)", dir.display())
+    };
+    let num_classes = class_names.len();
+    let split = |img: &str, lab: &str| -> Result<Split> {
+        let (ip, lp) = (find(img)?, find(lab)?);
+        let images = idx::read_idx(&ip)?;
+        let labels = idx::read_idx(&lp)?;
+        if images.dims.len() != 3 {
+            bail!("{}: expected 3 dimensions [N, H, W], found {:?}", ip.display(), images.dims);
+        }
+        if labels.dims.len() != 1 {
+            bail!("{}: expected 1 dimension [N], found {:?}", lp.display(), labels.dims);
+        }
+        if images.dims[0] != labels.dims[0] {
+            bail!("{} holds {} images but {} holds {} labels", ip.display(), images.dims[0], lp.display(), labels.dims[0]);
+        }
+        if let Some(pos) = labels.data.iter().position(|&l| l as usize >= num_classes) {
+            bail!("{}: label {} at index {pos} is out of range 0..{num_classes}", lp.display(), labels.data[pos]);
+        }
+        let labels = labels.data.iter().map(|&l| l as i64).collect();
+        Split::new(images.data, labels, [1, images.dims[1], images.dims[2]])
+            .with_context(|| format!("{}", ip.display()))
+    };
+    let train = split("train-images-idx3-ubyte", "train-labels-idx1-ubyte")?;
+    let test = split("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
+    if train.shape != test.shape {
+        bail!("{}: train images are {:?} but test images are {:?}", dir.display(), train.shape, test.shape);
+    }
+    Ok(Dataset { name: name.to_string(), train, test, num_classes, class_names })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn write_mnist_dir(dir: &Path, n_train: usize, n_test: usize, bad_label: bool) {
+        let mk = |n: usize, off: u8| {
+            let imgs: Vec<u8> = (0..n * 4 * 4).map(|i| (i as u8).wrapping_add(off)).collect();
+            let labs: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+            (imgs, labs)
+        };
+        let (ti, mut tl) = mk(n_train, 0);
+        let (vi, vl) = mk(n_test, 100);
+        if bad_label {
+            tl[1] = 10;
+        }
+        let w = |name: &str, b: Vec<u8>| std::fs::write(dir.join(name), b).unwrap();
+        w("train-images-idx3-ubyte", idx::encode_idx(&[n_train, 4, 4], &ti));
+        w("train-labels-idx1-ubyte", idx::encode_idx(&[n_train], &tl));
+        w("t10k-images-idx3-ubyte", idx::encode_idx(&[n_test, 4, 4], &vi));
+        w("t10k-labels-idx1-ubyte", idx::encode_idx(&[n_test], &vl));
+    }
+
+    #[test]
+    fn loads_an_mnist_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        write_mnist_dir(dir.path(), 12, 5, false);
+        let spec = DataSpec::parse(&format!("mnist:{}", dir.path().display())).unwrap();
+        let d = spec.load().unwrap();
+        assert_eq!((d.train.len(), d.test.len(), d.train.shape), (12, 5, [1, 4, 4]));
+        assert_eq!(d.train.image(1), &(16u8..32).collect::<Vec<_>>()[..]);
+        assert_eq!(d.train.labels[11], 1);
+        assert_eq!(d.test.image(0)[0], 100);
+    }
+
+    #[test]
+    fn bad_folders_give_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        write_mnist_dir(dir.path(), 12, 5, true);
+        let e = format!("{:#}", load_mnist_dir("mnist", dir.path(), vec!["x".into(); 10]).unwrap_err());
+        assert!(e.contains("train-labels-idx1-ubyte") && e.contains("out of range"), "{e}");
+        std::fs::remove_file(dir.path().join("t10k-images-idx3-ubyte")).unwrap();
+        write_mnist_dir(dir.path(), 12, 5, false);
+        std::fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte")).unwrap();
+        let e = format!("{:#}", load_mnist_dir("mnist", dir.path(), vec!["x".into(); 10]).unwrap_err());
+        assert!(e.contains("missing t10k-labels-idx1-ubyte"), "{e}");
+        let e = format!("{:#}", DataSpec::parse("mnist:/no/such/dir").unwrap().load().unwrap_err());
+        assert!(e.contains("/no/such/dir"), "{e}");
+        assert!(DataSpec::parse("cifar11:x").is_err());
+        assert!(DataSpec::parse("mnist").is_err());
+    }
+
+    #[test]
+    fn subset_is_seeded_and_sized() {
+        let s = Split::new((0..20u8).collect(), (0..20).collect(), [1, 1, 1]).unwrap();
+        let a = s.subset(5, 3);
+        assert_eq!(a.len(), 5);
+        assert_eq!(a, s.subset(5, 3));
+        assert_ne!(a, s.subset(5, 4));
+        for i in 0..5 {
+            assert_eq!(a.image(i)[0] as i64, a.labels[i]);
+        }
+    }
+}

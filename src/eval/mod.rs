@@ -1,0 +1,88 @@
+//! Evaluation of frozen representations: feature extraction, a linear probe and a
+//! kNN classifier. The same code scores the baselines (raw pixels, a random encoder).
+
+pub mod knn;
+pub mod linear;
+
+use crate::config::Config;
+use crate::data::{Dataset, Loader, Split};
+use crate::nets::Encoder;
+use serde::Serialize;
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+/// Features of every image of `split`, in order: `[N, D]` on `device`. The encoder runs in
+/// evaluation mode (BatchNorm uses its running statistics) without gradients.
+pub fn encoder_features(encoder: &Encoder, split: &Arc<Split>, batch_size: usize, device: Device) -> (Tensor, Tensor) {
+    features_with(split, batch_size, device, |x| encoder.forward_t(x, false))
+}
+
+/// Raw pixels in [0, 1] as features: `[N, C*H*W]`.
+pub fn pixel_features(split: &Arc<Split>, device: Device) -> (Tensor, Tensor) {
+    features_with(split, 1024, device, |x| x.flatten(1, -1))
+}
+
+/// Runs `f` over the split in order; returns (features `[N, D]`, labels `[N]`).
+pub fn features_with(split: &Arc<Split>, batch_size: usize, device: Device, f: impl Fn(&Tensor) -> Tensor) -> (Tensor, Tensor) {
+    let order: Vec<usize> = (0..split.len()).collect();
+    let (mut feats, mut labels) = (Vec::new(), Vec::new());
+    tch::no_grad(|| {
+        for b in Loader::new(split.clone(), order, batch_size, false, 2, device) {
+            feats.push(f(&b.images).to_kind(Kind::Float));
+            labels.push(b.labels);
+        }
+    });
+    (Tensor::cat(&feats, 0), Tensor::cat(&labels, 0))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scores {
+    pub linear_top1: f64,
+    pub linear_top5: f64,
+    pub knn_top1: f64,
+    pub feature_dim: i64,
+}
+
+/// Linear probe and kNN on (train, test) features.
+pub fn score(train: &(Tensor, Tensor), test: &(Tensor, Tensor), num_classes: i64, cfg: &Config) -> Scores {
+    let probe = linear::ProbeConfig {
+        epochs: cfg.probe_epochs,
+        lr: cfg.probe_lr,
+        batch_size: cfg.probe_batch_size,
+        weight_decay: cfg.probe_weight_decay,
+        seed: cfg.seed,
+    };
+    let (linear_top1, linear_top5) = linear::linear_probe(&train.0, &train.1, &test.0, &test.1, num_classes, &probe);
+    let knn_top1 = knn::knn_accuracy(&train.0, &train.1, &test.0, &test.1, num_classes, cfg.knn_k, cfg.knn_temperature);
+    Scores { linear_top1, linear_top5, knn_top1, feature_dim: train.0.size()[1] }
+}
+
+/// Extracts encoder features for both splits of `ds` and scores them.
+pub fn evaluate_encoder(encoder: &Encoder, ds: &Dataset, cfg: &Config, device: Device) -> Scores {
+    let (train, test) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
+    let tr = encoder_features(encoder, &train, 512, device);
+    let te = encoder_features(encoder, &test, 512, device);
+    score(&tr, &te, ds.num_classes as i64, cfg)
+}
+
+/// Fraction of rows of `scores` `[N, C]` whose top-`k` classes contain `labels` `[N]`.
+pub fn topk_accuracy(scores: &Tensor, labels: &Tensor, k: i64) -> f64 {
+    let k = k.min(scores.size()[1]);
+    let (_, idx) = scores.topk(k, 1, true, true); // [N, k]
+    let hit = idx.eq_tensor(&labels.unsqueeze(1)).any_dim(1, false);
+    hit.to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topk_accuracy_counts_hits() {
+        let s = Tensor::from_slice(&[0.1f32, 0.5, 0.4, 0.9, 0.05, 0.05, 0.2, 0.3, 0.5]).view([3, 3]);
+        let y = Tensor::from_slice(&[1i64, 1, 0]);
+        // row 0: top-1 = 1 (hit); row 1: top-1 = 0 (miss), top-2 = {0, 1} or {0, 2}; row 2: top-1 = 2 (miss)
+        assert!((topk_accuracy(&s, &y, 1) - 1.0 / 3.0).abs() < 1e-9);
+        assert!((topk_accuracy(&s, &y, 3) - 1.0).abs() < 1e-9);
+    }
+}

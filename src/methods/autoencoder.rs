@@ -1,0 +1,48 @@
+//! Autoencoder: encoder -> feature vector -> transposed-conv decoder, trained to reproduce
+//! its input under an L2 loss. The denoising variant (denoising.rs) corrupts the input
+//! and still reconstructs the clean image.
+
+use super::{DataInfo, Method, MethodSpec, StepCtx};
+use crate::config::Config;
+use crate::losses;
+use crate::nets::{self, Decoder, Encoder};
+use anyhow::Result;
+use tch::{nn, Tensor};
+
+pub const SPEC: MethodSpec = MethodSpec {
+    name: "autoencoder",
+    summary: "reconstruct the image from its feature vector (L2 loss)",
+    build: |p, cfg, data| Ok(Box::new(Autoencoder::new(p, cfg, data, None)?)),
+};
+
+/// A corruption applied to the input batch before encoding: `[B, C, H, W]` -> same.
+pub type Corruption = Box<dyn Fn(&Tensor) -> Tensor>;
+
+pub struct Autoencoder {
+    encoder: Encoder,
+    decoder: Decoder,
+    corrupt: Option<Corruption>,
+}
+
+impl Autoencoder {
+    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo, corrupt: Option<Corruption>) -> Result<Autoencoder> {
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
+        let decoder = Decoder::new(&(p / "decoder"), encoder.dim, &cfg.decoder_widths, data.shape)?;
+        Ok(Autoencoder { encoder, decoder, corrupt })
+    }
+}
+
+impl Method for Autoencoder {
+    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let input = match &self.corrupt {
+            Some(f) => f(images),
+            None => images.shallow_clone(),
+        };
+        let z = self.encoder.forward_t(&input, true); // [B, D]
+        let recon = self.decoder.forward_t(&z, true); // [B, C, H, W]
+        losses::mse(&recon, images)
+    }
+    fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+}

@@ -1,0 +1,60 @@
+//! Denoising autoencoder (Vincent et al. 2008): corrupt the input, reconstruct the clean
+//! image. Corruption is `gaussian` (x + N(0, noise_std^2), clipped to [0, 1]) or
+//! `masking` (each pixel, across all channels, zeroed with probability mask_ratio).
+
+use super::autoencoder::{Autoencoder, Corruption};
+use super::MethodSpec;
+use crate::config::Config;
+use anyhow::{Result, bail};
+use tch::{Kind, Tensor};
+
+pub const SPEC: MethodSpec = MethodSpec {
+    name: "denoising-autoencoder",
+    summary: "reconstruct the clean image from a noisy one (gaussian or masking noise)",
+    build: |p, cfg, data| Ok(Box::new(Autoencoder::new(p, cfg, data, Some(corruption(cfg)?))?)),
+};
+
+pub fn corruption(cfg: &Config) -> Result<Corruption> {
+    let (std, ratio) = (cfg.noise_std, cfg.mask_ratio);
+    Ok(match cfg.noise.as_str() {
+        "gaussian" => Box::new(move |x: &Tensor| (x + x.randn_like() * std).clamp(0.0, 1.0)),
+        "masking" => Box::new(move |x: &Tensor| {
+            let s = x.size(); // [B, C, H, W]
+            let keep = Tensor::rand([s[0], 1, s[2], s[3]], (Kind::Float, x.device())).ge(ratio);
+            x * keep.to_kind(Kind::Float)
+        }),
+        other => bail!("option noise = '{other}' is not one of {:?}", crate::config::NOISES),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking_zeroes_about_the_ratio_and_keeps_the_rest() {
+        tch::manual_seed(0);
+        let cfg = Config { noise: "masking".into(), mask_ratio: 0.3, ..Config::default() };
+        let x = Tensor::ones([8, 3, 16, 16], (Kind::Float, tch::Device::Cpu)) * 0.5;
+        let y = corruption(&cfg).unwrap()(&x);
+        let zero = y.eq(0.0).to_kind(Kind::Float);
+        let frac = zero.mean(Kind::Float).double_value(&[]);
+        assert!((frac - 0.3).abs() < 0.03, "masked fraction {frac}");
+        // Masks are per pixel: all channels of a pixel agree.
+        assert!(zero.std_dim(&[1i64][..], false, false).max().double_value(&[]) == 0.0);
+        // Kept pixels are unchanged.
+        let kept: Tensor = &x * (&zero * -1.0 + 1.0);
+        assert!((&y - kept).abs().max().double_value(&[]) == 0.0);
+    }
+
+    #[test]
+    fn gaussian_noise_has_the_configured_std() {
+        tch::manual_seed(1);
+        let cfg = Config { noise: "gaussian".into(), noise_std: 0.1, ..Config::default() };
+        let x = Tensor::ones([4, 1, 64, 64], (Kind::Float, tch::Device::Cpu)) * 0.5;
+        let y = corruption(&cfg).unwrap()(&x);
+        let std = (&y - &x).std(true).double_value(&[]);
+        assert!((std - 0.1).abs() < 0.005, "std {std}");
+        assert!(y.min().double_value(&[]) >= 0.0 && y.max().double_value(&[]) <= 1.0);
+    }
+}

@@ -1,0 +1,56 @@
+//! Pretraining methods: one file each, all behind the `Method` trait, listed in `REGISTRY`.
+//! Adding a method means one new file and one line in `REGISTRY`.
+
+pub mod autoencoder;
+pub mod denoising;
+
+use crate::config::Config;
+use crate::nets::Encoder;
+use anyhow::{Result, bail};
+use tch::{nn, Tensor};
+
+/// Where training is, passed to every step (schedules such as BYOL's momentum use it).
+#[derive(Debug, Clone, Copy)]
+pub struct StepCtx {
+    pub epoch: usize,
+    pub step: usize,
+    pub total_steps: usize,
+}
+
+/// What a method knows of the data it is built for.
+#[derive(Debug, Clone, Copy)]
+pub struct DataInfo {
+    /// `[C, H, W]`
+    pub shape: [i64; 3],
+    pub num_classes: i64,
+}
+
+pub trait Method {
+    /// The scalar training loss for a batch. `images`: `[B, C, H, W]` in [0, 1];
+    /// `labels`: `[B]` (only the supervised baseline may look at them).
+    fn loss(&mut self, images: &Tensor, labels: &Tensor, ctx: &StepCtx) -> Tensor;
+    /// The encoder whose frozen features are evaluated.
+    fn encoder(&self) -> &Encoder;
+    /// Runs after each optimizer step, without gradients (momentum updates, queues).
+    fn after_step(&mut self, _ctx: &StepCtx) {}
+}
+
+/// A registry entry. `build` creates the method's variables under the given path; the
+/// encoder must live under `encoder` so evaluation and export can find it.
+pub struct MethodSpec {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub build: fn(&nn::Path, &Config, &DataInfo) -> Result<Box<dyn Method>>,
+}
+
+pub const REGISTRY: &[MethodSpec] = &[autoencoder::SPEC, denoising::SPEC];
+
+pub fn find(name: &str) -> Result<&'static MethodSpec> {
+    match REGISTRY.iter().find(|m| m.name == name) {
+        Some(m) => Ok(m),
+        None => {
+            let names: Vec<&str> = REGISTRY.iter().map(|m| m.name).collect();
+            bail!("unknown method '{name}'; available: {}", names.join(", "))
+        }
+    }
+}

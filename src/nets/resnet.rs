@@ -1,0 +1,67 @@
+//! CIFAR-style ResNet-18: a 3x3 stride-1 stem, no max-pool, four stages of two basic blocks,
+//! global average pooling. Parameter names follow torchvision's `resnet18` (conv1, bn1,
+//! layer1.0.conv1, ..., layerN.0.downsample.0/1), apart from the stem, which torchvision
+//! makes 7x7 stride 2 followed by a max-pool.
+
+use super::conv_bn_relu;
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+#[derive(Debug)]
+struct BasicBlock {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    conv2: nn::Conv2D,
+    bn2: nn::BatchNorm,
+    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+}
+
+impl BasicBlock {
+    fn new(p: &nn::Path, cin: i64, cout: i64, stride: i64) -> BasicBlock {
+        let c3 = |stride| nn::ConvConfig { stride, padding: 1, bias: false, ..Default::default() };
+        let downsample = (stride != 1 || cin != cout).then(|| {
+            let c1 = nn::ConvConfig { stride, bias: false, ..Default::default() };
+            (
+                nn::conv2d(p / "downsample" / "0", cin, cout, 1, c1),
+                nn::batch_norm2d(p / "downsample" / "1", cout, Default::default()),
+            )
+        });
+        BasicBlock {
+            conv1: nn::conv2d(p / "conv1", cin, cout, 3, c3(stride)),
+            bn1: nn::batch_norm2d(p / "bn1", cout, Default::default()),
+            conv2: nn::conv2d(p / "conv2", cout, cout, 3, c3(1)),
+            bn2: nn::batch_norm2d(p / "bn2", cout, Default::default()),
+            downsample,
+        }
+    }
+}
+
+impl ModuleT for BasicBlock {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let out = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let out = out.apply(&self.conv2).apply_t(&self.bn2, train);
+        let shortcut = match &self.downsample {
+            Some((conv, bn)) => xs.apply(conv).apply_t(bn, train),
+            None => xs.shallow_clone(),
+        };
+        (out + shortcut).relu()
+    }
+}
+
+/// Returns the network and its feature dimension (512 x width).
+pub fn resnet18_cifar(p: &nn::Path, in_channels: i64, width: f64) -> (nn::SequentialT, i64) {
+    let w = |c: f64| ((c * width).round() as i64).max(1);
+    let widths = [w(64.0), w(128.0), w(256.0), w(512.0)];
+    let mut net = nn::seq_t().add(conv_bn_relu(p, "conv1", "bn1", in_channels, widths[0], 1));
+    let mut cin = widths[0];
+    for (i, &cout) in widths.iter().enumerate() {
+        let layer = p / format!("layer{}", i + 1);
+        let stride = if i == 0 { 1 } else { 2 };
+        net = net.add(BasicBlock::new(&(&layer / "0"), cin, cout, stride));
+        net = net.add(BasicBlock::new(&(&layer / "1"), cout, cout, 1));
+        cin = cout;
+    }
+    // [B, 512w, h, w] -> [B, 512w]
+    let net = net.add_fn(|x| x.mean_dim(&[-2i64, -1][..], false, tch::Kind::Float));
+    (net, cin)
+}

@@ -1,0 +1,38 @@
+//! Learning-rate schedule: linear warm-up then cosine decay, a small pure function.
+
+use std::f64::consts::PI;
+
+/// Learning rate for `step` (0-based) of `total` steps: rises linearly from base/warmup to
+/// `base` over the first `warmup` steps, then follows a half cosine down to `min` at the end.
+pub fn cosine_with_warmup(step: usize, total: usize, warmup: usize, base: f64, min: f64) -> f64 {
+    if step < warmup {
+        return base * (step + 1) as f64 / warmup as f64;
+    }
+    let decay_steps = total.saturating_sub(warmup).max(1);
+    let t = ((step - warmup) as f64 / decay_steps as f64).min(1.0);
+    min + (base - min) * 0.5 * (1.0 + (PI * t).cos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_then_cosine() {
+        let lr = |s| cosine_with_warmup(s, 110, 10, 1.0, 0.1);
+        assert!((lr(0) - 0.1).abs() < 1e-12);
+        assert!((lr(4) - 0.5).abs() < 1e-12);
+        assert!((lr(9) - 1.0).abs() < 1e-12);
+        assert!((lr(10) - 1.0).abs() < 1e-12);
+        // halfway through the decay: min + (base - min) / 2
+        assert!((lr(60) - 0.55).abs() < 1e-12);
+        assert!((lr(110) - 0.1).abs() < 1e-12);
+        // monotone decreasing after the warm-up
+        assert!((10..110).all(|s| lr(s + 1) <= lr(s)));
+    }
+
+    #[test]
+    fn no_warmup_starts_at_base() {
+        assert_eq!(cosine_with_warmup(0, 5, 0, 2.0, 0.0), 2.0);
+    }
+}
