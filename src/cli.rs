@@ -67,7 +67,12 @@ pub enum Command {
     /// Evaluate frozen features: linear probe (top-1/top-5) and kNN (top-1).
     Eval {
         /// A run folder written by `pretrain`.
-        #[arg(long, value_name = "DIR", conflicts_with = "baseline", required_unless_present = "baseline")]
+        #[arg(
+            long,
+            value_name = "DIR",
+            conflicts_with = "baseline",
+            required_unless_present = "baseline"
+        )]
         run: Option<PathBuf>,
         /// A baseline instead of a run: `raw` (pixels) or `random` (randomly initialised encoder).
         #[arg(long, value_parser = ["raw", "random"])]
@@ -92,9 +97,14 @@ pub fn parse_device(s: &str) -> Result<Device> {
         if i < cuda_n {
             Ok(Device::Cuda(i as usize))
         } else if cuda_n == 0 {
-            bail!("--device {s}: libtorch sees no CUDA device on this machine; use --device cpu or auto")
+            bail!(
+                "--device {s}: libtorch sees no CUDA device on this machine; use --device cpu or auto"
+            )
         } else {
-            bail!("--device {s}: only {cuda_n} CUDA device(s), numbered 0..{}", cuda_n - 1)
+            bail!(
+                "--device {s}: only {cuda_n} CUDA device(s), numbered 0..{}",
+                cuda_n - 1
+            )
         }
     };
     match s {
@@ -128,13 +138,16 @@ fn pct(x: f64) -> String {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    let device = parse_device(&cli.device)?;
     if let Some(n) = cli.threads {
         if n == 0 || n > 1024 {
             bail!("--threads {n}: must be between 1 and 1024");
         }
         tch::set_num_threads(n as i32);
         // Ignore the error if a pool already exists (only in tests).
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
     match cli.command {
         Command::Methods => {
@@ -144,54 +157,89 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Config { cfg } => {
-            print!("{}", toml::to_string(&build_config(&cfg, Config::default())?)?);
+            print!(
+                "{}",
+                toml::to_string(&build_config(&cfg, Config::default())?)?
+            );
             Ok(())
         }
-        Command::Pretrain { method, cfg, out, resume, quiet } => {
-            let device = parse_device(&cli.device)?;
-            pretrain(method, &cfg, &out, resume, quiet, device)
-        }
-        Command::Eval { run, baseline, cfg } => {
-            let device = parse_device(&cli.device)?;
-            match (run, baseline) {
-                (Some(run), None) => eval_run(&run, &cfg, device),
-                (None, Some(b)) => eval_baseline(&b, &cfg, device),
-                _ => bail!("eval needs exactly one of --run DIR or --baseline raw|random"),
-            }
-        }
+        Command::Pretrain {
+            method,
+            cfg,
+            out,
+            resume,
+            quiet,
+        } => pretrain(method, &cfg, &out, resume, quiet, device),
+        Command::Eval { run, baseline, cfg } => match (run, baseline) {
+            (Some(run), None) => eval_run(&run, &cfg, device),
+            (None, Some(b)) => eval_baseline(&b, &cfg, device),
+            _ => bail!("eval needs exactly one of --run DIR or --baseline raw|random"),
+        },
     }
 }
 
-fn pretrain(method: Option<String>, args: &ConfigArgs, out: &Path, resume: bool, quiet: bool, device: Device) -> Result<()> {
+fn pretrain(
+    method: Option<String>,
+    args: &ConfigArgs,
+    out: &Path,
+    resume: bool,
+    quiet: bool,
+    device: Device,
+) -> Result<()> {
     let cfg = if resume {
         let saved = checkpoint::load(out).context("--resume")?.meta.config;
         if let Some(m) = &method {
             if *m != saved.method {
-                bail!("--method {m} differs from the method '{}' of the run in {}", saved.method, out.display());
+                bail!(
+                    "--method {m} differs from the method '{}' of the run in {}",
+                    saved.method,
+                    out.display()
+                );
             }
         }
         let cfg = saved.with_overrides(&args.sets)?;
         cfg.validate()?;
         cfg
     } else {
-        let Some(method) = method else { bail!("pretrain needs --method NAME (see `selfsup methods`)") };
+        let Some(method) = method else {
+            bail!("pretrain needs --method NAME (see `selfsup methods`)")
+        };
         methods::find(&method)?;
         let mut sets = vec![format!("method=\"{method}\"")];
         sets.extend(args.sets.iter().cloned());
-        build_config(&ConfigArgs { config: args.config.clone(), sets }, Config::default())?
+        build_config(
+            &ConfigArgs {
+                config: args.config.clone(),
+                sets,
+            },
+            Config::default(),
+        )?
     };
     let ds = load_data(&cfg)?;
     eprintln!(
         "pretrain {} on {} ({} train images{}), encoder {}, {} epochs, device {:?}",
         cfg.method,
         ds.name,
-        ds.train.len().min(if cfg.train_subset == 0 { usize::MAX } else { cfg.train_subset }),
-        if cfg.train_subset == 0 { "" } else { ", subset" },
+        ds.train.len().min(if cfg.train_subset == 0 {
+            usize::MAX
+        } else {
+            cfg.train_subset
+        }),
+        if cfg.train_subset == 0 {
+            ""
+        } else {
+            ", subset"
+        },
         cfg.encoder,
         cfg.epochs,
         device
     );
-    let s = train::pretrain(&cfg, &ds, out, resume, device, quiet)?;
+    let opts = train::TrainOptions {
+        resume,
+        quiet,
+        stop_after_epochs: None,
+    };
+    let s = train::pretrain(&cfg, &ds, out, &opts, device)?;
     println!(
         "pretrained {}: {} epochs, {} steps, final loss {:.5}, {:.0} images/s, wall {:.1}s -> {}",
         cfg.method,
@@ -206,11 +254,20 @@ fn pretrain(method: Option<String>, args: &ConfigArgs, out: &Path, resume: bool,
 }
 
 /// Keys that may be changed when evaluating a saved run.
-const EVAL_KEYS: &[&str] = &["probe_epochs", "probe_lr", "probe_batch_size", "probe_weight_decay", "knn_k", "knn_temperature"];
+const EVAL_KEYS: &[&str] = &[
+    "probe_epochs",
+    "probe_lr",
+    "probe_batch_size",
+    "probe_weight_decay",
+    "knn_k",
+    "knn_temperature",
+];
 
 fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     if args.config.is_some() {
-        bail!("eval --run takes its config from the run; use --set for the eval keys {EVAL_KEYS:?}");
+        bail!(
+            "eval --run takes its config from the run; use --set for the eval keys {EVAL_KEYS:?}"
+        );
     }
     for s in &args.sets {
         let key = s.split_once('=').map(|(k, _)| k.trim()).unwrap_or(s);
@@ -223,7 +280,8 @@ fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     cfg.validate()?;
     let ds = load_data(&cfg)?;
     let model = Model::build(&cfg, &train::data_info(&ds), device)?;
-    checkpoint::load_into(&model.vs, &ck.model).with_context(|| format!("{}", run.join(checkpoint::FILE_NAME).display()))?;
+    checkpoint::load_into(&model.vs, &ck.model)
+        .with_context(|| format!("{}", run.join(checkpoint::FILE_NAME).display()))?;
     let t0 = Instant::now();
     let scores = eval::evaluate_encoder(model.method.encoder(), &ds, &cfg, device);
     let label = format!("{} ({} epochs)", cfg.method, ck.meta.epoch);
@@ -250,12 +308,17 @@ fn eval_baseline(which: &str, args: &ConfigArgs, device: Device) -> Result<()> {
         "random" => {
             tch::manual_seed(cfg.seed as i64);
             let vs = tch::nn::VarStore::new(device);
-            let enc = nets::build_encoder(&(vs.root() / "encoder"), &cfg, ds.train.shape[0] as i64)?;
+            let enc =
+                nets::build_encoder(&(vs.root() / "encoder"), &cfg, ds.train.shape[0] as i64)?;
             eval::evaluate_encoder(&enc, &ds, &cfg, device)
         }
         other => bail!("--baseline '{other}' is not one of raw, random"),
     };
-    let label = if which == "raw" { "raw pixels".to_string() } else { format!("random-init {}", cfg.encoder) };
+    let label = if which == "raw" {
+        "raw pixels".to_string()
+    } else {
+        format!("random-init {}", cfg.encoder)
+    };
     report(&label, &ds, &scores, t0.elapsed().as_secs_f64());
     Ok(())
 }
@@ -268,6 +331,10 @@ fn report(label: &str, ds: &crate::data::Dataset, s: &eval::Scores, secs: f64) {
         ds.test.len(),
         s.feature_dim
     );
-    println!("  linear probe   top-1 {:>7}   top-5 {:>7}", pct(s.linear_top1), pct(s.linear_top5));
+    println!(
+        "  linear probe   top-1 {:>7}   top-5 {:>7}",
+        pct(s.linear_top1),
+        pct(s.linear_top5)
+    );
     println!("  kNN            top-1 {:>7}", pct(s.knn_top1));
 }

@@ -154,13 +154,26 @@ impl Config {
         one_of("optimizer", &self.optimizer, OPTIMIZERS)?;
         one_of("noise", &self.noise, NOISES)?;
         if self.cnn_widths.is_empty() || self.cnn_widths.iter().any(|&w| w < 1 || w > 4096) {
-            bail!("option cnn_widths = {:?} must be a non-empty list of widths in 1..=4096", self.cnn_widths);
+            bail!(
+                "option cnn_widths = {:?} must be a non-empty list of widths in 1..=4096",
+                self.cnn_widths
+            );
         }
-        if self.decoder_widths.is_empty() || self.decoder_widths.iter().any(|&w| w < 1 || w > 4096) {
-            bail!("option decoder_widths = {:?} must be a non-empty list of widths in 1..=4096", self.decoder_widths);
+        if self.decoder_widths.is_empty() || self.decoder_widths.iter().any(|&w| w < 1 || w > 4096)
+        {
+            bail!(
+                "option decoder_widths = {:?} must be a non-empty list of widths in 1..=4096",
+                self.decoder_widths
+            );
         }
-        if !(self.resnet_width.is_finite() && self.resnet_width >= 0.125 && self.resnet_width <= 8.0) {
-            bail!("option resnet_width = {} must be between 0.125 and 8", self.resnet_width);
+        if !(self.resnet_width.is_finite()
+            && self.resnet_width >= 0.125
+            && self.resnet_width <= 8.0)
+        {
+            bail!(
+                "option resnet_width = {} must be between 0.125 and 8",
+                self.resnet_width
+            );
         }
         if self.epochs == 0 {
             bail!("option epochs must be at least 1");
@@ -171,11 +184,19 @@ impl Config {
         positive("lr", self.lr)?;
         non_negative("min_lr", self.min_lr)?;
         if self.min_lr > self.lr {
-            bail!("option min_lr = {} must not exceed lr = {}", self.min_lr, self.lr);
+            bail!(
+                "option min_lr = {} must not exceed lr = {}",
+                self.min_lr,
+                self.lr
+            );
         }
         non_negative("warmup_epochs", self.warmup_epochs)?;
         if self.warmup_epochs > self.epochs as f64 {
-            bail!("option warmup_epochs = {} exceeds epochs = {}", self.warmup_epochs, self.epochs);
+            bail!(
+                "option warmup_epochs = {} exceeds epochs = {}",
+                self.warmup_epochs,
+                self.epochs
+            );
         }
         if !(0.0..1.0).contains(&self.momentum) {
             bail!("option momentum = {} must be in [0, 1)", self.momentum);
@@ -214,7 +235,11 @@ mod tests {
     #[test]
     fn overrides_parse_numbers_lists_and_strings() {
         let c = Config::default()
-            .with_overrides(&["lr=0.5".into(), "cnn_widths=[8, 16]".into(), "optimizer=sgd".into()])
+            .with_overrides(&[
+                "lr=0.5".into(),
+                "cnn_widths=[8, 16]".into(),
+                "optimizer=sgd".into(),
+            ])
             .unwrap();
         assert_eq!(c.lr, 0.5);
         assert_eq!(c.cnn_widths, vec![8, 16]);
@@ -224,20 +249,32 @@ mod tests {
 
     #[test]
     fn bad_overrides_name_the_key() {
-        let e = Config::default().with_overrides(&["lrr=0.5".into()]).unwrap_err();
+        let e = Config::default()
+            .with_overrides(&["lrr=0.5".into()])
+            .unwrap_err();
         assert!(e.to_string().contains("unknown key 'lrr'"), "{e}");
-        let e = Config::default().with_overrides(&["epochs=many".into()]).unwrap_err();
+        let e = Config::default()
+            .with_overrides(&["epochs=many".into()])
+            .unwrap_err();
         assert!(e.to_string().contains("epochs=many"), "{e}");
-        let e = Config::default().with_overrides(&["noequals".into()]).unwrap_err();
+        let e = Config::default()
+            .with_overrides(&["noequals".into()])
+            .unwrap_err();
         assert!(e.to_string().contains("key=value"), "{e}");
-        let c = Config::default().with_overrides(&["optimizer=lion".into()]).unwrap();
+        let c = Config::default()
+            .with_overrides(&["optimizer=lion".into()])
+            .unwrap();
         let e = c.validate().unwrap_err();
         assert!(e.to_string().contains("optimizer"), "{e}");
     }
 
     #[test]
     fn toml_round_trip_keeps_the_config() {
-        let c = Config { lr: 0.25, method: "autoencoder".into(), ..Config::default() };
+        let c = Config {
+            lr: 0.25,
+            method: "autoencoder".into(),
+            ..Config::default()
+        };
         let text = toml::to_string(&c).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, c);

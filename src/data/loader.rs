@@ -22,7 +22,10 @@ pub struct Batch {
 /// The order of the `n` images in `epoch`: a permutation fixed by (seed, epoch).
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
-    let mix = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (epoch as u64).wrapping_add(1).wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let mix = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (epoch as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0xd1b5_4a32_d192_ed03);
     idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix));
     idx
 }
@@ -37,13 +40,20 @@ struct HostBatch {
 fn prepare(split: &Split, indices: &[usize]) -> HostBatch {
     let n = split.image_len();
     let mut images = vec![0f32; indices.len() * n];
-    images.par_chunks_mut(n).zip(indices.par_iter()).for_each(|(dst, &i)| {
-        for (d, &s) in dst.iter_mut().zip(split.image(i)) {
-            *d = s as f32 / 255.0;
-        }
-    });
+    images
+        .par_chunks_mut(n)
+        .zip(indices.par_iter())
+        .for_each(|(dst, &i)| {
+            for (d, &s) in dst.iter_mut().zip(split.image(i)) {
+                *d = s as f32 / 255.0;
+            }
+        });
     let labels = indices.iter().map(|&i| split.labels[i]).collect();
-    HostBatch { images, labels, indices: indices.to_vec() }
+    HostBatch {
+        images,
+        labels,
+        indices: indices.to_vec(),
+    }
 }
 
 /// An iterator over the batches of one pass through `order`.
@@ -80,7 +90,12 @@ impl Loader {
                 }
             }
         });
-        Loader { rx, shape, device, remaining }
+        Loader {
+            rx,
+            shape,
+            device,
+            remaining,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -98,9 +113,15 @@ impl Iterator for Loader {
         self.remaining -= 1;
         let [c, h, w] = self.shape.map(|d| d as i64);
         let b = hb.labels.len() as i64;
-        let images = Tensor::from_slice(&hb.images).view([b, c, h, w]).to_device(self.device);
+        let images = Tensor::from_slice(&hb.images)
+            .view([b, c, h, w])
+            .to_device(self.device);
         let labels = Tensor::from_slice(&hb.labels).to_device(self.device);
-        Some(Batch { images, labels, indices: hb.indices })
+        Some(Batch {
+            images,
+            labels,
+            indices: hb.indices,
+        })
     }
 }
 
@@ -117,13 +138,24 @@ mod tests {
     fn batches_have_the_right_shapes_and_values() {
         let s = split(10);
         let order = epoch_order(10, 1, 0);
-        let batches: Vec<Batch> = Loader::new(s.clone(), order.clone(), 4, false, 2, Device::Cpu).collect();
-        assert_eq!(batches.iter().map(|b| b.images.size()).collect::<Vec<_>>(), vec![vec![4, 2, 3, 3], vec![4, 2, 3, 3], vec![2, 2, 3, 3]]);
+        let batches: Vec<Batch> =
+            Loader::new(s.clone(), order.clone(), 4, false, 2, Device::Cpu).collect();
+        assert_eq!(
+            batches.iter().map(|b| b.images.size()).collect::<Vec<_>>(),
+            vec![vec![4, 2, 3, 3], vec![4, 2, 3, 3], vec![2, 2, 3, 3]]
+        );
         let b = &batches[1];
         let got = Vec::<f32>::try_from(b.images.get(0).flatten(0, -1)).unwrap();
-        let want: Vec<f32> = s.image(order[4]).iter().map(|&v| v as f32 / 255.0).collect();
+        let want: Vec<f32> = s
+            .image(order[4])
+            .iter()
+            .map(|&v| v as f32 / 255.0)
+            .collect();
         assert_eq!(got, want);
-        assert_eq!(Vec::<i64>::try_from(&b.labels).unwrap(), order[4..8].iter().map(|&i| i as i64).collect::<Vec<_>>());
+        assert_eq!(
+            Vec::<i64>::try_from(&b.labels).unwrap(),
+            order[4..8].iter().map(|&i| i as i64).collect::<Vec<_>>()
+        );
         assert_eq!(Loader::new(s, order, 4, true, 2, Device::Cpu).count(), 2);
     }
 
@@ -142,7 +174,9 @@ mod tests {
     fn same_seed_gives_the_same_batches() {
         let s = split(9);
         let run = || -> Vec<Vec<usize>> {
-            Loader::new(s.clone(), epoch_order(9, 5, 2), 3, true, 1, Device::Cpu).map(|b| b.indices).collect()
+            Loader::new(s.clone(), epoch_order(9, 5, 2), 3, true, 1, Device::Cpu)
+                .map(|b| b.indices)
+                .collect()
         };
         assert_eq!(run(), run());
     }

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::losses;
 use crate::nets::{self, Decoder, Encoder};
 use anyhow::Result;
-use tch::{nn, Tensor};
+use tch::{Tensor, nn};
 
 pub const SPEC: MethodSpec = MethodSpec {
     name: "autoencoder",
@@ -25,10 +25,24 @@ pub struct Autoencoder {
 }
 
 impl Autoencoder {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo, corrupt: Option<Corruption>) -> Result<Autoencoder> {
+    pub fn new(
+        p: &nn::Path,
+        cfg: &Config,
+        data: &DataInfo,
+        corrupt: Option<Corruption>,
+    ) -> Result<Autoencoder> {
         let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
-        let decoder = Decoder::new(&(p / "decoder"), encoder.dim, &cfg.decoder_widths, data.shape)?;
-        Ok(Autoencoder { encoder, decoder, corrupt })
+        let decoder = Decoder::new(
+            &(p / "decoder"),
+            encoder.dim,
+            &cfg.decoder_widths,
+            data.shape,
+        )?;
+        Ok(Autoencoder {
+            encoder,
+            decoder,
+            corrupt,
+        })
     }
 }
 

@@ -7,7 +7,7 @@ pub mod denoising;
 use crate::config::Config;
 use crate::nets::Encoder;
 use anyhow::{Result, bail};
-use tch::{nn, Tensor};
+use tch::{Tensor, nn};
 
 /// Where training is, passed to every step (schedules such as BYOL's momentum use it).
 #[derive(Debug, Clone, Copy)]

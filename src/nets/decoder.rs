@@ -5,8 +5,8 @@
 //! next width (the last stage keeps `widths[n-1]`) -> 3x3 conv to C channels -> sigmoid.
 
 use anyhow::{Result, bail};
-use tch::nn::{self, Module};
 use tch::Tensor;
+use tch::nn::{self, Module};
 
 #[derive(Debug)]
 pub struct Decoder {
@@ -23,20 +23,45 @@ impl Decoder {
         let f = 1i64 << n;
         let [c, h, w] = out_shape;
         if n == 0 || h % f != 0 || w % f != 0 {
-            bail!("option decoder_widths = {widths:?}: {} upsampling stages need the image size {h}x{w} to be divisible by {f}", widths.len());
+            bail!(
+                "option decoder_widths = {widths:?}: {} upsampling stages need the image size {h}x{w} to be divisible by {f}",
+                widths.len()
+            );
         }
         let start = [widths[0], h / f, w / f];
         let fc = nn::linear(p / "fc", in_dim, start.iter().product(), Default::default());
-        let cfg = nn::ConvTransposeConfig { stride: 2, padding: 1, bias: false, ..Default::default() };
+        let cfg = nn::ConvTransposeConfig {
+            stride: 2,
+            padding: 1,
+            bias: false,
+            ..Default::default()
+        };
         let mut stages = Vec::new();
         for i in 0..widths.len() {
             let (cin, cout) = (widths[i], widths[(i + 1).min(widths.len() - 1)]);
             let sp = p / format!("up{i}");
-            stages.push((nn::conv_transpose2d(&sp / "deconv", cin, cout, 4, cfg), nn::batch_norm2d(&sp / "bn", cout, Default::default())));
+            stages.push((
+                nn::conv_transpose2d(&sp / "deconv", cin, cout, 4, cfg),
+                nn::batch_norm2d(&sp / "bn", cout, Default::default()),
+            ));
         }
         let last = *widths.last().unwrap();
-        let out = nn::conv2d(p / "out", last, c, 3, nn::ConvConfig { padding: 1, ..Default::default() });
-        Ok(Decoder { fc, stages, out, start })
+        let out = nn::conv2d(
+            p / "out",
+            last,
+            c,
+            3,
+            nn::ConvConfig {
+                padding: 1,
+                ..Default::default()
+            },
+        );
+        Ok(Decoder {
+            fc,
+            stages,
+            out,
+            start,
+        })
     }
 
     /// `[B, D]` -> `[B, C, H, W]` in (0, 1)

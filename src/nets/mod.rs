@@ -9,8 +9,8 @@ pub use decoder::Decoder;
 
 use crate::config::Config;
 use anyhow::{Result, bail};
-use tch::nn::{self, ModuleT};
 use tch::Tensor;
+use tch::nn::{self, ModuleT};
 
 /// An encoder network with its output feature dimension.
 #[derive(Debug)]
@@ -38,7 +38,10 @@ pub fn build_encoder(p: &nn::Path, cfg: &Config, in_channels: i64) -> Result<Enc
             let (net, dim) = resnet::resnet18_cifar(p, in_channels, cfg.resnet_width);
             Ok(Encoder { net, dim })
         }
-        other => bail!("option encoder = '{other}' is not one of {:?}", crate::config::ENCODERS),
+        other => bail!(
+            "option encoder = '{other}' is not one of {:?}",
+            crate::config::ENCODERS
+        ),
     }
 }
 
@@ -52,10 +55,86 @@ pub fn parameter_count(vs: &nn::VarStore, prefix: &str) -> i64 {
 }
 
 /// conv -> batch norm -> ReLU, the building block of the small CNN and the ResNet stem.
-pub fn conv_bn_relu(p: &nn::Path, conv: &str, bn: &str, cin: i64, cout: i64, stride: i64) -> nn::SequentialT {
-    let cfg = nn::ConvConfig { stride, padding: 1, bias: false, ..Default::default() };
+pub fn conv_bn_relu(
+    p: &nn::Path,
+    conv: &str,
+    bn: &str,
+    cin: i64,
+    cout: i64,
+    stride: i64,
+) -> nn::SequentialT {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding: 1,
+        bias: false,
+        ..Default::default()
+    };
     nn::seq_t()
         .add(nn::conv2d(p / conv, cin, cout, 3, cfg))
         .add(nn::batch_norm2d(p / bn, cout, Default::default()))
         .add_fn(|x| x.relu())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn encoder(cfg: &Config, cin: i64) -> (nn::VarStore, Encoder) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let e = build_encoder(&(vs.root() / "encoder"), cfg, cin).unwrap();
+        (vs, e)
+    }
+
+    #[test]
+    fn resnet18_has_the_reference_parameter_count() {
+        // CIFAR ResNet-18 (3x3 stem, no max-pool) without its 10-way classifier:
+        // 11,173,962 parameters in total minus 512*10 + 10 for the classifier.
+        let cfg = Config {
+            encoder: "resnet18".into(),
+            ..Config::default()
+        };
+        let (vs, e) = encoder(&cfg, 3);
+        assert_eq!(e.dim, 512);
+        assert_eq!(parameter_count(&vs, "encoder."), 11_173_962 - 5_130);
+        let names = vs.variables();
+        for n in [
+            "encoder.conv1.weight",
+            "encoder.bn1.running_mean",
+            "encoder.layer2.0.downsample.0.weight",
+            "encoder.layer4.1.bn2.bias",
+        ] {
+            assert!(names.contains_key(n), "missing {n}");
+        }
+    }
+
+    #[test]
+    fn encoders_map_images_to_vectors() {
+        let x = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let (_, cnn) = encoder(&Config::default(), 1);
+        assert_eq!(cnn.forward_t(&x, true).size(), vec![2, 128]);
+        let cfg = Config {
+            encoder: "resnet18".into(),
+            resnet_width: 0.25,
+            ..Config::default()
+        };
+        let (_, r) = encoder(&cfg, 1);
+        assert_eq!(r.forward_t(&x, false).size(), vec![2, 128]);
+    }
+
+    #[test]
+    fn decoder_restores_the_image_shape() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let d = Decoder::new(&vs.root(), 16, &[8, 4], [3, 32, 32]).unwrap();
+        let y = d.forward_t(&Tensor::randn([5, 16], (Kind::Float, Device::Cpu)), true);
+        assert_eq!(y.size(), vec![5, 3, 32, 32]);
+        assert!(y.min().double_value(&[]) > 0.0 && y.max().double_value(&[]) < 1.0);
+        let e = Decoder::new(&(vs.root() / "b"), 16, &[8, 4, 2], [1, 28, 28])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("decoder_widths") && e.contains("divisible by 8"),
+            "{e}"
+        );
+    }
 }

@@ -4,8 +4,8 @@
 //! makes 7x7 stride 2 followed by a max-pool.
 
 use super::conv_bn_relu;
-use tch::nn::{self, ModuleT};
 use tch::Tensor;
+use tch::nn::{self, ModuleT};
 
 #[derive(Debug)]
 struct BasicBlock {
@@ -18,9 +18,18 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn new(p: &nn::Path, cin: i64, cout: i64, stride: i64) -> BasicBlock {
-        let c3 = |stride| nn::ConvConfig { stride, padding: 1, bias: false, ..Default::default() };
+        let c3 = |stride| nn::ConvConfig {
+            stride,
+            padding: 1,
+            bias: false,
+            ..Default::default()
+        };
         let downsample = (stride != 1 || cin != cout).then(|| {
-            let c1 = nn::ConvConfig { stride, bias: false, ..Default::default() };
+            let c1 = nn::ConvConfig {
+                stride,
+                bias: false,
+                ..Default::default()
+            };
             (
                 nn::conv2d(p / "downsample" / "0", cin, cout, 1, c1),
                 nn::batch_norm2d(p / "downsample" / "1", cout, Default::default()),

@@ -36,7 +36,10 @@ impl Model {
 
 pub fn data_info(ds: &Dataset) -> DataInfo {
     let [c, h, w] = ds.train.shape.map(|d| d as i64);
-    DataInfo { shape: [c, h, w], num_classes: ds.num_classes as i64 }
+    DataInfo {
+        shape: [c, h, w],
+        num_classes: ds.num_classes as i64,
+    }
 }
 
 /// What a finished pretraining run reports.
@@ -55,15 +58,39 @@ pub fn steps_per_epoch(n: usize, batch_size: usize) -> usize {
     n / batch_size
 }
 
+/// How one invocation of the training loop behaves (the run itself is the `Config`).
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from the checkpoint in the run folder.
+    pub resume: bool,
+    /// No progress bar or per-epoch lines.
+    pub quiet: bool,
+    /// Stop (after checkpointing) once this many epochs of the run are complete, leaving the
+    /// rest for a later `resume`.
+    pub stop_after_epochs: Option<usize>,
+}
+
 /// Pretrains `cfg.method` on `ds`, writing metrics and checkpoints into `out`.
-/// With `resume`, continues from the checkpoint in `out` (its config is used).
-pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, resume: bool, device: Device, quiet: bool) -> Result<Summary> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
+pub fn pretrain(
+    cfg: &Config,
+    ds: &Dataset,
+    out: &Path,
+    opts: &TrainOptions,
+    device: Device,
+) -> Result<Summary> {
+    let (resume, quiet) = (opts.resume, opts.quiet);
+    let stop_at = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create run folder {}", out.display()))?;
     let ckpt_path = out.join(checkpoint::FILE_NAME);
     let train = Arc::new(ds.train.subset(cfg.train_subset, cfg.seed));
     let spe = steps_per_epoch(train.len(), cfg.batch_size);
     if spe == 0 {
-        bail!("batch_size = {} is larger than the {} training images", cfg.batch_size, train.len());
+        bail!(
+            "batch_size = {} is larger than the {} training images",
+            cfg.batch_size,
+            train.len()
+        );
     }
     let total_steps = spe * cfg.epochs;
     let warmup = (cfg.warmup_epochs * spe as f64).round() as usize;
@@ -73,14 +100,23 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, resume: bool, device: De
     let (mut epoch, mut step, mut wall_before) = (0usize, 0usize, 0f64);
     if resume {
         let ck = checkpoint::load(out)?;
-        checkpoint::load_into(&model.vs, &ck.model).with_context(|| format!("{}", ckpt_path.display()))?;
-        opt.load_state(ck.optim).with_context(|| format!("{}", ckpt_path.display()))?;
+        checkpoint::load_into(&model.vs, &ck.model)
+            .with_context(|| format!("{}", ckpt_path.display()))?;
+        opt.load_state(ck.optim)
+            .with_context(|| format!("{}", ckpt_path.display()))?;
         (epoch, step, wall_before) = (ck.meta.epoch, ck.meta.step, ck.meta.wall_seconds);
         if step != epoch * spe {
-            bail!("{}: step {} does not match epoch {epoch} x {spe} steps per epoch; was the data or batch size changed?", ckpt_path.display(), step);
+            bail!(
+                "{}: step {} does not match epoch {epoch} x {spe} steps per epoch; was the data or batch size changed?",
+                ckpt_path.display(),
+                step
+            );
         }
     } else if ckpt_path.exists() {
-        bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display());
+        bail!(
+            "{} already holds a run; pass --resume to continue it or choose another --out",
+            out.display()
+        );
     }
     std::fs::write(out.join("config.toml"), toml::to_string(cfg)?)?;
 
@@ -89,7 +125,11 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, resume: bool, device: De
         .append(true)
         .open(out.join("metrics.jsonl"))
         .with_context(|| format!("cannot open {}", out.join("metrics.jsonl").display()))?;
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total_steps as u64) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total_steps as u64)
+    };
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
             .unwrap()
@@ -98,15 +138,26 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, resume: bool, device: De
     bar.set_position(step as u64);
     let started = Instant::now();
     let (mut images_seen, mut final_loss) = (0usize, f64::NAN);
-    while epoch < cfg.epochs {
+    while epoch < stop_at {
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let order = data::epoch_order(train.len(), cfg.seed, epoch);
-        let loader = Loader::new(train.clone(), order, cfg.batch_size, true, cfg.prefetch, device);
+        let loader = Loader::new(
+            train.clone(),
+            order,
+            cfg.batch_size,
+            true,
+            cfg.prefetch,
+            device,
+        );
         let (mut loss_sum, mut loss_n) = (0f64, 0usize);
         let epoch_start = Instant::now();
         let mut window = (Instant::now(), 0usize);
         for batch in loader {
-            let ctx = StepCtx { epoch, step, total_steps };
+            let ctx = StepCtx {
+                epoch,
+                step,
+                total_steps,
+            };
             let lr = schedule::cosine_with_warmup(step, total_steps, warmup, cfg.lr, cfg.min_lr);
             tch::manual_seed(checkpoint::step_seed(cfg.seed, step));
             opt.zero_grad();
@@ -116,7 +167,10 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, resume: bool, device: De
             tch::no_grad(|| model.method.after_step(&ctx));
             let l = loss.double_value(&[]);
             if !l.is_finite() {
-                bail!("loss became {l} at step {step} (epoch {}); try a lower lr", epoch + 1);
+                bail!(
+                    "loss became {l} at step {step} (epoch {}); try a lower lr",
+                    epoch + 1
+                );
             }
             let b = batch.indices.len();
             (loss_sum, loss_n, images_seen) = (loss_sum + l, loss_n + 1, images_seen + b);
@@ -141,7 +195,12 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, resume: bool, device: De
                          "images_per_sec": (loss_n * cfg.batch_size) as f64 / secs, "epoch_seconds": secs, "time": wall});
         writeln!(metrics, "{rec}")?;
         metrics.flush()?;
-        checkpoint::save(out, &model.vs, &opt.state_tensors(), &checkpoint::Meta::new(cfg, epoch, step, wall))?;
+        checkpoint::save(
+            out,
+            &model.vs,
+            &opt.state_tensors(),
+            &checkpoint::Meta::new(cfg, epoch, step, wall),
+        )?;
         if !quiet {
             bar.println(format!(
                 "epoch {epoch}/{}: mean loss {mean_loss:.5}, {:.0} img/s, {secs:.1}s; checkpoint saved",
@@ -159,4 +218,232 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, resume: bool, device: De
         images_per_sec: images_seen as f64 / secs.max(1e-9),
         wall_seconds: wall_before + secs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Split;
+    use tch::Tensor;
+
+    /// 96 tiny 1x8x8 images: bright squares at a few positions, with labels.
+    pub(crate) fn tiny_dataset() -> Dataset {
+        let make = |n: usize, off: usize| {
+            let mut imgs = vec![0u8; n * 64];
+            let mut labels = Vec::new();
+            for i in 0..n {
+                let k = (i + off) % 4;
+                let (r, c) = [(0, 0), (0, 4), (4, 0), (4, 4)][k];
+                for y in r..r + 4 {
+                    for x in c..c + 4 {
+                        imgs[i * 64 + y * 8 + x] = 200 + ((i * 7) % 50) as u8;
+                    }
+                }
+                labels.push(k as i64);
+            }
+            Split::new(imgs, labels, [1, 8, 8]).unwrap()
+        };
+        Dataset {
+            name: "tiny".into(),
+            train: make(96, 0),
+            test: make(32, 1),
+            num_classes: 4,
+            class_names: vec![],
+        }
+    }
+
+    pub(crate) fn tiny_config(method: &str) -> Config {
+        Config {
+            method: method.into(),
+            cnn_widths: vec![4, 8],
+            decoder_widths: vec![8, 4],
+            batch_size: 16,
+            epochs: 4,
+            warmup_epochs: 1.0,
+            lr: 1e-2,
+            log_every: 1,
+            ..Config::default()
+        }
+    }
+
+    fn epoch_losses(out: &Path) -> Vec<f64> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "epoch")
+            .map(|v| v["loss"].as_f64().unwrap())
+            .collect()
+    }
+
+    fn vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> = vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn quiet() -> TrainOptions {
+        TrainOptions {
+            quiet: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn autoencoder_loss_decreases() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            epochs: 12,
+            ..tiny_config("autoencoder")
+        };
+        let s = pretrain(&cfg, &tiny_dataset(), dir.path(), &quiet(), Device::Cpu).unwrap();
+        assert_eq!((s.epochs, s.steps), (12, 12 * 6));
+        let l = epoch_losses(dir.path());
+        assert_eq!(l.len(), 12);
+        assert!(l[11] < 0.5 * l[0], "losses {l:?}");
+    }
+
+    #[test]
+    fn checkpoint_round_trip_gives_equal_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = tiny_dataset();
+        let cfg = Config {
+            epochs: 1,
+            ..tiny_config("denoising-autoencoder")
+        };
+        pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
+        let ck = checkpoint::load(dir.path()).unwrap();
+        assert_eq!(ck.meta.config, cfg);
+        assert_eq!((ck.meta.epoch, ck.meta.step), (1, 6));
+        // A model built with another seed differs until the checkpoint is loaded.
+        let other = Model::build(
+            &Config {
+                seed: 99,
+                ..cfg.clone()
+            },
+            &data_info(&ds),
+            Device::Cpu,
+        )
+        .unwrap();
+        let before = vars(&other.vs);
+        let saved = ck
+            .model
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shallow_clone()))
+            .collect::<Vec<_>>();
+        assert!(
+            before
+                .iter()
+                .zip(&saved)
+                .any(|((_, a), (_, b))| !a.equal(b))
+        );
+        checkpoint::load_into(&other.vs, &ck.model).unwrap();
+        let after = vars(&other.vs);
+        assert_eq!(after.len(), saved.len());
+        for ((ka, a), (kb, b)) in after.iter().zip(&saved) {
+            assert_eq!(ka, kb);
+            assert!(a.equal(b), "{ka} differs after loading");
+        }
+        // Optimizer state travelled too: AdamW moments for every trainable parameter.
+        let n_trainable = before.iter().filter(|(_, t)| t.requires_grad()).count();
+        assert_eq!(ck.optim.len(), 2 * n_trainable + 1);
+        // No temporary file is left behind.
+        assert!(!dir.path().join("checkpoint.safetensors.tmp").exists());
+    }
+
+    #[test]
+    fn checkpoint_rejects_mismatched_models_and_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = tiny_dataset();
+        let cfg = Config {
+            epochs: 1,
+            ..tiny_config("autoencoder")
+        };
+        pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
+        let ck = checkpoint::load(dir.path()).unwrap();
+        let wider = Model::build(
+            &Config {
+                cnn_widths: vec![4, 16],
+                ..cfg.clone()
+            },
+            &data_info(&ds),
+            Device::Cpu,
+        )
+        .unwrap();
+        let e = checkpoint::load_into(&wider.vs, &ck.model)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shape"), "{e}");
+        std::fs::write(dir.path().join(checkpoint::FILE_NAME), b"not a checkpoint").unwrap();
+        let e = format!("{:#}", checkpoint::load(dir.path()).err().unwrap());
+        assert!(
+            e.contains("checkpoint.safetensors") && e.contains("not a valid safetensors"),
+            "{e}"
+        );
+        // An existing run is not overwritten without --resume.
+        let e = pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--resume"), "{e}");
+    }
+
+    #[test]
+    fn resume_continues_steps_schedule_and_state_exactly() {
+        let ds = tiny_dataset();
+        let cfg = tiny_config("denoising-autoencoder");
+        // One uninterrupted run of 4 epochs.
+        let full = tempfile::tempdir().unwrap();
+        pretrain(&cfg, &ds, full.path(), &quiet(), Device::Cpu).unwrap();
+        // The same run stopped after 2 epochs, then resumed.
+        let split = tempfile::tempdir().unwrap();
+        let first = TrainOptions {
+            stop_after_epochs: Some(2),
+            ..quiet()
+        };
+        let s1 = pretrain(&cfg, &ds, split.path(), &first, Device::Cpu).unwrap();
+        assert_eq!((s1.epochs, s1.steps), (2, 12));
+        let s2 = pretrain(
+            &cfg,
+            &ds,
+            split.path(),
+            &TrainOptions {
+                resume: true,
+                ..quiet()
+            },
+            Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!((s2.epochs, s2.steps), (4, 24));
+
+        let a = checkpoint::load(full.path()).unwrap();
+        let b = checkpoint::load(split.path()).unwrap();
+        assert_eq!((b.meta.epoch, b.meta.step), (4, 24));
+        for ((ka, ta), (kb, tb)) in a
+            .model
+            .iter()
+            .chain(&a.optim)
+            .zip(b.model.iter().chain(&b.optim))
+        {
+            assert_eq!(ka, kb);
+            assert!(
+                ta.allclose(tb, 1e-5, 1e-6, false),
+                "{ka} differs between the straight and the resumed run"
+            );
+        }
+        // The step records continue where they stopped, with the same learning rates.
+        let recs = |d: &Path| -> Vec<(u64, f64)> {
+            std::fs::read_to_string(d.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v["kind"] == "step")
+                .map(|v| (v["step"].as_u64().unwrap(), v["lr"].as_f64().unwrap()))
+                .collect()
+        };
+        assert_eq!(recs(split.path()), recs(full.path()));
+        assert_eq!(
+            recs(split.path()).iter().map(|r| r.0).collect::<Vec<_>>(),
+            (1..=24).collect::<Vec<_>>()
+        );
+    }
 }
