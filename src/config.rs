@@ -45,6 +45,19 @@ pub struct Config {
     pub noise_std: f64,
     pub mask_ratio: f64,
 
+    /// CPC: patch size and stride of the patch grid (28x28 -> 6x6 grid of 8x8 at stride 4).
+    pub cpc_patch: i64,
+    pub cpc_stride: i64,
+    /// CPC: predict rows t+1..t+cpc_steps from the context at row t.
+    pub cpc_steps: i64,
+    /// CPC context network: `masked-conv` (causal convolutions, PixelCNN style) or `gru`
+    /// (a GRU running down each column).
+    pub cpc_context: String,
+    /// CPC: number of causal conv layers of the masked-conv context network.
+    pub cpc_context_layers: i64,
+    /// CPC: negatives per prediction step, drawn from all positions of all images in the batch.
+    pub cpc_negatives: i64,
+
     /// Log a line to metrics.jsonl every this many steps.
     pub log_every: usize,
     /// Batches prepared ahead of the training step.
@@ -82,6 +95,12 @@ impl Default for Config {
             noise: "gaussian".into(),
             noise_std: 0.4,
             mask_ratio: 0.5,
+            cpc_patch: 8,
+            cpc_stride: 4,
+            cpc_steps: 2,
+            cpc_context: "masked-conv".into(),
+            cpc_context_layers: 3,
+            cpc_negatives: 1024,
             log_every: 20,
             prefetch: 4,
             probe_epochs: 30,
@@ -97,6 +116,7 @@ impl Default for Config {
 pub const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw"];
 pub const ENCODERS: &[&str] = &["cnn", "resnet18"];
 pub const NOISES: &[&str] = &["gaussian", "masking"];
+pub const CPC_CONTEXTS: &[&str] = &["masked-conv", "gru"];
 
 impl Config {
     /// Reads a TOML file (keys as in this struct; unknown keys are an error).
@@ -205,6 +225,29 @@ impl Config {
         non_negative("noise_std", self.noise_std)?;
         if !(0.0..1.0).contains(&self.mask_ratio) {
             bail!("option mask_ratio = {} must be in [0, 1)", self.mask_ratio);
+        }
+        one_of("cpc_context", &self.cpc_context, CPC_CONTEXTS)?;
+        if self.cpc_patch < 1 || self.cpc_stride < 1 || self.cpc_stride > self.cpc_patch {
+            bail!(
+                "options cpc_patch = {} and cpc_stride = {} must satisfy 1 <= cpc_stride <= cpc_patch",
+                self.cpc_patch,
+                self.cpc_stride
+            );
+        }
+        if self.cpc_steps < 1 {
+            bail!("option cpc_steps = {} must be at least 1", self.cpc_steps);
+        }
+        if !(1..=64).contains(&self.cpc_context_layers) {
+            bail!(
+                "option cpc_context_layers = {} must be in 1..=64",
+                self.cpc_context_layers
+            );
+        }
+        if self.cpc_negatives < 1 {
+            bail!(
+                "option cpc_negatives = {} must be at least 1",
+                self.cpc_negatives
+            );
         }
         if self.log_every == 0 {
             bail!("option log_every must be at least 1");

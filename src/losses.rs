@@ -12,12 +12,65 @@ pub fn mse(pred: &Tensor, target: &Tensor) -> Tensor {
 /// sum(w * (pred - target)^2) / sum(w). `weight` broadcasts against `pred`.
 pub fn weighted_mse(pred: &Tensor, target: &Tensor, weight: &Tensor) -> Tensor {
     let w = weight.expand_as(pred);
-    ((pred - target).square() * &w).sum(Kind::Float) / w.sum(Kind::Float).clamp_min(1e-12)
+    ((pred - target).square() * &w).sum(pred.kind()) / w.sum(pred.kind()).clamp_min(1e-12)
 }
 
 /// Mean cross-entropy of `logits` `[B, K]` against class indices `targets` `[B]`.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
-    logits.cross_entropy_for_logits(targets)
+    logits.log_softmax(-1, logits.kind()).nll_loss(targets)
+}
+
+/// InfoNCE (van den Oord et al. 2018) with a shared set of negatives, as in CPC and MoCo.
+///
+/// `query` `[N, D]` is scored against its own `positive` `[N, D]` (row i with row i) and
+/// against every row of `negatives` `[M, D]`, by dot product / `temperature`; the loss is
+/// the mean cross-entropy of picking the positive among the 1 + M candidates.
+/// `exclude` `[N, M]` (bool), when given, removes candidates from the denominator: e.g.
+/// a negative that is the query's own positive.
+pub fn info_nce(
+    query: &Tensor,
+    positive: &Tensor,
+    negatives: &Tensor,
+    temperature: f64,
+    exclude: Option<&Tensor>,
+) -> Tensor {
+    let pos = (query * positive).sum_dim_intlist(&[1i64][..], true, query.kind()); // [N, 1]
+    let mut neg = query.matmul(&negatives.tr()); // [N, M]
+    if let Some(mask) = exclude {
+        neg = neg.masked_fill(mask, f64::NEG_INFINITY);
+    }
+    let logits = Tensor::cat(&[pos, neg], 1) / temperature; // [N, 1 + M]
+    let targets = Tensor::zeros([query.size()[0]], (Kind::Int64, query.device()));
+    cross_entropy(&logits, &targets)
+}
+
+#[cfg(test)]
+pub(crate) mod gradcheck {
+    use tch::{Kind, Tensor};
+
+    /// Compares autograd's gradient of `f` at `x` with central finite differences, in f64.
+    pub fn check(f: impl Fn(&Tensor) -> Tensor, x: &Tensor, tol: f64) {
+        let x = x.to_kind(Kind::Double).set_requires_grad(true);
+        f(&x).backward();
+        let analytic = Vec::<f64>::try_from(x.grad().flatten(0, -1)).unwrap();
+        let base = Vec::<f64>::try_from(x.detach().flatten(0, -1)).unwrap();
+        let eps = 1e-6;
+        for i in 0..base.len() {
+            let at = |d: f64| {
+                let mut v = base.clone();
+                v[i] += d;
+                let xi = Tensor::from_slice(&v).view_as(&x);
+                f(&xi).double_value(&[])
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!(
+                (numeric - analytic[i]).abs() < tol * (1.0 + numeric.abs()),
+                "d/dx[{i}] of {:?}: finite differences {numeric}, autograd {}",
+                x.size(),
+                analytic[i]
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -48,5 +101,46 @@ mod tests {
         let logits = Tensor::from_slice(&[0f32, 3f32.ln()]).view([1, 2]);
         let l = cross_entropy(&logits, &Tensor::from_slice(&[1i64]));
         assert!((l.double_value(&[]) - (4.0f64 / 3.0).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn info_nce_matches_hand_computation() {
+        // q = [1, 0]; positive [1, 0] (score 1); negatives [0, 1] (0) and [-1, 0] (-1); T = 0.5
+        // loss = -log(e^2 / (e^2 + e^0 + e^-2))
+        let q = Tensor::from_slice(&[1f32, 0.]).view([1, 2]);
+        let p = Tensor::from_slice(&[1f32, 0.]).view([1, 2]);
+        let n = Tensor::from_slice(&[0f32, 1., -1., 0.]).view([2, 2]);
+        let want = -(2f64.exp() / (2f64.exp() + 1.0 + (-2f64).exp())).ln();
+        assert!((info_nce(&q, &p, &n, 0.5, None).double_value(&[]) - want).abs() < 1e-6);
+        // Excluding the second negative drops its e^-2 term.
+        let mask = Tensor::from_slice(&[false, true]).view([1, 2]);
+        let want = -(2f64.exp() / (2f64.exp() + 1.0)).ln();
+        assert!((info_nce(&q, &p, &n, 0.5, Some(&mask)).double_value(&[]) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn info_nce_is_near_zero_when_positives_dominate() {
+        // Perfectly aligned, well separated: positives score 100 / T, negatives 0.
+        let q = Tensor::eye(4, (Kind::Float, tch::Device::Cpu)) * 10.0;
+        let negs = Tensor::zeros([6, 4], (Kind::Float, tch::Device::Cpu));
+        assert!(info_nce(&q, &q, &negs, 1.0, None).double_value(&[]) < 1e-30f64.max(1e-6));
+        // With nothing to tell apart (all scores equal) the loss is log(1 + M).
+        let z = Tensor::zeros([3, 4], (Kind::Float, tch::Device::Cpu));
+        assert!((info_nce(&z, &z, &negs, 1.0, None).double_value(&[]) - 7f64.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn info_nce_gradient_matches_finite_differences() {
+        tch::manual_seed(5);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let q = Tensor::randn([3, 4], opts);
+        let p = Tensor::randn([3, 4], opts);
+        let n = Tensor::randn([5, 4], opts);
+        let mask = Tensor::from_slice(&[true, false, false, false, false])
+            .view([1, 5])
+            .expand([3, 5], false);
+        gradcheck::check(|x| info_nce(x, &p, &n, 0.7, Some(&mask)), &q, 1e-5);
+        gradcheck::check(|x| info_nce(&q, x, &n, 0.7, None), &p, 1e-5);
+        gradcheck::check(|x| info_nce(&q, &p, x, 0.7, None), &n, 1e-5);
     }
 }

@@ -2,6 +2,7 @@
 //! Adding a method means one new file and one line in `REGISTRY`.
 
 pub mod autoencoder;
+pub mod cpc;
 pub mod denoising;
 
 use crate::config::Config;
@@ -43,7 +44,7 @@ pub struct MethodSpec {
     pub build: fn(&nn::Path, &Config, &DataInfo) -> Result<Box<dyn Method>>,
 }
 
-pub const REGISTRY: &[MethodSpec] = &[autoencoder::SPEC, denoising::SPEC];
+pub const REGISTRY: &[MethodSpec] = &[autoencoder::SPEC, denoising::SPEC, cpc::SPEC];
 
 pub fn find(name: &str) -> Result<&'static MethodSpec> {
     match REGISTRY.iter().find(|m| m.name == name) {

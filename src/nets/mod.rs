@@ -21,6 +21,11 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// Wraps a network that maps `[B, C, H, W]` to `[B, dim]`.
+    pub fn new(net: nn::SequentialT, dim: i64) -> Encoder {
+        Encoder { net, dim }
+    }
+
     /// `[B, C, H, W]` -> `[B, dim]`
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.net.forward_t(xs, train)

@@ -1,0 +1,391 @@
+//! Contrastive Predictive Coding for images (van den Oord et al. 2018; Hénaff et al. 2020).
+//!
+//! The image becomes a grid of overlapping patches (28x28 -> 6x6 grid of 8x8 patches at
+//! stride 4). A patch encoder g_enc (the configured encoder, shared across patches) maps
+//! each patch to a code z, giving a grid `[B, D, rows, cols]`. A context network g_ar sees
+//! only rows <= t when it computes c_t: either causal ("masked") convolutions padded only
+//! from above, PixelCNN style, or a GRU running down each column. For k = 1..K a linear
+//! W_k predicts ẑ_{t+k} = W_k c_t, and InfoNCE scores the true z_{t+k} against negatives
+//! drawn from all positions of all images in the batch (a candidate equal to the query's
+//! own target is left out of its denominator).
+//!
+//! Evaluation (as in CPC v2) runs g_enc over the patch grid and mean-pools the codes.
+
+use super::{DataInfo, Method, MethodSpec, StepCtx};
+use crate::config::Config;
+use crate::losses;
+use crate::nets::{self, Encoder};
+use anyhow::{Result, bail};
+use std::sync::{Arc, Mutex};
+use tch::nn::{self, Module, ModuleT, RNN};
+use tch::{Kind, Tensor};
+
+pub const SPEC: MethodSpec = MethodSpec {
+    name: "cpc",
+    summary: "predict codes of patches further down the image from a causal context (InfoNCE)",
+    build: |p, cfg, data| Ok(Box::new(Cpc::new(p, cfg, data)?)),
+};
+
+/// Geometry of the patch grid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grid {
+    pub patch: i64,
+    pub stride: i64,
+    pub rows: i64,
+    pub cols: i64,
+}
+
+impl Grid {
+    pub fn new(h: i64, w: i64, patch: i64, stride: i64) -> Result<Grid> {
+        if patch > h || patch > w {
+            bail!("option cpc_patch = {patch} is larger than the {h}x{w} images");
+        }
+        Ok(Grid {
+            patch,
+            stride,
+            rows: (h - patch) / stride + 1,
+            cols: (w - patch) / stride + 1,
+        })
+    }
+
+    /// `[B, C, H, W]` -> `[B, rows, cols, C, patch, patch]`; patch (r, c) starts at pixel
+    /// (r * stride, c * stride).
+    pub fn patches(&self, x: &Tensor) -> Tensor {
+        x.unfold(2, self.patch, self.stride) // [B, C, rows, W, p]
+            .unfold(3, self.patch, self.stride) // [B, C, rows, cols, p, p]
+            .permute([0, 2, 3, 1, 4, 5])
+    }
+
+    /// Codes of every patch: `[B, C, H, W]` -> `[B, D, rows, cols]`.
+    pub fn codes(&self, g_enc: &Encoder, x: &Tensor, train: bool) -> Tensor {
+        let p = self.patches(x); // [B, rows, cols, C, p, p]
+        let s = p.size();
+        let flat = p.reshape([s[0] * s[1] * s[2], s[3], s[4], s[5]]); // [B*rows*cols, C, p, p]
+        g_enc
+            .forward_t(&flat, train) // [B*rows*cols, D]
+            .view([s[0], s[1], s[2], g_enc.dim])
+            .permute([0, 3, 1, 2]) // [B, D, rows, cols]
+    }
+}
+
+/// The autoregressive context network g_ar: `[B, D, rows, cols]` -> same shape, where
+/// output row t depends only on input rows <= t.
+#[derive(Debug)]
+pub enum Context {
+    /// 3x3 convolutions on input padded by two rows above and none below, with residuals.
+    MaskedConv(Vec<nn::Conv2D>),
+    Gru(nn::GRU),
+}
+
+impl Context {
+    pub fn new(p: &nn::Path, kind: &str, dim: i64, layers: i64) -> Result<Context> {
+        Ok(match kind {
+            "masked-conv" => Context::MaskedConv(
+                (0..layers)
+                    .map(|i| nn::conv2d(p / format!("conv{i}"), dim, dim, 3, Default::default()))
+                    .collect(),
+            ),
+            "gru" => Context::Gru(nn::gru(p / "gru", dim, dim, Default::default())),
+            other => bail!(
+                "option cpc_context = '{other}' is not one of {:?}",
+                crate::config::CPC_CONTEXTS
+            ),
+        })
+    }
+
+    pub fn forward(&self, z: &Tensor) -> Tensor {
+        match self {
+            Context::MaskedConv(convs) => {
+                let mut h = z.shallow_clone();
+                for (i, conv) in convs.iter().enumerate() {
+                    // pad (left 1, right 1, top 2, bottom 0): row t sees rows t-2..=t
+                    let out = conv.forward(&h.constant_pad_nd([1, 1, 2, 0])).relu();
+                    h = if i == 0 { out } else { out + h };
+                }
+                h
+            }
+            Context::Gru(gru) => {
+                let s = z.size(); // [B, D, rows, cols]
+                let seq = z.permute([0, 3, 2, 1]).reshape([s[0] * s[3], s[2], s[1]]); // [B*cols, rows, D]
+                let (out, _) = gru.seq(&seq); // [B*cols, rows, D]
+                out.view([s[0], s[3], s[2], s[1]]).permute([0, 3, 2, 1]) // [B, D, rows, cols]
+            }
+        }
+    }
+}
+
+/// Pairs the prediction made at row t with the code at row t + k, for every image, row
+/// and column: returns (predictions, targets), both `[N, D]` with N = B * (rows-k) * cols,
+/// in (image, row t, column) order.
+pub fn prediction_pairs(pred: &Tensor, z: &Tensor, k: i64) -> (Tensor, Tensor) {
+    let (rows, d) = (z.size()[2], z.size()[1]);
+    let flat = |t: Tensor| t.permute([0, 2, 3, 1]).reshape([-1, d]); // [B, D, r, c] -> [B*r*c, D]
+    (
+        flat(pred.narrow(2, 0, rows - k)),
+        flat(z.narrow(2, k, rows - k)),
+    )
+}
+
+/// The evaluation encoder: g_enc over the patch grid, codes mean-pooled: `[B, C, H, W]` -> `[B, D]`.
+#[derive(Debug)]
+struct PooledPatches {
+    // Shared with the training path; the Mutex only makes the pair Send as ModuleT requires.
+    g_enc: Arc<Mutex<Encoder>>,
+    grid: Grid,
+}
+
+impl ModuleT for PooledPatches {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.grid
+            .codes(&self.g_enc.lock().unwrap(), xs, train)
+            .mean_dim(&[2i64, 3][..], false, Kind::Float)
+    }
+}
+
+pub struct Cpc {
+    g_enc: Arc<Mutex<Encoder>>,
+    context: Context,
+    /// W_k for k = 1..=K, each `[D] -> [D]` without bias.
+    predictors: Vec<nn::Linear>,
+    grid: Grid,
+    negatives: i64,
+    eval_encoder: Encoder,
+}
+
+impl Cpc {
+    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Cpc> {
+        let [c, h, w] = data.shape;
+        let grid = Grid::new(h, w, cfg.cpc_patch, cfg.cpc_stride)?;
+        if cfg.cpc_steps >= grid.rows {
+            bail!(
+                "option cpc_steps = {} must be below the {} rows of the patch grid",
+                cfg.cpc_steps,
+                grid.rows
+            );
+        }
+        let g_enc = nets::build_encoder(&(p / "encoder"), cfg, c)?;
+        let d = g_enc.dim;
+        let g_enc = Arc::new(Mutex::new(g_enc));
+        let context = Context::new(
+            &(p / "context"),
+            &cfg.cpc_context,
+            d,
+            cfg.cpc_context_layers,
+        )?;
+        let lin = nn::LinearConfig {
+            bias: false,
+            ..Default::default()
+        };
+        let predictors = (1..=cfg.cpc_steps)
+            .map(|k| nn::linear(p / "predict" / format!("k{k}"), d, d, lin))
+            .collect();
+        let eval_net = nn::seq_t().add(PooledPatches {
+            g_enc: g_enc.clone(),
+            grid,
+        });
+        let eval_encoder = Encoder::new(eval_net, d);
+        Ok(Cpc {
+            g_enc,
+            context,
+            predictors,
+            grid,
+            negatives: cfg.cpc_negatives,
+            eval_encoder,
+        })
+    }
+}
+
+impl Method for Cpc {
+    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let z = self.grid.codes(&self.g_enc.lock().unwrap(), images, true); // [B, D, rows, cols]
+        let c = self.context.forward(&z); // [B, D, rows, cols]
+        let mut total = Tensor::zeros([], (Kind::Float, images.device()));
+        for (i, w_k) in self.predictors.iter().enumerate() {
+            let k = i as i64 + 1;
+            let pred = w_k.forward(&c.permute([0, 2, 3, 1])).permute([0, 3, 1, 2]); // [B, D, rows, cols]
+            let (q, target) = prediction_pairs(&pred, &z, k); // [N, D] each
+            let n = q.size()[0];
+            let m = self.negatives.min(n);
+            let idx = Tensor::randperm(n, (Kind::Int64, images.device())).narrow(0, 0, m); // [M]
+            let negs = target.index_select(0, &idx); // [M, D]
+            let own = Tensor::arange(n, (Kind::Int64, images.device()))
+                .unsqueeze(1)
+                .eq_tensor(&idx.unsqueeze(0)); // [N, M]
+            total += losses::info_nce(&q, &target, &negs, 1.0, Some(&own));
+        }
+        total / self.predictors.len() as f64
+    }
+
+    fn encoder(&self) -> &Encoder {
+        &self.eval_encoder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn grid_sizes_follow_patch_and_stride() {
+        assert_eq!(
+            Grid::new(28, 28, 8, 4).unwrap(),
+            Grid {
+                patch: 8,
+                stride: 4,
+                rows: 6,
+                cols: 6
+            }
+        );
+        assert_eq!(Grid::new(32, 32, 8, 4).unwrap().rows, 7);
+        assert!(
+            Grid::new(6, 28, 8, 4)
+                .unwrap_err()
+                .to_string()
+                .contains("cpc_patch")
+        );
+    }
+
+    #[test]
+    fn non_overlapping_patches_rebuild_the_image() {
+        let x = Tensor::arange(2 * 3 * 8 * 12, (Kind::Float, Device::Cpu)).view([2, 3, 8, 12]);
+        let g = Grid::new(8, 12, 4, 4).unwrap();
+        let p = g.patches(&x); // [2, 2, 3, 3, 4, 4]
+        assert_eq!(p.size(), vec![2, 2, 3, 3, 4, 4]);
+        // [B, r, c, C, p, p] -> [B, C, r, p, c, p] -> [B, C, H, W]
+        let back = p.permute([0, 3, 1, 4, 2, 5]).reshape([2, 3, 8, 12]);
+        assert!(back.equal(&x));
+        // Overlapping: patch (1, 2) at stride 2 starts at pixel (2, 4).
+        let g = Grid::new(8, 12, 4, 2).unwrap();
+        let p = g.patches(&x);
+        assert!(
+            p.get(1)
+                .get(1)
+                .get(2)
+                .equal(&x.get(1).narrow(1, 2, 4).narrow(2, 4, 4))
+        );
+    }
+
+    fn contexts() -> Vec<(nn::VarStore, Context)> {
+        ["masked-conv", "gru"]
+            .iter()
+            .map(|kind| {
+                let vs = nn::VarStore::new(Device::Cpu);
+                let c = Context::new(&vs.root(), kind, 5, 3).unwrap();
+                (vs, c)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn context_never_sees_rows_below() {
+        tch::manual_seed(0);
+        for (_vs, ctx) in contexts() {
+            let z = Tensor::randn([2, 5, 6, 4], (Kind::Float, Device::Cpu));
+            let c = ctx.forward(&z);
+            for t in 0..5 {
+                // Perturb every row below t.
+                let z2 = z.copy();
+                let _ = z2
+                    .narrow(2, t + 1, 5 - t)
+                    .g_add_(&Tensor::randn([2, 5, 5 - t, 4], (Kind::Float, Device::Cpu)));
+                let c2 = ctx.forward(&z2);
+                assert!(
+                    c.narrow(2, 0, t + 1)
+                        .allclose(&c2.narrow(2, 0, t + 1), 1e-6, 1e-6, false),
+                    "{ctx:?} row {t} saw the future"
+                );
+                // ...while row t + 1 does change: the context really uses its input.
+                assert!(!c.narrow(2, t + 1, 1).allclose(
+                    &c2.narrow(2, t + 1, 1),
+                    1e-6,
+                    1e-6,
+                    false
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn targets_point_at_the_right_positions() {
+        // Encode each position in the code itself: z[b, :, r, c] = (b, r, c, 0).
+        let (b, rows, cols, k) = (2, 5, 3, 2);
+        let mut v = vec![0f32; (b * 4 * rows * cols) as usize];
+        for bi in 0..b {
+            for r in 0..rows {
+                for c in 0..cols {
+                    let at = |ch: i64| (((bi * 4 + ch) * rows + r) * cols + c) as usize;
+                    v[at(0)] = bi as f32;
+                    v[at(1)] = r as f32;
+                    v[at(2)] = c as f32;
+                }
+            }
+        }
+        let z = Tensor::from_slice(&v).view([b, 4, rows, cols]);
+        let (q, t) = prediction_pairs(&z, &z, k);
+        assert_eq!(q.size(), vec![b * (rows - k) * cols, 4]);
+        let qv = Vec::<Vec<f32>>::try_from(&q).unwrap();
+        let tv = Vec::<Vec<f32>>::try_from(&t).unwrap();
+        for (i, (qi, ti)) in qv.iter().zip(&tv).enumerate() {
+            // Same image and column, k rows further down; rows in (image, row, column) order.
+            assert_eq!(
+                (ti[0], ti[1], ti[2]),
+                (qi[0], qi[1] + k as f32, qi[2]),
+                "pair {i}"
+            );
+            let i = i as i64;
+            let want = (i / ((rows - k) * cols), (i / cols) % (rows - k), i % cols);
+            assert_eq!(
+                (qi[0], qi[1], qi[2]),
+                (want.0 as f32, want.1 as f32, want.2 as f32)
+            );
+        }
+    }
+
+    #[test]
+    fn cpc_trains_and_evaluates_on_pooled_codes() {
+        let cfg = Config {
+            method: "cpc".into(),
+            cnn_widths: vec![4, 8],
+            cpc_negatives: 16,
+            ..Config::default()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let data = DataInfo {
+            shape: [1, 16, 16],
+            num_classes: 2,
+        };
+        let mut m = Cpc::new(&vs.root(), &cfg, &data).unwrap();
+        let x = Tensor::rand([3, 1, 16, 16], (Kind::Float, Device::Cpu));
+        let ctx = StepCtx {
+            epoch: 0,
+            step: 0,
+            total_steps: 1,
+        };
+        let l = m.loss(&x, &Tensor::zeros([3], (Kind::Int64, Device::Cpu)), &ctx);
+        // Near log(1 + negatives) at initialisation.
+        assert!(
+            l.double_value(&[]) > 1.0 && l.double_value(&[]) < 5.0,
+            "{l:?}"
+        );
+        let f = m.encoder().forward_t(&x, false);
+        assert_eq!(f.size(), vec![3, 8]);
+        // The pooled feature is the mean of the patch codes.
+        let codes = m.grid.codes(&m.g_enc.lock().unwrap(), &x, false);
+        assert!(f.allclose(
+            &codes.mean_dim(&[2i64, 3][..], false, Kind::Float),
+            1e-5,
+            1e-6,
+            false
+        ));
+        let too_far = Config {
+            cpc_steps: 3,
+            ..cfg
+        };
+        let e = Cpc::new(&vs.root(), &too_far, &data)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("cpc_steps"), "{e}");
+    }
+}
