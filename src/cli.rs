@@ -97,14 +97,9 @@ pub fn parse_device(s: &str) -> Result<Device> {
         if i < cuda_n {
             Ok(Device::Cuda(i as usize))
         } else if cuda_n == 0 {
-            bail!(
-                "--device {s}: libtorch sees no CUDA device on this machine; use --device cpu or auto"
-            )
+            bail!("--device {s}: libtorch sees no CUDA device on this machine; use --device cpu or auto")
         } else {
-            bail!(
-                "--device {s}: only {cuda_n} CUDA device(s), numbered 0..{}",
-                cuda_n - 1
-            )
+            bail!("--device {s}: only {cuda_n} CUDA device(s), numbered 0..{}", cuda_n - 1)
         }
     };
     match s {
@@ -145,9 +140,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         tch::set_num_threads(n as i32);
         // Ignore the error if a pool already exists (only in tests).
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
     match cli.command {
         Command::Methods => {
@@ -157,10 +150,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Config { cfg } => {
-            print!(
-                "{}",
-                toml::to_string(&build_config(&cfg, Config::default())?)?
-            );
+            print!("{}", toml::to_string(&build_config(&cfg, Config::default())?)?);
             Ok(())
         }
         Command::Pretrain {
@@ -225,11 +215,7 @@ fn pretrain(
         } else {
             cfg.train_subset
         }),
-        if cfg.train_subset == 0 {
-            ""
-        } else {
-            ", subset"
-        },
+        if cfg.train_subset == 0 { "" } else { ", subset" },
         cfg.encoder,
         cfg.epochs,
         device
@@ -265,9 +251,7 @@ const EVAL_KEYS: &[&str] = &[
 
 fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     if args.config.is_some() {
-        bail!(
-            "eval --run takes its config from the run; use --set for the eval keys {EVAL_KEYS:?}"
-        );
+        bail!("eval --run takes its config from the run; use --set for the eval keys {EVAL_KEYS:?}");
     }
     for s in &args.sets {
         let key = s.split_once('=').map(|(k, _)| k.trim()).unwrap_or(s);
@@ -308,8 +292,7 @@ fn eval_baseline(which: &str, args: &ConfigArgs, device: Device) -> Result<()> {
         "random" => {
             tch::manual_seed(cfg.seed as i64);
             let vs = tch::nn::VarStore::new(device);
-            let enc =
-                nets::build_encoder(&(vs.root() / "encoder"), &cfg, ds.train.shape[0] as i64)?;
+            let enc = nets::build_encoder(&(vs.root() / "encoder"), &cfg, ds.train.shape[0] as i64)?;
             eval::evaluate_encoder(&enc, &ds, &cfg, device)
         }
         other => bail!("--baseline '{other}' is not one of raw, random"),

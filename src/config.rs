@@ -45,6 +45,26 @@ pub struct Config {
     pub noise_std: f64,
     pub mask_ratio: f64,
 
+    /// Contrastive views (SimCLR and kin): output size of RandomResizedCrop (0 = the image
+    /// size), its area-fraction and aspect-ratio ranges, and the probabilities of each op.
+    pub aug_crop_size: usize,
+    pub aug_crop_scale: [f64; 2],
+    pub aug_crop_ratio: [f64; 2],
+    pub aug_flip_p: f64,
+    pub aug_jitter_p: f64,
+    /// Colour-jitter strengths: brightness, contrast, saturation, hue.
+    pub aug_jitter: [f64; 4],
+    pub aug_gray_p: f64,
+    /// Gaussian blur: probability and sigma range; the kernel is ~10% of the image size.
+    pub aug_blur_p: f64,
+    pub aug_blur_sigma: [f64; 2],
+    pub aug_solarize_p: f64,
+    /// Projection head: hidden width and output width of the MLP on top of the encoder.
+    pub proj_hidden_dim: i64,
+    pub proj_dim: i64,
+    /// Temperature of the contrastive losses.
+    pub temperature: f64,
+
     /// CPC: patch size and stride of the patch grid (28x28 -> 6x6 grid of 8x8 at stride 4).
     pub cpc_patch: i64,
     pub cpc_stride: i64,
@@ -95,6 +115,19 @@ impl Default for Config {
             noise: "gaussian".into(),
             noise_std: 0.4,
             mask_ratio: 0.5,
+            aug_crop_size: 0,
+            aug_crop_scale: [0.08, 1.0],
+            aug_crop_ratio: [0.75, 4.0 / 3.0],
+            aug_flip_p: 0.5,
+            aug_jitter_p: 0.8,
+            aug_jitter: [0.4, 0.4, 0.4, 0.1],
+            aug_gray_p: 0.2,
+            aug_blur_p: 0.0,
+            aug_blur_sigma: [0.1, 2.0],
+            aug_solarize_p: 0.0,
+            proj_hidden_dim: 512,
+            proj_dim: 128,
+            temperature: 0.5,
             cpc_patch: 8,
             cpc_stride: 4,
             cpc_steps: 2,
@@ -121,8 +154,8 @@ pub const CPC_CONTEXTS: &[&str] = &["masked-conv", "gru"];
 impl Config {
     /// Reads a TOML file (keys as in this struct; unknown keys are an error).
     pub fn from_toml_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
@@ -179,17 +212,13 @@ impl Config {
                 self.cnn_widths
             );
         }
-        if self.decoder_widths.is_empty() || self.decoder_widths.iter().any(|&w| w < 1 || w > 4096)
-        {
+        if self.decoder_widths.is_empty() || self.decoder_widths.iter().any(|&w| w < 1 || w > 4096) {
             bail!(
                 "option decoder_widths = {:?} must be a non-empty list of widths in 1..=4096",
                 self.decoder_widths
             );
         }
-        if !(self.resnet_width.is_finite()
-            && self.resnet_width >= 0.125
-            && self.resnet_width <= 8.0)
-        {
+        if !(self.resnet_width.is_finite() && self.resnet_width >= 0.125 && self.resnet_width <= 8.0) {
             bail!(
                 "option resnet_width = {} must be between 0.125 and 8",
                 self.resnet_width
@@ -204,11 +233,7 @@ impl Config {
         positive("lr", self.lr)?;
         non_negative("min_lr", self.min_lr)?;
         if self.min_lr > self.lr {
-            bail!(
-                "option min_lr = {} must not exceed lr = {}",
-                self.min_lr,
-                self.lr
-            );
+            bail!("option min_lr = {} must not exceed lr = {}", self.min_lr, self.lr);
         }
         non_negative("warmup_epochs", self.warmup_epochs)?;
         if self.warmup_epochs > self.epochs as f64 {
@@ -226,6 +251,59 @@ impl Config {
         if !(0.0..1.0).contains(&self.mask_ratio) {
             bail!("option mask_ratio = {} must be in [0, 1)", self.mask_ratio);
         }
+        for (key, p) in [
+            ("aug_flip_p", self.aug_flip_p),
+            ("aug_jitter_p", self.aug_jitter_p),
+            ("aug_gray_p", self.aug_gray_p),
+            ("aug_blur_p", self.aug_blur_p),
+            ("aug_solarize_p", self.aug_solarize_p),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                bail!("option {key} = {p} is a probability and must be in [0, 1]");
+            }
+        }
+        let [s0, s1] = self.aug_crop_scale;
+        if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
+            bail!(
+                "option aug_crop_scale = {:?} must satisfy 0 < min <= max <= 1",
+                self.aug_crop_scale
+            );
+        }
+        let [r0, r1] = self.aug_crop_ratio;
+        if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
+            bail!(
+                "option aug_crop_ratio = {:?} must satisfy 0 < min <= max",
+                self.aug_crop_ratio
+            );
+        }
+        let [b, c, s, h] = self.aug_jitter;
+        if [b, c, s].iter().any(|x| !(x.is_finite() && *x >= 0.0)) || !(0.0..=0.5).contains(&h) {
+            bail!(
+                "option aug_jitter = {:?}: strengths must be >= 0 and the hue shift in [0, 0.5]",
+                self.aug_jitter
+            );
+        }
+        let [g0, g1] = self.aug_blur_sigma;
+        if !(g0 > 0.0 && g0 <= g1 && g1.is_finite()) {
+            bail!(
+                "option aug_blur_sigma = {:?} must satisfy 0 < min <= max",
+                self.aug_blur_sigma
+            );
+        }
+        if self.aug_crop_size > 4096 {
+            bail!(
+                "option aug_crop_size = {} is too large (at most 4096)",
+                self.aug_crop_size
+            );
+        }
+        if self.proj_hidden_dim < 1 || self.proj_dim < 1 {
+            bail!(
+                "options proj_hidden_dim = {} and proj_dim = {} must be at least 1",
+                self.proj_hidden_dim,
+                self.proj_dim
+            );
+        }
+        positive("temperature", self.temperature)?;
         one_of("cpc_context", &self.cpc_context, CPC_CONTEXTS)?;
         if self.cpc_patch < 1 || self.cpc_stride < 1 || self.cpc_stride > self.cpc_patch {
             bail!(
@@ -244,10 +322,7 @@ impl Config {
             );
         }
         if self.cpc_negatives < 1 {
-            bail!(
-                "option cpc_negatives = {} must be at least 1",
-                self.cpc_negatives
-            );
+            bail!("option cpc_negatives = {} must be at least 1", self.cpc_negatives);
         }
         if self.log_every == 0 {
             bail!("option log_every must be at least 1");
@@ -278,11 +353,7 @@ mod tests {
     #[test]
     fn overrides_parse_numbers_lists_and_strings() {
         let c = Config::default()
-            .with_overrides(&[
-                "lr=0.5".into(),
-                "cnn_widths=[8, 16]".into(),
-                "optimizer=sgd".into(),
-            ])
+            .with_overrides(&["lr=0.5".into(), "cnn_widths=[8, 16]".into(), "optimizer=sgd".into()])
             .unwrap();
         assert_eq!(c.lr, 0.5);
         assert_eq!(c.cnn_widths, vec![8, 16]);
@@ -292,21 +363,13 @@ mod tests {
 
     #[test]
     fn bad_overrides_name_the_key() {
-        let e = Config::default()
-            .with_overrides(&["lrr=0.5".into()])
-            .unwrap_err();
+        let e = Config::default().with_overrides(&["lrr=0.5".into()]).unwrap_err();
         assert!(e.to_string().contains("unknown key 'lrr'"), "{e}");
-        let e = Config::default()
-            .with_overrides(&["epochs=many".into()])
-            .unwrap_err();
+        let e = Config::default().with_overrides(&["epochs=many".into()]).unwrap_err();
         assert!(e.to_string().contains("epochs=many"), "{e}");
-        let e = Config::default()
-            .with_overrides(&["noequals".into()])
-            .unwrap_err();
+        let e = Config::default().with_overrides(&["noequals".into()]).unwrap_err();
         assert!(e.to_string().contains("key=value"), "{e}");
-        let c = Config::default()
-            .with_overrides(&["optimizer=lion".into()])
-            .unwrap();
+        let c = Config::default().with_overrides(&["optimizer=lion".into()]).unwrap();
         let e = c.validate().unwrap_err();
         assert!(e.to_string().contains("optimizer"), "{e}");
     }

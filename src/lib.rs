@@ -2,6 +2,7 @@
 //!
 //! data -> method (one file each, behind `methods::Method`) -> training loop -> evaluation.
 
+pub mod augment;
 pub mod cli;
 pub mod config;
 pub mod data;

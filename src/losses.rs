@@ -44,13 +44,40 @@ pub fn info_nce(
     cross_entropy(&logits, &targets)
 }
 
+/// L2-normalises the rows of `x` `[N, D]`.
+pub fn l2_normalize(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12)
+}
+
+/// NT-Xent (SimCLR, Chen et al. 2020). `z1`, `z2` `[N, D]`: projections of two views of
+/// the same N images. Each of the 2N samples has its other view as positive and the
+/// remaining 2N - 2 samples as negatives; similarity is cosine / `temperature`.
+pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Tensor {
+    let n = z1.size()[0];
+    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)); // [2N, D]
+    let eye = Tensor::eye(2 * n, (Kind::Bool, z.device()));
+    let sim = (z.matmul(&z.tr()) / temperature).masked_fill(&eye, f64::NEG_INFINITY); // [2N, 2N]
+    let idx = Tensor::arange(2 * n, (Kind::Int64, z.device()));
+    let targets = (idx + n).remainder(2 * n); // i <-> i + N
+    cross_entropy(&sim, &targets)
+}
+
+/// Negative cosine similarity, mean over rows (BYOL, SimSiam): -cos(p, z). Stopping the
+/// gradient through `z` is the caller's choice (`z.detach()`).
+pub fn negative_cosine(p: &Tensor, z: &Tensor) -> Tensor {
+    -(l2_normalize(p) * l2_normalize(z))
+        .sum_dim_intlist(&[1i64][..], false, p.kind())
+        .mean(p.kind())
+}
+
 #[cfg(test)]
 pub(crate) mod gradcheck {
     use tch::{Kind, Tensor};
 
     /// Compares autograd's gradient of `f` at `x` with central finite differences, in f64.
     pub fn check(f: impl Fn(&Tensor) -> Tensor, x: &Tensor, tol: f64) {
-        let x = x.to_kind(Kind::Double).set_requires_grad(true);
+        // A fresh leaf, so gradients from earlier checks on the same tensor do not add up.
+        let x = x.to_kind(Kind::Double).detach().copy().set_requires_grad(true);
         f(&x).backward();
         let analytic = Vec::<f64>::try_from(x.grad().flatten(0, -1)).unwrap();
         let base = Vec::<f64>::try_from(x.detach().flatten(0, -1)).unwrap();
@@ -142,5 +169,51 @@ mod tests {
         gradcheck::check(|x| info_nce(x, &p, &n, 0.7, Some(&mask)), &q, 1e-5);
         gradcheck::check(|x| info_nce(&q, x, &n, 0.7, None), &p, 1e-5);
         gradcheck::check(|x| info_nce(&q, &p, x, 0.7, None), &n, 1e-5);
+    }
+
+    #[test]
+    fn nt_xent_matches_hand_computation() {
+        // N = 2 in 2-D: view 1 = [e1, e2], view 2 = [e1, e2] (aligned), T = 1.
+        // For sample 0: positive cos 1; negatives: e2 (0) and e2 (0) -> -log(e / (e + 2)).
+        let e = Tensor::eye(2, (Kind::Float, tch::Device::Cpu));
+        let want = -(1f64.exp() / (1f64.exp() + 2.0)).ln();
+        assert!((nt_xent(&e, &e, 1.0).double_value(&[]) - want).abs() < 1e-6);
+        // Scaling the projections changes nothing (cosine similarity).
+        assert!((nt_xent(&(&e * 3.0), &e, 1.0).double_value(&[]) - want).abs() < 1e-6);
+        // Non-aligned case: view 2 = [e2, e1], T = 0.5. Sample 0 (e1): positive e2 (0),
+        // negatives e2 (0) and e1 (1): -log(1 / (1 + 1 + e^2)); every sample is alike.
+        let swapped = Tensor::from_slice(&[0f32, 1., 1., 0.]).view([2, 2]);
+        let want = -(1.0 / (2.0 + 2f64.exp())).ln();
+        assert!((nt_xent(&e, &swapped, 0.5).double_value(&[]) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nt_xent_perfectly_aligned_views_reach_the_bound() {
+        // N orthogonal samples, views identical: -log(e^(1/T) / (e^(1/T) + 2N - 2)).
+        let (n, t) = (4, 0.1);
+        let z = Tensor::eye(n, (Kind::Float, tch::Device::Cpu));
+        let a = (1.0f64 / t).exp();
+        let want = -(a / (a + (2 * n - 2) as f64)).ln();
+        assert!((nt_xent(&z, &z, t).double_value(&[]) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nt_xent_and_cosine_gradients_match_finite_differences() {
+        tch::manual_seed(9);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let z1 = Tensor::randn([3, 4], opts);
+        let z2 = Tensor::randn([3, 4], opts);
+        gradcheck::check(|x| nt_xent(x, &z2, 0.5), &z1, 1e-5);
+        gradcheck::check(|x| nt_xent(&z1, x, 0.5), &z2, 1e-5);
+        gradcheck::check(|x| negative_cosine(x, &z2), &z1, 1e-5);
+    }
+
+    #[test]
+    fn negative_cosine_values() {
+        let a = Tensor::from_slice(&[1f32, 0., 0., 2.]).view([2, 2]);
+        let b = Tensor::from_slice(&[3f32, 0., 1., 0.]).view([2, 2]);
+        // row 0: cos 1; row 1: cos 0 -> mean -0.5
+        assert!((negative_cosine(&a, &b).double_value(&[]) + 0.5).abs() < 1e-6);
+        assert!((negative_cosine(&a, &a).double_value(&[]) + 1.0).abs() < 1e-6);
     }
 }

@@ -94,11 +94,7 @@ fn pretrain_then_eval_on_a_tiny_folder() {
 
     // Running into the same folder again needs --resume; resuming with more epochs continues.
     let o = selfsup(&args);
-    assert!(
-        !o.status.success() && stderr(&o).contains("--resume"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(!o.status.success() && stderr(&o).contains("--resume"), "{}", stderr(&o));
     let o = selfsup(&[
         "pretrain",
         "--quiet",
@@ -129,15 +125,7 @@ fn pretrain_then_eval_on_a_tiny_folder() {
     assert!((0.0..=1.0).contains(&top1));
 
     // Raw pixels separate these four classes perfectly with a linear probe.
-    let o = selfsup(&[
-        "eval",
-        "--baseline",
-        "raw",
-        "--set",
-        &data_arg,
-        "--set",
-        "knn_k=5",
-    ]);
+    let o = selfsup(&["eval", "--baseline", "raw", "--set", &data_arg, "--set", "knn_k=5"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("top-1 100.00%"), "{}", stdout(&o));
     let mut a = vec!["eval", "--baseline", "random"];
@@ -151,36 +139,21 @@ fn bad_options_get_clear_errors() {
     let cases: &[(&[&str], &str)] = &[
         (&["--device", "tpu", "methods"], "--device 'tpu'"),
         (&["--device", "cuda:x", "methods"], "--device 'cuda:x'"),
-        (
-            &["--device", "tpu", "eval", "--baseline", "raw"],
-            "--device 'tpu'",
-        ),
-        (
-            &["eval", "--baseline", "raw", "--set", "lr=-1"],
-            "option lr",
-        ),
+        (&["--device", "tpu", "eval", "--baseline", "raw"], "--device 'tpu'"),
+        (&["eval", "--baseline", "raw", "--set", "lr=-1"], "option lr"),
         (
             &["eval", "--baseline", "raw", "--set", "colour=blue"],
             "unknown key 'colour'",
         ),
         (
-            &[
-                "eval",
-                "--baseline",
-                "raw",
-                "--set",
-                "data=mnist:/no/such/folder",
-            ],
+            &["eval", "--baseline", "raw", "--set", "data=mnist:/no/such/folder"],
             "/no/such/folder",
         ),
         (
             &["eval", "--baseline", "raw", "--set", "data=cifar11"],
             "data 'cifar11'",
         ),
-        (
-            &["eval", "--run", "/no/such/run"],
-            "no checkpoint in /no/such/run",
-        ),
+        (&["eval", "--run", "/no/such/run"], "no checkpoint in /no/such/run"),
         (&["eval", "--baseline", "pixels"], "pixels"),
         (
             &["pretrain", "--method", "nope", "--out", "/tmp/x"],

@@ -3,6 +3,7 @@
 //! preparation overlaps with the training step.
 
 use super::Split;
+use crate::augment::{Image, Views, sample_rng};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
@@ -11,7 +12,8 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use tch::{Device, Tensor};
 
 pub struct Batch {
-    /// `[B, C, H, W]`, float in [0, 1]
+    /// `[B, C, H, W]`, float in [0, 1]; with V random views, `[V * B, C, h, w]`: all
+    /// first views, then all second views, and so on.
     pub images: Tensor,
     /// `[B]`, int64
     pub labels: Tensor,
@@ -22,12 +24,19 @@ pub struct Batch {
 /// The order of the `n` images in `epoch`: a permutation fixed by (seed, epoch).
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
-    let mix = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ (epoch as u64)
-            .wrapping_add(1)
-            .wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let mix =
+        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (epoch as u64).wrapping_add(1).wrapping_mul(0xd1b5_4a32_d192_ed03);
     idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix));
     idx
+}
+
+/// Random views for the loader to make: each image becomes `views.pipelines.len()` images,
+/// drawn with `augment::sample_rng(seed, epoch, index, view)`.
+#[derive(Clone, Debug)]
+pub struct ViewSpec {
+    pub views: Arc<Views>,
+    pub seed: u64,
+    pub epoch: usize,
 }
 
 struct HostBatch {
@@ -36,19 +45,33 @@ struct HostBatch {
     indices: Vec<usize>,
 }
 
-/// Turns the images at `indices` into a `[B, C, H, W]` float batch, one image per rayon task.
-fn prepare(split: &Split, indices: &[usize]) -> HostBatch {
-    let n = split.image_len();
-    let mut images = vec![0f32; indices.len() * n];
-    images
-        .par_chunks_mut(n)
-        .zip(indices.par_iter())
-        .for_each(|(dst, &i)| {
-            for (d, &s) in dst.iter_mut().zip(split.image(i)) {
-                *d = s as f32 / 255.0;
-            }
-        });
+/// Turns the images at `indices` into a `[B, C, H, W]` float batch (or `[V * B, C, h, w]`
+/// with views), one image (view) per rayon task.
+fn prepare(split: &Split, indices: &[usize], views: Option<&ViewSpec>) -> HostBatch {
     let labels = indices.iter().map(|&i| split.labels[i]).collect();
+    let [c, h, w] = split.shape;
+    let images = match views {
+        None => {
+            let mut images = vec![0f32; indices.len() * c * h * w];
+            images
+                .par_chunks_mut(c * h * w)
+                .zip(indices.par_iter())
+                .for_each(|(dst, &i)| to_float(split.image(i), dst));
+            images
+        }
+        Some(spec) => {
+            let (oh, ow) = spec.views.output_size(h, w);
+            let b = indices.len();
+            let mut images = vec![0f32; spec.views.pipelines.len() * b * c * oh * ow];
+            images.par_chunks_mut(c * oh * ow).enumerate().for_each(|(k, dst)| {
+                let (v, i) = (k / b, indices[k % b]);
+                let img = Image::new(c, h, w, split.image(i).to_vec());
+                let view = spec.views.pipelines[v].apply(&img, &mut sample_rng(spec.seed, spec.epoch, i, v));
+                to_float(&view.data, dst);
+            });
+            images
+        }
+    };
     HostBatch {
         images,
         labels,
@@ -56,9 +79,16 @@ fn prepare(split: &Split, indices: &[usize]) -> HostBatch {
     }
 }
 
+fn to_float(src: &[u8], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s as f32 / 255.0;
+    }
+}
+
 /// An iterator over the batches of one pass through `order`.
 pub struct Loader {
     rx: Receiver<HostBatch>,
+    /// `[C, h, w]` of the tensors produced.
     shape: [usize; 3],
     device: Device,
     remaining: usize,
@@ -74,18 +104,33 @@ impl Loader {
         prefetch: usize,
         device: Device,
     ) -> Loader {
+        Loader::with_views(split, order, batch_size, drop_last, prefetch, device, None)
+    }
+
+    /// Like `new`, but each image becomes the random views of `views`.
+    pub fn with_views(
+        split: Arc<Split>,
+        order: Vec<usize>,
+        batch_size: usize,
+        drop_last: bool,
+        prefetch: usize,
+        device: Device,
+        views: Option<ViewSpec>,
+    ) -> Loader {
         assert!(batch_size > 0, "batch_size must be positive");
         let mut chunks: Vec<Vec<usize>> = order.chunks(batch_size).map(|c| c.to_vec()).collect();
         if drop_last && chunks.last().is_some_and(|c| c.len() < batch_size) {
             chunks.pop();
         }
         let remaining = chunks.len();
-        let shape = split.shape;
+        let [c, h, w] = split.shape;
+        let (oh, ow) = views.as_ref().map_or((h, w), |v| v.views.output_size(h, w));
+        let shape = [c, oh, ow];
         let (tx, rx) = sync_channel(prefetch.max(1));
         std::thread::spawn(move || {
             for chunk in chunks {
                 // A send error means the loader was dropped: stop quietly.
-                if tx.send(prepare(&split, &chunk)).is_err() {
+                if tx.send(prepare(&split, &chunk, views.as_ref())).is_err() {
                     return;
                 }
             }
@@ -112,9 +157,8 @@ impl Iterator for Loader {
         let hb = self.rx.recv().ok()?;
         self.remaining -= 1;
         let [c, h, w] = self.shape.map(|d| d as i64);
-        let b = hb.labels.len() as i64;
         let images = Tensor::from_slice(&hb.images)
-            .view([b, c, h, w])
+            .view([-1, c, h, w])
             .to_device(self.device);
         let labels = Tensor::from_slice(&hb.labels).to_device(self.device);
         Some(Batch {
@@ -138,19 +182,14 @@ mod tests {
     fn batches_have_the_right_shapes_and_values() {
         let s = split(10);
         let order = epoch_order(10, 1, 0);
-        let batches: Vec<Batch> =
-            Loader::new(s.clone(), order.clone(), 4, false, 2, Device::Cpu).collect();
+        let batches: Vec<Batch> = Loader::new(s.clone(), order.clone(), 4, false, 2, Device::Cpu).collect();
         assert_eq!(
             batches.iter().map(|b| b.images.size()).collect::<Vec<_>>(),
             vec![vec![4, 2, 3, 3], vec![4, 2, 3, 3], vec![2, 2, 3, 3]]
         );
         let b = &batches[1];
         let got = Vec::<f32>::try_from(b.images.get(0).flatten(0, -1)).unwrap();
-        let want: Vec<f32> = s
-            .image(order[4])
-            .iter()
-            .map(|&v| v as f32 / 255.0)
-            .collect();
+        let want: Vec<f32> = s.image(order[4]).iter().map(|&v| v as f32 / 255.0).collect();
         assert_eq!(got, want);
         assert_eq!(
             Vec::<i64>::try_from(&b.labels).unwrap(),
@@ -179,6 +218,58 @@ mod tests {
                 .collect()
         };
         assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn views_are_stacked_view_major_and_independent_of_batching() {
+        use crate::augment::{Op, Pipeline};
+        let s = split(6);
+        let crop = |p| Pipeline {
+            ops: vec![
+                Op::ResizedCrop {
+                    size: (2, 2),
+                    scale: (0.3, 1.0),
+                    ratio: (0.5, 2.0),
+                },
+                Op::HFlip { p },
+            ],
+        };
+        let views = Arc::new(Views {
+            pipelines: vec![crop(0.5), crop(1.0)],
+        });
+        let spec = ViewSpec {
+            views: views.clone(),
+            seed: 3,
+            epoch: 1,
+        };
+        let order = epoch_order(6, 0, 0);
+        let run = |bs| -> Vec<Batch> {
+            Loader::with_views(s.clone(), order.clone(), bs, false, 2, Device::Cpu, Some(spec.clone())).collect()
+        };
+        let batches = run(3);
+        assert_eq!(batches[0].images.size(), vec![6, 2, 2, 2]);
+        // Row v * B + b is view v of image b, exactly as augment makes it.
+        for (v, b) in [(0, 0), (1, 2)] {
+            let i = batches[0].indices[b];
+            let img = Image::new(2, 3, 3, s.image(i).to_vec());
+            let want = views.apply(&img, 3, 1, i)[v]
+                .data
+                .iter()
+                .map(|&x| x as f32 / 255.0)
+                .collect::<Vec<_>>();
+            let got = Vec::<f32>::try_from(batches[0].images.get(v as i64 * 3 + b as i64).flatten(0, -1)).unwrap();
+            assert_eq!(got, want);
+        }
+        // The same image gets the same views whatever the batch size.
+        let one = run(1);
+        let first_view = |bs: &[Batch], n: usize| -> Vec<f32> {
+            let b = bs.iter().find(|b| b.indices.contains(&n)).unwrap();
+            let pos = b.indices.iter().position(|&x| x == n).unwrap() as i64;
+            Vec::<f32>::try_from(b.images.get(pos).flatten(0, -1)).unwrap()
+        };
+        for n in 0..6 {
+            assert_eq!(first_view(&batches, n), first_view(&one, n));
+        }
     }
 
     #[test]

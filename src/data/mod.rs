@@ -32,11 +32,7 @@ impl Split {
                 labels.len()
             );
         }
-        Ok(Split {
-            images,
-            labels,
-            shape,
-        })
+        Ok(Split { images, labels, shape })
     }
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -70,9 +66,7 @@ impl Split {
             return self.clone();
         }
         let mut idx: Vec<usize> = (0..self.len()).collect();
-        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-            seed ^ 0x5eed_5b5e,
-        ));
+        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5b5e));
         idx.truncate(n);
         idx.sort_unstable();
         self.select(&idx)
@@ -128,15 +122,10 @@ impl DataSpec {
     pub fn load(&self) -> Result<Dataset> {
         match self {
             DataSpec::FashionMnist(dir) => {
-                let names = FASHION_MNIST_CLASSES
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
+                let names = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
                 load_mnist_dir("fashion-mnist", dir, names)
             }
-            DataSpec::Mnist(dir) => {
-                load_mnist_dir("mnist", dir, (0..10).map(|d| d.to_string()).collect())
-            }
+            DataSpec::Mnist(dir) => load_mnist_dir("mnist", dir, (0..10).map(|d| d.to_string()).collect()),
         }
     }
 }
@@ -173,11 +162,7 @@ pub fn load_mnist_dir(name: &str, dir: &Path, class_names: Vec<String>) -> Resul
             );
         }
         if labels.dims.len() != 1 {
-            bail!(
-                "{}: expected 1 dimension [N], found {:?}",
-                lp.display(),
-                labels.dims
-            );
+            bail!("{}: expected 1 dimension [N], found {:?}", lp.display(), labels.dims);
         }
         if images.dims[0] != labels.dims[0] {
             bail!(
@@ -224,9 +209,7 @@ mod tests {
 
     pub(crate) fn write_mnist_dir(dir: &Path, n_train: usize, n_test: usize, bad_label: bool) {
         let mk = |n: usize, off: u8| {
-            let imgs: Vec<u8> = (0..n * 4 * 4)
-                .map(|i| (i as u8).wrapping_add(off))
-                .collect();
+            let imgs: Vec<u8> = (0..n * 4 * 4).map(|i| (i as u8).wrapping_add(off)).collect();
             let labs: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
             (imgs, labs)
         };
@@ -236,15 +219,9 @@ mod tests {
             tl[1] = 10;
         }
         let w = |name: &str, b: Vec<u8>| std::fs::write(dir.join(name), b).unwrap();
-        w(
-            "train-images-idx3-ubyte",
-            idx::encode_idx(&[n_train, 4, 4], &ti),
-        );
+        w("train-images-idx3-ubyte", idx::encode_idx(&[n_train, 4, 4], &ti));
         w("train-labels-idx1-ubyte", idx::encode_idx(&[n_train], &tl));
-        w(
-            "t10k-images-idx3-ubyte",
-            idx::encode_idx(&[n_test, 4, 4], &vi),
-        );
+        w("t10k-images-idx3-ubyte", idx::encode_idx(&[n_test, 4, 4], &vi));
         w("t10k-labels-idx1-ubyte", idx::encode_idx(&[n_test], &vl));
     }
 
@@ -254,10 +231,7 @@ mod tests {
         write_mnist_dir(dir.path(), 12, 5, false);
         let spec = DataSpec::parse(&format!("mnist:{}", dir.path().display())).unwrap();
         let d = spec.load().unwrap();
-        assert_eq!(
-            (d.train.len(), d.test.len(), d.train.shape),
-            (12, 5, [1, 4, 4])
-        );
+        assert_eq!((d.train.len(), d.test.len(), d.train.shape), (12, 5, [1, 4, 4]));
         assert_eq!(d.train.image(1), &(16u8..32).collect::<Vec<_>>()[..]);
         assert_eq!(d.train.labels[11], 1);
         assert_eq!(d.test.image(0)[0], 100);
@@ -285,10 +259,7 @@ mod tests {
         assert!(e.contains("missing t10k-labels-idx1-ubyte"), "{e}");
         let e = format!(
             "{:#}",
-            DataSpec::parse("mnist:/no/such/dir")
-                .unwrap()
-                .load()
-                .unwrap_err()
+            DataSpec::parse("mnist:/no/such/dir").unwrap().load().unwrap_err()
         );
         assert!(e.contains("/no/such/dir"), "{e}");
         assert!(DataSpec::parse("cifar11:x").is_err());

@@ -32,12 +32,7 @@ pub fn linear_probe(
     let xte = ((test_x - &mean) / &std).detach();
     tch::manual_seed(cfg.seed as i64);
     let vs = nn::VarStore::new(device);
-    let lin = nn::linear(
-        vs.root() / "probe",
-        xtr.size()[1],
-        num_classes,
-        Default::default(),
-    );
+    let lin = nn::linear(vs.root() / "probe", xtr.size()[1], num_classes, Default::default());
     let mut opt = nn::Adam {
         wd: cfg.weight_decay,
         ..Default::default()
@@ -80,8 +75,7 @@ mod tests {
         let centres = Tensor::randn([4, 8], (Kind::Float, tch::Device::Cpu)) * 4.0;
         let make = |n: i64| {
             let y = Tensor::randint(4, [n], (Kind::Int64, tch::Device::Cpu));
-            let x = centres.index_select(0, &y)
-                + Tensor::randn([n, 8], (Kind::Float, tch::Device::Cpu)) * 0.5;
+            let x = centres.index_select(0, &y) + Tensor::randn([n, 8], (Kind::Float, tch::Device::Cpu)) * 0.5;
             (x, y)
         };
         let (xtr, ytr) = make(800);

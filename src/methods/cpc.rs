@@ -120,10 +120,7 @@ impl Context {
 pub fn prediction_pairs(pred: &Tensor, z: &Tensor, k: i64) -> (Tensor, Tensor) {
     let (rows, d) = (z.size()[2], z.size()[1]);
     let flat = |t: Tensor| t.permute([0, 2, 3, 1]).reshape([-1, d]); // [B, D, r, c] -> [B*r*c, D]
-    (
-        flat(pred.narrow(2, 0, rows - k)),
-        flat(z.narrow(2, k, rows - k)),
-    )
+    (flat(pred.narrow(2, 0, rows - k)), flat(z.narrow(2, k, rows - k)))
 }
 
 /// The evaluation encoder: g_enc over the patch grid, codes mean-pooled: `[B, C, H, W]` -> `[B, D]`.
@@ -166,12 +163,7 @@ impl Cpc {
         let g_enc = nets::build_encoder(&(p / "encoder"), cfg, c)?;
         let d = g_enc.dim;
         let g_enc = Arc::new(Mutex::new(g_enc));
-        let context = Context::new(
-            &(p / "context"),
-            &cfg.cpc_context,
-            d,
-            cfg.cpc_context_layers,
-        )?;
+        let context = Context::new(&(p / "context"), &cfg.cpc_context, d, cfg.cpc_context_layers)?;
         let lin = nn::LinearConfig {
             bias: false,
             ..Default::default()
@@ -238,12 +230,7 @@ mod tests {
             }
         );
         assert_eq!(Grid::new(32, 32, 8, 4).unwrap().rows, 7);
-        assert!(
-            Grid::new(6, 28, 8, 4)
-                .unwrap_err()
-                .to_string()
-                .contains("cpc_patch")
-        );
+        assert!(Grid::new(6, 28, 8, 4).unwrap_err().to_string().contains("cpc_patch"));
     }
 
     #[test]
@@ -258,12 +245,7 @@ mod tests {
         // Overlapping: patch (1, 2) at stride 2 starts at pixel (2, 4).
         let g = Grid::new(8, 12, 4, 2).unwrap();
         let p = g.patches(&x);
-        assert!(
-            p.get(1)
-                .get(1)
-                .get(2)
-                .equal(&x.get(1).narrow(1, 2, 4).narrow(2, 4, 4))
-        );
+        assert!(p.get(1).get(1).get(2).equal(&x.get(1).narrow(1, 2, 4).narrow(2, 4, 4)));
     }
 
     fn contexts() -> Vec<(nn::VarStore, Context)> {
@@ -296,12 +278,10 @@ mod tests {
                     "{ctx:?} row {t} saw the future"
                 );
                 // ...while row t + 1 does change: the context really uses its input.
-                assert!(!c.narrow(2, t + 1, 1).allclose(
-                    &c2.narrow(2, t + 1, 1),
-                    1e-6,
-                    1e-6,
-                    false
-                ));
+                assert!(
+                    !c.narrow(2, t + 1, 1)
+                        .allclose(&c2.narrow(2, t + 1, 1), 1e-6, 1e-6, false)
+                );
             }
         }
     }
@@ -328,17 +308,10 @@ mod tests {
         let tv = Vec::<Vec<f32>>::try_from(&t).unwrap();
         for (i, (qi, ti)) in qv.iter().zip(&tv).enumerate() {
             // Same image and column, k rows further down; rows in (image, row, column) order.
-            assert_eq!(
-                (ti[0], ti[1], ti[2]),
-                (qi[0], qi[1] + k as f32, qi[2]),
-                "pair {i}"
-            );
+            assert_eq!((ti[0], ti[1], ti[2]), (qi[0], qi[1] + k as f32, qi[2]), "pair {i}");
             let i = i as i64;
             let want = (i / ((rows - k) * cols), (i / cols) % (rows - k), i % cols);
-            assert_eq!(
-                (qi[0], qi[1], qi[2]),
-                (want.0 as f32, want.1 as f32, want.2 as f32)
-            );
+            assert_eq!((qi[0], qi[1], qi[2]), (want.0 as f32, want.1 as f32, want.2 as f32));
         }
     }
 
@@ -364,28 +337,14 @@ mod tests {
         };
         let l = m.loss(&x, &Tensor::zeros([3], (Kind::Int64, Device::Cpu)), &ctx);
         // Near log(1 + negatives) at initialisation.
-        assert!(
-            l.double_value(&[]) > 1.0 && l.double_value(&[]) < 5.0,
-            "{l:?}"
-        );
+        assert!(l.double_value(&[]) > 1.0 && l.double_value(&[]) < 5.0, "{l:?}");
         let f = m.encoder().forward_t(&x, false);
         assert_eq!(f.size(), vec![3, 8]);
         // The pooled feature is the mean of the patch codes.
         let codes = m.grid.codes(&m.g_enc.lock().unwrap(), &x, false);
-        assert!(f.allclose(
-            &codes.mean_dim(&[2i64, 3][..], false, Kind::Float),
-            1e-5,
-            1e-6,
-            false
-        ));
-        let too_far = Config {
-            cpc_steps: 3,
-            ..cfg
-        };
-        let e = Cpc::new(&vs.root(), &too_far, &data)
-            .err()
-            .unwrap()
-            .to_string();
+        assert!(f.allclose(&codes.mean_dim(&[2i64, 3][..], false, Kind::Float), 1e-5, 1e-6, false));
+        let too_far = Config { cpc_steps: 3, ..cfg };
+        let e = Cpc::new(&vs.root(), &too_far, &data).err().unwrap().to_string();
         assert!(e.contains("cpc_steps"), "{e}");
     }
 }

@@ -11,14 +11,7 @@ use tch::{Kind, Tensor};
 pub const SPEC: MethodSpec = MethodSpec {
     name: "denoising-autoencoder",
     summary: "reconstruct the clean image from a noisy one (gaussian or masking noise)",
-    build: |p, cfg, data| {
-        Ok(Box::new(Autoencoder::new(
-            p,
-            cfg,
-            data,
-            Some(corruption(cfg)?),
-        )?))
-    },
+    build: |p, cfg, data| Ok(Box::new(Autoencoder::new(p, cfg, data, Some(corruption(cfg)?))?)),
 };
 
 pub fn corruption(cfg: &Config) -> Result<Corruption> {
@@ -30,10 +23,7 @@ pub fn corruption(cfg: &Config) -> Result<Corruption> {
             let keep = Tensor::rand([s[0], 1, s[2], s[3]], (Kind::Float, x.device())).ge(ratio);
             x * keep.to_kind(Kind::Float)
         }),
-        other => bail!(
-            "option noise = '{other}' is not one of {:?}",
-            crate::config::NOISES
-        ),
+        other => bail!("option noise = '{other}' is not one of {:?}", crate::config::NOISES),
     })
 }
 
@@ -55,12 +45,7 @@ mod tests {
         let frac = zero.mean(Kind::Float).double_value(&[]);
         assert!((frac - 0.3).abs() < 0.03, "masked fraction {frac}");
         // Masks are per pixel: all channels of a pixel agree.
-        assert!(
-            zero.std_dim(&[1i64][..], false, false)
-                .max()
-                .double_value(&[])
-                == 0.0
-        );
+        assert!(zero.std_dim(&[1i64][..], false, false).max().double_value(&[]) == 0.0);
         // Kept pixels are unchanged.
         let kept: Tensor = &x * (&zero * -1.0 + 1.0);
         assert!((&y - kept).abs().max().double_value(&[]) == 0.0);

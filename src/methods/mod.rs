@@ -4,10 +4,13 @@
 pub mod autoencoder;
 pub mod cpc;
 pub mod denoising;
+pub mod simclr;
 
+use crate::augment::Views;
 use crate::config::Config;
 use crate::nets::Encoder;
 use anyhow::{Result, bail};
+use std::sync::Arc;
 use tch::{Tensor, nn};
 
 /// Where training is, passed to every step (schedules such as BYOL's momentum use it).
@@ -34,6 +37,11 @@ pub trait Method {
     fn encoder(&self) -> &Encoder;
     /// Runs after each optimizer step, without gradients (momentum updates, queues).
     fn after_step(&mut self, _ctx: &StepCtx) {}
+    /// Random views the loader should make of each image. With V views, `loss` receives
+    /// `[V * B, C, h, w]`: all first views, then all second views, and so on.
+    fn views(&self) -> Option<Arc<Views>> {
+        None
+    }
 }
 
 /// A registry entry. `build` creates the method's variables under the given path; the
@@ -44,7 +52,7 @@ pub struct MethodSpec {
     pub build: fn(&nn::Path, &Config, &DataInfo) -> Result<Box<dyn Method>>,
 }
 
-pub const REGISTRY: &[MethodSpec] = &[autoencoder::SPEC, denoising::SPEC, cpc::SPEC];
+pub const REGISTRY: &[MethodSpec] = &[autoencoder::SPEC, denoising::SPEC, cpc::SPEC, simclr::SPEC];
 
 pub fn find(name: &str) -> Result<&'static MethodSpec> {
     match REGISTRY.iter().find(|m| m.name == name) {

@@ -56,12 +56,7 @@ impl Decoder {
                 ..Default::default()
             },
         );
-        Ok(Decoder {
-            fc,
-            stages,
-            out,
-            start,
-        })
+        Ok(Decoder { fc, stages, out, start })
     }
 
     /// `[B, D]` -> `[B, C, H, W]` in (0, 1)

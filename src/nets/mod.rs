@@ -43,10 +43,7 @@ pub fn build_encoder(p: &nn::Path, cfg: &Config, in_channels: i64) -> Result<Enc
             let (net, dim) = resnet::resnet18_cifar(p, in_channels, cfg.resnet_width);
             Ok(Encoder { net, dim })
         }
-        other => bail!(
-            "option encoder = '{other}' is not one of {:?}",
-            crate::config::ENCODERS
-        ),
+        other => bail!("option encoder = '{other}' is not one of {:?}", crate::config::ENCODERS),
     }
 }
 
@@ -59,15 +56,32 @@ pub fn parameter_count(vs: &nn::VarStore, prefix: &str) -> i64 {
         .sum()
 }
 
+/// An MLP head: Linear -> BatchNorm -> ReLU between layers, a plain Linear at the end.
+/// `dims` = [input, hidden..., output].
+pub fn mlp(p: &nn::Path, dims: &[i64]) -> nn::SequentialT {
+    let mut net = nn::seq_t();
+    for i in 0..dims.len() - 1 {
+        let last = i == dims.len() - 2;
+        net = net.add(nn::linear(
+            p / format!("fc{i}"),
+            dims[i],
+            dims[i + 1],
+            nn::LinearConfig {
+                bias: last,
+                ..Default::default()
+            },
+        ));
+        if !last {
+            net = net
+                .add(nn::batch_norm1d(p / format!("bn{i}"), dims[i + 1], Default::default()))
+                .add_fn(|x| x.relu());
+        }
+    }
+    net
+}
+
 /// conv -> batch norm -> ReLU, the building block of the small CNN and the ResNet stem.
-pub fn conv_bn_relu(
-    p: &nn::Path,
-    conv: &str,
-    bn: &str,
-    cin: i64,
-    cout: i64,
-    stride: i64,
-) -> nn::SequentialT {
+pub fn conv_bn_relu(p: &nn::Path, conv: &str, bn: &str, cin: i64, cout: i64, stride: i64) -> nn::SequentialT {
     let cfg = nn::ConvConfig {
         stride,
         padding: 1,
@@ -137,9 +151,6 @@ mod tests {
         let e = Decoder::new(&(vs.root() / "b"), 16, &[8, 4, 2], [1, 28, 28])
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("decoder_widths") && e.contains("divisible by 8"),
-            "{e}"
-        );
+        assert!(e.contains("decoder_widths") && e.contains("divisible by 8"), "{e}");
     }
 }

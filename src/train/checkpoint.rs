@@ -48,9 +48,7 @@ impl Meta {
 
 /// The libtorch seed used for step `step` of a run seeded with `seed`.
 pub fn step_seed(seed: u64, step: usize) -> i64 {
-    (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9))
-        as i64
-        & i64::MAX
+    (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)) as i64 & i64::MAX
 }
 
 fn dtype(kind: Kind) -> Result<Dtype> {
@@ -89,17 +87,14 @@ pub fn write_safetensors_atomic(
             TensorView::new(*dt, shape.clone(), bytes).context("bad tensor view")?,
         ));
     }
-    let bytes = safetensors::tensor::serialize(views, &Some(metadata))
-        .context("cannot serialize tensors")?;
+    let bytes = safetensors::tensor::serialize(views, &Some(metadata)).context("cannot serialize tensors")?;
     let tmp = path.with_extension("safetensors.tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     f.write_all(&bytes)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -117,10 +112,7 @@ pub fn read_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<S
             Dtype::F64 => Kind::Double,
             Dtype::I64 => Kind::Int64,
             Dtype::U8 => Kind::Uint8,
-            d => bail!(
-                "{}: tensor {name} has unsupported dtype {d:?}",
-                path.display()
-            ),
+            d => bail!("{}: tensor {name} has unsupported dtype {d:?}", path.display()),
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         out.push((name, Tensor::from_data_size(view.data(), &shape, kind)));
@@ -141,11 +133,7 @@ pub fn save(dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], meta: &Me
         .into_iter()
         .map(|(k, t)| (format!("model.{k}"), t.detach()))
         .collect();
-    tensors.extend(
-        optim
-            .iter()
-            .map(|(k, t)| (format!("optim.{k}"), t.detach())),
-    );
+    tensors.extend(optim.iter().map(|(k, t)| (format!("optim.{k}"), t.detach())));
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let meta_json = serde_json::to_string(meta)?;
     write_safetensors_atomic(
@@ -158,21 +146,13 @@ pub fn save(dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], meta: &Me
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let path = dir.join(FILE_NAME);
     if !path.is_file() {
-        bail!(
-            "no checkpoint in {} (expected {})",
-            dir.display(),
-            path.display()
-        );
+        bail!("no checkpoint in {} (expected {})", dir.display(), path.display());
     }
     let (tensors, metadata) = read_safetensors(&path)?;
     let Some(json) = metadata.get(META_KEY) else {
-        bail!(
-            "{} has no selfsup metadata: not a selfsup checkpoint",
-            path.display()
-        );
+        bail!("{} has no selfsup metadata: not a selfsup checkpoint", path.display());
     };
-    let meta: Meta = serde_json::from_str(json)
-        .with_context(|| format!("{}: unreadable metadata", path.display()))?;
+    let meta: Meta = serde_json::from_str(json).with_context(|| format!("{}: unreadable metadata", path.display()))?;
     if meta.format_version != FORMAT_VERSION {
         bail!(
             "{}: checkpoint format {} is not the supported {FORMAT_VERSION}",

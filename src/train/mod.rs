@@ -6,7 +6,7 @@ pub mod optim;
 pub mod schedule;
 
 use crate::config::Config;
-use crate::data::{self, Dataset, Loader};
+use crate::data::{self, Dataset, Loader, loader::ViewSpec};
 use crate::methods::{self, DataInfo, Method, StepCtx};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -71,17 +71,10 @@ pub struct TrainOptions {
 }
 
 /// Pretrains `cfg.method` on `ds`, writing metrics and checkpoints into `out`.
-pub fn pretrain(
-    cfg: &Config,
-    ds: &Dataset,
-    out: &Path,
-    opts: &TrainOptions,
-    device: Device,
-) -> Result<Summary> {
+pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, device: Device) -> Result<Summary> {
     let (resume, quiet) = (opts.resume, opts.quiet);
     let stop_at = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create run folder {}", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
     let ckpt_path = out.join(checkpoint::FILE_NAME);
     let train = Arc::new(ds.train.subset(cfg.train_subset, cfg.seed));
     let spe = steps_per_epoch(train.len(), cfg.batch_size);
@@ -96,12 +89,16 @@ pub fn pretrain(
     let warmup = (cfg.warmup_epochs * spe as f64).round() as usize;
 
     let mut model = Model::build(cfg, &data_info(ds), device)?;
+    let views = model.method.views();
+    if let Some(v) = &views {
+        v.validate(train.shape[1], train.shape[2])
+            .context("augmentation options")?;
+    }
     let mut opt = optim::Optimizer::new(&model.vs, &cfg.optimizer, cfg.momentum, cfg.weight_decay)?;
     let (mut epoch, mut step, mut wall_before) = (0usize, 0usize, 0f64);
     if resume {
         let ck = checkpoint::load(out)?;
-        checkpoint::load_into(&model.vs, &ck.model)
-            .with_context(|| format!("{}", ckpt_path.display()))?;
+        checkpoint::load_into(&model.vs, &ck.model).with_context(|| format!("{}", ckpt_path.display()))?;
         opt.load_state(ck.optim)
             .with_context(|| format!("{}", ckpt_path.display()))?;
         (epoch, step, wall_before) = (ck.meta.epoch, ck.meta.step, ck.meta.wall_seconds);
@@ -141,14 +138,12 @@ pub fn pretrain(
     while epoch < stop_at {
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let order = data::epoch_order(train.len(), cfg.seed, epoch);
-        let loader = Loader::new(
-            train.clone(),
-            order,
-            cfg.batch_size,
-            true,
-            cfg.prefetch,
-            device,
-        );
+        let spec = views.as_ref().map(|v| ViewSpec {
+            views: v.clone(),
+            seed: cfg.seed,
+            epoch,
+        });
+        let loader = Loader::with_views(train.clone(), order, cfg.batch_size, true, cfg.prefetch, device, spec);
         let (mut loss_sum, mut loss_n) = (0f64, 0usize);
         let epoch_start = Instant::now();
         let mut window = (Instant::now(), 0usize);
@@ -167,10 +162,7 @@ pub fn pretrain(
             tch::no_grad(|| model.method.after_step(&ctx));
             let l = loss.double_value(&[]);
             if !l.is_finite() {
-                bail!(
-                    "loss became {l} at step {step} (epoch {}); try a lower lr",
-                    epoch + 1
-                );
+                bail!("loss became {l} at step {step} (epoch {}); try a lower lr", epoch + 1);
             }
             let b = batch.indices.len();
             (loss_sum, loss_n, images_seen) = (loss_sum + l, loss_n + 1, images_seen + b);
@@ -221,7 +213,7 @@ pub fn pretrain(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::data::Split;
     use tch::Tensor;
@@ -331,12 +323,7 @@ mod tests {
             .iter()
             .map(|(k, t)| (k.clone(), t.shallow_clone()))
             .collect::<Vec<_>>();
-        assert!(
-            before
-                .iter()
-                .zip(&saved)
-                .any(|((_, a), (_, b))| !a.equal(b))
-        );
+        assert!(before.iter().zip(&saved).any(|((_, a), (_, b))| !a.equal(b)));
         checkpoint::load_into(&other.vs, &ck.model).unwrap();
         let after = vars(&other.vs);
         assert_eq!(after.len(), saved.len());
@@ -370,9 +357,7 @@ mod tests {
             Device::Cpu,
         )
         .unwrap();
-        let e = checkpoint::load_into(&wider.vs, &ck.model)
-            .unwrap_err()
-            .to_string();
+        let e = checkpoint::load_into(&wider.vs, &ck.model).unwrap_err().to_string();
         assert!(e.contains("shape"), "{e}");
         std::fs::write(dir.path().join(checkpoint::FILE_NAME), b"not a checkpoint").unwrap();
         let e = format!("{:#}", checkpoint::load(dir.path()).err().unwrap());
@@ -418,12 +403,7 @@ mod tests {
         let a = checkpoint::load(full.path()).unwrap();
         let b = checkpoint::load(split.path()).unwrap();
         assert_eq!((b.meta.epoch, b.meta.step), (4, 24));
-        for ((ka, ta), (kb, tb)) in a
-            .model
-            .iter()
-            .chain(&a.optim)
-            .zip(b.model.iter().chain(&b.optim))
-        {
+        for ((ka, ta), (kb, tb)) in a.model.iter().chain(&a.optim).zip(b.model.iter().chain(&b.optim)) {
             assert_eq!(ka, kb);
             assert!(
                 ta.allclose(tb, 1e-5, 1e-6, false),

@@ -28,12 +28,7 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    pub fn new(
-        vs: &nn::VarStore,
-        name: &str,
-        momentum: f64,
-        weight_decay: f64,
-    ) -> Result<Optimizer> {
+    pub fn new(vs: &nn::VarStore, name: &str, momentum: f64, weight_decay: f64) -> Result<Optimizer> {
         let kind = match name {
             "sgd" => OptKind::Sgd { momentum },
             "adam" => OptKind::Adam,
@@ -43,11 +38,7 @@ impl Optimizer {
                 crate::config::OPTIMIZERS
             ),
         };
-        let mut params: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
+        let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Optimizer {
             kind,
@@ -81,11 +72,7 @@ impl Optimizer {
                 let mut p = p.shallow_clone();
                 match self.kind {
                     OptKind::Sgd { momentum } => {
-                        let d = if wd != 0.0 {
-                            &g + &p * wd
-                        } else {
-                            g.shallow_clone()
-                        };
+                        let d = if wd != 0.0 { &g + &p * wd } else { g.shallow_clone() };
                         let d = if momentum != 0.0 {
                             match self.state.get_mut(&format!("{name}/momentum")) {
                                 Some(buf) => {
@@ -94,8 +81,7 @@ impl Optimizer {
                                 }
                                 None => {
                                     let buf = d.detach().copy();
-                                    self.state
-                                        .insert(format!("{name}/momentum"), buf.shallow_clone());
+                                    self.state.insert(format!("{name}/momentum"), buf.shallow_clone());
                                     buf
                                 }
                             }
@@ -136,11 +122,7 @@ impl Optimizer {
 
     /// State tensors to store in a checkpoint (the step count travels as a scalar tensor).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self
-            .state
-            .iter()
-            .map(|(k, t)| (k.clone(), t.shallow_clone()))
-            .collect();
+        let mut v: Vec<(String, Tensor)> = self.state.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
         v.push(("steps_taken".into(), Tensor::from(self.steps_taken)));
         v
     }
@@ -148,11 +130,7 @@ impl Optimizer {
     /// Restores what `state_tensors` returned; every entry must belong to a parameter.
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
         self.state.clear();
-        let device = self
-            .params
-            .first()
-            .map(|(_, p)| p.device())
-            .unwrap_or(tch::Device::Cpu);
+        let device = self.params.first().map(|(_, p)| p.device()).unwrap_or(tch::Device::Cpu);
         for (k, t) in tensors {
             if k == "steps_taken" {
                 self.steps_taken = t.int64_value(&[]);
@@ -171,8 +149,7 @@ impl Optimizer {
                     p.size()
                 );
             }
-            self.state
-                .insert(k, t.to_kind(Kind::Float).to_device(device).copy());
+            self.state.insert(k, t.to_kind(Kind::Float).to_device(device).copy());
         }
         Ok(())
     }
@@ -207,10 +184,7 @@ mod tests {
         step(&mut opt, &p, 0.1); // buf = g = p0; p1 = 0.9 p0
         step(&mut opt, &p, 0.1); // buf = 0.9 p0 + 0.9 p0 = 1.8 p0; p2 = 0.9 p0 - 0.18 p0 = 0.72 p0
         let v = vals(&p);
-        assert!(
-            (v[0] - 0.72).abs() < 1e-6 && (v[1] + 1.44).abs() < 1e-6,
-            "{v:?}"
-        );
+        assert!((v[0] - 0.72).abs() < 1e-6 && (v[1] + 1.44).abs() < 1e-6, "{v:?}");
     }
 
     #[test]
@@ -219,10 +193,7 @@ mod tests {
         let (_vs, mut opt, p) = setup("adam", 0.0);
         step(&mut opt, &p, 0.01);
         let v = vals(&p);
-        assert!(
-            (v[0] - 0.99).abs() < 1e-5 && (v[1] + 1.99).abs() < 1e-5,
-            "{v:?}"
-        );
+        assert!((v[0] - 0.99).abs() < 1e-5 && (v[1] + 1.99).abs() < 1e-5, "{v:?}");
     }
 
     #[test]
@@ -247,9 +218,6 @@ mod tests {
         step(&mut a, &pa, 0.05);
         step(&mut b, &pb, 0.05);
         assert_eq!(vals(&pa), vals(&pb));
-        assert!(
-            b.load_state(vec![("q/exp_avg".into(), Tensor::from(1f32))])
-                .is_err()
-        );
+        assert!(b.load_state(vec![("q/exp_avg".into(), Tensor::from(1f32))]).is_err());
     }
 }

@@ -1,0 +1,361 @@
+//! Pure image operations on u8 images (gray or RGB, any size), following torchvision's
+//! tensor implementations. Each op computes in f32 and rounds back to u8 (torchvision
+//! truncates; rounding is the unbiased choice). On 1-channel images the colour-only ops
+//! (saturation, hue, grayscale conversion) return the image unchanged, as torchvision does.
+
+/// An image stored channel-major: `data[c * h * w + y * w + x]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub data: Vec<u8>,
+}
+
+impl Image {
+    pub fn new(c: usize, h: usize, w: usize, data: Vec<u8>) -> Image {
+        assert_eq!(data.len(), c * h * w, "image data does not match {c}x{h}x{w}");
+        Image { c, h, w, data }
+    }
+    pub fn at(&self, c: usize, y: usize, x: usize) -> u8 {
+        self.data[(c * self.h + y) * self.w + x]
+    }
+    fn map_f32(&self, f: impl Fn(usize, usize, f32) -> f32) -> Image {
+        let plane = self.h * self.w;
+        let data = self
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| to_u8(f(i / plane, i % plane, v as f32)))
+            .collect();
+        Image { data, ..*self }
+    }
+}
+
+fn to_u8(v: f32) -> u8 {
+    v.round().clamp(0.0, 255.0) as u8
+}
+
+/// A crop rectangle in pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CropBox {
+    pub top: usize,
+    pub left: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Crops `b` out of `img` and resizes it to `out_h` x `out_w` with bilinear interpolation
+/// (half-pixel centres, as torchvision/PIL without antialiasing).
+pub fn resized_crop(img: &Image, b: CropBox, out_h: usize, out_w: usize) -> Image {
+    let (sy, sx) = (b.height as f32 / out_h as f32, b.width as f32 / out_w as f32);
+    // For each output column: left source index, right source index, weight of the right one.
+    let taps = |n_out: usize, scale: f32, n_in: usize, offset: usize| -> Vec<(usize, usize, f32)> {
+        (0..n_out)
+            .map(|o| {
+                let s = ((o as f32 + 0.5) * scale - 0.5).clamp(0.0, (n_in - 1) as f32);
+                let i0 = s.floor() as usize;
+                let i1 = (i0 + 1).min(n_in - 1);
+                (offset + i0, offset + i1, s - i0 as f32)
+            })
+            .collect()
+    };
+    let ys = taps(out_h, sy, b.height, b.top);
+    let xs = taps(out_w, sx, b.width, b.left);
+    let mut data = Vec::with_capacity(img.c * out_h * out_w);
+    for c in 0..img.c {
+        for &(y0, y1, wy) in &ys {
+            for &(x0, x1, wx) in &xs {
+                let p = |y, x| img.at(c, y, x) as f32;
+                let top = p(y0, x0) * (1.0 - wx) + p(y0, x1) * wx;
+                let bot = p(y1, x0) * (1.0 - wx) + p(y1, x1) * wx;
+                data.push(to_u8(top * (1.0 - wy) + bot * wy));
+            }
+        }
+    }
+    Image {
+        c: img.c,
+        h: out_h,
+        w: out_w,
+        data,
+    }
+}
+
+pub fn hflip(img: &Image) -> Image {
+    let mut data = img.data.clone();
+    for row in data.chunks_mut(img.w) {
+        row.reverse();
+    }
+    Image { data, ..*img }
+}
+
+/// Luma as torchvision's rgb_to_grayscale: 0.2989 R + 0.587 G + 0.114 B, per pixel `[H*W]`.
+fn luma(img: &Image) -> Vec<f32> {
+    let plane = img.h * img.w;
+    if img.c != 3 {
+        return img.data[..plane].iter().map(|&v| v as f32).collect();
+    }
+    (0..plane)
+        .map(|i| {
+            0.2989 * img.data[i] as f32 + 0.587 * img.data[plane + i] as f32 + 0.114 * img.data[2 * plane + i] as f32
+        })
+        .collect()
+}
+
+/// Gray version with the same number of channels; a 1-channel image is returned unchanged.
+pub fn grayscale(img: &Image) -> Image {
+    if img.c != 3 {
+        return img.clone();
+    }
+    let l = luma(img);
+    img.map_f32(|_, i, _| l[i])
+}
+
+/// Multiplies every pixel by `factor` (blend with black).
+pub fn adjust_brightness(img: &Image, factor: f32) -> Image {
+    img.map_f32(|_, _, v| v * factor)
+}
+
+/// Blends with the mean luma of the image: factor 0 gives a flat gray image.
+pub fn adjust_contrast(img: &Image, factor: f32) -> Image {
+    let l = luma(img);
+    let mean = l.iter().sum::<f32>() / l.len() as f32;
+    img.map_f32(|_, _, v| factor * v + (1.0 - factor) * mean)
+}
+
+/// Blends with the grayscale image: factor 0 gives gray, 1 the original. No-op on gray input.
+pub fn adjust_saturation(img: &Image, factor: f32) -> Image {
+    if img.c != 3 {
+        return img.clone();
+    }
+    let l = luma(img);
+    img.map_f32(|_, i, v| factor * v + (1.0 - factor) * l[i])
+}
+
+/// Rotates the hue by `shift` turns (in [-0.5, 0.5]) in HSV space. No-op on gray input.
+pub fn adjust_hue(img: &Image, shift: f32) -> Image {
+    if img.c != 3 {
+        return img.clone();
+    }
+    let plane = img.h * img.w;
+    let mut data = img.data.clone();
+    for i in 0..plane {
+        let rgb = [img.data[i], img.data[plane + i], img.data[2 * plane + i]].map(|v| v as f32 / 255.0);
+        let (h, s, v) = rgb_to_hsv(rgb);
+        let out = hsv_to_rgb((h + shift).rem_euclid(1.0), s, v);
+        for c in 0..3 {
+            data[c * plane + i] = to_u8(out[c] * 255.0);
+        }
+    }
+    Image { data, ..*img }
+}
+
+pub fn rgb_to_hsv([r, g, b]: [f32; 3]) -> (f32, f32, f32) {
+    let max = r.max(g).max(b);
+    let min = r.min(g).min(b);
+    let d = max - min;
+    let s = if max > 0.0 { d / max } else { 0.0 };
+    let h = if d == 0.0 {
+        0.0
+    } else if max == r {
+        ((g - b) / d).rem_euclid(6.0) / 6.0
+    } else if max == g {
+        ((b - r) / d + 2.0) / 6.0
+    } else {
+        ((r - g) / d + 4.0) / 6.0
+    };
+    (h, s, max)
+}
+
+pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
+    let h6 = h * 6.0;
+    let i = h6.floor();
+    let f = h6 - i;
+    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    match (i as i64).rem_euclid(6) {
+        0 => [v, t, p],
+        1 => [q, v, p],
+        2 => [p, v, t],
+        3 => [p, q, v],
+        4 => [t, p, v],
+        _ => [v, p, q],
+    }
+}
+
+/// Separable Gaussian blur with an odd `kernel` size and reflect padding (torchvision's).
+pub fn gaussian_blur(img: &Image, kernel: usize, sigma: f32) -> Image {
+    let k = kernel.max(1) | 1;
+    let r = (k / 2) as i64;
+    let weights: Vec<f32> = (-r..=r)
+        .map(|x| (-(x * x) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = weights.iter().sum();
+    let weights: Vec<f32> = weights.iter().map(|w| w / total).collect();
+    let reflect = |i: i64, n: usize| -> usize {
+        let n = n as i64;
+        if n == 1 {
+            return 0;
+        }
+        let period = 2 * (n - 1);
+        let m = i.rem_euclid(period);
+        (if m < n { m } else { period - m }) as usize
+    };
+    let (h, w) = (img.h, img.w);
+    let mut tmp = vec![0f32; img.data.len()];
+    let mut out = vec![0u8; img.data.len()];
+    for c in 0..img.c {
+        let base = c * h * w;
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = 0.0;
+                for (j, wt) in weights.iter().enumerate() {
+                    acc += wt * img.data[base + y * w + reflect(x as i64 + j as i64 - r, w)] as f32;
+                }
+                tmp[base + y * w + x] = acc;
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = 0.0;
+                for (j, wt) in weights.iter().enumerate() {
+                    acc += wt * tmp[base + reflect(y as i64 + j as i64 - r, h) * w + x];
+                }
+                out[base + y * w + x] = to_u8(acc);
+            }
+        }
+    }
+    Image { data: out, ..*img }
+}
+
+/// Inverts every pixel at or above `threshold`.
+pub fn solarize(img: &Image, threshold: u8) -> Image {
+    Image {
+        data: img
+            .data
+            .iter()
+            .map(|&v| if v >= threshold { 255 - v } else { v })
+            .collect(),
+        ..*img
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rgb(pixels: &[[u8; 3]], h: usize, w: usize) -> Image {
+        let plane = h * w;
+        let mut data = vec![0; 3 * plane];
+        for (i, p) in pixels.iter().enumerate() {
+            for c in 0..3 {
+                data[c * plane + i] = p[c];
+            }
+        }
+        Image::new(3, h, w, data)
+    }
+
+    #[test]
+    fn resized_crop_identity_and_hand_values() {
+        let img = Image::new(1, 2, 3, vec![0, 10, 20, 30, 40, 50]);
+        let full = CropBox {
+            top: 0,
+            left: 0,
+            height: 2,
+            width: 3,
+        };
+        assert_eq!(resized_crop(&img, full, 2, 3), img);
+        // 2x2 -> 4x4: output pixel 1 maps to source 0.25 (half-pixel centres).
+        let img = Image::new(1, 2, 2, vec![0, 100, 200, 100]);
+        let up = resized_crop(
+            &img,
+            CropBox {
+                top: 0,
+                left: 0,
+                height: 2,
+                width: 2,
+            },
+            4,
+            4,
+        );
+        assert_eq!(&up.data[0..4], &[0, 25, 75, 100]);
+        // Crop of a single pixel resized to 2x2 repeats it.
+        let img = Image::new(1, 2, 3, vec![0, 10, 20, 30, 40, 50]);
+        let one = resized_crop(
+            &img,
+            CropBox {
+                top: 1,
+                left: 2,
+                height: 1,
+                width: 1,
+            },
+            2,
+            2,
+        );
+        assert_eq!(one.data, vec![50; 4]);
+    }
+
+    #[test]
+    fn flip_reverses_rows_and_twice_is_identity() {
+        let img = Image::new(2, 1, 3, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(hflip(&img).data, vec![3, 2, 1, 6, 5, 4]);
+        assert_eq!(hflip(&hflip(&img)), img);
+    }
+
+    #[test]
+    fn colour_ops_match_hand_values() {
+        let img = rgb(&[[255, 0, 0], [0, 0, 255]], 1, 2);
+        // luma: red 76.2, blue 29.1
+        assert_eq!(grayscale(&img).data, vec![76, 29, 76, 29, 76, 29]);
+        assert_eq!(adjust_brightness(&img, 0.5).data, vec![128, 0, 0, 0, 0, 128]);
+        // contrast 0 -> mean luma (76.2 + 29.1) / 2 = 52.6 everywhere
+        assert_eq!(adjust_contrast(&img, 0.0).data, vec![53; 6]);
+        assert_eq!(adjust_saturation(&img, 0.0), grayscale(&img));
+        assert_eq!(adjust_saturation(&img, 1.0), img);
+        // hue +1/3 turns red into green and blue into red
+        assert_eq!(adjust_hue(&img, 1.0 / 3.0).data, vec![0, 255, 255, 0, 0, 0]);
+        assert_eq!(
+            solarize(&Image::new(1, 1, 3, vec![10, 128, 200]), 128).data,
+            vec![10, 127, 55]
+        );
+    }
+
+    #[test]
+    fn colour_only_ops_are_no_ops_on_gray() {
+        let g = Image::new(1, 2, 2, vec![0, 50, 100, 250]);
+        assert_eq!(adjust_saturation(&g, 0.2), g);
+        assert_eq!(adjust_hue(&g, 0.3), g);
+        assert_eq!(grayscale(&g), g);
+        // brightness and contrast still act
+        assert_eq!(adjust_brightness(&g, 2.0).data, vec![0, 100, 200, 255]);
+    }
+
+    #[test]
+    fn hsv_round_trip() {
+        for r in (0..=255).step_by(51) {
+            for g in (0..=255).step_by(51) {
+                for b in (0..=255).step_by(85) {
+                    let c = [r as f32 / 255.0, g as f32 / 255.0, b as f32 / 255.0];
+                    let (h, s, v) = rgb_to_hsv(c);
+                    let back = hsv_to_rgb(h, s, v);
+                    for i in 0..3 {
+                        assert!((back[i] - c[i]).abs() < 1e-5, "{c:?} -> {back:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blur_keeps_flat_images_and_spreads_a_point() {
+        let flat = Image::new(1, 5, 5, vec![77; 25]);
+        assert_eq!(gaussian_blur(&flat, 3, 1.0), flat);
+        let mut d = vec![0u8; 25];
+        d[12] = 255;
+        let b = gaussian_blur(&Image::new(1, 5, 5, d), 3, 1.0);
+        // 1-D weights for sigma 1: [e^-0.5, 1, e^-0.5] / (1 + 2 e^-0.5)
+        let w0 = 1.0 / (1.0 + 2.0 * (-0.5f32).exp());
+        assert_eq!(b.at(0, 2, 2), to_u8(255.0 * w0 * w0));
+        assert_eq!(b.at(0, 2, 3), to_u8(255.0 * w0 * w0 * (-0.5f32).exp()));
+        assert_eq!(b.at(0, 0, 0), 0);
+    }
+}
