@@ -64,6 +64,16 @@ pub struct Config {
     pub proj_dim: i64,
     /// Temperature of the contrastive losses.
     pub temperature: f64,
+    /// Predictor MLP hidden width (BYOL, SimSiam, MoCo v3).
+    pub pred_hidden_dim: i64,
+    /// Momentum of the EMA target networks (MoCo keeps it constant; BYOL and MoCo v3
+    /// raise it to 1 along a cosine).
+    pub ema_momentum: f64,
+    /// MoCo v1/v2: number of keys in the queue of negatives.
+    pub moco_queue: i64,
+    /// MoCo v1/v2: BatchNorm runs on this many sub-batches, the key encoder's on shuffled
+    /// ones, emulating the paper's shuffling BN across GPUs (1 = whole batch).
+    pub shuffle_bn_groups: i64,
 
     /// CPC: patch size and stride of the patch grid (28x28 -> 6x6 grid of 8x8 at stride 4).
     pub cpc_patch: i64,
@@ -128,6 +138,10 @@ impl Default for Config {
             proj_hidden_dim: 512,
             proj_dim: 128,
             temperature: 0.5,
+            pred_hidden_dim: 512,
+            ema_momentum: 0.99,
+            moco_queue: 4096,
+            shuffle_bn_groups: 4,
             cpc_patch: 8,
             cpc_stride: 4,
             cpc_steps: 2,
@@ -304,6 +318,22 @@ impl Config {
             );
         }
         positive("temperature", self.temperature)?;
+        if self.pred_hidden_dim < 1 {
+            bail!("option pred_hidden_dim = {} must be at least 1", self.pred_hidden_dim);
+        }
+        if !(0.0..1.0).contains(&self.ema_momentum) {
+            bail!("option ema_momentum = {} must be in [0, 1)", self.ema_momentum);
+        }
+        if self.moco_queue < 1 {
+            bail!("option moco_queue = {} must be at least 1", self.moco_queue);
+        }
+        if self.shuffle_bn_groups < 1 || self.batch_size as i64 % self.shuffle_bn_groups != 0 {
+            bail!(
+                "option shuffle_bn_groups = {} must be at least 1 and divide batch_size = {}",
+                self.shuffle_bn_groups,
+                self.batch_size
+            );
+        }
         one_of("cpc_context", &self.cpc_context, CPC_CONTEXTS)?;
         if self.cpc_patch < 1 || self.cpc_stride < 1 || self.cpc_stride > self.cpc_patch {
             bail!(

@@ -62,6 +62,15 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Tensor {
     cross_entropy(&sim, &targets)
 }
 
+/// InfoNCE over a batch (MoCo v3's contrastive loss before its 2T scaling): row i of
+/// `q` `[N, D]` has row i of `k` `[N, D]` as positive and the other rows of `k` as
+/// negatives; cosine similarity / `temperature`.
+pub fn info_nce_batch(q: &Tensor, k: &Tensor, temperature: f64) -> Tensor {
+    let logits = l2_normalize(q).matmul(&l2_normalize(k).tr()) / temperature; // [N, N]
+    let targets = Tensor::arange(q.size()[0], (Kind::Int64, q.device()));
+    cross_entropy(&logits, &targets)
+}
+
 /// Negative cosine similarity, mean over rows (BYOL, SimSiam): -cos(p, z). Stopping the
 /// gradient through `z` is the caller's choice (`z.detach()`).
 pub fn negative_cosine(p: &Tensor, z: &Tensor) -> Tensor {
@@ -215,5 +224,17 @@ mod tests {
         // row 0: cos 1; row 1: cos 0 -> mean -0.5
         assert!((negative_cosine(&a, &b).double_value(&[]) + 0.5).abs() < 1e-6);
         assert!((negative_cosine(&a, &a).double_value(&[]) + 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn info_nce_batch_matches_hand_computation() {
+        // q = k = [e1, e2], T = 1: each row -log(e / (e + 1)).
+        let e = Tensor::eye(2, (Kind::Float, tch::Device::Cpu));
+        let want = -(1f64.exp() / (1f64.exp() + 1.0)).ln();
+        assert!((info_nce_batch(&e, &e, 1.0).double_value(&[]) - want).abs() < 1e-6);
+        tch::manual_seed(2);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let k = Tensor::randn([3, 4], opts);
+        gradcheck::check(|x| info_nce_batch(x, &k, 0.3), &Tensor::randn([3, 4], opts), 1e-5);
     }
 }

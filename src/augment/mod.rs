@@ -143,6 +143,14 @@ pub fn contrastive_pipeline(cfg: &crate::config::Config, h: usize, w: usize) -> 
     }
 }
 
+/// Two views from the same `aug_*` pipeline (SimCLR, MoCo, SimSiam).
+pub fn two_views(cfg: &crate::config::Config, data: &crate::methods::DataInfo) -> std::sync::Arc<Views> {
+    let p = contrastive_pipeline(cfg, data.shape[1] as usize, data.shape[2] as usize);
+    std::sync::Arc::new(Views {
+        pipelines: vec![p.clone(), p],
+    })
+}
+
 impl Pipeline {
     /// Output (h, w) for an input of (h, w).
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {

@@ -2,9 +2,13 @@
 //! Adding a method means one new file and one line in `REGISTRY`.
 
 pub mod autoencoder;
+pub mod byol;
 pub mod cpc;
 pub mod denoising;
+pub mod moco;
+pub mod moco_v3;
 pub mod simclr;
+pub mod simsiam;
 
 use crate::augment::Views;
 use crate::config::Config;
@@ -37,6 +41,11 @@ pub trait Method {
     fn encoder(&self) -> &Encoder;
     /// Runs after each optimizer step, without gradients (momentum updates, queues).
     fn after_step(&mut self, _ctx: &StepCtx) {}
+    /// Called once after `build` with the store holding every variable: methods with
+    /// momentum networks pair online and target variables here (see nets::momentum).
+    fn bind(&mut self, _vs: &nn::VarStore) -> Result<()> {
+        Ok(())
+    }
     /// Random views the loader should make of each image. With V views, `loss` receives
     /// `[V * B, C, h, w]`: all first views, then all second views, and so on.
     fn views(&self) -> Option<Arc<Views>> {
@@ -52,7 +61,17 @@ pub struct MethodSpec {
     pub build: fn(&nn::Path, &Config, &DataInfo) -> Result<Box<dyn Method>>,
 }
 
-pub const REGISTRY: &[MethodSpec] = &[autoencoder::SPEC, denoising::SPEC, cpc::SPEC, simclr::SPEC];
+pub const REGISTRY: &[MethodSpec] = &[
+    autoencoder::SPEC,
+    denoising::SPEC,
+    cpc::SPEC,
+    simclr::SPEC,
+    moco::SPEC_V1,
+    moco::SPEC_V2,
+    moco_v3::SPEC,
+    byol::SPEC,
+    simsiam::SPEC,
+];
 
 pub fn find(name: &str) -> Result<&'static MethodSpec> {
     match REGISTRY.iter().find(|m| m.name == name) {

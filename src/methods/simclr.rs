@@ -29,7 +29,13 @@ pub struct SimClr {
 impl SimClr {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<SimClr> {
         let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
-        let projector = nets::mlp(&(p / "projector"), &[encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim]);
+        // SimCLR v1's head: Linear -> ReLU -> Linear.
+        let projector = nets::mlp(
+            &(p / "projector"),
+            &[encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim],
+            false,
+            false,
+        );
         let pipeline = augment::contrastive_pipeline(cfg, data.shape[1] as usize, data.shape[2] as usize);
         let views = Arc::new(Views {
             pipelines: vec![pipeline.clone(), pipeline],

@@ -3,6 +3,7 @@
 
 pub mod cnn;
 pub mod decoder;
+pub mod momentum;
 pub mod resnet;
 
 pub use decoder::Decoder;
@@ -56,28 +57,45 @@ pub fn parameter_count(vs: &nn::VarStore, prefix: &str) -> i64 {
         .sum()
 }
 
-/// An MLP head: Linear -> BatchNorm -> ReLU between layers, a plain Linear at the end.
-/// `dims` = [input, hidden..., output].
-pub fn mlp(p: &nn::Path, dims: &[i64]) -> nn::SequentialT {
+/// An MLP head. `dims` = [input, hidden..., output]. Hidden layers are Linear -> (BatchNorm
+/// if `bn`) -> ReLU; the last is a Linear, followed by a BatchNorm if `bn_last` (SimSiam's
+/// projector). Linear layers followed by BatchNorm have no bias.
+pub fn mlp(p: &nn::Path, dims: &[i64], bn: bool, bn_last: bool) -> nn::SequentialT {
     let mut net = nn::seq_t();
     for i in 0..dims.len() - 1 {
         let last = i == dims.len() - 2;
-        net = net.add(nn::linear(
-            p / format!("fc{i}"),
-            dims[i],
-            dims[i + 1],
-            nn::LinearConfig {
-                bias: last,
-                ..Default::default()
-            },
-        ));
+        let with_bn = if last { bn_last } else { bn };
+        let lin = nn::LinearConfig {
+            bias: !with_bn,
+            ..Default::default()
+        };
+        net = net.add(nn::linear(p / format!("fc{i}"), dims[i], dims[i + 1], lin));
+        if with_bn {
+            net = net.add(nn::batch_norm1d(p / format!("bn{i}"), dims[i + 1], Default::default()));
+        }
         if !last {
-            net = net
-                .add(nn::batch_norm1d(p / format!("bn{i}"), dims[i + 1], Default::default()))
-                .add_fn(|x| x.relu());
+            net = net.add_fn(|x| x.relu());
         }
     }
     net
+}
+
+/// Runs `f` (in training mode) on `groups` equal sub-batches of `x` `[B, ...]`, so that
+/// BatchNorm sees per-sub-batch statistics as it would on `groups` devices. With `shuffle`
+/// the samples are permuted first and the outputs put back in order (MoCo's shuffling BN).
+pub fn split_bn_forward(f: impl Fn(&Tensor) -> Tensor, x: &Tensor, groups: i64, shuffle: bool) -> Tensor {
+    let b = x.size()[0];
+    let perm = shuffle.then(|| Tensor::randperm(b, (tch::Kind::Int64, x.device())));
+    let xs = match &perm {
+        Some(p) => x.index_select(0, p),
+        None => x.shallow_clone(),
+    };
+    let outs: Vec<Tensor> = xs.chunk(groups.min(b), 0).iter().map(&f).collect();
+    let out = Tensor::cat(&outs, 0);
+    match perm {
+        Some(p) => out.index_select(0, &p.argsort(0, false)),
+        None => out,
+    }
 }
 
 /// conv -> batch norm -> ReLU, the building block of the small CNN and the ResNet stem.
@@ -152,5 +170,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("decoder_widths") && e.contains("divisible by 8"), "{e}");
+    }
+
+    #[test]
+    fn split_bn_forward_restores_order_and_uses_sub_batch_statistics() {
+        let x = Tensor::arange(8, (Kind::Float, Device::Cpu)).view([8, 1]);
+        // f subtracts the sub-batch mean: with 2 unshuffled groups, [0..4) and [4..8) each lose 1.5 and 5.5.
+        let f = |t: &Tensor| t - t.mean(Kind::Float);
+        let y = split_bn_forward(f, &x, 2, false);
+        let want = Tensor::from_slice(&[-1.5f32, -0.5, 0.5, 1.5, -1.5, -0.5, 0.5, 1.5]).view([8, 1]);
+        assert!(y.allclose(&want, 1e-6, 1e-6, false));
+        // Shuffled: identity-like f keeps every sample in its place.
+        tch::manual_seed(1);
+        let y = split_bn_forward(|t: &Tensor| t * 2.0, &x, 4, true);
+        assert!(y.equal(&(&x * 2.0)));
     }
 }

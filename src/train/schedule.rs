@@ -13,6 +13,13 @@ pub fn cosine_with_warmup(step: usize, total: usize, warmup: usize, base: f64, m
     min + (base - min) * 0.5 * (1.0 + (PI * t).cos())
 }
 
+/// BYOL's target momentum: rises from `base` at step 0 to 1 at the last step along a half
+/// cosine, tau = 1 - (1 - base) (cos(pi k / K) + 1) / 2.
+pub fn cosine_momentum(step: usize, total: usize, base: f64) -> f64 {
+    let t = step as f64 / total.max(1) as f64;
+    1.0 - (1.0 - base) * ((PI * t.min(1.0)).cos() + 1.0) / 2.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +41,12 @@ mod tests {
     #[test]
     fn no_warmup_starts_at_base() {
         assert_eq!(cosine_with_warmup(0, 5, 0, 2.0, 0.0), 2.0);
+    }
+
+    #[test]
+    fn momentum_rises_from_base_to_one() {
+        assert!((cosine_momentum(0, 100, 0.996) - 0.996).abs() < 1e-12);
+        assert!((cosine_momentum(50, 100, 0.996) - 0.998).abs() < 1e-12);
+        assert!((cosine_momentum(100, 100, 0.996) - 1.0).abs() < 1e-12);
     }
 }

@@ -1,0 +1,225 @@
+//! MoCo v1 (He et al. 2020) and v2 (Chen et al. 2020): a query encoder trained by InfoNCE
+//! against the key of the other view, produced by a momentum (EMA) key encoder, and a
+//! queue of the K most recent keys as negatives. v1 has a linear head; v2 an MLP head
+//! (with blur in its augmentation preset and the cosine schedule of the training loop).
+//! BatchNorm runs on `shuffle_bn_groups` sub-batches, the key encoder's on shuffled ones,
+//! as the paper's shuffling BN across GPUs.
+
+use super::{DataInfo, Method, MethodSpec, StepCtx};
+use crate::augment::{self, Views};
+use crate::config::Config;
+use crate::losses;
+use crate::nets::{self, Encoder, momentum::MomentumPairs};
+use anyhow::Result;
+use std::sync::Arc;
+use tch::nn::{self, ModuleT};
+use tch::{Kind, Tensor};
+
+pub const SPEC_V1: MethodSpec = MethodSpec {
+    name: "moco-v1",
+    summary: "momentum key encoder and a queue of negative keys, linear head (InfoNCE)",
+    build: |p, cfg, data| Ok(Box::new(Moco::new(p, cfg, data, false)?)),
+};
+
+pub const SPEC_V2: MethodSpec = MethodSpec {
+    name: "moco-v2",
+    summary: "MoCo with an MLP head (use with blur and the cosine schedule)",
+    build: |p, cfg, data| Ok(Box::new(Moco::new(p, cfg, data, true)?)),
+};
+
+pub struct Moco {
+    encoder: Encoder,
+    head: nn::SequentialT,
+    key_encoder: Encoder,
+    key_head: nn::SequentialT,
+    /// `[K, dim]`, L2-normalised keys; `queue_ptr` is where the next key goes.
+    queue: Tensor,
+    queue_ptr: Tensor,
+    pending_keys: Option<Tensor>,
+    momentum: MomentumPairs,
+    m: f64,
+    temperature: f64,
+    groups: i64,
+    views: Arc<Views>,
+}
+
+impl Moco {
+    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo, mlp_head: bool) -> Result<Moco> {
+        let head_dims = |d: i64| {
+            if mlp_head {
+                vec![d, cfg.proj_hidden_dim, cfg.proj_dim]
+            } else {
+                vec![d, cfg.proj_dim]
+            }
+        };
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
+        let head = nets::mlp(&(p / "projector"), &head_dims(encoder.dim), false, false);
+        let t = p / "target";
+        let key_encoder = nets::build_encoder(&(&t / "encoder"), cfg, data.shape[0])?;
+        let key_head = nets::mlp(&(&t / "projector"), &head_dims(key_encoder.dim), false, false);
+        let init = losses::l2_normalize(&Tensor::randn(
+            [cfg.moco_queue, cfg.proj_dim],
+            (Kind::Float, p.device()),
+        ));
+        let queue = p.add("queue", init, false);
+        let queue_ptr = p.add("queue_ptr", Tensor::zeros([], (Kind::Int64, p.device())), false);
+        Ok(Moco {
+            encoder,
+            head,
+            key_encoder,
+            key_head,
+            queue,
+            queue_ptr,
+            pending_keys: None,
+            momentum: MomentumPairs::default(),
+            m: cfg.ema_momentum,
+            temperature: cfg.temperature,
+            groups: cfg.shuffle_bn_groups,
+            views: augment::two_views(cfg, data),
+        })
+    }
+}
+
+/// Writes `keys` `[B, dim]` into the ring buffer `queue` `[K, dim]` at `ptr`, replacing
+/// the oldest keys, and advances `ptr`. With B > K only the newest K keys are kept.
+pub fn enqueue(queue: &Tensor, ptr: &Tensor, keys: &Tensor) {
+    let k = queue.size()[0];
+    let keys = if keys.size()[0] > k {
+        keys.narrow(0, keys.size()[0] - k, k)
+    } else {
+        keys.shallow_clone()
+    };
+    let b = keys.size()[0];
+    let mut at = ptr.int64_value(&[]);
+    let mut written = 0;
+    tch::no_grad(|| {
+        while written < b {
+            let n = (b - written).min(k - at);
+            queue.narrow(0, at, n).copy_(&keys.narrow(0, written, n));
+            written += n;
+            at = (at + n) % k;
+        }
+        let _ = ptr.shallow_clone().fill_(at);
+    });
+}
+
+impl Method for Moco {
+    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let x = images.chunk(2, 0); // 2 x [B, C, H, W]
+        let q_net = |t: &Tensor| self.head.forward_t(&self.encoder.forward_t(t, true), true);
+        let q = losses::l2_normalize(&nets::split_bn_forward(q_net, &x[0], self.groups, false)); // [B, dim]
+        let k = tch::no_grad(|| {
+            let k_net = |t: &Tensor| self.key_head.forward_t(&self.key_encoder.forward_t(t, true), true);
+            losses::l2_normalize(&nets::split_bn_forward(k_net, &x[1], self.groups, true)) // [B, dim]
+        });
+        let loss = losses::info_nce(&q, &k, &self.queue.detach(), self.temperature, None);
+        self.pending_keys = Some(k);
+        loss
+    }
+    fn after_step(&mut self, _ctx: &StepCtx) {
+        self.momentum.update(self.m);
+        if let Some(k) = self.pending_keys.take() {
+            enqueue(&self.queue, &self.queue_ptr, &k);
+        }
+    }
+    fn bind(&mut self, vs: &nn::VarStore) -> Result<()> {
+        self.momentum = MomentumPairs::bind(vs, &["encoder.", "projector."])?;
+        Ok(())
+    }
+    fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+    fn views(&self) -> Option<Arc<Views>> {
+        Some(self.views.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn rows(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(t.select(1, 0)).unwrap()
+    }
+
+    #[test]
+    fn queue_enqueues_newest_and_dequeues_oldest() {
+        let queue = Tensor::zeros([6, 2], (Kind::Float, Device::Cpu));
+        let ptr = Tensor::zeros([], (Kind::Int64, Device::Cpu));
+        let keys = |from: i64| {
+            Tensor::arange_start(from, from + 4, (Kind::Float, Device::Cpu))
+                .unsqueeze(1)
+                .repeat([1, 2])
+        };
+        enqueue(&queue, &ptr, &keys(1)); // keys 1..=4
+        assert_eq!(rows(&queue), vec![1., 2., 3., 4., 0., 0.]);
+        assert_eq!(ptr.int64_value(&[]), 4);
+        enqueue(&queue, &ptr, &keys(5)); // keys 5..=8: the two oldest (1, 2) go
+        assert_eq!(rows(&queue), vec![7., 8., 3., 4., 5., 6.]);
+        assert_eq!(ptr.int64_value(&[]), 2);
+        let mut held = rows(&queue);
+        held.sort_by(f32::total_cmp);
+        assert_eq!(held, vec![3., 4., 5., 6., 7., 8.], "the queue holds the newest K keys");
+        // More keys than the queue holds: only the newest K stay.
+        enqueue(
+            &queue,
+            &ptr,
+            &Tensor::arange_start(10, 18, (Kind::Float, Device::Cpu))
+                .unsqueeze(1)
+                .repeat([1, 2]),
+        );
+        let mut held = rows(&queue);
+        held.sort_by(f32::total_cmp);
+        assert_eq!(held, vec![12., 13., 14., 15., 16., 17.]);
+    }
+
+    #[test]
+    fn a_step_enqueues_keys_and_moves_the_key_encoder_by_ema() {
+        let cfg = Config {
+            method: "moco-v2".into(),
+            cnn_widths: vec![4, 8],
+            proj_hidden_dim: 8,
+            proj_dim: 4,
+            moco_queue: 8,
+            shuffle_bn_groups: 2,
+            ema_momentum: 0.9,
+            ..Config::default()
+        };
+        let model = crate::train::Model::build(
+            &cfg,
+            &DataInfo {
+                shape: [1, 8, 8],
+                num_classes: 2,
+            },
+            Device::Cpu,
+        )
+        .unwrap();
+        let mut m = model.method;
+        let vars = model.vs.variables();
+        let (online, target) = (
+            &vars["encoder.stage0.conv1.weight"],
+            &vars["target.encoder.stage0.conv1.weight"],
+        );
+        assert!(online.equal(target) && !target.requires_grad());
+        let ctx = StepCtx {
+            epoch: 0,
+            step: 0,
+            total_steps: 1,
+        };
+        let x = Tensor::rand([8, 1, 8, 8], (Kind::Float, Device::Cpu)); // 2 views of 4 images
+        let loss = m.loss(&x, &Tensor::zeros([4], (Kind::Int64, Device::Cpu)), &ctx);
+        loss.backward();
+        let before_target = target.copy();
+        tch::no_grad(|| online.shallow_clone().copy_(&(online + 1.0)));
+        m.after_step(&ctx);
+        // target <- 0.9 target + 0.1 (online + 1) = target + 0.1 (since online == target before)
+        assert!(target.allclose(&(&before_target + 0.1), 1e-5, 1e-6, false));
+        assert_eq!(vars["queue_ptr"].int64_value(&[]), 4);
+        let norms = vars["queue"].narrow(0, 0, 4).norm_scalaropt_dim(2, &[1i64][..], false);
+        assert!(
+            norms.allclose(&norms.ones_like(), 1e-5, 1e-5, false),
+            "enqueued keys are unit vectors"
+        );
+    }
+}

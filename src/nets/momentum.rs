@@ -1,0 +1,91 @@
+//! Momentum (EMA) target networks for MoCo and BYOL: the target copy of a network lives
+//! under `target.` + the online name and is updated without gradients as
+//! target <- m * target + (1 - m) * online. Only parameters are averaged; each BatchNorm
+//! of the target keeps its own running statistics, as in the reference implementations.
+
+use anyhow::{Result, bail};
+use tch::{Tensor, nn};
+
+pub const TARGET_PREFIX: &str = "target.";
+
+#[derive(Debug, Default)]
+pub struct MomentumPairs {
+    /// (online parameter, target parameter)
+    pairs: Vec<(Tensor, Tensor)>,
+}
+
+impl MomentumPairs {
+    /// Pairs every trainable variable under `online_prefixes` with its `target.` twin,
+    /// copies the online values into the target and freezes the target.
+    pub fn bind(vs: &nn::VarStore, online_prefixes: &[&str]) -> Result<MomentumPairs> {
+        let vars = vs.variables();
+        let mut names: Vec<&String> = vars
+            .keys()
+            .filter(|k| online_prefixes.iter().any(|p| k.starts_with(p)) && vars[*k].requires_grad())
+            .collect();
+        names.sort();
+        let mut pairs = Vec::new();
+        for name in names {
+            let Some(target) = vars.get(&format!("{TARGET_PREFIX}{name}")) else {
+                bail!("momentum target for '{name}' is missing");
+            };
+            pairs.push((vars[name].shallow_clone(), target.shallow_clone()));
+        }
+        // Target buffers (BatchNorm statistics) start equal too.
+        let targets: Vec<(&String, &Tensor)> = vars.iter().filter(|(k, _)| k.starts_with(TARGET_PREFIX)).collect();
+        tch::no_grad(|| {
+            for (k, t) in &targets {
+                let online = &vars[&k[TARGET_PREFIX.len()..]];
+                let _ = t.set_requires_grad(false);
+                t.shallow_clone().copy_(online);
+            }
+        });
+        if pairs.is_empty() {
+            bail!("no online parameters under {online_prefixes:?}");
+        }
+        Ok(MomentumPairs { pairs })
+    }
+
+    /// target <- m * target + (1 - m) * online
+    pub fn update(&self, m: f64) {
+        tch::no_grad(|| {
+            for (online, target) in &self.pairs {
+                let mut t = target.shallow_clone();
+                let _ = t.g_mul_scalar_(m).g_add_(&(online * (1.0 - m)));
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn ema_update_matches_hand_computation_and_freezes_the_target() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let online = vs.root().sub("head").var_copy("w", &Tensor::from_slice(&[1f32, 2.0]));
+        let target = vs.root().sub("target").sub("head").var("w", &[2], nn::Init::Const(0.0));
+        let pairs = MomentumPairs::bind(&vs, &["head."]).unwrap();
+        assert!(!target.requires_grad());
+        assert_eq!(
+            Vec::<f32>::try_from(&target).unwrap(),
+            vec![1.0, 2.0],
+            "the target starts as a copy"
+        );
+        tch::no_grad(|| online.shallow_clone().copy_(&Tensor::from_slice(&[3f32, 6.0])));
+        pairs.update(0.75);
+        // 0.75 * [1, 2] + 0.25 * [3, 6] = [1.5, 3]
+        assert_eq!(Vec::<f32>::try_from(&target).unwrap(), vec![1.5, 3.0]);
+        assert_eq!(online.kind(), Kind::Float);
+        let lonely = nn::VarStore::new(Device::Cpu);
+        let _ = lonely.root().sub("enc").var("w", &[1], nn::Init::Const(0.0));
+        assert!(
+            MomentumPairs::bind(&lonely, &["enc."])
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
+    }
+}
