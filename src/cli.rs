@@ -83,6 +83,16 @@ pub enum Command {
     },
     /// List the pretraining methods.
     Methods,
+    /// Benchmark: augmentation throughput (two SimCLR views per image) at 32x32 and 96x96,
+    /// on 1 thread and on all threads, next to torchvision's in the setup venv.
+    BenchAugment {
+        /// Images per measurement.
+        #[arg(long, default_value_t = 2000)]
+        images: usize,
+        /// Python with torch and torchvision (default: the setup venv).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
     /// Print the effective config as TOML (defaults, --config file, --set overrides).
     Config {
         #[command(flatten)]
@@ -149,6 +159,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::BenchAugment { images, python } => bench_augment(images, python),
         Command::Config { cfg } => {
             print!("{}", toml::to_string(&build_config(&cfg, Config::default())?)?);
             Ok(())
@@ -303,6 +314,45 @@ fn eval_baseline(which: &str, args: &ConfigArgs, device: Device) -> Result<()> {
         format!("random-init {}", cfg.encoder)
     };
     report(&label, &ds, &scores, t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn bench_augment(images: usize, python: Option<PathBuf>) -> Result<()> {
+    use crate::augment::bench;
+    if images == 0 {
+        bail!("--images must be at least 1");
+    }
+    let all = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
+    let sizes = [32, 96];
+    let home = std::env::var("HOME").unwrap_or_default();
+    let python = python.unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/selfsup/torch-2.11.0/bin/python")));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_augment_torchvision.py");
+    let tv = match bench::torchvision_throughput(&python, &script, images, &threads, &sizes) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("torchvision comparison skipped: {e:#}");
+            Vec::new()
+        }
+    };
+    println!(
+        "{:>7} {:>7} {:>15} {:>18} {:>7}",
+        "size", "threads", "selfsup img/s", "torchvision img/s", "ratio"
+    );
+    for &size in &sizes {
+        for &t in &threads {
+            let ours = bench::selfsup_throughput(size, images, t)?;
+            let theirs = tv.iter().find(|r| r.0 == size && r.1 == t).map(|r| r.2);
+            let (tv_s, ratio) = match theirs {
+                Some(x) => (format!("{x:.0}"), format!("{:.2}x", ours / x)),
+                None => ("-".into(), "-".into()),
+            };
+            println!(
+                "{:>7} {t:>7} {ours:>15.0} {tv_s:>18} {ratio:>7}",
+                format!("{size}x{size}")
+            );
+        }
+    }
     Ok(())
 }
 

@@ -415,4 +415,18 @@ mod tests {
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
     }
+
+    #[test]
+    fn every_preset_parses_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("presets");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let cfg = Config::from_toml_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
+            cfg.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            crate::methods::find(&cfg.method).unwrap();
+            n += 1;
+        }
+        assert!(n >= 5, "{n} presets");
+    }
 }

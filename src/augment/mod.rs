@@ -4,6 +4,7 @@
 //! by (seed, epoch, index, view), so a run gives the same views whatever the number of
 //! threads and whatever order the images are processed in.
 
+pub mod bench;
 pub mod ops;
 
 pub use ops::{CropBox, Image};
