@@ -67,12 +67,7 @@ pub enum Command {
     /// Evaluate frozen features: linear probe (top-1/top-5) and kNN (top-1).
     Eval {
         /// A run folder written by `pretrain`.
-        #[arg(
-            long,
-            value_name = "DIR",
-            conflicts_with = "baseline",
-            required_unless_present = "baseline"
-        )]
+        #[arg(long, value_name = "DIR", conflicts_with = "baseline", required_unless_present = "baseline")]
         run: Option<PathBuf>,
         /// A baseline instead of a run: `raw` (pixels) or `random` (randomly initialised encoder).
         #[arg(long, value_parser = ["raw", "random"])]
@@ -164,13 +159,7 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", toml::to_string(&build_config(&cfg, Config::default())?)?);
             Ok(())
         }
-        Command::Pretrain {
-            method,
-            cfg,
-            out,
-            resume,
-            quiet,
-        } => pretrain(method, &cfg, &out, resume, quiet, device),
+        Command::Pretrain { method, cfg, out, resume, quiet } => pretrain(method, &cfg, &out, resume, quiet, device),
         Command::Eval { run, baseline, cfg } => match (run, baseline) {
             (Some(run), None) => eval_run(&run, &cfg, device),
             (None, Some(b)) => eval_baseline(&b, &cfg, device),
@@ -191,51 +180,31 @@ fn pretrain(
         let saved = checkpoint::load(out).context("--resume")?.meta.config;
         if let Some(m) = &method {
             if *m != saved.method {
-                bail!(
-                    "--method {m} differs from the method '{}' of the run in {}",
-                    saved.method,
-                    out.display()
-                );
+                bail!("--method {m} differs from the method '{}' of the run in {}", saved.method, out.display());
             }
         }
         let cfg = saved.with_overrides(&args.sets)?;
         cfg.validate()?;
         cfg
     } else {
-        let Some(method) = method else {
-            bail!("pretrain needs --method NAME (see `selfsup methods`)")
-        };
+        let Some(method) = method else { bail!("pretrain needs --method NAME (see `selfsup methods`)") };
         methods::find(&method)?;
         let mut sets = vec![format!("method=\"{method}\"")];
         sets.extend(args.sets.iter().cloned());
-        build_config(
-            &ConfigArgs {
-                config: args.config.clone(),
-                sets,
-            },
-            Config::default(),
-        )?
+        build_config(&ConfigArgs { config: args.config.clone(), sets }, Config::default())?
     };
     let ds = load_data(&cfg)?;
     eprintln!(
         "pretrain {} on {} ({} train images{}), encoder {}, {} epochs, device {:?}",
         cfg.method,
         ds.name,
-        ds.train.len().min(if cfg.train_subset == 0 {
-            usize::MAX
-        } else {
-            cfg.train_subset
-        }),
+        ds.train.len().min(if cfg.train_subset == 0 { usize::MAX } else { cfg.train_subset }),
         if cfg.train_subset == 0 { "" } else { ", subset" },
         cfg.encoder,
         cfg.epochs,
         device
     );
-    let opts = train::TrainOptions {
-        resume,
-        quiet,
-        stop_after_epochs: None,
-    };
+    let opts = train::TrainOptions { resume, quiet, stop_after_epochs: None };
     let s = train::pretrain(&cfg, &ds, out, &opts, device)?;
     println!(
         "pretrained {}: {} epochs, {} steps, final loss {:.5}, {:.0} images/s, wall {:.1}s -> {}",
@@ -251,14 +220,8 @@ fn pretrain(
 }
 
 /// Keys that may be changed when evaluating a saved run.
-const EVAL_KEYS: &[&str] = &[
-    "probe_epochs",
-    "probe_lr",
-    "probe_batch_size",
-    "probe_weight_decay",
-    "knn_k",
-    "knn_temperature",
-];
+const EVAL_KEYS: &[&str] =
+    &["probe_epochs", "probe_lr", "probe_batch_size", "probe_weight_decay", "knn_k", "knn_temperature"];
 
 fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     if args.config.is_some() {
@@ -308,11 +271,7 @@ fn eval_baseline(which: &str, args: &ConfigArgs, device: Device) -> Result<()> {
         }
         other => bail!("--baseline '{other}' is not one of raw, random"),
     };
-    let label = if which == "raw" {
-        "raw pixels".to_string()
-    } else {
-        format!("random-init {}", cfg.encoder)
-    };
+    let label = if which == "raw" { "raw pixels".to_string() } else { format!("random-init {}", cfg.encoder) };
     report(&label, &ds, &scores, t0.elapsed().as_secs_f64());
     Ok(())
 }
@@ -335,10 +294,7 @@ fn bench_augment(images: usize, python: Option<PathBuf>) -> Result<()> {
             Vec::new()
         }
     };
-    println!(
-        "{:>7} {:>7} {:>15} {:>18} {:>7}",
-        "size", "threads", "selfsup img/s", "torchvision img/s", "ratio"
-    );
+    println!("{:>7} {:>7} {:>15} {:>18} {:>7}", "size", "threads", "selfsup img/s", "torchvision img/s", "ratio");
     for &size in &sizes {
         for &t in &threads {
             let ours = bench::selfsup_throughput(size, images, t)?;
@@ -347,10 +303,7 @@ fn bench_augment(images: usize, python: Option<PathBuf>) -> Result<()> {
                 Some(x) => (format!("{x:.0}"), format!("{:.2}x", ours / x)),
                 None => ("-".into(), "-".into()),
             };
-            println!(
-                "{:>7} {t:>7} {ours:>15.0} {tv_s:>18} {ratio:>7}",
-                format!("{size}x{size}")
-            );
+            println!("{:>7} {t:>7} {ours:>15.0} {tv_s:>18} {ratio:>7}", format!("{size}x{size}"));
         }
     }
     Ok(())
@@ -364,10 +317,6 @@ fn report(label: &str, ds: &crate::data::Dataset, s: &eval::Scores, secs: f64) {
         ds.test.len(),
         s.feature_dim
     );
-    println!(
-        "  linear probe   top-1 {:>7}   top-5 {:>7}",
-        pct(s.linear_top1),
-        pct(s.linear_top5)
-    );
+    println!("  linear probe   top-1 {:>7}   top-5 {:>7}", pct(s.linear_top1), pct(s.linear_top5));
     println!("  kNN            top-1 {:>7}", pct(s.knn_top1));
 }

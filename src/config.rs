@@ -221,22 +221,13 @@ impl Config {
         one_of("optimizer", &self.optimizer, OPTIMIZERS)?;
         one_of("noise", &self.noise, NOISES)?;
         if self.cnn_widths.is_empty() || self.cnn_widths.iter().any(|&w| w < 1 || w > 4096) {
-            bail!(
-                "option cnn_widths = {:?} must be a non-empty list of widths in 1..=4096",
-                self.cnn_widths
-            );
+            bail!("option cnn_widths = {:?} must be a non-empty list of widths in 1..=4096", self.cnn_widths);
         }
         if self.decoder_widths.is_empty() || self.decoder_widths.iter().any(|&w| w < 1 || w > 4096) {
-            bail!(
-                "option decoder_widths = {:?} must be a non-empty list of widths in 1..=4096",
-                self.decoder_widths
-            );
+            bail!("option decoder_widths = {:?} must be a non-empty list of widths in 1..=4096", self.decoder_widths);
         }
         if !(self.resnet_width.is_finite() && self.resnet_width >= 0.125 && self.resnet_width <= 8.0) {
-            bail!(
-                "option resnet_width = {} must be between 0.125 and 8",
-                self.resnet_width
-            );
+            bail!("option resnet_width = {} must be between 0.125 and 8", self.resnet_width);
         }
         if self.epochs == 0 {
             bail!("option epochs must be at least 1");
@@ -251,11 +242,7 @@ impl Config {
         }
         non_negative("warmup_epochs", self.warmup_epochs)?;
         if self.warmup_epochs > self.epochs as f64 {
-            bail!(
-                "option warmup_epochs = {} exceeds epochs = {}",
-                self.warmup_epochs,
-                self.epochs
-            );
+            bail!("option warmup_epochs = {} exceeds epochs = {}", self.warmup_epochs, self.epochs);
         }
         if !(0.0..1.0).contains(&self.momentum) {
             bail!("option momentum = {} must be in [0, 1)", self.momentum);
@@ -278,37 +265,22 @@ impl Config {
         }
         let [s0, s1] = self.aug_crop_scale;
         if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
-            bail!(
-                "option aug_crop_scale = {:?} must satisfy 0 < min <= max <= 1",
-                self.aug_crop_scale
-            );
+            bail!("option aug_crop_scale = {:?} must satisfy 0 < min <= max <= 1", self.aug_crop_scale);
         }
         let [r0, r1] = self.aug_crop_ratio;
         if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
-            bail!(
-                "option aug_crop_ratio = {:?} must satisfy 0 < min <= max",
-                self.aug_crop_ratio
-            );
+            bail!("option aug_crop_ratio = {:?} must satisfy 0 < min <= max", self.aug_crop_ratio);
         }
         let [b, c, s, h] = self.aug_jitter;
         if [b, c, s].iter().any(|x| !(x.is_finite() && *x >= 0.0)) || !(0.0..=0.5).contains(&h) {
-            bail!(
-                "option aug_jitter = {:?}: strengths must be >= 0 and the hue shift in [0, 0.5]",
-                self.aug_jitter
-            );
+            bail!("option aug_jitter = {:?}: strengths must be >= 0 and the hue shift in [0, 0.5]", self.aug_jitter);
         }
         let [g0, g1] = self.aug_blur_sigma;
         if !(g0 > 0.0 && g0 <= g1 && g1.is_finite()) {
-            bail!(
-                "option aug_blur_sigma = {:?} must satisfy 0 < min <= max",
-                self.aug_blur_sigma
-            );
+            bail!("option aug_blur_sigma = {:?} must satisfy 0 < min <= max", self.aug_blur_sigma);
         }
         if self.aug_crop_size > 4096 {
-            bail!(
-                "option aug_crop_size = {} is too large (at most 4096)",
-                self.aug_crop_size
-            );
+            bail!("option aug_crop_size = {} is too large (at most 4096)", self.aug_crop_size);
         }
         if self.proj_hidden_dim < 1 || self.proj_dim < 1 {
             bail!(
@@ -346,10 +318,7 @@ impl Config {
             bail!("option cpc_steps = {} must be at least 1", self.cpc_steps);
         }
         if !(1..=64).contains(&self.cpc_context_layers) {
-            bail!(
-                "option cpc_context_layers = {} must be in 1..=64",
-                self.cpc_context_layers
-            );
+            bail!("option cpc_context_layers = {} must be in 1..=64", self.cpc_context_layers);
         }
         if self.cpc_negatives < 1 {
             bail!("option cpc_negatives = {} must be at least 1", self.cpc_negatives);
@@ -406,11 +375,7 @@ mod tests {
 
     #[test]
     fn toml_round_trip_keeps_the_config() {
-        let c = Config {
-            lr: 0.25,
-            method: "autoencoder".into(),
-            ..Config::default()
-        };
+        let c = Config { lr: 0.25, method: "autoencoder".into(), ..Config::default() };
         let text = toml::to_string(&c).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, c);

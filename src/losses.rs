@@ -74,9 +74,7 @@ pub fn info_nce_batch(q: &Tensor, k: &Tensor, temperature: f64) -> Tensor {
 /// Negative cosine similarity, mean over rows (BYOL, SimSiam): -cos(p, z). Stopping the
 /// gradient through `z` is the caller's choice (`z.detach()`).
 pub fn negative_cosine(p: &Tensor, z: &Tensor) -> Tensor {
-    -(l2_normalize(p) * l2_normalize(z))
-        .sum_dim_intlist(&[1i64][..], false, p.kind())
-        .mean(p.kind())
+    -(l2_normalize(p) * l2_normalize(z)).sum_dim_intlist(&[1i64][..], false, p.kind()).mean(p.kind())
 }
 
 #[cfg(test)]
@@ -172,9 +170,7 @@ mod tests {
         let q = Tensor::randn([3, 4], opts);
         let p = Tensor::randn([3, 4], opts);
         let n = Tensor::randn([5, 4], opts);
-        let mask = Tensor::from_slice(&[true, false, false, false, false])
-            .view([1, 5])
-            .expand([3, 5], false);
+        let mask = Tensor::from_slice(&[true, false, false, false, false]).view([1, 5]).expand([3, 5], false);
         gradcheck::check(|x| info_nce(x, &p, &n, 0.7, Some(&mask)), &q, 1e-5);
         gradcheck::check(|x| info_nce(&q, x, &n, 0.7, None), &p, 1e-5);
         gradcheck::check(|x| info_nce(&q, &p, x, 0.7, None), &n, 1e-5);

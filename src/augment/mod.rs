@@ -83,12 +83,7 @@ pub fn random_crop_box(rng: &mut impl Rng, h: usize, w: usize, scale: (f64, f64)
         if cw > 0 && ch > 0 && cw <= w && ch <= h {
             let top = rng.random_range(0..=h - ch);
             let left = rng.random_range(0..=w - cw);
-            return CropBox {
-                top,
-                left,
-                height: ch,
-                width: cw,
-            };
+            return CropBox { top, left, height: ch, width: cw };
         }
     }
     let in_ratio = w as f64 / h as f64;
@@ -99,47 +94,21 @@ pub fn random_crop_box(rng: &mut impl Rng, h: usize, w: usize, scale: (f64, f64)
     } else {
         (w, h)
     };
-    CropBox {
-        top: (h - ch) / 2,
-        left: (w - cw) / 2,
-        height: ch,
-        width: cw,
-    }
+    CropBox { top: (h - ch) / 2, left: (w - cw) / 2, height: ch, width: cw }
 }
 
 /// The contrastive view pipeline described by the `aug_*` config keys for `h` x `w` images.
 pub fn contrastive_pipeline(cfg: &crate::config::Config, h: usize, w: usize) -> Pipeline {
-    let size = if cfg.aug_crop_size == 0 {
-        (h, w)
-    } else {
-        (cfg.aug_crop_size, cfg.aug_crop_size)
-    };
+    let size = if cfg.aug_crop_size == 0 { (h, w) } else { (cfg.aug_crop_size, cfg.aug_crop_size) };
     let [brightness, contrast, saturation, hue] = cfg.aug_jitter;
     Pipeline {
         ops: vec![
-            Op::ResizedCrop {
-                size,
-                scale: cfg.aug_crop_scale.into(),
-                ratio: cfg.aug_crop_ratio.into(),
-            },
+            Op::ResizedCrop { size, scale: cfg.aug_crop_scale.into(), ratio: cfg.aug_crop_ratio.into() },
             Op::HFlip { p: cfg.aug_flip_p },
-            Op::ColorJitter {
-                p: cfg.aug_jitter_p,
-                brightness,
-                contrast,
-                saturation,
-                hue,
-            },
+            Op::ColorJitter { p: cfg.aug_jitter_p, brightness, contrast, saturation, hue },
             Op::Grayscale { p: cfg.aug_gray_p },
-            Op::GaussianBlur {
-                p: cfg.aug_blur_p,
-                kernel_frac: 0.1,
-                sigma: cfg.aug_blur_sigma.into(),
-            },
-            Op::Solarize {
-                p: cfg.aug_solarize_p,
-                threshold: 128,
-            },
+            Op::GaussianBlur { p: cfg.aug_blur_p, kernel_frac: 0.1, sigma: cfg.aug_blur_sigma.into() },
+            Op::Solarize { p: cfg.aug_solarize_p, threshold: 128 },
         ],
     }
 }
@@ -147,9 +116,7 @@ pub fn contrastive_pipeline(cfg: &crate::config::Config, h: usize, w: usize) -> 
 /// Two views from the same `aug_*` pipeline (SimCLR, MoCo, SimSiam).
 pub fn two_views(cfg: &crate::config::Config, data: &crate::methods::DataInfo) -> std::sync::Arc<Views> {
     let p = contrastive_pipeline(cfg, data.shape[1] as usize, data.shape[2] as usize);
-    std::sync::Arc::new(Views {
-        pipelines: vec![p.clone(), p],
-    })
+    std::sync::Arc::new(Views { pipelines: vec![p.clone(), p] })
 }
 
 impl Pipeline {
@@ -176,13 +143,7 @@ impl Pipeline {
                         img
                     }
                 }
-                Op::ColorJitter {
-                    p,
-                    brightness,
-                    contrast,
-                    saturation,
-                    hue,
-                } => {
+                Op::ColorJitter { p, brightness, contrast, saturation, hue } => {
                     if !rng.random_bool(*p) {
                         continue;
                     }
@@ -233,11 +194,7 @@ impl Pipeline {
 impl Views {
     /// The views of image `index` in `epoch`.
     pub fn apply(&self, img: &Image, seed: u64, epoch: usize, index: usize) -> Vec<Image> {
-        self.pipelines
-            .iter()
-            .enumerate()
-            .map(|(v, p)| p.apply(img, &mut sample_rng(seed, epoch, index, v)))
-            .collect()
+        self.pipelines.iter().enumerate().map(|(v, p)| p.apply(img, &mut sample_rng(seed, epoch, index, v))).collect()
     }
 
     /// Output (h, w) of the views; all views must agree (checked by `validate`).
@@ -252,10 +209,7 @@ impl Views {
         let first = self.output_size(h, w);
         for p in &self.pipelines {
             if p.output_size(h, w) != first {
-                anyhow::bail!(
-                    "all views must have the same size: {:?} vs {first:?}",
-                    p.output_size(h, w)
-                );
+                anyhow::bail!("all views must have the same size: {:?} vs {first:?}", p.output_size(h, w));
             }
             for op in &p.ops {
                 let probs = match op {
@@ -294,30 +248,9 @@ mod tests {
     use super::*;
 
     fn simclr_like(size: usize) -> Pipeline {
-        Pipeline {
-            ops: vec![
-                Op::ResizedCrop {
-                    size: (size, size),
-                    scale: (0.08, 1.0),
-                    ratio: (0.75, 4.0 / 3.0),
-                },
-                Op::HFlip { p: 0.5 },
-                Op::ColorJitter {
-                    p: 0.8,
-                    brightness: 0.4,
-                    contrast: 0.4,
-                    saturation: 0.4,
-                    hue: 0.1,
-                },
-                Op::Grayscale { p: 0.2 },
-                Op::GaussianBlur {
-                    p: 0.5,
-                    kernel_frac: 0.1,
-                    sigma: (0.1, 2.0),
-                },
-                Op::Solarize { p: 0.2, threshold: 128 },
-            ],
-        }
+        let mut p = bench::simclr_pipeline(size);
+        p.ops.push(Op::Solarize { p: 0.2, threshold: 128 });
+        p
     }
 
     fn test_image(c: usize, h: usize, w: usize) -> Image {
@@ -338,22 +271,12 @@ mod tests {
         }
         // Impossible ratios fall back to a centred crop clamped to the range.
         let b = random_crop_box(&mut rng, 10, 100, (1.0, 1.0), (1.0, 1.0));
-        assert_eq!(
-            b,
-            CropBox {
-                top: 0,
-                left: 45,
-                height: 10,
-                width: 10
-            }
-        );
+        assert_eq!(b, CropBox { top: 0, left: 45, height: 10, width: 10 });
     }
 
     #[test]
     fn views_are_reproducible_and_distinct() {
-        let views = Views {
-            pipelines: vec![simclr_like(16), simclr_like(16)],
-        };
+        let views = Views { pipelines: vec![simclr_like(16), simclr_like(16)] };
         views.validate(28, 28).unwrap();
         for c in [1, 3] {
             let img = test_image(c, 28, 28);
@@ -370,13 +293,7 @@ mod tests {
     fn rng_depends_only_on_its_key() {
         let draw = |s, e, i, v| sample_rng(s, e, i, v).random::<u64>();
         assert_eq!(draw(1, 2, 3, 0), draw(1, 2, 3, 0));
-        let all = [
-            draw(1, 2, 3, 0),
-            draw(2, 2, 3, 0),
-            draw(1, 3, 3, 0),
-            draw(1, 2, 4, 0),
-            draw(1, 2, 3, 1),
-        ];
+        let all = [draw(1, 2, 3, 0), draw(2, 2, 3, 0), draw(1, 3, 3, 0), draw(1, 2, 4, 0), draw(1, 2, 3, 1)];
         for i in 0..all.len() {
             for j in i + 1..all.len() {
                 assert_ne!(all[i], all[j]);
@@ -386,15 +303,9 @@ mod tests {
 
     #[test]
     fn invalid_views_are_rejected() {
-        let bad = Views {
-            pipelines: vec![Pipeline {
-                ops: vec![Op::HFlip { p: 1.5 }],
-            }],
-        };
+        let bad = Views { pipelines: vec![Pipeline { ops: vec![Op::HFlip { p: 1.5 }] }] };
         assert!(bad.validate(8, 8).unwrap_err().to_string().contains("probability"));
-        let mixed = Views {
-            pipelines: vec![simclr_like(16), simclr_like(8)],
-        };
+        let mixed = Views { pipelines: vec![simclr_like(16), simclr_like(8)] };
         assert!(mixed.validate(28, 28).unwrap_err().to_string().contains("same size"));
     }
 }

@@ -22,12 +22,7 @@ impl Image {
     }
     fn map_f32(&self, f: impl Fn(usize, usize, f32) -> f32) -> Image {
         let plane = self.h * self.w;
-        let data = self
-            .data
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| to_u8(f(i / plane, i % plane, v as f32)))
-            .collect();
+        let data = self.data.iter().enumerate().map(|(i, &v)| to_u8(f(i / plane, i % plane, v as f32))).collect();
         Image { data, ..*self }
     }
 }
@@ -73,12 +68,7 @@ pub fn resized_crop(img: &Image, b: CropBox, out_h: usize, out_w: usize) -> Imag
             }
         }
     }
-    Image {
-        c: img.c,
-        h: out_h,
-        w: out_w,
-        data,
-    }
+    Image { c: img.c, h: out_h, w: out_w, data }
 }
 
 pub fn hflip(img: &Image) -> Image {
@@ -186,9 +176,7 @@ pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
 pub fn gaussian_blur(img: &Image, kernel: usize, sigma: f32) -> Image {
     let k = kernel.max(1) | 1;
     let r = (k / 2) as i64;
-    let weights: Vec<f32> = (-r..=r)
-        .map(|x| (-(x * x) as f32 / (2.0 * sigma * sigma)).exp())
-        .collect();
+    let weights: Vec<f32> = (-r..=r).map(|x| (-(x * x) as f32 / (2.0 * sigma * sigma)).exp()).collect();
     let total: f32 = weights.iter().sum();
     let weights: Vec<f32> = weights.iter().map(|w| w / total).collect();
     let reflect = |i: i64, n: usize| -> usize {
@@ -229,14 +217,7 @@ pub fn gaussian_blur(img: &Image, kernel: usize, sigma: f32) -> Image {
 
 /// Inverts every pixel at or above `threshold`.
 pub fn solarize(img: &Image, threshold: u8) -> Image {
-    Image {
-        data: img
-            .data
-            .iter()
-            .map(|&v| if v >= threshold { 255 - v } else { v })
-            .collect(),
-        ..*img
-    }
+    Image { data: img.data.iter().map(|&v| if v >= threshold { 255 - v } else { v }).collect(), ..*img }
 }
 
 #[cfg(test)]
@@ -257,40 +238,15 @@ mod tests {
     #[test]
     fn resized_crop_identity_and_hand_values() {
         let img = Image::new(1, 2, 3, vec![0, 10, 20, 30, 40, 50]);
-        let full = CropBox {
-            top: 0,
-            left: 0,
-            height: 2,
-            width: 3,
-        };
+        let full = CropBox { top: 0, left: 0, height: 2, width: 3 };
         assert_eq!(resized_crop(&img, full, 2, 3), img);
         // 2x2 -> 4x4: output pixel 1 maps to source 0.25 (half-pixel centres).
         let img = Image::new(1, 2, 2, vec![0, 100, 200, 100]);
-        let up = resized_crop(
-            &img,
-            CropBox {
-                top: 0,
-                left: 0,
-                height: 2,
-                width: 2,
-            },
-            4,
-            4,
-        );
+        let up = resized_crop(&img, CropBox { top: 0, left: 0, height: 2, width: 2 }, 4, 4);
         assert_eq!(&up.data[0..4], &[0, 25, 75, 100]);
         // Crop of a single pixel resized to 2x2 repeats it.
         let img = Image::new(1, 2, 3, vec![0, 10, 20, 30, 40, 50]);
-        let one = resized_crop(
-            &img,
-            CropBox {
-                top: 1,
-                left: 2,
-                height: 1,
-                width: 1,
-            },
-            2,
-            2,
-        );
+        let one = resized_crop(&img, CropBox { top: 1, left: 2, height: 1, width: 1 }, 2, 2);
         assert_eq!(one.data, vec![50; 4]);
     }
 
@@ -313,10 +269,7 @@ mod tests {
         assert_eq!(adjust_saturation(&img, 1.0), img);
         // hue +1/3 turns red into green and blue into red
         assert_eq!(adjust_hue(&img, 1.0 / 3.0).data, vec![0, 255, 255, 0, 0, 0]);
-        assert_eq!(
-            solarize(&Image::new(1, 1, 3, vec![10, 128, 200]), 128).data,
-            vec![10, 127, 55]
-        );
+        assert_eq!(solarize(&Image::new(1, 1, 3, vec![10, 128, 200]), 128).data, vec![10, 127, 55]);
     }
 
     #[test]

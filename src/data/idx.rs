@@ -28,11 +28,7 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let gz = n == 2 && magic == [0x1f, 0x8b];
     let prefix = std::io::Cursor::new(magic[..n].to_vec());
     let chained = prefix.chain(reader);
-    let result = if gz {
-        parse_idx(GzDecoder::new(chained))
-    } else {
-        parse_idx(chained)
-    };
+    let result = if gz { parse_idx(GzDecoder::new(chained)) } else { parse_idx(chained) };
     result.with_context(|| format!("invalid IDX file {}", path.display()))
 }
 
@@ -53,10 +49,7 @@ pub fn parse_idx<R: Read>(mut r: R) -> Result<IdxArray> {
         );
     }
     if head[2] != 0x08 {
-        bail!(
-            "unsupported IDX data type 0x{:02x}: only unsigned bytes (0x08) are supported",
-            head[2]
-        );
+        bail!("unsupported IDX data type 0x{:02x}: only unsigned bytes (0x08) are supported", head[2]);
     }
     let ndims = head[3] as usize;
     if ndims == 0 || ndims > 4 {
@@ -66,10 +59,8 @@ pub fn parse_idx<R: Read>(mut r: R) -> Result<IdxArray> {
     if read_up_to(&mut r, &mut dim_bytes)? < dim_bytes.len() {
         bail!("truncated inside the header ({ndims} dimensions announced)");
     }
-    let dims: Vec<usize> = dim_bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        dim_bytes.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     let expected = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))

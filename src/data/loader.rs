@@ -72,11 +72,7 @@ fn prepare(split: &Split, indices: &[usize], views: Option<&ViewSpec>) -> HostBa
             images
         }
     };
-    HostBatch {
-        images,
-        labels,
-        indices: indices.to_vec(),
-    }
+    HostBatch { images, labels, indices: indices.to_vec() }
 }
 
 fn to_float(src: &[u8], dst: &mut [f32]) {
@@ -135,12 +131,7 @@ impl Loader {
                 }
             }
         });
-        Loader {
-            rx,
-            shape,
-            device,
-            remaining,
-        }
+        Loader { rx, shape, device, remaining }
     }
 
     pub fn len(&self) -> usize {
@@ -157,15 +148,9 @@ impl Iterator for Loader {
         let hb = self.rx.recv().ok()?;
         self.remaining -= 1;
         let [c, h, w] = self.shape.map(|d| d as i64);
-        let images = Tensor::from_slice(&hb.images)
-            .view([-1, c, h, w])
-            .to_device(self.device);
+        let images = Tensor::from_slice(&hb.images).view([-1, c, h, w]).to_device(self.device);
         let labels = Tensor::from_slice(&hb.labels).to_device(self.device);
-        Some(Batch {
-            images,
-            labels,
-            indices: hb.indices,
-        })
+        Some(Batch { images, labels, indices: hb.indices })
     }
 }
 
@@ -191,10 +176,7 @@ mod tests {
         let got = Vec::<f32>::try_from(b.images.get(0).flatten(0, -1)).unwrap();
         let want: Vec<f32> = s.image(order[4]).iter().map(|&v| v as f32 / 255.0).collect();
         assert_eq!(got, want);
-        assert_eq!(
-            Vec::<i64>::try_from(&b.labels).unwrap(),
-            order[4..8].iter().map(|&i| i as i64).collect::<Vec<_>>()
-        );
+        assert_eq!(Vec::<i64>::try_from(&b.labels).unwrap(), order[4..8].iter().map(|&i| i as i64).collect::<Vec<_>>());
         assert_eq!(Loader::new(s, order, 4, true, 2, Device::Cpu).count(), 2);
     }
 
@@ -213,9 +195,7 @@ mod tests {
     fn same_seed_gives_the_same_batches() {
         let s = split(9);
         let run = || -> Vec<Vec<usize>> {
-            Loader::new(s.clone(), epoch_order(9, 5, 2), 3, true, 1, Device::Cpu)
-                .map(|b| b.indices)
-                .collect()
+            Loader::new(s.clone(), epoch_order(9, 5, 2), 3, true, 1, Device::Cpu).map(|b| b.indices).collect()
         };
         assert_eq!(run(), run());
     }
@@ -225,23 +205,10 @@ mod tests {
         use crate::augment::{Op, Pipeline};
         let s = split(6);
         let crop = |p| Pipeline {
-            ops: vec![
-                Op::ResizedCrop {
-                    size: (2, 2),
-                    scale: (0.3, 1.0),
-                    ratio: (0.5, 2.0),
-                },
-                Op::HFlip { p },
-            ],
+            ops: vec![Op::ResizedCrop { size: (2, 2), scale: (0.3, 1.0), ratio: (0.5, 2.0) }, Op::HFlip { p }],
         };
-        let views = Arc::new(Views {
-            pipelines: vec![crop(0.5), crop(1.0)],
-        });
-        let spec = ViewSpec {
-            views: views.clone(),
-            seed: 3,
-            epoch: 1,
-        };
+        let views = Arc::new(Views { pipelines: vec![crop(0.5), crop(1.0)] });
+        let spec = ViewSpec { views: views.clone(), seed: 3, epoch: 1 };
         let order = epoch_order(6, 0, 0);
         let run = |bs| -> Vec<Batch> {
             Loader::with_views(s.clone(), order.clone(), bs, false, 2, Device::Cpu, Some(spec.clone())).collect()
@@ -252,11 +219,7 @@ mod tests {
         for (v, b) in [(0, 0), (1, 2)] {
             let i = batches[0].indices[b];
             let img = Image::new(2, 3, 3, s.image(i).to_vec());
-            let want = views.apply(&img, 3, 1, i)[v]
-                .data
-                .iter()
-                .map(|&x| x as f32 / 255.0)
-                .collect::<Vec<_>>();
+            let want = views.apply(&img, 3, 1, i)[v].data.iter().map(|&x| x as f32 / 255.0).collect::<Vec<_>>();
             let got = Vec::<f32>::try_from(batches[0].images.get(v as i64 * 3 + b as i64).flatten(0, -1)).unwrap();
             assert_eq!(got, want);
         }

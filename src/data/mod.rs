@@ -26,11 +26,7 @@ impl Split {
     pub fn new(images: Vec<u8>, labels: Vec<i64>, shape: [usize; 3]) -> Result<Split> {
         let per = shape.iter().product::<usize>();
         if per == 0 || images.len() != per * labels.len() {
-            bail!(
-                "{} image bytes do not hold {} images of shape {shape:?}",
-                images.len(),
-                labels.len()
-            );
+            bail!("{} image bytes do not hold {} images of shape {shape:?}", images.len(), labels.len());
         }
         Ok(Split { images, labels, shape })
     }
@@ -54,11 +50,7 @@ impl Split {
             images.extend_from_slice(self.image(i));
         }
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
-        Split {
-            images,
-            labels,
-            shape: self.shape,
-        }
+        Split { images, labels, shape: self.shape }
     }
     /// A seeded random subset of `n` images (all of them, in order, when `n` is 0 or too big).
     pub fn subset(&self, n: usize, seed: u64) -> Split {
@@ -82,18 +74,8 @@ pub struct Dataset {
     pub class_names: Vec<String>,
 }
 
-pub const FASHION_MNIST_CLASSES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+pub const FASHION_MNIST_CLASSES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 /// A parsed `--data KIND[:PATH]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,11 +137,7 @@ pub fn load_mnist_dir(name: &str, dir: &Path, class_names: Vec<String>) -> Resul
         let images = idx::read_idx(&ip)?;
         let labels = idx::read_idx(&lp)?;
         if images.dims.len() != 3 {
-            bail!(
-                "{}: expected 3 dimensions [N, H, W], found {:?}",
-                ip.display(),
-                images.dims
-            );
+            bail!("{}: expected 3 dimensions [N, H, W], found {:?}", ip.display(), images.dims);
         }
         if labels.dims.len() != 1 {
             bail!("{}: expected 1 dimension [N], found {:?}", lp.display(), labels.dims);
@@ -174,11 +152,7 @@ pub fn load_mnist_dir(name: &str, dir: &Path, class_names: Vec<String>) -> Resul
             );
         }
         if let Some(pos) = labels.data.iter().position(|&l| l as usize >= num_classes) {
-            bail!(
-                "{}: label {} at index {pos} is out of range 0..{num_classes}",
-                lp.display(),
-                labels.data[pos]
-            );
+            bail!("{}: label {} at index {pos} is out of range 0..{num_classes}", lp.display(), labels.data[pos]);
         }
         let labels = labels.data.iter().map(|&l| l as i64).collect();
         Split::new(images.data, labels, [1, images.dims[1], images.dims[2]])
@@ -187,20 +161,9 @@ pub fn load_mnist_dir(name: &str, dir: &Path, class_names: Vec<String>) -> Resul
     let train = split("train-images-idx3-ubyte", "train-labels-idx1-ubyte")?;
     let test = split("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
     if train.shape != test.shape {
-        bail!(
-            "{}: train images are {:?} but test images are {:?}",
-            dir.display(),
-            train.shape,
-            test.shape
-        );
+        bail!("{}: train images are {:?} but test images are {:?}", dir.display(), train.shape, test.shape);
     }
-    Ok(Dataset {
-        name: name.to_string(),
-        train,
-        test,
-        num_classes,
-        class_names,
-    })
+    Ok(Dataset { name: name.to_string(), train, test, num_classes, class_names })
 }
 
 #[cfg(test)]
@@ -241,26 +204,14 @@ mod tests {
     fn bad_folders_give_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         write_mnist_dir(dir.path(), 12, 5, true);
-        let e = format!(
-            "{:#}",
-            load_mnist_dir("mnist", dir.path(), vec!["x".into(); 10]).unwrap_err()
-        );
-        assert!(
-            e.contains("train-labels-idx1-ubyte") && e.contains("out of range"),
-            "{e}"
-        );
+        let e = format!("{:#}", load_mnist_dir("mnist", dir.path(), vec!["x".into(); 10]).unwrap_err());
+        assert!(e.contains("train-labels-idx1-ubyte") && e.contains("out of range"), "{e}");
         std::fs::remove_file(dir.path().join("t10k-images-idx3-ubyte")).unwrap();
         write_mnist_dir(dir.path(), 12, 5, false);
         std::fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte")).unwrap();
-        let e = format!(
-            "{:#}",
-            load_mnist_dir("mnist", dir.path(), vec!["x".into(); 10]).unwrap_err()
-        );
+        let e = format!("{:#}", load_mnist_dir("mnist", dir.path(), vec!["x".into(); 10]).unwrap_err());
         assert!(e.contains("missing t10k-labels-idx1-ubyte"), "{e}");
-        let e = format!(
-            "{:#}",
-            DataSpec::parse("mnist:/no/such/dir").unwrap().load().unwrap_err()
-        );
+        let e = format!("{:#}", DataSpec::parse("mnist:/no/such/dir").unwrap().load().unwrap_err());
         assert!(e.contains("/no/such/dir"), "{e}");
         assert!(DataSpec::parse("cifar11:x").is_err());
         assert!(DataSpec::parse("mnist").is_err());

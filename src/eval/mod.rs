@@ -58,21 +58,8 @@ pub fn score(train: &(Tensor, Tensor), test: &(Tensor, Tensor), num_classes: i64
         seed: cfg.seed,
     };
     let (linear_top1, linear_top5) = linear::linear_probe(&train.0, &train.1, &test.0, &test.1, num_classes, &probe);
-    let knn_top1 = knn::knn_accuracy(
-        &train.0,
-        &train.1,
-        &test.0,
-        &test.1,
-        num_classes,
-        cfg.knn_k,
-        cfg.knn_temperature,
-    );
-    Scores {
-        linear_top1,
-        linear_top5,
-        knn_top1,
-        feature_dim: train.0.size()[1],
-    }
+    let knn_top1 = knn::knn_accuracy(&train.0, &train.1, &test.0, &test.1, num_classes, cfg.knn_k, cfg.knn_temperature);
+    Scores { linear_top1, linear_top5, knn_top1, feature_dim: train.0.size()[1] }
 }
 
 /// Extracts encoder features for both splits of `ds` and scores them.

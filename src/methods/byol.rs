@@ -10,12 +10,12 @@ use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::augment::{self, Op, Views};
 use crate::config::Config;
 use crate::losses;
-use crate::nets::{self, Encoder, momentum::MomentumPairs};
+use crate::nets::{Encoder, momentum::OnlineTarget};
 use crate::train::schedule::cosine_momentum;
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
-use tch::nn::{self, ModuleT};
+use tch::nn;
 
 pub const SPEC: MethodSpec = MethodSpec {
     name: "byol",
@@ -24,12 +24,7 @@ pub const SPEC: MethodSpec = MethodSpec {
 };
 
 pub struct Byol {
-    encoder: Encoder,
-    projector: nn::SequentialT,
-    predictor: nn::SequentialT,
-    target_encoder: Encoder,
-    target_projector: nn::SequentialT,
-    momentum: MomentumPairs,
+    nets: OnlineTarget,
     base_m: f64,
     views: Arc<Views>,
 }
@@ -48,69 +43,32 @@ pub fn byol_views(cfg: &Config, data: &DataInfo) -> Arc<Views> {
         }
         p
     };
-    Arc::new(Views {
-        pipelines: vec![with(1.0, 0.0), with(0.1, 0.2)],
-    })
+    Arc::new(Views { pipelines: vec![with(1.0, 0.0), with(0.1, 0.2)] })
 }
 
 impl Byol {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Byol> {
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
-        let proj = [encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim];
-        let projector = nets::mlp(&(p / "projector"), &proj, true, false);
-        let predictor = nets::mlp(
-            &(p / "predictor"),
-            &[cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim],
-            true,
-            false,
-        );
-        let t = p / "target";
-        let target_encoder = nets::build_encoder(&(&t / "encoder"), cfg, data.shape[0])?;
-        let target_projector = nets::mlp(&(&t / "projector"), &proj, true, false);
-        Ok(Byol {
-            encoder,
-            projector,
-            predictor,
-            target_encoder,
-            target_projector,
-            momentum: MomentumPairs::default(),
-            base_m: cfg.ema_momentum,
-            views: byol_views(cfg, data),
-        })
+        let nets = OnlineTarget::new(p, cfg, data.shape[0], false)?;
+        Ok(Byol { nets, base_m: cfg.ema_momentum, views: byol_views(cfg, data) })
     }
 }
 
 impl Method for Byol {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
         let x = images.chunk(2, 0); // 2 x [B, C, H, W]
-        let p: Vec<Tensor> = x
-            .iter()
-            .map(|v| {
-                self.predictor
-                    .forward_t(&self.projector.forward_t(&self.encoder.forward_t(v, true), true), true)
-            })
-            .collect();
-        let z: Vec<Tensor> = tch::no_grad(|| {
-            x.iter()
-                .map(|v| {
-                    self.target_projector
-                        .forward_t(&self.target_encoder.forward_t(v, true), true)
-                })
-                .collect()
-        });
+        let (p1, p2) = (self.nets.online(&x[0]), self.nets.online(&x[1])); // [B, dim] each
+        let (z1, z2) = (self.nets.target(&x[0]), self.nets.target(&x[1]));
         // 2 - 2 cos = 2 + 2 * negative_cosine, for (p1, z2') and (p2, z1')
-        (losses::negative_cosine(&p[0], &z[1]) + losses::negative_cosine(&p[1], &z[0])) * 2.0 + 4.0
+        (losses::negative_cosine(&p1, &z2) + losses::negative_cosine(&p2, &z1)) * 2.0 + 4.0
     }
     fn after_step(&mut self, ctx: &StepCtx) {
-        self.momentum
-            .update(cosine_momentum(ctx.step, ctx.total_steps, self.base_m));
+        self.nets.update(cosine_momentum(ctx.step, ctx.total_steps, self.base_m));
     }
     fn bind(&mut self, vs: &nn::VarStore) -> Result<()> {
-        self.momentum = MomentumPairs::bind(vs, &["encoder.", "projector."])?;
-        Ok(())
+        self.nets.bind(vs)
     }
     fn encoder(&self) -> &Encoder {
-        &self.encoder
+        &self.nets.encoder
     }
     fn views(&self) -> Option<Arc<Views>> {
         Some(self.views.clone())
@@ -123,13 +81,7 @@ mod tests {
 
     #[test]
     fn views_are_asymmetric_as_in_the_paper() {
-        let v = byol_views(
-            &Config::default(),
-            &DataInfo {
-                shape: [3, 32, 32],
-                num_classes: 10,
-            },
-        );
+        let v = byol_views(&Config::default(), &DataInfo { shape: [3, 32, 32], num_classes: 10 });
         let probs = |i: usize| -> (f64, f64) {
             let mut out = (-1.0, -1.0);
             for op in &v.pipelines[i].ops {

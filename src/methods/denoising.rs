@@ -34,11 +34,7 @@ mod tests {
     #[test]
     fn masking_zeroes_about_the_ratio_and_keeps_the_rest() {
         tch::manual_seed(0);
-        let cfg = Config {
-            noise: "masking".into(),
-            mask_ratio: 0.3,
-            ..Config::default()
-        };
+        let cfg = Config { noise: "masking".into(), mask_ratio: 0.3, ..Config::default() };
         let x = Tensor::ones([8, 3, 16, 16], (Kind::Float, tch::Device::Cpu)) * 0.5;
         let y = corruption(&cfg).unwrap()(&x);
         let zero = y.eq(0.0).to_kind(Kind::Float);
@@ -54,11 +50,7 @@ mod tests {
     #[test]
     fn gaussian_noise_has_the_configured_std() {
         tch::manual_seed(1);
-        let cfg = Config {
-            noise: "gaussian".into(),
-            noise_std: 0.1,
-            ..Config::default()
-        };
+        let cfg = Config { noise: "gaussian".into(), noise_std: 0.1, ..Config::default() };
         let x = Tensor::ones([4, 1, 64, 64], (Kind::Float, tch::Device::Cpu)) * 0.5;
         let y = corruption(&cfg).unwrap()(&x);
         let std = (&y - &x).std(true).double_value(&[]);

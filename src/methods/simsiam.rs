@@ -31,18 +31,8 @@ impl SimSiam {
         let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
         let proj = [encoder.dim, cfg.proj_hidden_dim, cfg.proj_hidden_dim, cfg.proj_dim];
         let projector = nets::mlp(&(p / "projector"), &proj, true, true);
-        let predictor = nets::mlp(
-            &(p / "predictor"),
-            &[cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim],
-            true,
-            false,
-        );
-        Ok(SimSiam {
-            encoder,
-            projector,
-            predictor,
-            views: augment::two_views(cfg, data),
-        })
+        let predictor = nets::mlp(&(p / "predictor"), &[cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim], true, false);
+        Ok(SimSiam { encoder, projector, predictor, views: augment::two_views(cfg, data) })
     }
 }
 

@@ -30,12 +30,7 @@ impl Decoder {
         }
         let start = [widths[0], h / f, w / f];
         let fc = nn::linear(p / "fc", in_dim, start.iter().product(), Default::default());
-        let cfg = nn::ConvTransposeConfig {
-            stride: 2,
-            padding: 1,
-            bias: false,
-            ..Default::default()
-        };
+        let cfg = nn::ConvTransposeConfig { stride: 2, padding: 1, bias: false, ..Default::default() };
         let mut stages = Vec::new();
         for i in 0..widths.len() {
             let (cin, cout) = (widths[i], widths[(i + 1).min(widths.len() - 1)]);
@@ -46,16 +41,7 @@ impl Decoder {
             ));
         }
         let last = *widths.last().unwrap();
-        let out = nn::conv2d(
-            p / "out",
-            last,
-            c,
-            3,
-            nn::ConvConfig {
-                padding: 1,
-                ..Default::default()
-            },
-        );
+        let out = nn::conv2d(p / "out", last, c, 3, nn::ConvConfig { padding: 1, ..Default::default() });
         Ok(Decoder { fc, stages, out, start })
     }
 

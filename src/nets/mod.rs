@@ -65,10 +65,7 @@ pub fn mlp(p: &nn::Path, dims: &[i64], bn: bool, bn_last: bool) -> nn::Sequentia
     for i in 0..dims.len() - 1 {
         let last = i == dims.len() - 2;
         let with_bn = if last { bn_last } else { bn };
-        let lin = nn::LinearConfig {
-            bias: !with_bn,
-            ..Default::default()
-        };
+        let lin = nn::LinearConfig { bias: !with_bn, ..Default::default() };
         net = net.add(nn::linear(p / format!("fc{i}"), dims[i], dims[i + 1], lin));
         if with_bn {
             net = net.add(nn::batch_norm1d(p / format!("bn{i}"), dims[i + 1], Default::default()));
@@ -100,12 +97,7 @@ pub fn split_bn_forward(f: impl Fn(&Tensor) -> Tensor, x: &Tensor, groups: i64, 
 
 /// conv -> batch norm -> ReLU, the building block of the small CNN and the ResNet stem.
 pub fn conv_bn_relu(p: &nn::Path, conv: &str, bn: &str, cin: i64, cout: i64, stride: i64) -> nn::SequentialT {
-    let cfg = nn::ConvConfig {
-        stride,
-        padding: 1,
-        bias: false,
-        ..Default::default()
-    };
+    let cfg = nn::ConvConfig { stride, padding: 1, bias: false, ..Default::default() };
     nn::seq_t()
         .add(nn::conv2d(p / conv, cin, cout, 3, cfg))
         .add(nn::batch_norm2d(p / bn, cout, Default::default()))
@@ -127,10 +119,7 @@ mod tests {
     fn resnet18_has_the_reference_parameter_count() {
         // CIFAR ResNet-18 (3x3 stem, no max-pool) without its 10-way classifier:
         // 11,173,962 parameters in total minus 512*10 + 10 for the classifier.
-        let cfg = Config {
-            encoder: "resnet18".into(),
-            ..Config::default()
-        };
+        let cfg = Config { encoder: "resnet18".into(), ..Config::default() };
         let (vs, e) = encoder(&cfg, 3);
         assert_eq!(e.dim, 512);
         assert_eq!(parameter_count(&vs, "encoder."), 11_173_962 - 5_130);
@@ -150,11 +139,7 @@ mod tests {
         let x = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
         let (_, cnn) = encoder(&Config::default(), 1);
         assert_eq!(cnn.forward_t(&x, true).size(), vec![2, 128]);
-        let cfg = Config {
-            encoder: "resnet18".into(),
-            resnet_width: 0.25,
-            ..Config::default()
-        };
+        let cfg = Config { encoder: "resnet18".into(), resnet_width: 0.25, ..Config::default() };
         let (_, r) = encoder(&cfg, 1);
         assert_eq!(r.forward_t(&x, false).size(), vec![2, 128]);
     }
@@ -166,9 +151,7 @@ mod tests {
         let y = d.forward_t(&Tensor::randn([5, 16], (Kind::Float, Device::Cpu)), true);
         assert_eq!(y.size(), vec![5, 3, 32, 32]);
         assert!(y.min().double_value(&[]) > 0.0 && y.max().double_value(&[]) < 1.0);
-        let e = Decoder::new(&(vs.root() / "b"), 16, &[8, 4, 2], [1, 28, 28])
-            .unwrap_err()
-            .to_string();
+        let e = Decoder::new(&(vs.root() / "b"), 16, &[8, 4, 2], [1, 28, 28]).unwrap_err().to_string();
         assert!(e.contains("decoder_widths") && e.contains("divisible by 8"), "{e}");
     }
 

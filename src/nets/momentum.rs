@@ -3,7 +3,10 @@
 //! target <- m * target + (1 - m) * online. Only parameters are averaged; each BatchNorm
 //! of the target keeps its own running statistics, as in the reference implementations.
 
+use super::{Encoder, build_encoder, mlp};
+use crate::config::Config;
 use anyhow::{Result, bail};
+use tch::nn::ModuleT;
 use tch::{Tensor, nn};
 
 pub const TARGET_PREFIX: &str = "target.";
@@ -57,6 +60,55 @@ impl MomentumPairs {
     }
 }
 
+/// An online network (encoder -> projector -> predictor) and its EMA target (encoder ->
+/// projector), as BYOL and MoCo v3 use them. Projector and predictor are BatchNorm MLPs;
+/// `projector_bn_last` adds a BatchNorm on the projector's output (MoCo v3).
+pub struct OnlineTarget {
+    pub encoder: Encoder,
+    projector: nn::SequentialT,
+    predictor: nn::SequentialT,
+    target_encoder: Encoder,
+    target_projector: nn::SequentialT,
+    pairs: MomentumPairs,
+}
+
+impl OnlineTarget {
+    pub fn new(p: &nn::Path, cfg: &Config, in_channels: i64, projector_bn_last: bool) -> Result<OnlineTarget> {
+        let encoder = build_encoder(&(p / "encoder"), cfg, in_channels)?;
+        let proj = [encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim];
+        let pred = [cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim];
+        let t = p / "target";
+        Ok(OnlineTarget {
+            projector: mlp(&(p / "projector"), &proj, true, projector_bn_last),
+            predictor: mlp(&(p / "predictor"), &pred, true, false),
+            target_encoder: build_encoder(&(&t / "encoder"), cfg, in_channels)?,
+            target_projector: mlp(&(&t / "projector"), &proj, true, projector_bn_last),
+            encoder,
+            pairs: MomentumPairs::default(),
+        })
+    }
+
+    /// Pairs the online encoder and projector with their targets (see `MomentumPairs::bind`).
+    pub fn bind(&mut self, vs: &nn::VarStore) -> Result<()> {
+        self.pairs = MomentumPairs::bind(vs, &["encoder.", "projector."])?;
+        Ok(())
+    }
+
+    /// predictor(projector(encoder(x))): `[B, C, H, W]` -> `[B, proj_dim]`
+    pub fn online(&self, x: &Tensor) -> Tensor {
+        self.predictor.forward_t(&self.projector.forward_t(&self.encoder.forward_t(x, true), true), true)
+    }
+
+    /// target_projector(target_encoder(x)) without gradients, in training mode (batch statistics).
+    pub fn target(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| self.target_projector.forward_t(&self.target_encoder.forward_t(x, true), true))
+    }
+
+    pub fn update(&self, m: f64) {
+        self.pairs.update(m);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,11 +121,7 @@ mod tests {
         let target = vs.root().sub("target").sub("head").var("w", &[2], nn::Init::Const(0.0));
         let pairs = MomentumPairs::bind(&vs, &["head."]).unwrap();
         assert!(!target.requires_grad());
-        assert_eq!(
-            Vec::<f32>::try_from(&target).unwrap(),
-            vec![1.0, 2.0],
-            "the target starts as a copy"
-        );
+        assert_eq!(Vec::<f32>::try_from(&target).unwrap(), vec![1.0, 2.0], "the target starts as a copy");
         tch::no_grad(|| online.shallow_clone().copy_(&Tensor::from_slice(&[3f32, 6.0])));
         pairs.update(0.75);
         // 0.75 * [1, 2] + 0.25 * [3, 6] = [1.5, 3]
@@ -81,11 +129,6 @@ mod tests {
         assert_eq!(online.kind(), Kind::Float);
         let lonely = nn::VarStore::new(Device::Cpu);
         let _ = lonely.root().sub("enc").var("w", &[1], nn::Init::Const(0.0));
-        assert!(
-            MomentumPairs::bind(&lonely, &["enc."])
-                .unwrap_err()
-                .to_string()
-                .contains("missing")
-        );
+        assert!(MomentumPairs::bind(&lonely, &["enc."]).unwrap_err().to_string().contains("missing"));
     }
 }

@@ -82,16 +82,12 @@ pub fn write_safetensors_atomic(
     }
     let mut views = Vec::with_capacity(owned.len());
     for (name, dt, shape, bytes) in &owned {
-        views.push((
-            name.clone(),
-            TensorView::new(*dt, shape.clone(), bytes).context("bad tensor view")?,
-        ));
+        views.push((name.clone(), TensorView::new(*dt, shape.clone(), bytes).context("bad tensor view")?));
     }
     let bytes = safetensors::tensor::serialize(views, &Some(metadata)).context("cannot serialize tensors")?;
     let tmp = path.with_extension("safetensors.tmp");
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(&bytes)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(&bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
@@ -128,19 +124,12 @@ pub struct Checkpoint {
 }
 
 pub fn save(dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], meta: &Meta) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .map(|(k, t)| (format!("model.{k}"), t.detach()))
-        .collect();
+    let mut tensors: Vec<(String, Tensor)> =
+        vs.variables().into_iter().map(|(k, t)| (format!("model.{k}"), t.detach())).collect();
     tensors.extend(optim.iter().map(|(k, t)| (format!("optim.{k}"), t.detach())));
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let meta_json = serde_json::to_string(meta)?;
-    write_safetensors_atomic(
-        &dir.join(FILE_NAME),
-        &tensors,
-        HashMap::from([(META_KEY.to_string(), meta_json)]),
-    )
+    write_safetensors_atomic(&dir.join(FILE_NAME), &tensors, HashMap::from([(META_KEY.to_string(), meta_json)]))
 }
 
 pub fn load(dir: &Path) -> Result<Checkpoint> {
@@ -154,11 +143,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     };
     let meta: Meta = serde_json::from_str(json).with_context(|| format!("{}: unreadable metadata", path.display()))?;
     if meta.format_version != FORMAT_VERSION {
-        bail!(
-            "{}: checkpoint format {} is not the supported {FORMAT_VERSION}",
-            path.display(),
-            meta.format_version
-        );
+        bail!("{}: checkpoint format {} is not the supported {FORMAT_VERSION}", path.display(), meta.format_version);
     }
     let (mut model, mut optim) = (Vec::new(), Vec::new());
     for (k, t) in tensors {
@@ -178,15 +163,9 @@ pub fn load_into(vs: &nn::VarStore, tensors: &[(String, Tensor)]) -> Result<()> 
     let vars = vs.variables();
     let given: HashMap<&str, &Tensor> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     for (name, var) in &vars {
-        let Some(src) = given.get(name.as_str()) else {
-            bail!("checkpoint lacks variable '{name}'")
-        };
+        let Some(src) = given.get(name.as_str()) else { bail!("checkpoint lacks variable '{name}'") };
         if src.size() != var.size() {
-            bail!(
-                "variable '{name}': checkpoint shape {:?}, model shape {:?}",
-                src.size(),
-                var.size()
-            );
+            bail!("variable '{name}': checkpoint shape {:?}, model shape {:?}", src.size(), var.size());
         }
     }
     if let Some((extra, _)) = tensors.iter().find(|(k, _)| !vars.contains_key(k)) {
@@ -195,8 +174,7 @@ pub fn load_into(vs: &nn::VarStore, tensors: &[(String, Tensor)]) -> Result<()> 
     tch::no_grad(|| {
         for (name, var) in &vars {
             let src = given[name.as_str()];
-            var.shallow_clone()
-                .copy_(&src.to_kind(var.kind()).to_device(var.device()));
+            var.shallow_clone().copy_(&src.to_kind(var.kind()).to_device(var.device()));
         }
     });
     Ok(())

@@ -37,10 +37,7 @@ impl Model {
 
 pub fn data_info(ds: &Dataset) -> DataInfo {
     let [c, h, w] = ds.train.shape.map(|d| d as i64);
-    DataInfo {
-        shape: [c, h, w],
-        num_classes: ds.num_classes as i64,
-    }
+    DataInfo { shape: [c, h, w], num_classes: ds.num_classes as i64 }
 }
 
 /// What a finished pretraining run reports.
@@ -80,11 +77,7 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
     let train = Arc::new(ds.train.subset(cfg.train_subset, cfg.seed));
     let spe = steps_per_epoch(train.len(), cfg.batch_size);
     if spe == 0 {
-        bail!(
-            "batch_size = {} is larger than the {} training images",
-            cfg.batch_size,
-            train.len()
-        );
+        bail!("batch_size = {} is larger than the {} training images", cfg.batch_size, train.len());
     }
     let total_steps = spe * cfg.epochs;
     let warmup = (cfg.warmup_epochs * spe as f64).round() as usize;
@@ -92,16 +85,14 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
     let mut model = Model::build(cfg, &data_info(ds), device)?;
     let views = model.method.views();
     if let Some(v) = &views {
-        v.validate(train.shape[1], train.shape[2])
-            .context("augmentation options")?;
+        v.validate(train.shape[1], train.shape[2]).context("augmentation options")?;
     }
     let mut opt = optim::Optimizer::new(&model.vs, &cfg.optimizer, cfg.momentum, cfg.weight_decay)?;
     let (mut epoch, mut step, mut wall_before) = (0usize, 0usize, 0f64);
     if resume {
         let ck = checkpoint::load(out)?;
         checkpoint::load_into(&model.vs, &ck.model).with_context(|| format!("{}", ckpt_path.display()))?;
-        opt.load_state(ck.optim)
-            .with_context(|| format!("{}", ckpt_path.display()))?;
+        opt.load_state(ck.optim).with_context(|| format!("{}", ckpt_path.display()))?;
         (epoch, step, wall_before) = (ck.meta.epoch, ck.meta.step, ck.meta.wall_seconds);
         if step != epoch * spe {
             bail!(
@@ -111,10 +102,7 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
             );
         }
     } else if ckpt_path.exists() {
-        bail!(
-            "{} already holds a run; pass --resume to continue it or choose another --out",
-            out.display()
-        );
+        bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display());
     }
     std::fs::write(out.join("config.toml"), toml::to_string(cfg)?)?;
 
@@ -123,15 +111,9 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
         .append(true)
         .open(out.join("metrics.jsonl"))
         .with_context(|| format!("cannot open {}", out.join("metrics.jsonl").display()))?;
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total_steps as u64)
-    };
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total_steps as u64) };
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .unwrap()
-            .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}").unwrap().progress_chars("=> "),
     );
     bar.set_position(step as u64);
     let started = Instant::now();
@@ -139,21 +121,13 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
     while epoch < stop_at {
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let order = data::epoch_order(train.len(), cfg.seed, epoch);
-        let spec = views.as_ref().map(|v| ViewSpec {
-            views: v.clone(),
-            seed: cfg.seed,
-            epoch,
-        });
+        let spec = views.as_ref().map(|v| ViewSpec { views: v.clone(), seed: cfg.seed, epoch });
         let loader = Loader::with_views(train.clone(), order, cfg.batch_size, true, cfg.prefetch, device, spec);
         let (mut loss_sum, mut loss_n) = (0f64, 0usize);
         let epoch_start = Instant::now();
         let mut window = (Instant::now(), 0usize);
         for batch in loader {
-            let ctx = StepCtx {
-                epoch,
-                step,
-                total_steps,
-            };
+            let ctx = StepCtx { epoch, step, total_steps };
             let lr = schedule::cosine_with_warmup(step, total_steps, warmup, cfg.lr, cfg.min_lr);
             tch::manual_seed(checkpoint::step_seed(cfg.seed, step));
             opt.zero_grad();
@@ -188,12 +162,7 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
                          "images_per_sec": (loss_n * cfg.batch_size) as f64 / secs, "epoch_seconds": secs, "time": wall});
         writeln!(metrics, "{rec}")?;
         metrics.flush()?;
-        checkpoint::save(
-            out,
-            &model.vs,
-            &opt.state_tensors(),
-            &checkpoint::Meta::new(cfg, epoch, step, wall),
-        )?;
+        checkpoint::save(out, &model.vs, &opt.state_tensors(), &checkpoint::Meta::new(cfg, epoch, step, wall))?;
         if !quiet {
             bar.println(format!(
                 "epoch {epoch}/{}: mean loss {mean_loss:.5}, {:.0} img/s, {secs:.1}s; checkpoint saved",
@@ -236,13 +205,7 @@ pub(crate) mod tests {
             }
             Split::new(imgs, labels, [1, 8, 8]).unwrap()
         };
-        Dataset {
-            name: "tiny".into(),
-            train: make(96, 0),
-            test: make(32, 1),
-            num_classes: 4,
-            class_names: vec![],
-        }
+        Dataset { name: "tiny".into(), train: make(96, 0), test: make(32, 1), num_classes: 4, class_names: vec![] }
     }
 
     pub(crate) fn tiny_config(method: &str) -> Config {
@@ -276,19 +239,13 @@ pub(crate) mod tests {
     }
 
     fn quiet() -> TrainOptions {
-        TrainOptions {
-            quiet: true,
-            ..Default::default()
-        }
+        TrainOptions { quiet: true, ..Default::default() }
     }
 
     #[test]
     fn autoencoder_loss_decreases() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config {
-            epochs: 12,
-            ..tiny_config("autoencoder")
-        };
+        let cfg = Config { epochs: 12, ..tiny_config("autoencoder") };
         let s = pretrain(&cfg, &tiny_dataset(), dir.path(), &quiet(), Device::Cpu).unwrap();
         assert_eq!((s.epochs, s.steps), (12, 12 * 6));
         let l = epoch_losses(dir.path());
@@ -300,30 +257,15 @@ pub(crate) mod tests {
     fn checkpoint_round_trip_gives_equal_weights() {
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
-        let cfg = Config {
-            epochs: 1,
-            ..tiny_config("denoising-autoencoder")
-        };
+        let cfg = Config { epochs: 1, ..tiny_config("denoising-autoencoder") };
         pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
         let ck = checkpoint::load(dir.path()).unwrap();
         assert_eq!(ck.meta.config, cfg);
         assert_eq!((ck.meta.epoch, ck.meta.step), (1, 6));
         // A model built with another seed differs until the checkpoint is loaded.
-        let other = Model::build(
-            &Config {
-                seed: 99,
-                ..cfg.clone()
-            },
-            &data_info(&ds),
-            Device::Cpu,
-        )
-        .unwrap();
+        let other = Model::build(&Config { seed: 99, ..cfg.clone() }, &data_info(&ds), Device::Cpu).unwrap();
         let before = vars(&other.vs);
-        let saved = ck
-            .model
-            .iter()
-            .map(|(k, t)| (k.clone(), t.shallow_clone()))
-            .collect::<Vec<_>>();
+        let saved = ck.model.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect::<Vec<_>>();
         assert!(before.iter().zip(&saved).any(|((_, a), (_, b))| !a.equal(b)));
         checkpoint::load_into(&other.vs, &ck.model).unwrap();
         let after = vars(&other.vs);
@@ -343,33 +285,18 @@ pub(crate) mod tests {
     fn checkpoint_rejects_mismatched_models_and_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
-        let cfg = Config {
-            epochs: 1,
-            ..tiny_config("autoencoder")
-        };
+        let cfg = Config { epochs: 1, ..tiny_config("autoencoder") };
         pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
         let ck = checkpoint::load(dir.path()).unwrap();
-        let wider = Model::build(
-            &Config {
-                cnn_widths: vec![4, 16],
-                ..cfg.clone()
-            },
-            &data_info(&ds),
-            Device::Cpu,
-        )
-        .unwrap();
+        let wider =
+            Model::build(&Config { cnn_widths: vec![4, 16], ..cfg.clone() }, &data_info(&ds), Device::Cpu).unwrap();
         let e = checkpoint::load_into(&wider.vs, &ck.model).unwrap_err().to_string();
         assert!(e.contains("shape"), "{e}");
         std::fs::write(dir.path().join(checkpoint::FILE_NAME), b"not a checkpoint").unwrap();
         let e = format!("{:#}", checkpoint::load(dir.path()).err().unwrap());
-        assert!(
-            e.contains("checkpoint.safetensors") && e.contains("not a valid safetensors"),
-            "{e}"
-        );
+        assert!(e.contains("checkpoint.safetensors") && e.contains("not a valid safetensors"), "{e}");
         // An existing run is not overwritten without --resume.
-        let e = pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let e = pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("--resume"), "{e}");
     }
 
@@ -382,23 +309,10 @@ pub(crate) mod tests {
         pretrain(&cfg, &ds, full.path(), &quiet(), Device::Cpu).unwrap();
         // The same run stopped after 2 epochs, then resumed.
         let split = tempfile::tempdir().unwrap();
-        let first = TrainOptions {
-            stop_after_epochs: Some(2),
-            ..quiet()
-        };
+        let first = TrainOptions { stop_after_epochs: Some(2), ..quiet() };
         let s1 = pretrain(&cfg, &ds, split.path(), &first, Device::Cpu).unwrap();
         assert_eq!((s1.epochs, s1.steps), (2, 12));
-        let s2 = pretrain(
-            &cfg,
-            &ds,
-            split.path(),
-            &TrainOptions {
-                resume: true,
-                ..quiet()
-            },
-            Device::Cpu,
-        )
-        .unwrap();
+        let s2 = pretrain(&cfg, &ds, split.path(), &TrainOptions { resume: true, ..quiet() }, Device::Cpu).unwrap();
         assert_eq!((s2.epochs, s2.steps), (4, 24));
 
         let a = checkpoint::load(full.path()).unwrap();
@@ -406,10 +320,7 @@ pub(crate) mod tests {
         assert_eq!((b.meta.epoch, b.meta.step), (4, 24));
         for ((ka, ta), (kb, tb)) in a.model.iter().chain(&a.optim).zip(b.model.iter().chain(&b.optim)) {
             assert_eq!(ka, kb);
-            assert!(
-                ta.allclose(tb, 1e-5, 1e-6, false),
-                "{ka} differs between the straight and the resumed run"
-            );
+            assert!(ta.allclose(tb, 1e-5, 1e-6, false), "{ka} differs between the straight and the resumed run");
         }
         // The step records continue where they stopped, with the same learning rates.
         let recs = |d: &Path| -> Vec<(u64, f64)> {
@@ -422,10 +333,7 @@ pub(crate) mod tests {
                 .collect()
         };
         assert_eq!(recs(split.path()), recs(full.path()));
-        assert_eq!(
-            recs(split.path()).iter().map(|r| r.0).collect::<Vec<_>>(),
-            (1..=24).collect::<Vec<_>>()
-        );
+        assert_eq!(recs(split.path()).iter().map(|r| r.0).collect::<Vec<_>>(), (1..=24).collect::<Vec<_>>());
     }
 
     #[test]
@@ -445,10 +353,7 @@ pub(crate) mod tests {
                 ..tiny_config(spec.name)
             };
             let dir = tempfile::tempdir().unwrap();
-            let first = TrainOptions {
-                stop_after_epochs: Some(1),
-                ..quiet()
-            };
+            let first = TrainOptions { stop_after_epochs: Some(1), ..quiet() };
             let s = match pretrain(&cfg, &ds, dir.path(), &first, Device::Cpu) {
                 Ok(s) => s,
                 // Methods that need colour data refuse this gray set with a clear error.
@@ -456,17 +361,8 @@ pub(crate) mod tests {
                 Err(e) => panic!("{}: {e:#}", spec.name),
             };
             assert!(s.final_loss.is_finite(), "{}", spec.name);
-            let s = pretrain(
-                &cfg,
-                &ds,
-                dir.path(),
-                &TrainOptions {
-                    resume: true,
-                    ..quiet()
-                },
-                Device::Cpu,
-            )
-            .unwrap_or_else(|e| panic!("{} resume: {e:#}", spec.name));
+            let s = pretrain(&cfg, &ds, dir.path(), &TrainOptions { resume: true, ..quiet() }, Device::Cpu)
+                .unwrap_or_else(|e| panic!("{} resume: {e:#}", spec.name));
             assert_eq!(s.steps, 12, "{}", spec.name);
             let model = Model::build(&cfg, &data_info(&ds), Device::Cpu).unwrap();
             checkpoint::load_into(&model.vs, &checkpoint::load(dir.path()).unwrap().model).unwrap();

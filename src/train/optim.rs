@@ -33,20 +33,11 @@ impl Optimizer {
             "sgd" => OptKind::Sgd { momentum },
             "adam" => OptKind::Adam,
             "adamw" => OptKind::AdamW,
-            other => bail!(
-                "option optimizer = '{other}' is not one of {:?}",
-                crate::config::OPTIMIZERS
-            ),
+            other => bail!("option optimizer = '{other}' is not one of {:?}", crate::config::OPTIMIZERS),
         };
         let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Optimizer {
-            kind,
-            weight_decay,
-            params,
-            state: BTreeMap::new(),
-            steps_taken: 0,
-        })
+        Ok(Optimizer { kind, weight_decay, params, state: BTreeMap::new(), steps_taken: 0 })
     }
 
     pub fn zero_grad(&mut self) {
@@ -91,24 +82,14 @@ impl Optimizer {
                         let _ = p.g_sub_(&(d * lr));
                     }
                     OptKind::Adam | OptKind::AdamW => {
-                        let g = if self.kind == OptKind::Adam && wd != 0.0 {
-                            &g + &p * wd
-                        } else {
-                            g.shallow_clone()
-                        };
+                        let g = if self.kind == OptKind::Adam && wd != 0.0 { &g + &p * wd } else { g.shallow_clone() };
                         if self.kind == OptKind::AdamW && wd != 0.0 {
                             let _ = p.g_mul_scalar_(1.0 - lr * wd);
                         }
-                        let m = self
-                            .state
-                            .entry(format!("{name}/exp_avg"))
-                            .or_insert_with(|| p.zeros_like());
+                        let m = self.state.entry(format!("{name}/exp_avg")).or_insert_with(|| p.zeros_like());
                         let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
                         let m = m.shallow_clone();
-                        let v = self
-                            .state
-                            .entry(format!("{name}/exp_avg_sq"))
-                            .or_insert_with(|| p.zeros_like());
+                        let v = self.state.entry(format!("{name}/exp_avg_sq")).or_insert_with(|| p.zeros_like());
                         let _ = v.g_mul_scalar_(BETA2).g_add_(&(g.square() * (1.0 - BETA2)));
                         let bc1 = 1.0 - BETA1.powf(t);
                         let bc2 = 1.0 - BETA2.powf(t);
@@ -136,18 +117,12 @@ impl Optimizer {
                 self.steps_taken = t.int64_value(&[]);
                 continue;
             }
-            let Some((pname, _)) = k.rsplit_once('/') else {
-                bail!("optimizer state '{k}' is not NAME/KIND")
-            };
+            let Some((pname, _)) = k.rsplit_once('/') else { bail!("optimizer state '{k}' is not NAME/KIND") };
             let Some((_, p)) = self.params.iter().find(|(n, _)| n == pname) else {
                 bail!("optimizer state '{k}' belongs to no trainable parameter");
             };
             if t.size() != p.size() {
-                bail!(
-                    "optimizer state '{k}' has shape {:?}, parameter has {:?}",
-                    t.size(),
-                    p.size()
-                );
+                bail!("optimizer state '{k}' has shape {:?}, parameter has {:?}", t.size(), p.size());
             }
             self.state.insert(k, t.to_kind(Kind::Float).to_device(device).copy());
         }
@@ -202,10 +177,7 @@ mod tests {
         let (_vs, mut opt, p) = setup("adamw", 0.5);
         step(&mut opt, &p, 0.1);
         let v = vals(&p);
-        assert!(
-            (v[0] - (0.95 - 0.1)).abs() < 1e-5 && (v[1] - (-1.9 + 0.1)).abs() < 1e-5,
-            "{v:?}"
-        );
+        assert!((v[0] - (0.95 - 0.1)).abs() < 1e-5 && (v[1] - (-1.9 + 0.1)).abs() < 1e-5, "{v:?}");
     }
 
     #[test]
