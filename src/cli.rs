@@ -67,7 +67,12 @@ pub enum Command {
     /// Evaluate frozen features: linear probe (top-1/top-5) and kNN (top-1).
     Eval {
         /// A run folder written by `pretrain`.
-        #[arg(long, value_name = "DIR", conflicts_with = "baseline", required_unless_present = "baseline")]
+        #[arg(
+            long,
+            value_name = "DIR",
+            conflicts_with = "baseline",
+            required_unless_present = "baseline"
+        )]
         run: Option<PathBuf>,
         /// A baseline instead of a run: `raw` (pixels) or `random` (randomly initialised encoder).
         #[arg(long, value_parser = ["raw", "random"])]
@@ -102,9 +107,14 @@ pub fn parse_device(s: &str) -> Result<Device> {
         if i < cuda_n {
             Ok(Device::Cuda(i as usize))
         } else if cuda_n == 0 {
-            bail!("--device {s}: libtorch sees no CUDA device on this machine; use --device cpu or auto")
+            bail!(
+                "--device {s}: libtorch sees no CUDA device on this machine; use --device cpu or auto"
+            )
         } else {
-            bail!("--device {s}: only {cuda_n} CUDA device(s), numbered 0..{}", cuda_n - 1)
+            bail!(
+                "--device {s}: only {cuda_n} CUDA device(s), numbered 0..{}",
+                cuda_n - 1
+            )
         }
     };
     match s {
@@ -145,7 +155,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         tch::set_num_threads(n as i32);
         // Ignore the error if a pool already exists (only in tests).
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
     match cli.command {
         Command::Methods => {
@@ -156,10 +168,19 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::BenchAugment { images, python } => bench_augment(images, python),
         Command::Config { cfg } => {
-            print!("{}", toml::to_string(&build_config(&cfg, Config::default())?)?);
+            print!(
+                "{}",
+                toml::to_string(&build_config(&cfg, Config::default())?)?
+            );
             Ok(())
         }
-        Command::Pretrain { method, cfg, out, resume, quiet } => pretrain(method, &cfg, &out, resume, quiet, device),
+        Command::Pretrain {
+            method,
+            cfg,
+            out,
+            resume,
+            quiet,
+        } => pretrain(method, &cfg, &out, resume, quiet, device),
         Command::Eval { run, baseline, cfg } => match (run, baseline) {
             (Some(run), None) => eval_run(&run, &cfg, device),
             (None, Some(b)) => eval_baseline(&b, &cfg, device),
@@ -180,31 +201,55 @@ fn pretrain(
         let saved = checkpoint::load(out).context("--resume")?.meta.config;
         if let Some(m) = &method {
             if *m != saved.method {
-                bail!("--method {m} differs from the method '{}' of the run in {}", saved.method, out.display());
+                bail!(
+                    "--method {m} differs from the method '{}' of the run in {}",
+                    saved.method,
+                    out.display()
+                );
             }
         }
         let cfg = saved.with_overrides(&args.sets)?;
         cfg.validate()?;
         cfg
     } else {
-        let Some(method) = method else { bail!("pretrain needs --method NAME (see `selfsup methods`)") };
+        let Some(method) = method else {
+            bail!("pretrain needs --method NAME (see `selfsup methods`)")
+        };
         methods::find(&method)?;
         let mut sets = vec![format!("method=\"{method}\"")];
         sets.extend(args.sets.iter().cloned());
-        build_config(&ConfigArgs { config: args.config.clone(), sets }, Config::default())?
+        build_config(
+            &ConfigArgs {
+                config: args.config.clone(),
+                sets,
+            },
+            Config::default(),
+        )?
     };
     let ds = load_data(&cfg)?;
     eprintln!(
         "pretrain {} on {} ({} train images{}), encoder {}, {} epochs, device {:?}",
         cfg.method,
         ds.name,
-        ds.train.len().min(if cfg.train_subset == 0 { usize::MAX } else { cfg.train_subset }),
-        if cfg.train_subset == 0 { "" } else { ", subset" },
+        ds.train.len().min(if cfg.train_subset == 0 {
+            usize::MAX
+        } else {
+            cfg.train_subset
+        }),
+        if cfg.train_subset == 0 {
+            ""
+        } else {
+            ", subset"
+        },
         cfg.encoder,
         cfg.epochs,
         device
     );
-    let opts = train::TrainOptions { resume, quiet, stop_after_epochs: None };
+    let opts = train::TrainOptions {
+        resume,
+        quiet,
+        stop_after_epochs: None,
+    };
     let s = train::pretrain(&cfg, &ds, out, &opts, device)?;
     println!(
         "pretrained {}: {} epochs, {} steps, final loss {:.5}, {:.0} images/s, wall {:.1}s -> {}",
@@ -220,12 +265,20 @@ fn pretrain(
 }
 
 /// Keys that may be changed when evaluating a saved run.
-const EVAL_KEYS: &[&str] =
-    &["probe_epochs", "probe_lr", "probe_batch_size", "probe_weight_decay", "knn_k", "knn_temperature"];
+const EVAL_KEYS: &[&str] = &[
+    "probe_epochs",
+    "probe_lr",
+    "probe_batch_size",
+    "probe_weight_decay",
+    "knn_k",
+    "knn_temperature",
+];
 
 fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     if args.config.is_some() {
-        bail!("eval --run takes its config from the run; use --set for the eval keys {EVAL_KEYS:?}");
+        bail!(
+            "eval --run takes its config from the run; use --set for the eval keys {EVAL_KEYS:?}"
+        );
     }
     for s in &args.sets {
         let key = s.split_once('=').map(|(k, _)| k.trim()).unwrap_or(s);
@@ -266,12 +319,17 @@ fn eval_baseline(which: &str, args: &ConfigArgs, device: Device) -> Result<()> {
         "random" => {
             tch::manual_seed(cfg.seed as i64);
             let vs = tch::nn::VarStore::new(device);
-            let enc = nets::build_encoder(&(vs.root() / "encoder"), &cfg, ds.train.shape[0] as i64)?;
+            let enc =
+                nets::build_encoder(&(vs.root() / "encoder"), &cfg, ds.train.shape[0] as i64)?;
             eval::evaluate_encoder(&enc, &ds, &cfg, device)
         }
         other => bail!("--baseline '{other}' is not one of raw, random"),
     };
-    let label = if which == "raw" { "raw pixels".to_string() } else { format!("random-init {}", cfg.encoder) };
+    let label = if which == "raw" {
+        "raw pixels".to_string()
+    } else {
+        format!("random-init {}", cfg.encoder)
+    };
     report(&label, &ds, &scores, t0.elapsed().as_secs_f64());
     Ok(())
 }
@@ -281,12 +339,16 @@ fn bench_augment(images: usize, python: Option<PathBuf>) -> Result<()> {
     if images == 0 {
         bail!("--images must be at least 1");
     }
-    let all = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let all = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let threads: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
     let sizes = [32, 96];
     let home = std::env::var("HOME").unwrap_or_default();
-    let python = python.unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/selfsup/torch-2.11.0/bin/python")));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_augment_torchvision.py");
+    let python = python
+        .unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/selfsup/torch-2.11.0/bin/python")));
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_augment_torchvision.py");
     let tv = match bench::torchvision_throughput(&python, &script, images, &threads, &sizes) {
         Ok(rows) => rows,
         Err(e) => {
@@ -294,7 +356,10 @@ fn bench_augment(images: usize, python: Option<PathBuf>) -> Result<()> {
             Vec::new()
         }
     };
-    println!("{:>7} {:>7} {:>15} {:>18} {:>7}", "size", "threads", "selfsup img/s", "torchvision img/s", "ratio");
+    println!(
+        "{:>7} {:>7} {:>15} {:>18} {:>7}",
+        "size", "threads", "selfsup img/s", "torchvision img/s", "ratio"
+    );
     for &size in &sizes {
         for &t in &threads {
             let ours = bench::selfsup_throughput(size, images, t)?;
@@ -303,7 +368,10 @@ fn bench_augment(images: usize, python: Option<PathBuf>) -> Result<()> {
                 Some(x) => (format!("{x:.0}"), format!("{:.2}x", ours / x)),
                 None => ("-".into(), "-".into()),
             };
-            println!("{:>7} {t:>7} {ours:>15.0} {tv_s:>18} {ratio:>7}", format!("{size}x{size}"));
+            println!(
+                "{:>7} {t:>7} {ours:>15.0} {tv_s:>18} {ratio:>7}",
+                format!("{size}x{size}")
+            );
         }
     }
     Ok(())
@@ -317,6 +385,10 @@ fn report(label: &str, ds: &crate::data::Dataset, s: &eval::Scores, secs: f64) {
         ds.test.len(),
         s.feature_dim
     );
-    println!("  linear probe   top-1 {:>7}   top-5 {:>7}", pct(s.linear_top1), pct(s.linear_top5));
+    println!(
+        "  linear probe   top-1 {:>7}   top-5 {:>7}",
+        pct(s.linear_top1),
+        pct(s.linear_top5)
+    );
     println!("  kNN            top-1 {:>7}", pct(s.knn_top1));
 }

@@ -168,8 +168,8 @@ pub const CPC_CONTEXTS: &[&str] = &["masked-conv", "gru"];
 impl Config {
     /// Reads a TOML file (keys as in this struct; unknown keys are an error).
     pub fn from_toml_file(path: &Path) -> Result<Config> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
@@ -221,13 +221,26 @@ impl Config {
         one_of("optimizer", &self.optimizer, OPTIMIZERS)?;
         one_of("noise", &self.noise, NOISES)?;
         if self.cnn_widths.is_empty() || self.cnn_widths.iter().any(|&w| w < 1 || w > 4096) {
-            bail!("option cnn_widths = {:?} must be a non-empty list of widths in 1..=4096", self.cnn_widths);
+            bail!(
+                "option cnn_widths = {:?} must be a non-empty list of widths in 1..=4096",
+                self.cnn_widths
+            );
         }
-        if self.decoder_widths.is_empty() || self.decoder_widths.iter().any(|&w| w < 1 || w > 4096) {
-            bail!("option decoder_widths = {:?} must be a non-empty list of widths in 1..=4096", self.decoder_widths);
+        if self.decoder_widths.is_empty() || self.decoder_widths.iter().any(|&w| w < 1 || w > 4096)
+        {
+            bail!(
+                "option decoder_widths = {:?} must be a non-empty list of widths in 1..=4096",
+                self.decoder_widths
+            );
         }
-        if !(self.resnet_width.is_finite() && self.resnet_width >= 0.125 && self.resnet_width <= 8.0) {
-            bail!("option resnet_width = {} must be between 0.125 and 8", self.resnet_width);
+        if !(self.resnet_width.is_finite()
+            && self.resnet_width >= 0.125
+            && self.resnet_width <= 8.0)
+        {
+            bail!(
+                "option resnet_width = {} must be between 0.125 and 8",
+                self.resnet_width
+            );
         }
         if self.epochs == 0 {
             bail!("option epochs must be at least 1");
@@ -238,11 +251,19 @@ impl Config {
         positive("lr", self.lr)?;
         non_negative("min_lr", self.min_lr)?;
         if self.min_lr > self.lr {
-            bail!("option min_lr = {} must not exceed lr = {}", self.min_lr, self.lr);
+            bail!(
+                "option min_lr = {} must not exceed lr = {}",
+                self.min_lr,
+                self.lr
+            );
         }
         non_negative("warmup_epochs", self.warmup_epochs)?;
         if self.warmup_epochs > self.epochs as f64 {
-            bail!("option warmup_epochs = {} exceeds epochs = {}", self.warmup_epochs, self.epochs);
+            bail!(
+                "option warmup_epochs = {} exceeds epochs = {}",
+                self.warmup_epochs,
+                self.epochs
+            );
         }
         if !(0.0..1.0).contains(&self.momentum) {
             bail!("option momentum = {} must be in [0, 1)", self.momentum);
@@ -265,22 +286,37 @@ impl Config {
         }
         let [s0, s1] = self.aug_crop_scale;
         if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
-            bail!("option aug_crop_scale = {:?} must satisfy 0 < min <= max <= 1", self.aug_crop_scale);
+            bail!(
+                "option aug_crop_scale = {:?} must satisfy 0 < min <= max <= 1",
+                self.aug_crop_scale
+            );
         }
         let [r0, r1] = self.aug_crop_ratio;
         if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
-            bail!("option aug_crop_ratio = {:?} must satisfy 0 < min <= max", self.aug_crop_ratio);
+            bail!(
+                "option aug_crop_ratio = {:?} must satisfy 0 < min <= max",
+                self.aug_crop_ratio
+            );
         }
         let [b, c, s, h] = self.aug_jitter;
         if [b, c, s].iter().any(|x| !(x.is_finite() && *x >= 0.0)) || !(0.0..=0.5).contains(&h) {
-            bail!("option aug_jitter = {:?}: strengths must be >= 0 and the hue shift in [0, 0.5]", self.aug_jitter);
+            bail!(
+                "option aug_jitter = {:?}: strengths must be >= 0 and the hue shift in [0, 0.5]",
+                self.aug_jitter
+            );
         }
         let [g0, g1] = self.aug_blur_sigma;
         if !(g0 > 0.0 && g0 <= g1 && g1.is_finite()) {
-            bail!("option aug_blur_sigma = {:?} must satisfy 0 < min <= max", self.aug_blur_sigma);
+            bail!(
+                "option aug_blur_sigma = {:?} must satisfy 0 < min <= max",
+                self.aug_blur_sigma
+            );
         }
         if self.aug_crop_size > 4096 {
-            bail!("option aug_crop_size = {} is too large (at most 4096)", self.aug_crop_size);
+            bail!(
+                "option aug_crop_size = {} is too large (at most 4096)",
+                self.aug_crop_size
+            );
         }
         if self.proj_hidden_dim < 1 || self.proj_dim < 1 {
             bail!(
@@ -291,10 +327,16 @@ impl Config {
         }
         positive("temperature", self.temperature)?;
         if self.pred_hidden_dim < 1 {
-            bail!("option pred_hidden_dim = {} must be at least 1", self.pred_hidden_dim);
+            bail!(
+                "option pred_hidden_dim = {} must be at least 1",
+                self.pred_hidden_dim
+            );
         }
         if !(0.0..1.0).contains(&self.ema_momentum) {
-            bail!("option ema_momentum = {} must be in [0, 1)", self.ema_momentum);
+            bail!(
+                "option ema_momentum = {} must be in [0, 1)",
+                self.ema_momentum
+            );
         }
         if self.moco_queue < 1 {
             bail!("option moco_queue = {} must be at least 1", self.moco_queue);
@@ -318,10 +360,16 @@ impl Config {
             bail!("option cpc_steps = {} must be at least 1", self.cpc_steps);
         }
         if !(1..=64).contains(&self.cpc_context_layers) {
-            bail!("option cpc_context_layers = {} must be in 1..=64", self.cpc_context_layers);
+            bail!(
+                "option cpc_context_layers = {} must be in 1..=64",
+                self.cpc_context_layers
+            );
         }
         if self.cpc_negatives < 1 {
-            bail!("option cpc_negatives = {} must be at least 1", self.cpc_negatives);
+            bail!(
+                "option cpc_negatives = {} must be at least 1",
+                self.cpc_negatives
+            );
         }
         if self.log_every == 0 {
             bail!("option log_every must be at least 1");
@@ -352,7 +400,11 @@ mod tests {
     #[test]
     fn overrides_parse_numbers_lists_and_strings() {
         let c = Config::default()
-            .with_overrides(&["lr=0.5".into(), "cnn_widths=[8, 16]".into(), "optimizer=sgd".into()])
+            .with_overrides(&[
+                "lr=0.5".into(),
+                "cnn_widths=[8, 16]".into(),
+                "optimizer=sgd".into(),
+            ])
             .unwrap();
         assert_eq!(c.lr, 0.5);
         assert_eq!(c.cnn_widths, vec![8, 16]);
@@ -362,20 +414,32 @@ mod tests {
 
     #[test]
     fn bad_overrides_name_the_key() {
-        let e = Config::default().with_overrides(&["lrr=0.5".into()]).unwrap_err();
+        let e = Config::default()
+            .with_overrides(&["lrr=0.5".into()])
+            .unwrap_err();
         assert!(e.to_string().contains("unknown key 'lrr'"), "{e}");
-        let e = Config::default().with_overrides(&["epochs=many".into()]).unwrap_err();
+        let e = Config::default()
+            .with_overrides(&["epochs=many".into()])
+            .unwrap_err();
         assert!(e.to_string().contains("epochs=many"), "{e}");
-        let e = Config::default().with_overrides(&["noequals".into()]).unwrap_err();
+        let e = Config::default()
+            .with_overrides(&["noequals".into()])
+            .unwrap_err();
         assert!(e.to_string().contains("key=value"), "{e}");
-        let c = Config::default().with_overrides(&["optimizer=lion".into()]).unwrap();
+        let c = Config::default()
+            .with_overrides(&["optimizer=lion".into()])
+            .unwrap();
         let e = c.validate().unwrap_err();
         assert!(e.to_string().contains("optimizer"), "{e}");
     }
 
     #[test]
     fn toml_round_trip_keeps_the_config() {
-        let c = Config { lr: 0.25, method: "autoencoder".into(), ..Config::default() };
+        let c = Config {
+            lr: 0.25,
+            method: "autoencoder".into(),
+            ..Config::default()
+        };
         let text = toml::to_string(&c).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
@@ -388,7 +452,8 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let cfg = Config::from_toml_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
-            cfg.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            cfg.validate()
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
             crate::methods::find(&cfg.method).unwrap();
             n += 1;
         }

@@ -74,7 +74,9 @@ pub fn info_nce_batch(q: &Tensor, k: &Tensor, temperature: f64) -> Tensor {
 /// Negative cosine similarity, mean over rows (BYOL, SimSiam): -cos(p, z). Stopping the
 /// gradient through `z` is the caller's choice (`z.detach()`).
 pub fn negative_cosine(p: &Tensor, z: &Tensor) -> Tensor {
-    -(l2_normalize(p) * l2_normalize(z)).sum_dim_intlist(&[1i64][..], false, p.kind()).mean(p.kind())
+    -(l2_normalize(p) * l2_normalize(z))
+        .sum_dim_intlist(&[1i64][..], false, p.kind())
+        .mean(p.kind())
 }
 
 #[cfg(test)]
@@ -84,7 +86,11 @@ pub(crate) mod gradcheck {
     /// Compares autograd's gradient of `f` at `x` with central finite differences, in f64.
     pub fn check(f: impl Fn(&Tensor) -> Tensor, x: &Tensor, tol: f64) {
         // A fresh leaf, so gradients from earlier checks on the same tensor do not add up.
-        let x = x.to_kind(Kind::Double).detach().copy().set_requires_grad(true);
+        let x = x
+            .to_kind(Kind::Double)
+            .detach()
+            .copy()
+            .set_requires_grad(true);
         f(&x).backward();
         let analytic = Vec::<f64>::try_from(x.grad().flatten(0, -1)).unwrap();
         let base = Vec::<f64>::try_from(x.detach().flatten(0, -1)).unwrap();
@@ -170,7 +176,9 @@ mod tests {
         let q = Tensor::randn([3, 4], opts);
         let p = Tensor::randn([3, 4], opts);
         let n = Tensor::randn([5, 4], opts);
-        let mask = Tensor::from_slice(&[true, false, false, false, false]).view([1, 5]).expand([3, 5], false);
+        let mask = Tensor::from_slice(&[true, false, false, false, false])
+            .view([1, 5])
+            .expand([3, 5], false);
         gradcheck::check(|x| info_nce(x, &p, &n, 0.7, Some(&mask)), &q, 1e-5);
         gradcheck::check(|x| info_nce(&q, x, &n, 0.7, None), &p, 1e-5);
         gradcheck::check(|x| info_nce(&q, &p, x, 0.7, None), &n, 1e-5);
@@ -231,6 +239,10 @@ mod tests {
         tch::manual_seed(2);
         let opts = (Kind::Double, tch::Device::Cpu);
         let k = Tensor::randn([3, 4], opts);
-        gradcheck::check(|x| info_nce_batch(x, &k, 0.3), &Tensor::randn([3, 4], opts), 1e-5);
+        gradcheck::check(
+            |x| info_nce_batch(x, &k, 0.3),
+            &Tensor::randn([3, 4], opts),
+            1e-5,
+        );
     }
 }

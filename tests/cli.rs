@@ -62,8 +62,16 @@ fn pretrain_then_eval_on_a_tiny_folder() {
     write_tiny_mnist(&data);
     let run = tmp.path().join("run");
     let data_arg = format!("data=\"mnist:{}\"", data.display());
-    let common =
-        ["--set", &data_arg, "--set", "cnn_widths=[4, 8]", "--set", "decoder_widths=[8, 4]", "--set", "batch_size=32"];
+    let common = [
+        "--set",
+        &data_arg,
+        "--set",
+        "cnn_widths=[4, 8]",
+        "--set",
+        "decoder_widths=[8, 4]",
+        "--set",
+        "batch_size=32",
+    ];
     let mut args = vec![
         "--device",
         "cpu",
@@ -86,12 +94,32 @@ fn pretrain_then_eval_on_a_tiny_folder() {
 
     // Running into the same folder again needs --resume; resuming with more epochs continues.
     let o = selfsup(&args);
-    assert!(!o.status.success() && stderr(&o).contains("--resume"), "{}", stderr(&o));
-    let o = selfsup(&["pretrain", "--quiet", "--out", run.to_str().unwrap(), "--resume", "--set", "epochs=3"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--resume"),
+        "{}",
+        stderr(&o)
+    );
+    let o = selfsup(&[
+        "pretrain",
+        "--quiet",
+        "--out",
+        run.to_str().unwrap(),
+        "--resume",
+        "--set",
+        "epochs=3",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("3 epochs, 12 steps"), "{}", stdout(&o));
 
-    let o = selfsup(&["eval", "--run", run.to_str().unwrap(), "--set", "knn_k=5", "--set", "probe_epochs=5"]);
+    let o = selfsup(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--set",
+        "knn_k=5",
+        "--set",
+        "probe_epochs=5",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("linear probe") && out.contains("kNN"), "{out}");
@@ -101,7 +129,15 @@ fn pretrain_then_eval_on_a_tiny_folder() {
     assert!((0.0..=1.0).contains(&top1));
 
     // Raw pixels separate these four classes perfectly with a linear probe.
-    let o = selfsup(&["eval", "--baseline", "raw", "--set", &data_arg, "--set", "knn_k=5"]);
+    let o = selfsup(&[
+        "eval",
+        "--baseline",
+        "raw",
+        "--set",
+        &data_arg,
+        "--set",
+        "knn_k=5",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("top-1 100.00%"), "{}", stdout(&o));
     let mut a = vec!["eval", "--baseline", "random"];
@@ -115,16 +151,46 @@ fn bad_options_get_clear_errors() {
     let cases: &[(&[&str], &str)] = &[
         (&["--device", "tpu", "methods"], "--device 'tpu'"),
         (&["--device", "cuda:x", "methods"], "--device 'cuda:x'"),
-        (&["--device", "tpu", "eval", "--baseline", "raw"], "--device 'tpu'"),
-        (&["eval", "--baseline", "raw", "--set", "lr=-1"], "option lr"),
-        (&["eval", "--baseline", "raw", "--set", "colour=blue"], "unknown key 'colour'"),
-        (&["eval", "--baseline", "raw", "--set", "data=mnist:/no/such/folder"], "/no/such/folder"),
-        (&["eval", "--baseline", "raw", "--set", "data=cifar11"], "data 'cifar11'"),
-        (&["eval", "--run", "/no/such/run"], "no checkpoint in /no/such/run"),
+        (
+            &["--device", "tpu", "eval", "--baseline", "raw"],
+            "--device 'tpu'",
+        ),
+        (
+            &["eval", "--baseline", "raw", "--set", "lr=-1"],
+            "option lr",
+        ),
+        (
+            &["eval", "--baseline", "raw", "--set", "colour=blue"],
+            "unknown key 'colour'",
+        ),
+        (
+            &[
+                "eval",
+                "--baseline",
+                "raw",
+                "--set",
+                "data=mnist:/no/such/folder",
+            ],
+            "/no/such/folder",
+        ),
+        (
+            &["eval", "--baseline", "raw", "--set", "data=cifar11"],
+            "data 'cifar11'",
+        ),
+        (
+            &["eval", "--run", "/no/such/run"],
+            "no checkpoint in /no/such/run",
+        ),
         (&["eval", "--baseline", "pixels"], "pixels"),
-        (&["pretrain", "--method", "nope", "--out", "/tmp/x"], "unknown method 'nope'"),
+        (
+            &["pretrain", "--method", "nope", "--out", "/tmp/x"],
+            "unknown method 'nope'",
+        ),
         (&["pretrain", "--out", "/tmp/x"], "--method"),
-        (&["eval", "--baseline", "raw", "--config", "/no/such.toml"], "/no/such.toml"),
+        (
+            &["eval", "--baseline", "raw", "--config", "/no/such.toml"],
+            "/no/such.toml",
+        ),
         (&["--threads", "0", "methods"], "--threads 0"),
     ];
     for (args, want) in cases {
@@ -140,5 +206,8 @@ fn bad_options_get_clear_errors() {
 fn methods_lists_the_registry() {
     let o = selfsup(&["methods"]);
     let out = stdout(&o);
-    assert!(out.contains("autoencoder") && out.contains("denoising-autoencoder"), "{out}");
+    assert!(
+        out.contains("autoencoder") && out.contains("denoising-autoencoder"),
+        "{out}"
+    );
 }

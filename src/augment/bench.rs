@@ -12,11 +12,25 @@ use std::time::Instant;
 pub fn simclr_pipeline(size: usize) -> Pipeline {
     Pipeline {
         ops: vec![
-            Op::ResizedCrop { size: (size, size), scale: (0.08, 1.0), ratio: (0.75, 4.0 / 3.0) },
+            Op::ResizedCrop {
+                size: (size, size),
+                scale: (0.08, 1.0),
+                ratio: (0.75, 4.0 / 3.0),
+            },
             Op::HFlip { p: 0.5 },
-            Op::ColorJitter { p: 0.8, brightness: 0.4, contrast: 0.4, saturation: 0.4, hue: 0.1 },
+            Op::ColorJitter {
+                p: 0.8,
+                brightness: 0.4,
+                contrast: 0.4,
+                saturation: 0.4,
+                hue: 0.1,
+            },
             Op::Grayscale { p: 0.2 },
-            Op::GaussianBlur { p: 0.5, kernel_frac: 0.1, sigma: (0.1, 2.0) },
+            Op::GaussianBlur {
+                p: 0.5,
+                kernel_frac: 0.1,
+                sigma: (0.1, 2.0),
+            },
         ],
     }
 }
@@ -24,14 +38,30 @@ pub fn simclr_pipeline(size: usize) -> Pipeline {
 /// Images per second (each giving two views) of the selfsup pipeline on `threads` threads.
 pub fn selfsup_throughput(size: usize, images: usize, threads: usize) -> Result<f64> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let imgs: Vec<Image> =
-        (0..images).map(|_| Image::new(3, size, size, (0..3 * size * size).map(|_| rng.random()).collect())).collect();
+    let imgs: Vec<Image> = (0..images)
+        .map(|_| {
+            Image::new(
+                3,
+                size,
+                size,
+                (0..3 * size * size).map(|_| rng.random()).collect(),
+            )
+        })
+        .collect();
     let p = simclr_pipeline(size);
-    let views = Views { pipelines: vec![p.clone(), p] };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let views = Views {
+        pipelines: vec![p.clone(), p],
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     let start = Instant::now();
-    let made: usize =
-        pool.install(|| imgs.par_iter().enumerate().map(|(i, img)| views.apply(img, 0, 0, i).len()).sum());
+    let made: usize = pool.install(|| {
+        imgs.par_iter()
+            .enumerate()
+            .map(|(i, img)| views.apply(img, 0, 0, i).len())
+            .sum()
+    });
     let secs = start.elapsed().as_secs_f64();
     if made != 2 * images {
         bail!("made {made} views for {images} images");
@@ -58,14 +88,26 @@ pub fn torchvision_throughput(
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
     if !out.status.success() {
-        bail!("{} {} failed: {}", python.display(), script.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} {} failed: {}",
+            python.display(),
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut rows = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("unexpected output line '{line}'"))?;
-        let get = |k: &str| v[k].as_f64().with_context(|| format!("no '{k}' in '{line}'"));
-        rows.push((get("size")? as usize, get("threads")? as usize, get("images_per_sec")?));
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("unexpected output line '{line}'"))?;
+        let get = |k: &str| {
+            v[k].as_f64()
+                .with_context(|| format!("no '{k}' in '{line}'"))
+        };
+        rows.push((
+            get("size")? as usize,
+            get("threads")? as usize,
+            get("images_per_sec")?,
+        ));
     }
     Ok(rows)
 }

@@ -65,14 +65,21 @@ pub struct Views {
 /// The RNG for (seed, epoch, index, view): the ChaCha key comes from (seed, epoch), the
 /// stream from (view, index), so every image and view of an epoch draws independently.
 pub fn sample_rng(seed: u64, epoch: usize, index: usize, view: usize) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     rng.set_stream(((view as u64) << 48) ^ index as u64);
     rng
 }
 
 /// torchvision's RandomResizedCrop.get_params: 10 tries at a random area and log-uniform
 /// aspect ratio, then a centre crop clamped to the ratio range.
-pub fn random_crop_box(rng: &mut impl Rng, h: usize, w: usize, scale: (f64, f64), ratio: (f64, f64)) -> CropBox {
+pub fn random_crop_box(
+    rng: &mut impl Rng,
+    h: usize,
+    w: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+) -> CropBox {
     let area = (h * w) as f64;
     let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
     for _ in 0..10 {
@@ -83,7 +90,12 @@ pub fn random_crop_box(rng: &mut impl Rng, h: usize, w: usize, scale: (f64, f64)
         if cw > 0 && ch > 0 && cw <= w && ch <= h {
             let top = rng.random_range(0..=h - ch);
             let left = rng.random_range(0..=w - cw);
-            return CropBox { top, left, height: ch, width: cw };
+            return CropBox {
+                top,
+                left,
+                height: ch,
+                width: cw,
+            };
         }
     }
     let in_ratio = w as f64 / h as f64;
@@ -94,29 +106,60 @@ pub fn random_crop_box(rng: &mut impl Rng, h: usize, w: usize, scale: (f64, f64)
     } else {
         (w, h)
     };
-    CropBox { top: (h - ch) / 2, left: (w - cw) / 2, height: ch, width: cw }
+    CropBox {
+        top: (h - ch) / 2,
+        left: (w - cw) / 2,
+        height: ch,
+        width: cw,
+    }
 }
 
 /// The contrastive view pipeline described by the `aug_*` config keys for `h` x `w` images.
 pub fn contrastive_pipeline(cfg: &crate::config::Config, h: usize, w: usize) -> Pipeline {
-    let size = if cfg.aug_crop_size == 0 { (h, w) } else { (cfg.aug_crop_size, cfg.aug_crop_size) };
+    let size = if cfg.aug_crop_size == 0 {
+        (h, w)
+    } else {
+        (cfg.aug_crop_size, cfg.aug_crop_size)
+    };
     let [brightness, contrast, saturation, hue] = cfg.aug_jitter;
     Pipeline {
         ops: vec![
-            Op::ResizedCrop { size, scale: cfg.aug_crop_scale.into(), ratio: cfg.aug_crop_ratio.into() },
+            Op::ResizedCrop {
+                size,
+                scale: cfg.aug_crop_scale.into(),
+                ratio: cfg.aug_crop_ratio.into(),
+            },
             Op::HFlip { p: cfg.aug_flip_p },
-            Op::ColorJitter { p: cfg.aug_jitter_p, brightness, contrast, saturation, hue },
+            Op::ColorJitter {
+                p: cfg.aug_jitter_p,
+                brightness,
+                contrast,
+                saturation,
+                hue,
+            },
             Op::Grayscale { p: cfg.aug_gray_p },
-            Op::GaussianBlur { p: cfg.aug_blur_p, kernel_frac: 0.1, sigma: cfg.aug_blur_sigma.into() },
-            Op::Solarize { p: cfg.aug_solarize_p, threshold: 128 },
+            Op::GaussianBlur {
+                p: cfg.aug_blur_p,
+                kernel_frac: 0.1,
+                sigma: cfg.aug_blur_sigma.into(),
+            },
+            Op::Solarize {
+                p: cfg.aug_solarize_p,
+                threshold: 128,
+            },
         ],
     }
 }
 
 /// Two views from the same `aug_*` pipeline (SimCLR, MoCo, SimSiam).
-pub fn two_views(cfg: &crate::config::Config, data: &crate::methods::DataInfo) -> std::sync::Arc<Views> {
+pub fn two_views(
+    cfg: &crate::config::Config,
+    data: &crate::methods::DataInfo,
+) -> std::sync::Arc<Views> {
     let p = contrastive_pipeline(cfg, data.shape[1] as usize, data.shape[2] as usize);
-    std::sync::Arc::new(Views { pipelines: vec![p.clone(), p] })
+    std::sync::Arc::new(Views {
+        pipelines: vec![p.clone(), p],
+    })
 }
 
 impl Pipeline {
@@ -143,20 +186,35 @@ impl Pipeline {
                         img
                     }
                 }
-                Op::ColorJitter { p, brightness, contrast, saturation, hue } => {
+                Op::ColorJitter {
+                    p,
+                    brightness,
+                    contrast,
+                    saturation,
+                    hue,
+                } => {
                     if !rng.random_bool(*p) {
                         continue;
                     }
                     let mut order = [0, 1, 2, 3];
                     order.shuffle(rng);
-                    let factor =
-                        |rng: &mut dyn rand::RngCore, x: f64| rng.random_range((1.0 - x).max(0.0)..=1.0 + x) as f32;
+                    let factor = |rng: &mut dyn rand::RngCore, x: f64| {
+                        rng.random_range((1.0 - x).max(0.0)..=1.0 + x) as f32
+                    };
                     for k in order {
                         img = match k {
-                            0 if *brightness > 0.0 => ops::adjust_brightness(&img, factor(rng, *brightness)),
-                            1 if *contrast > 0.0 => ops::adjust_contrast(&img, factor(rng, *contrast)),
-                            2 if *saturation > 0.0 => ops::adjust_saturation(&img, factor(rng, *saturation)),
-                            3 if *hue > 0.0 => ops::adjust_hue(&img, rng.random_range(-*hue..=*hue) as f32),
+                            0 if *brightness > 0.0 => {
+                                ops::adjust_brightness(&img, factor(rng, *brightness))
+                            }
+                            1 if *contrast > 0.0 => {
+                                ops::adjust_contrast(&img, factor(rng, *contrast))
+                            }
+                            2 if *saturation > 0.0 => {
+                                ops::adjust_saturation(&img, factor(rng, *saturation))
+                            }
+                            3 if *hue > 0.0 => {
+                                ops::adjust_hue(&img, rng.random_range(-*hue..=*hue) as f32)
+                            }
                             _ => img,
                         };
                     }
@@ -169,9 +227,14 @@ impl Pipeline {
                         img
                     }
                 }
-                Op::GaussianBlur { p, kernel_frac, sigma } => {
+                Op::GaussianBlur {
+                    p,
+                    kernel_frac,
+                    sigma,
+                } => {
                     if rng.random_bool(*p) {
-                        let k = ((img.h.min(img.w) as f64 * kernel_frac).round() as usize).max(1) | 1;
+                        let k =
+                            ((img.h.min(img.w) as f64 * kernel_frac).round() as usize).max(1) | 1;
                         let s = rng.random_range(sigma.0..=sigma.1) as f32;
                         ops::gaussian_blur(&img, k, s)
                     } else {
@@ -194,12 +257,19 @@ impl Pipeline {
 impl Views {
     /// The views of image `index` in `epoch`.
     pub fn apply(&self, img: &Image, seed: u64, epoch: usize, index: usize) -> Vec<Image> {
-        self.pipelines.iter().enumerate().map(|(v, p)| p.apply(img, &mut sample_rng(seed, epoch, index, v))).collect()
+        self.pipelines
+            .iter()
+            .enumerate()
+            .map(|(v, p)| p.apply(img, &mut sample_rng(seed, epoch, index, v)))
+            .collect()
     }
 
     /// Output (h, w) of the views; all views must agree (checked by `validate`).
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
-        self.pipelines.first().map(|p| p.output_size(h, w)).unwrap_or((h, w))
+        self.pipelines
+            .first()
+            .map(|p| p.output_size(h, w))
+            .unwrap_or((h, w))
     }
 
     pub fn validate(&self, h: usize, w: usize) -> anyhow::Result<()> {
@@ -209,7 +279,10 @@ impl Views {
         let first = self.output_size(h, w);
         for p in &self.pipelines {
             if p.output_size(h, w) != first {
-                anyhow::bail!("all views must have the same size: {:?} vs {first:?}", p.output_size(h, w));
+                anyhow::bail!(
+                    "all views must have the same size: {:?} vs {first:?}",
+                    p.output_size(h, w)
+                );
             }
             for op in &p.ops {
                 let probs = match op {
@@ -249,12 +322,20 @@ mod tests {
 
     fn simclr_like(size: usize) -> Pipeline {
         let mut p = bench::simclr_pipeline(size);
-        p.ops.push(Op::Solarize { p: 0.2, threshold: 128 });
+        p.ops.push(Op::Solarize {
+            p: 0.2,
+            threshold: 128,
+        });
         p
     }
 
     fn test_image(c: usize, h: usize, w: usize) -> Image {
-        Image::new(c, h, w, (0..c * h * w).map(|i| (i * 37 % 256) as u8).collect())
+        Image::new(
+            c,
+            h,
+            w,
+            (0..c * h * w).map(|i| (i * 37 % 256) as u8).collect(),
+        )
     }
 
     #[test]
@@ -271,12 +352,22 @@ mod tests {
         }
         // Impossible ratios fall back to a centred crop clamped to the range.
         let b = random_crop_box(&mut rng, 10, 100, (1.0, 1.0), (1.0, 1.0));
-        assert_eq!(b, CropBox { top: 0, left: 45, height: 10, width: 10 });
+        assert_eq!(
+            b,
+            CropBox {
+                top: 0,
+                left: 45,
+                height: 10,
+                width: 10
+            }
+        );
     }
 
     #[test]
     fn views_are_reproducible_and_distinct() {
-        let views = Views { pipelines: vec![simclr_like(16), simclr_like(16)] };
+        let views = Views {
+            pipelines: vec![simclr_like(16), simclr_like(16)],
+        };
         views.validate(28, 28).unwrap();
         for c in [1, 3] {
             let img = test_image(c, 28, 28);
@@ -284,8 +375,16 @@ mod tests {
             assert_eq!(a, views.apply(&img, 7, 2, 123));
             assert_eq!((a[0].c, a[0].h, a[0].w), (c, 16, 16));
             assert_ne!(a[0], a[1], "the two views should differ");
-            assert_ne!(a, views.apply(&img, 7, 3, 123), "another epoch gives other views");
-            assert_ne!(a, views.apply(&img, 7, 2, 124), "another image index gives other views");
+            assert_ne!(
+                a,
+                views.apply(&img, 7, 3, 123),
+                "another epoch gives other views"
+            );
+            assert_ne!(
+                a,
+                views.apply(&img, 7, 2, 124),
+                "another image index gives other views"
+            );
         }
     }
 
@@ -293,7 +392,13 @@ mod tests {
     fn rng_depends_only_on_its_key() {
         let draw = |s, e, i, v| sample_rng(s, e, i, v).random::<u64>();
         assert_eq!(draw(1, 2, 3, 0), draw(1, 2, 3, 0));
-        let all = [draw(1, 2, 3, 0), draw(2, 2, 3, 0), draw(1, 3, 3, 0), draw(1, 2, 4, 0), draw(1, 2, 3, 1)];
+        let all = [
+            draw(1, 2, 3, 0),
+            draw(2, 2, 3, 0),
+            draw(1, 3, 3, 0),
+            draw(1, 2, 4, 0),
+            draw(1, 2, 3, 1),
+        ];
         for i in 0..all.len() {
             for j in i + 1..all.len() {
                 assert_ne!(all[i], all[j]);
@@ -303,9 +408,26 @@ mod tests {
 
     #[test]
     fn invalid_views_are_rejected() {
-        let bad = Views { pipelines: vec![Pipeline { ops: vec![Op::HFlip { p: 1.5 }] }] };
-        assert!(bad.validate(8, 8).unwrap_err().to_string().contains("probability"));
-        let mixed = Views { pipelines: vec![simclr_like(16), simclr_like(8)] };
-        assert!(mixed.validate(28, 28).unwrap_err().to_string().contains("same size"));
+        let bad = Views {
+            pipelines: vec![Pipeline {
+                ops: vec![Op::HFlip { p: 1.5 }],
+            }],
+        };
+        assert!(
+            bad.validate(8, 8)
+                .unwrap_err()
+                .to_string()
+                .contains("probability")
+        );
+        let mixed = Views {
+            pipelines: vec![simclr_like(16), simclr_like(8)],
+        };
+        assert!(
+            mixed
+                .validate(28, 28)
+                .unwrap_err()
+                .to_string()
+                .contains("same size")
+        );
     }
 }

@@ -14,7 +14,11 @@ pub struct Image {
 
 impl Image {
     pub fn new(c: usize, h: usize, w: usize, data: Vec<u8>) -> Image {
-        assert_eq!(data.len(), c * h * w, "image data does not match {c}x{h}x{w}");
+        assert_eq!(
+            data.len(),
+            c * h * w,
+            "image data does not match {c}x{h}x{w}"
+        );
         Image { c, h, w, data }
     }
     pub fn at(&self, c: usize, y: usize, x: usize) -> u8 {
@@ -22,7 +26,12 @@ impl Image {
     }
     fn map_f32(&self, f: impl Fn(usize, usize, f32) -> f32) -> Image {
         let plane = self.h * self.w;
-        let data = self.data.iter().enumerate().map(|(i, &v)| to_u8(f(i / plane, i % plane, v as f32))).collect();
+        let data = self
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| to_u8(f(i / plane, i % plane, v as f32)))
+            .collect();
         Image { data, ..*self }
     }
 }
@@ -43,7 +52,10 @@ pub struct CropBox {
 /// Crops `b` out of `img` and resizes it to `out_h` x `out_w` with bilinear interpolation
 /// (half-pixel centres, as torchvision/PIL without antialiasing).
 pub fn resized_crop(img: &Image, b: CropBox, out_h: usize, out_w: usize) -> Image {
-    let (sy, sx) = (b.height as f32 / out_h as f32, b.width as f32 / out_w as f32);
+    let (sy, sx) = (
+        b.height as f32 / out_h as f32,
+        b.width as f32 / out_w as f32,
+    );
     // For each output column: left source index, right source index, weight of the right one.
     let taps = |n_out: usize, scale: f32, n_in: usize, offset: usize| -> Vec<(usize, usize, f32)> {
         (0..n_out)
@@ -68,7 +80,12 @@ pub fn resized_crop(img: &Image, b: CropBox, out_h: usize, out_w: usize) -> Imag
             }
         }
     }
-    Image { c: img.c, h: out_h, w: out_w, data }
+    Image {
+        c: img.c,
+        h: out_h,
+        w: out_w,
+        data,
+    }
 }
 
 pub fn hflip(img: &Image) -> Image {
@@ -87,7 +104,9 @@ fn luma(img: &Image) -> Vec<f32> {
     }
     (0..plane)
         .map(|i| {
-            0.2989 * img.data[i] as f32 + 0.587 * img.data[plane + i] as f32 + 0.114 * img.data[2 * plane + i] as f32
+            0.2989 * img.data[i] as f32
+                + 0.587 * img.data[plane + i] as f32
+                + 0.114 * img.data[2 * plane + i] as f32
         })
         .collect()
 }
@@ -130,7 +149,8 @@ pub fn adjust_hue(img: &Image, shift: f32) -> Image {
     let plane = img.h * img.w;
     let mut data = img.data.clone();
     for i in 0..plane {
-        let rgb = [img.data[i], img.data[plane + i], img.data[2 * plane + i]].map(|v| v as f32 / 255.0);
+        let rgb =
+            [img.data[i], img.data[plane + i], img.data[2 * plane + i]].map(|v| v as f32 / 255.0);
         let (h, s, v) = rgb_to_hsv(rgb);
         let out = hsv_to_rgb((h + shift).rem_euclid(1.0), s, v);
         for c in 0..3 {
@@ -176,7 +196,9 @@ pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
 pub fn gaussian_blur(img: &Image, kernel: usize, sigma: f32) -> Image {
     let k = kernel.max(1) | 1;
     let r = (k / 2) as i64;
-    let weights: Vec<f32> = (-r..=r).map(|x| (-(x * x) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let weights: Vec<f32> = (-r..=r)
+        .map(|x| (-(x * x) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
     let total: f32 = weights.iter().sum();
     let weights: Vec<f32> = weights.iter().map(|w| w / total).collect();
     let reflect = |i: i64, n: usize| -> usize {
@@ -217,7 +239,14 @@ pub fn gaussian_blur(img: &Image, kernel: usize, sigma: f32) -> Image {
 
 /// Inverts every pixel at or above `threshold`.
 pub fn solarize(img: &Image, threshold: u8) -> Image {
-    Image { data: img.data.iter().map(|&v| if v >= threshold { 255 - v } else { v }).collect(), ..*img }
+    Image {
+        data: img
+            .data
+            .iter()
+            .map(|&v| if v >= threshold { 255 - v } else { v })
+            .collect(),
+        ..*img
+    }
 }
 
 #[cfg(test)]
@@ -238,15 +267,40 @@ mod tests {
     #[test]
     fn resized_crop_identity_and_hand_values() {
         let img = Image::new(1, 2, 3, vec![0, 10, 20, 30, 40, 50]);
-        let full = CropBox { top: 0, left: 0, height: 2, width: 3 };
+        let full = CropBox {
+            top: 0,
+            left: 0,
+            height: 2,
+            width: 3,
+        };
         assert_eq!(resized_crop(&img, full, 2, 3), img);
         // 2x2 -> 4x4: output pixel 1 maps to source 0.25 (half-pixel centres).
         let img = Image::new(1, 2, 2, vec![0, 100, 200, 100]);
-        let up = resized_crop(&img, CropBox { top: 0, left: 0, height: 2, width: 2 }, 4, 4);
+        let up = resized_crop(
+            &img,
+            CropBox {
+                top: 0,
+                left: 0,
+                height: 2,
+                width: 2,
+            },
+            4,
+            4,
+        );
         assert_eq!(&up.data[0..4], &[0, 25, 75, 100]);
         // Crop of a single pixel resized to 2x2 repeats it.
         let img = Image::new(1, 2, 3, vec![0, 10, 20, 30, 40, 50]);
-        let one = resized_crop(&img, CropBox { top: 1, left: 2, height: 1, width: 1 }, 2, 2);
+        let one = resized_crop(
+            &img,
+            CropBox {
+                top: 1,
+                left: 2,
+                height: 1,
+                width: 1,
+            },
+            2,
+            2,
+        );
         assert_eq!(one.data, vec![50; 4]);
     }
 
@@ -262,14 +316,20 @@ mod tests {
         let img = rgb(&[[255, 0, 0], [0, 0, 255]], 1, 2);
         // luma: red 76.2, blue 29.1
         assert_eq!(grayscale(&img).data, vec![76, 29, 76, 29, 76, 29]);
-        assert_eq!(adjust_brightness(&img, 0.5).data, vec![128, 0, 0, 0, 0, 128]);
+        assert_eq!(
+            adjust_brightness(&img, 0.5).data,
+            vec![128, 0, 0, 0, 0, 128]
+        );
         // contrast 0 -> mean luma (76.2 + 29.1) / 2 = 52.6 everywhere
         assert_eq!(adjust_contrast(&img, 0.0).data, vec![53; 6]);
         assert_eq!(adjust_saturation(&img, 0.0), grayscale(&img));
         assert_eq!(adjust_saturation(&img, 1.0), img);
         // hue +1/3 turns red into green and blue into red
         assert_eq!(adjust_hue(&img, 1.0 / 3.0).data, vec![0, 255, 255, 0, 0, 0]);
-        assert_eq!(solarize(&Image::new(1, 1, 3, vec![10, 128, 200]), 128).data, vec![10, 127, 55]);
+        assert_eq!(
+            solarize(&Image::new(1, 1, 3, vec![10, 128, 200]), 128).data,
+            vec![10, 127, 55]
+        );
     }
 
     #[test]

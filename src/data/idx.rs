@@ -21,14 +21,20 @@ pub struct IdxArray {
 const READ_CHUNK: usize = 1 << 20;
 
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open IDX file {}", path.display()))?;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open IDX file {}", path.display()))?;
     let mut reader = BufReader::new(file);
     let mut magic = [0u8; 2];
-    let n = read_up_to(&mut reader, &mut magic).with_context(|| format!("cannot read {}", path.display()))?;
+    let n = read_up_to(&mut reader, &mut magic)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let gz = n == 2 && magic == [0x1f, 0x8b];
     let prefix = std::io::Cursor::new(magic[..n].to_vec());
     let chained = prefix.chain(reader);
-    let result = if gz { parse_idx(GzDecoder::new(chained)) } else { parse_idx(chained) };
+    let result = if gz {
+        parse_idx(GzDecoder::new(chained))
+    } else {
+        parse_idx(chained)
+    };
     result.with_context(|| format!("invalid IDX file {}", path.display()))
 }
 
@@ -49,7 +55,10 @@ pub fn parse_idx<R: Read>(mut r: R) -> Result<IdxArray> {
         );
     }
     if head[2] != 0x08 {
-        bail!("unsupported IDX data type 0x{:02x}: only unsigned bytes (0x08) are supported", head[2]);
+        bail!(
+            "unsupported IDX data type 0x{:02x}: only unsigned bytes (0x08) are supported",
+            head[2]
+        );
     }
     let ndims = head[3] as usize;
     if ndims == 0 || ndims > 4 {
@@ -59,17 +68,24 @@ pub fn parse_idx<R: Read>(mut r: R) -> Result<IdxArray> {
     if read_up_to(&mut r, &mut dim_bytes)? < dim_bytes.len() {
         bail!("truncated inside the header ({ndims} dimensions announced)");
     }
-    let dims: Vec<usize> =
-        dim_bytes.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
+    let dims: Vec<usize> = dim_bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
     let expected = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| anyhow::anyhow!("header dimensions {dims:?} overflow"))?;
     // Read at most expected + 1 bytes, growing the buffer only as data arrives.
     let mut data = Vec::with_capacity(expected.min(READ_CHUNK));
-    let read = r.by_ref().take(expected as u64 + 1).read_to_end(&mut data)?;
+    let read = r
+        .by_ref()
+        .take(expected as u64 + 1)
+        .read_to_end(&mut data)?;
     if read < expected {
-        bail!("truncated: the header {dims:?} announces {expected} data bytes but only {read} follow");
+        bail!(
+            "truncated: the header {dims:?} announces {expected} data bytes but only {read} follow"
+        );
     }
     if read > expected {
         bail!("trailing data: more than the {expected} bytes announced by the header {dims:?}");
@@ -150,15 +166,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut raw = encode_idx(&[4], &[1, 2, 3, 4]);
         raw[0] = 1;
-        let e = format!("{:#}", read_idx(&write(dir.path(), "m.idx", &raw)).unwrap_err());
+        let e = format!(
+            "{:#}",
+            read_idx(&write(dir.path(), "m.idx", &raw)).unwrap_err()
+        );
         assert!(e.contains("m.idx") && e.contains("magic"), "{e}");
         let mut raw = encode_idx(&[4], &[1, 2, 3, 4]);
         raw[2] = 0x0d; // float
-        let e = format!("{:#}", read_idx(&write(dir.path(), "f.idx", &raw)).unwrap_err());
+        let e = format!(
+            "{:#}",
+            read_idx(&write(dir.path(), "f.idx", &raw)).unwrap_err()
+        );
         assert!(e.contains("data type"), "{e}");
         let mut raw = encode_idx(&[4], &[1, 2, 3, 4]);
         raw.push(9);
-        let e = format!("{:#}", read_idx(&write(dir.path(), "t.idx", &raw)).unwrap_err());
+        let e = format!(
+            "{:#}",
+            read_idx(&write(dir.path(), "t.idx", &raw)).unwrap_err()
+        );
         assert!(e.contains("trailing"), "{e}");
     }
 
@@ -172,14 +197,20 @@ mod tests {
         raw.extend_from_slice(&28u32.to_be_bytes());
         raw.extend_from_slice(&28u32.to_be_bytes());
         raw.extend_from_slice(&[0u8; 100]);
-        let e = format!("{:#}", read_idx(&write(dir.path(), "hostile.idx", &raw)).unwrap_err());
+        let e = format!(
+            "{:#}",
+            read_idx(&write(dir.path(), "hostile.idx", &raw)).unwrap_err()
+        );
         assert!(e.contains("hostile.idx") && e.contains("truncated"), "{e}");
         // Dimensions whose product overflows usize.
         let mut raw = vec![0, 0, 8, 4];
         for _ in 0..4 {
             raw.extend_from_slice(&u32::MAX.to_be_bytes());
         }
-        let e = format!("{:#}", read_idx(&write(dir.path(), "overflow.idx", &raw)).unwrap_err());
+        let e = format!(
+            "{:#}",
+            read_idx(&write(dir.path(), "overflow.idx", &raw)).unwrap_err()
+        );
         assert!(e.contains("overflow"), "{e}");
         let e = format!("{:#}", parse_idx(&[0u8, 0, 8, 9][..]).unwrap_err());
         assert!(e.contains("dimensions"), "{e}");

@@ -24,8 +24,10 @@ pub struct Batch {
 /// The order of the `n` images in `epoch`: a permutation fixed by (seed, epoch).
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
-    let mix =
-        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (epoch as u64).wrapping_add(1).wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let mix = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (epoch as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0xd1b5_4a32_d192_ed03);
     idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix));
     idx
 }
@@ -63,16 +65,24 @@ fn prepare(split: &Split, indices: &[usize], views: Option<&ViewSpec>) -> HostBa
             let (oh, ow) = spec.views.output_size(h, w);
             let b = indices.len();
             let mut images = vec![0f32; spec.views.pipelines.len() * b * c * oh * ow];
-            images.par_chunks_mut(c * oh * ow).enumerate().for_each(|(k, dst)| {
-                let (v, i) = (k / b, indices[k % b]);
-                let img = Image::new(c, h, w, split.image(i).to_vec());
-                let view = spec.views.pipelines[v].apply(&img, &mut sample_rng(spec.seed, spec.epoch, i, v));
-                to_float(&view.data, dst);
-            });
+            images
+                .par_chunks_mut(c * oh * ow)
+                .enumerate()
+                .for_each(|(k, dst)| {
+                    let (v, i) = (k / b, indices[k % b]);
+                    let img = Image::new(c, h, w, split.image(i).to_vec());
+                    let view = spec.views.pipelines[v]
+                        .apply(&img, &mut sample_rng(spec.seed, spec.epoch, i, v));
+                    to_float(&view.data, dst);
+                });
             images
         }
     };
-    HostBatch { images, labels, indices: indices.to_vec() }
+    HostBatch {
+        images,
+        labels,
+        indices: indices.to_vec(),
+    }
 }
 
 fn to_float(src: &[u8], dst: &mut [f32]) {
@@ -131,7 +141,12 @@ impl Loader {
                 }
             }
         });
-        Loader { rx, shape, device, remaining }
+        Loader {
+            rx,
+            shape,
+            device,
+            remaining,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -148,9 +163,15 @@ impl Iterator for Loader {
         let hb = self.rx.recv().ok()?;
         self.remaining -= 1;
         let [c, h, w] = self.shape.map(|d| d as i64);
-        let images = Tensor::from_slice(&hb.images).view([-1, c, h, w]).to_device(self.device);
+        let images = Tensor::from_slice(&hb.images)
+            .view([-1, c, h, w])
+            .to_device(self.device);
         let labels = Tensor::from_slice(&hb.labels).to_device(self.device);
-        Some(Batch { images, labels, indices: hb.indices })
+        Some(Batch {
+            images,
+            labels,
+            indices: hb.indices,
+        })
     }
 }
 
@@ -167,16 +188,24 @@ mod tests {
     fn batches_have_the_right_shapes_and_values() {
         let s = split(10);
         let order = epoch_order(10, 1, 0);
-        let batches: Vec<Batch> = Loader::new(s.clone(), order.clone(), 4, false, 2, Device::Cpu).collect();
+        let batches: Vec<Batch> =
+            Loader::new(s.clone(), order.clone(), 4, false, 2, Device::Cpu).collect();
         assert_eq!(
             batches.iter().map(|b| b.images.size()).collect::<Vec<_>>(),
             vec![vec![4, 2, 3, 3], vec![4, 2, 3, 3], vec![2, 2, 3, 3]]
         );
         let b = &batches[1];
         let got = Vec::<f32>::try_from(b.images.get(0).flatten(0, -1)).unwrap();
-        let want: Vec<f32> = s.image(order[4]).iter().map(|&v| v as f32 / 255.0).collect();
+        let want: Vec<f32> = s
+            .image(order[4])
+            .iter()
+            .map(|&v| v as f32 / 255.0)
+            .collect();
         assert_eq!(got, want);
-        assert_eq!(Vec::<i64>::try_from(&b.labels).unwrap(), order[4..8].iter().map(|&i| i as i64).collect::<Vec<_>>());
+        assert_eq!(
+            Vec::<i64>::try_from(&b.labels).unwrap(),
+            order[4..8].iter().map(|&i| i as i64).collect::<Vec<_>>()
+        );
         assert_eq!(Loader::new(s, order, 4, true, 2, Device::Cpu).count(), 2);
     }
 
@@ -195,7 +224,9 @@ mod tests {
     fn same_seed_gives_the_same_batches() {
         let s = split(9);
         let run = || -> Vec<Vec<usize>> {
-            Loader::new(s.clone(), epoch_order(9, 5, 2), 3, true, 1, Device::Cpu).map(|b| b.indices).collect()
+            Loader::new(s.clone(), epoch_order(9, 5, 2), 3, true, 1, Device::Cpu)
+                .map(|b| b.indices)
+                .collect()
         };
         assert_eq!(run(), run());
     }
@@ -205,13 +236,35 @@ mod tests {
         use crate::augment::{Op, Pipeline};
         let s = split(6);
         let crop = |p| Pipeline {
-            ops: vec![Op::ResizedCrop { size: (2, 2), scale: (0.3, 1.0), ratio: (0.5, 2.0) }, Op::HFlip { p }],
+            ops: vec![
+                Op::ResizedCrop {
+                    size: (2, 2),
+                    scale: (0.3, 1.0),
+                    ratio: (0.5, 2.0),
+                },
+                Op::HFlip { p },
+            ],
         };
-        let views = Arc::new(Views { pipelines: vec![crop(0.5), crop(1.0)] });
-        let spec = ViewSpec { views: views.clone(), seed: 3, epoch: 1 };
+        let views = Arc::new(Views {
+            pipelines: vec![crop(0.5), crop(1.0)],
+        });
+        let spec = ViewSpec {
+            views: views.clone(),
+            seed: 3,
+            epoch: 1,
+        };
         let order = epoch_order(6, 0, 0);
         let run = |bs| -> Vec<Batch> {
-            Loader::with_views(s.clone(), order.clone(), bs, false, 2, Device::Cpu, Some(spec.clone())).collect()
+            Loader::with_views(
+                s.clone(),
+                order.clone(),
+                bs,
+                false,
+                2,
+                Device::Cpu,
+                Some(spec.clone()),
+            )
+            .collect()
         };
         let batches = run(3);
         assert_eq!(batches[0].images.size(), vec![6, 2, 2, 2]);
@@ -219,8 +272,18 @@ mod tests {
         for (v, b) in [(0, 0), (1, 2)] {
             let i = batches[0].indices[b];
             let img = Image::new(2, 3, 3, s.image(i).to_vec());
-            let want = views.apply(&img, 3, 1, i)[v].data.iter().map(|&x| x as f32 / 255.0).collect::<Vec<_>>();
-            let got = Vec::<f32>::try_from(batches[0].images.get(v as i64 * 3 + b as i64).flatten(0, -1)).unwrap();
+            let want = views.apply(&img, 3, 1, i)[v]
+                .data
+                .iter()
+                .map(|&x| x as f32 / 255.0)
+                .collect::<Vec<_>>();
+            let got = Vec::<f32>::try_from(
+                batches[0]
+                    .images
+                    .get(v as i64 * 3 + b as i64)
+                    .flatten(0, -1),
+            )
+            .unwrap();
             assert_eq!(got, want);
         }
         // The same image gets the same views whatever the batch size.

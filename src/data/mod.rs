@@ -26,9 +26,17 @@ impl Split {
     pub fn new(images: Vec<u8>, labels: Vec<i64>, shape: [usize; 3]) -> Result<Split> {
         let per = shape.iter().product::<usize>();
         if per == 0 || images.len() != per * labels.len() {
-            bail!("{} image bytes do not hold {} images of shape {shape:?}", images.len(), labels.len());
+            bail!(
+                "{} image bytes do not hold {} images of shape {shape:?}",
+                images.len(),
+                labels.len()
+            );
         }
-        Ok(Split { images, labels, shape })
+        Ok(Split {
+            images,
+            labels,
+            shape,
+        })
     }
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -50,7 +58,11 @@ impl Split {
             images.extend_from_slice(self.image(i));
         }
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
-        Split { images, labels, shape: self.shape }
+        Split {
+            images,
+            labels,
+            shape: self.shape,
+        }
     }
     /// A seeded random subset of `n` images (all of them, in order, when `n` is 0 or too big).
     pub fn subset(&self, n: usize, seed: u64) -> Split {
@@ -58,7 +70,9 @@ impl Split {
             return self.clone();
         }
         let mut idx: Vec<usize> = (0..self.len()).collect();
-        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5b5e));
+        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+            seed ^ 0x5eed_5b5e,
+        ));
         idx.truncate(n);
         idx.sort_unstable();
         self.select(&idx)
@@ -74,8 +88,18 @@ pub struct Dataset {
     pub class_names: Vec<String>,
 }
 
-pub const FASHION_MNIST_CLASSES: [&str; 10] =
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
 
 /// A parsed `--data KIND[:PATH]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,10 +128,15 @@ impl DataSpec {
     pub fn load(&self) -> Result<Dataset> {
         match self {
             DataSpec::FashionMnist(dir) => {
-                let names = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
+                let names = FASHION_MNIST_CLASSES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
                 load_mnist_dir("fashion-mnist", dir, names)
             }
-            DataSpec::Mnist(dir) => load_mnist_dir("mnist", dir, (0..10).map(|d| d.to_string()).collect()),
+            DataSpec::Mnist(dir) => {
+                load_mnist_dir("mnist", dir, (0..10).map(|d| d.to_string()).collect())
+            }
         }
     }
 }
@@ -137,10 +166,18 @@ pub fn load_mnist_dir(name: &str, dir: &Path, class_names: Vec<String>) -> Resul
         let images = idx::read_idx(&ip)?;
         let labels = idx::read_idx(&lp)?;
         if images.dims.len() != 3 {
-            bail!("{}: expected 3 dimensions [N, H, W], found {:?}", ip.display(), images.dims);
+            bail!(
+                "{}: expected 3 dimensions [N, H, W], found {:?}",
+                ip.display(),
+                images.dims
+            );
         }
         if labels.dims.len() != 1 {
-            bail!("{}: expected 1 dimension [N], found {:?}", lp.display(), labels.dims);
+            bail!(
+                "{}: expected 1 dimension [N], found {:?}",
+                lp.display(),
+                labels.dims
+            );
         }
         if images.dims[0] != labels.dims[0] {
             bail!(
@@ -152,7 +189,11 @@ pub fn load_mnist_dir(name: &str, dir: &Path, class_names: Vec<String>) -> Resul
             );
         }
         if let Some(pos) = labels.data.iter().position(|&l| l as usize >= num_classes) {
-            bail!("{}: label {} at index {pos} is out of range 0..{num_classes}", lp.display(), labels.data[pos]);
+            bail!(
+                "{}: label {} at index {pos} is out of range 0..{num_classes}",
+                lp.display(),
+                labels.data[pos]
+            );
         }
         let labels = labels.data.iter().map(|&l| l as i64).collect();
         Split::new(images.data, labels, [1, images.dims[1], images.dims[2]])
@@ -161,9 +202,20 @@ pub fn load_mnist_dir(name: &str, dir: &Path, class_names: Vec<String>) -> Resul
     let train = split("train-images-idx3-ubyte", "train-labels-idx1-ubyte")?;
     let test = split("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
     if train.shape != test.shape {
-        bail!("{}: train images are {:?} but test images are {:?}", dir.display(), train.shape, test.shape);
+        bail!(
+            "{}: train images are {:?} but test images are {:?}",
+            dir.display(),
+            train.shape,
+            test.shape
+        );
     }
-    Ok(Dataset { name: name.to_string(), train, test, num_classes, class_names })
+    Ok(Dataset {
+        name: name.to_string(),
+        train,
+        test,
+        num_classes,
+        class_names,
+    })
 }
 
 #[cfg(test)]
@@ -172,7 +224,9 @@ mod tests {
 
     pub(crate) fn write_mnist_dir(dir: &Path, n_train: usize, n_test: usize, bad_label: bool) {
         let mk = |n: usize, off: u8| {
-            let imgs: Vec<u8> = (0..n * 4 * 4).map(|i| (i as u8).wrapping_add(off)).collect();
+            let imgs: Vec<u8> = (0..n * 4 * 4)
+                .map(|i| (i as u8).wrapping_add(off))
+                .collect();
             let labs: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
             (imgs, labs)
         };
@@ -182,9 +236,15 @@ mod tests {
             tl[1] = 10;
         }
         let w = |name: &str, b: Vec<u8>| std::fs::write(dir.join(name), b).unwrap();
-        w("train-images-idx3-ubyte", idx::encode_idx(&[n_train, 4, 4], &ti));
+        w(
+            "train-images-idx3-ubyte",
+            idx::encode_idx(&[n_train, 4, 4], &ti),
+        );
         w("train-labels-idx1-ubyte", idx::encode_idx(&[n_train], &tl));
-        w("t10k-images-idx3-ubyte", idx::encode_idx(&[n_test, 4, 4], &vi));
+        w(
+            "t10k-images-idx3-ubyte",
+            idx::encode_idx(&[n_test, 4, 4], &vi),
+        );
         w("t10k-labels-idx1-ubyte", idx::encode_idx(&[n_test], &vl));
     }
 
@@ -194,7 +254,10 @@ mod tests {
         write_mnist_dir(dir.path(), 12, 5, false);
         let spec = DataSpec::parse(&format!("mnist:{}", dir.path().display())).unwrap();
         let d = spec.load().unwrap();
-        assert_eq!((d.train.len(), d.test.len(), d.train.shape), (12, 5, [1, 4, 4]));
+        assert_eq!(
+            (d.train.len(), d.test.len(), d.train.shape),
+            (12, 5, [1, 4, 4])
+        );
         assert_eq!(d.train.image(1), &(16u8..32).collect::<Vec<_>>()[..]);
         assert_eq!(d.train.labels[11], 1);
         assert_eq!(d.test.image(0)[0], 100);
@@ -204,14 +267,29 @@ mod tests {
     fn bad_folders_give_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         write_mnist_dir(dir.path(), 12, 5, true);
-        let e = format!("{:#}", load_mnist_dir("mnist", dir.path(), vec!["x".into(); 10]).unwrap_err());
-        assert!(e.contains("train-labels-idx1-ubyte") && e.contains("out of range"), "{e}");
+        let e = format!(
+            "{:#}",
+            load_mnist_dir("mnist", dir.path(), vec!["x".into(); 10]).unwrap_err()
+        );
+        assert!(
+            e.contains("train-labels-idx1-ubyte") && e.contains("out of range"),
+            "{e}"
+        );
         std::fs::remove_file(dir.path().join("t10k-images-idx3-ubyte")).unwrap();
         write_mnist_dir(dir.path(), 12, 5, false);
         std::fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte")).unwrap();
-        let e = format!("{:#}", load_mnist_dir("mnist", dir.path(), vec!["x".into(); 10]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            load_mnist_dir("mnist", dir.path(), vec!["x".into(); 10]).unwrap_err()
+        );
         assert!(e.contains("missing t10k-labels-idx1-ubyte"), "{e}");
-        let e = format!("{:#}", DataSpec::parse("mnist:/no/such/dir").unwrap().load().unwrap_err());
+        let e = format!(
+            "{:#}",
+            DataSpec::parse("mnist:/no/such/dir")
+                .unwrap()
+                .load()
+                .unwrap_err()
+        );
         assert!(e.contains("/no/such/dir"), "{e}");
         assert!(DataSpec::parse("cifar11:x").is_err());
         assert!(DataSpec::parse("mnist").is_err());

@@ -32,8 +32,18 @@ pub fn linear_probe(
     let xte = ((test_x - &mean) / &std).detach();
     tch::manual_seed(cfg.seed as i64);
     let vs = nn::VarStore::new(device);
-    let lin = nn::linear(vs.root() / "probe", xtr.size()[1], num_classes, Default::default());
-    let mut opt = nn::Adam { wd: cfg.weight_decay, ..Default::default() }.build(&vs, cfg.lr).expect("Adam builds");
+    let lin = nn::linear(
+        vs.root() / "probe",
+        xtr.size()[1],
+        num_classes,
+        Default::default(),
+    );
+    let mut opt = nn::Adam {
+        wd: cfg.weight_decay,
+        ..Default::default()
+    }
+    .build(&vs, cfg.lr)
+    .expect("Adam builds");
     let n = xtr.size()[0] as usize;
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
@@ -45,13 +55,18 @@ pub fn linear_probe(
         let perm = Tensor::from_slice(&order).to_device(device);
         for idx in perm.split(cfg.batch_size as i64, 0) {
             opt.set_lr(cosine_with_warmup(step, total, 0, cfg.lr, 0.0));
-            let loss = lin.forward(&xtr.index_select(0, &idx)).cross_entropy_for_logits(&train_y.index_select(0, &idx));
+            let loss = lin
+                .forward(&xtr.index_select(0, &idx))
+                .cross_entropy_for_logits(&train_y.index_select(0, &idx));
             opt.backward_step(&loss);
             step += 1;
         }
     }
     let scores = tch::no_grad(|| lin.forward(&xte));
-    (super::topk_accuracy(&scores, test_y, 1), super::topk_accuracy(&scores, test_y, 5))
+    (
+        super::topk_accuracy(&scores, test_y, 1),
+        super::topk_accuracy(&scores, test_y, 5),
+    )
 }
 
 #[cfg(test)]
@@ -65,19 +80,32 @@ mod tests {
         let centres = Tensor::randn([4, 8], (Kind::Float, tch::Device::Cpu)) * 4.0;
         let make = |n: i64| {
             let y = Tensor::randint(4, [n], (Kind::Int64, tch::Device::Cpu));
-            let x = centres.index_select(0, &y) + Tensor::randn([n, 8], (Kind::Float, tch::Device::Cpu)) * 0.5;
+            let x = centres.index_select(0, &y)
+                + Tensor::randn([n, 8], (Kind::Float, tch::Device::Cpu)) * 0.5;
             (x, y)
         };
         let (xtr, ytr) = make(800);
         let (xte, yte) = make(400);
-        let cfg = ProbeConfig { epochs: 20, lr: 1e-2, batch_size: 64, weight_decay: 0.0, seed: 0 };
+        let cfg = ProbeConfig {
+            epochs: 20,
+            lr: 1e-2,
+            batch_size: 64,
+            weight_decay: 0.0,
+            seed: 0,
+        };
         let (top1, top5) = linear_probe(&xtr, &ytr, &xte, &yte, 4, &cfg);
         assert!(top1 > 0.9, "top-1 {top1}");
         assert_eq!(top5, 1.0); // 4 classes: the top 5 always hold the label
         // Labels unrelated to the features stay near chance (1/4).
         let yrand = Tensor::randint(4, [400], (Kind::Int64, tch::Device::Cpu));
-        let (chance, _) =
-            linear_probe(&xtr, &Tensor::randint(4, [800], (Kind::Int64, tch::Device::Cpu)), &xte, &yrand, 4, &cfg);
+        let (chance, _) = linear_probe(
+            &xtr,
+            &Tensor::randint(4, [800], (Kind::Int64, tch::Device::Cpu)),
+            &xte,
+            &yrand,
+            4,
+            &cfg,
+        );
         assert!(chance < 0.4, "random labels scored {chance}");
     }
 }

@@ -13,7 +13,12 @@ use tch::{Device, Kind, Tensor};
 
 /// Features of every image of `split`, in order: `[N, D]` on `device`. The encoder runs in
 /// evaluation mode (BatchNorm uses its running statistics) without gradients.
-pub fn encoder_features(encoder: &Encoder, split: &Arc<Split>, batch_size: usize, device: Device) -> (Tensor, Tensor) {
+pub fn encoder_features(
+    encoder: &Encoder,
+    split: &Arc<Split>,
+    batch_size: usize,
+    device: Device,
+) -> (Tensor, Tensor) {
     features_with(split, batch_size, device, |x| encoder.forward_t(x, false))
 }
 
@@ -49,7 +54,12 @@ pub struct Scores {
 }
 
 /// Linear probe and kNN on (train, test) features.
-pub fn score(train: &(Tensor, Tensor), test: &(Tensor, Tensor), num_classes: i64, cfg: &Config) -> Scores {
+pub fn score(
+    train: &(Tensor, Tensor),
+    test: &(Tensor, Tensor),
+    num_classes: i64,
+    cfg: &Config,
+) -> Scores {
     let probe = linear::ProbeConfig {
         epochs: cfg.probe_epochs,
         lr: cfg.probe_lr,
@@ -57,9 +67,23 @@ pub fn score(train: &(Tensor, Tensor), test: &(Tensor, Tensor), num_classes: i64
         weight_decay: cfg.probe_weight_decay,
         seed: cfg.seed,
     };
-    let (linear_top1, linear_top5) = linear::linear_probe(&train.0, &train.1, &test.0, &test.1, num_classes, &probe);
-    let knn_top1 = knn::knn_accuracy(&train.0, &train.1, &test.0, &test.1, num_classes, cfg.knn_k, cfg.knn_temperature);
-    Scores { linear_top1, linear_top5, knn_top1, feature_dim: train.0.size()[1] }
+    let (linear_top1, linear_top5) =
+        linear::linear_probe(&train.0, &train.1, &test.0, &test.1, num_classes, &probe);
+    let knn_top1 = knn::knn_accuracy(
+        &train.0,
+        &train.1,
+        &test.0,
+        &test.1,
+        num_classes,
+        cfg.knn_k,
+        cfg.knn_temperature,
+    );
+    Scores {
+        linear_top1,
+        linear_top5,
+        knn_top1,
+        feature_dim: train.0.size()[1],
+    }
 }
 
 /// Extracts encoder features for both splits of `ds` and scores them.
@@ -75,7 +99,9 @@ pub fn topk_accuracy(scores: &Tensor, labels: &Tensor, k: i64) -> f64 {
     let k = k.min(scores.size()[1]);
     let (_, idx) = scores.topk(k, 1, true, true); // [N, k]
     let hit = idx.eq_tensor(&labels.unsqueeze(1)).any_dim(1, false);
-    hit.to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
+    hit.to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[])
 }
 
 #[cfg(test)]
@@ -84,7 +110,8 @@ mod tests {
 
     #[test]
     fn topk_accuracy_counts_hits() {
-        let s = Tensor::from_slice(&[0.1f32, 0.5, 0.4, 0.9, 0.05, 0.05, 0.2, 0.3, 0.5]).view([3, 3]);
+        let s =
+            Tensor::from_slice(&[0.1f32, 0.5, 0.4, 0.9, 0.05, 0.05, 0.2, 0.3, 0.5]).view([3, 3]);
         let y = Tensor::from_slice(&[1i64, 1, 0]);
         // row 0: top-1 = 1 (hit); row 1: top-1 = 0 (miss), top-2 = {0, 1} or {0, 2}; row 2: top-1 = 2 (miss)
         assert!((topk_accuracy(&s, &y, 1) - 1.0 / 3.0).abs() < 1e-9);

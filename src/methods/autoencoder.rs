@@ -25,10 +25,24 @@ pub struct Autoencoder {
 }
 
 impl Autoencoder {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo, corrupt: Option<Corruption>) -> Result<Autoencoder> {
+    pub fn new(
+        p: &nn::Path,
+        cfg: &Config,
+        data: &DataInfo,
+        corrupt: Option<Corruption>,
+    ) -> Result<Autoencoder> {
         let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
-        let decoder = Decoder::new(&(p / "decoder"), encoder.dim, &cfg.decoder_widths, data.shape)?;
-        Ok(Autoencoder { encoder, decoder, corrupt })
+        let decoder = Decoder::new(
+            &(p / "decoder"),
+            encoder.dim,
+            &cfg.decoder_widths,
+            data.shape,
+        )?;
+        Ok(Autoencoder {
+            encoder,
+            decoder,
+            corrupt,
+        })
     }
 }
 

@@ -43,13 +43,19 @@ pub fn byol_views(cfg: &Config, data: &DataInfo) -> Arc<Views> {
         }
         p
     };
-    Arc::new(Views { pipelines: vec![with(1.0, 0.0), with(0.1, 0.2)] })
+    Arc::new(Views {
+        pipelines: vec![with(1.0, 0.0), with(0.1, 0.2)],
+    })
 }
 
 impl Byol {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Byol> {
         let nets = OnlineTarget::new(p, cfg, data.shape[0], false)?;
-        Ok(Byol { nets, base_m: cfg.ema_momentum, views: byol_views(cfg, data) })
+        Ok(Byol {
+            nets,
+            base_m: cfg.ema_momentum,
+            views: byol_views(cfg, data),
+        })
     }
 }
 
@@ -62,7 +68,8 @@ impl Method for Byol {
         (losses::negative_cosine(&p1, &z2) + losses::negative_cosine(&p2, &z1)) * 2.0 + 4.0
     }
     fn after_step(&mut self, ctx: &StepCtx) {
-        self.nets.update(cosine_momentum(ctx.step, ctx.total_steps, self.base_m));
+        self.nets
+            .update(cosine_momentum(ctx.step, ctx.total_steps, self.base_m));
     }
     fn bind(&mut self, vs: &nn::VarStore) -> Result<()> {
         self.nets.bind(vs)
@@ -81,7 +88,13 @@ mod tests {
 
     #[test]
     fn views_are_asymmetric_as_in_the_paper() {
-        let v = byol_views(&Config::default(), &DataInfo { shape: [3, 32, 32], num_classes: 10 });
+        let v = byol_views(
+            &Config::default(),
+            &DataInfo {
+                shape: [3, 32, 32],
+                num_classes: 10,
+            },
+        );
         let probs = |i: usize| -> (f64, f64) {
             let mut out = (-1.0, -1.0);
             for op in &v.pipelines[i].ops {

@@ -40,7 +40,12 @@ impl Grid {
         if patch > h || patch > w {
             bail!("option cpc_patch = {patch} is larger than the {h}x{w} images");
         }
-        Ok(Grid { patch, stride, rows: (h - patch) / stride + 1, cols: (w - patch) / stride + 1 })
+        Ok(Grid {
+            patch,
+            stride,
+            rows: (h - patch) / stride + 1,
+            cols: (w - patch) / stride + 1,
+        })
     }
 
     /// `[B, C, H, W]` -> `[B, rows, cols, C, patch, patch]`; patch (r, c) starts at pixel
@@ -76,10 +81,15 @@ impl Context {
     pub fn new(p: &nn::Path, kind: &str, dim: i64, layers: i64) -> Result<Context> {
         Ok(match kind {
             "masked-conv" => Context::MaskedConv(
-                (0..layers).map(|i| nn::conv2d(p / format!("conv{i}"), dim, dim, 3, Default::default())).collect(),
+                (0..layers)
+                    .map(|i| nn::conv2d(p / format!("conv{i}"), dim, dim, 3, Default::default()))
+                    .collect(),
             ),
             "gru" => Context::Gru(nn::gru(p / "gru", dim, dim, Default::default())),
-            other => bail!("option cpc_context = '{other}' is not one of {:?}", crate::config::CPC_CONTEXTS),
+            other => bail!(
+                "option cpc_context = '{other}' is not one of {:?}",
+                crate::config::CPC_CONTEXTS
+            ),
         })
     }
 
@@ -110,7 +120,10 @@ impl Context {
 pub fn prediction_pairs(pred: &Tensor, z: &Tensor, k: i64) -> (Tensor, Tensor) {
     let (rows, d) = (z.size()[2], z.size()[1]);
     let flat = |t: Tensor| t.permute([0, 2, 3, 1]).reshape([-1, d]); // [B, D, r, c] -> [B*r*c, D]
-    (flat(pred.narrow(2, 0, rows - k)), flat(z.narrow(2, k, rows - k)))
+    (
+        flat(pred.narrow(2, 0, rows - k)),
+        flat(z.narrow(2, k, rows - k)),
+    )
 }
 
 /// The evaluation encoder: g_enc over the patch grid, codes mean-pooled: `[B, C, H, W]` -> `[B, D]`.
@@ -123,7 +136,9 @@ struct PooledPatches {
 
 impl ModuleT for PooledPatches {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.grid.codes(&self.g_enc.lock().unwrap(), xs, train).mean_dim(&[2i64, 3][..], false, Kind::Float)
+        self.grid
+            .codes(&self.g_enc.lock().unwrap(), xs, train)
+            .mean_dim(&[2i64, 3][..], false, Kind::Float)
     }
 }
 
@@ -142,17 +157,41 @@ impl Cpc {
         let [c, h, w] = data.shape;
         let grid = Grid::new(h, w, cfg.cpc_patch, cfg.cpc_stride)?;
         if cfg.cpc_steps >= grid.rows {
-            bail!("option cpc_steps = {} must be below the {} rows of the patch grid", cfg.cpc_steps, grid.rows);
+            bail!(
+                "option cpc_steps = {} must be below the {} rows of the patch grid",
+                cfg.cpc_steps,
+                grid.rows
+            );
         }
         let g_enc = nets::build_encoder(&(p / "encoder"), cfg, c)?;
         let d = g_enc.dim;
         let g_enc = Arc::new(Mutex::new(g_enc));
-        let context = Context::new(&(p / "context"), &cfg.cpc_context, d, cfg.cpc_context_layers)?;
-        let lin = nn::LinearConfig { bias: false, ..Default::default() };
-        let predictors = (1..=cfg.cpc_steps).map(|k| nn::linear(p / "predict" / format!("k{k}"), d, d, lin)).collect();
-        let eval_net = nn::seq_t().add(PooledPatches { g_enc: g_enc.clone(), grid });
+        let context = Context::new(
+            &(p / "context"),
+            &cfg.cpc_context,
+            d,
+            cfg.cpc_context_layers,
+        )?;
+        let lin = nn::LinearConfig {
+            bias: false,
+            ..Default::default()
+        };
+        let predictors = (1..=cfg.cpc_steps)
+            .map(|k| nn::linear(p / "predict" / format!("k{k}"), d, d, lin))
+            .collect();
+        let eval_net = nn::seq_t().add(PooledPatches {
+            g_enc: g_enc.clone(),
+            grid,
+        });
         let eval_encoder = Encoder::new(eval_net, d);
-        Ok(Cpc { g_enc, context, predictors, grid, negatives: cfg.cpc_negatives, eval_encoder })
+        Ok(Cpc {
+            g_enc,
+            context,
+            predictors,
+            grid,
+            negatives: cfg.cpc_negatives,
+            eval_encoder,
+        })
     }
 }
 
@@ -169,7 +208,9 @@ impl Method for Cpc {
             let m = self.negatives.min(n);
             let idx = Tensor::randperm(n, (Kind::Int64, images.device())).narrow(0, 0, m); // [M]
             let negs = target.index_select(0, &idx); // [M, D]
-            let own = Tensor::arange(n, (Kind::Int64, images.device())).unsqueeze(1).eq_tensor(&idx.unsqueeze(0)); // [N, M]
+            let own = Tensor::arange(n, (Kind::Int64, images.device()))
+                .unsqueeze(1)
+                .eq_tensor(&idx.unsqueeze(0)); // [N, M]
             total += losses::info_nce(&q, &target, &negs, 1.0, Some(&own));
         }
         total / self.predictors.len() as f64
@@ -187,9 +228,22 @@ mod tests {
 
     #[test]
     fn grid_sizes_follow_patch_and_stride() {
-        assert_eq!(Grid::new(28, 28, 8, 4).unwrap(), Grid { patch: 8, stride: 4, rows: 6, cols: 6 });
+        assert_eq!(
+            Grid::new(28, 28, 8, 4).unwrap(),
+            Grid {
+                patch: 8,
+                stride: 4,
+                rows: 6,
+                cols: 6
+            }
+        );
         assert_eq!(Grid::new(32, 32, 8, 4).unwrap().rows, 7);
-        assert!(Grid::new(6, 28, 8, 4).unwrap_err().to_string().contains("cpc_patch"));
+        assert!(
+            Grid::new(6, 28, 8, 4)
+                .unwrap_err()
+                .to_string()
+                .contains("cpc_patch")
+        );
     }
 
     #[test]
@@ -204,7 +258,12 @@ mod tests {
         // Overlapping: patch (1, 2) at stride 2 starts at pixel (2, 4).
         let g = Grid::new(8, 12, 4, 2).unwrap();
         let p = g.patches(&x);
-        assert!(p.get(1).get(1).get(2).equal(&x.get(1).narrow(1, 2, 4).narrow(2, 4, 4)));
+        assert!(
+            p.get(1)
+                .get(1)
+                .get(2)
+                .equal(&x.get(1).narrow(1, 2, 4).narrow(2, 4, 4))
+        );
     }
 
     fn contexts() -> Vec<(nn::VarStore, Context)> {
@@ -227,14 +286,22 @@ mod tests {
             for t in 0..5 {
                 // Perturb every row below t.
                 let z2 = z.copy();
-                let _ = z2.narrow(2, t + 1, 5 - t).g_add_(&Tensor::randn([2, 5, 5 - t, 4], (Kind::Float, Device::Cpu)));
+                let _ = z2
+                    .narrow(2, t + 1, 5 - t)
+                    .g_add_(&Tensor::randn([2, 5, 5 - t, 4], (Kind::Float, Device::Cpu)));
                 let c2 = ctx.forward(&z2);
                 assert!(
-                    c.narrow(2, 0, t + 1).allclose(&c2.narrow(2, 0, t + 1), 1e-6, 1e-6, false),
+                    c.narrow(2, 0, t + 1)
+                        .allclose(&c2.narrow(2, 0, t + 1), 1e-6, 1e-6, false),
                     "{ctx:?} row {t} saw the future"
                 );
                 // ...while row t + 1 does change: the context really uses its input.
-                assert!(!c.narrow(2, t + 1, 1).allclose(&c2.narrow(2, t + 1, 1), 1e-6, 1e-6, false));
+                assert!(!c.narrow(2, t + 1, 1).allclose(
+                    &c2.narrow(2, t + 1, 1),
+                    1e-6,
+                    1e-6,
+                    false
+                ));
             }
         }
     }
@@ -261,31 +328,64 @@ mod tests {
         let tv = Vec::<Vec<f32>>::try_from(&t).unwrap();
         for (i, (qi, ti)) in qv.iter().zip(&tv).enumerate() {
             // Same image and column, k rows further down; rows in (image, row, column) order.
-            assert_eq!((ti[0], ti[1], ti[2]), (qi[0], qi[1] + k as f32, qi[2]), "pair {i}");
+            assert_eq!(
+                (ti[0], ti[1], ti[2]),
+                (qi[0], qi[1] + k as f32, qi[2]),
+                "pair {i}"
+            );
             let i = i as i64;
             let want = (i / ((rows - k) * cols), (i / cols) % (rows - k), i % cols);
-            assert_eq!((qi[0], qi[1], qi[2]), (want.0 as f32, want.1 as f32, want.2 as f32));
+            assert_eq!(
+                (qi[0], qi[1], qi[2]),
+                (want.0 as f32, want.1 as f32, want.2 as f32)
+            );
         }
     }
 
     #[test]
     fn cpc_trains_and_evaluates_on_pooled_codes() {
-        let cfg = Config { method: "cpc".into(), cnn_widths: vec![4, 8], cpc_negatives: 16, ..Config::default() };
+        let cfg = Config {
+            method: "cpc".into(),
+            cnn_widths: vec![4, 8],
+            cpc_negatives: 16,
+            ..Config::default()
+        };
         let vs = nn::VarStore::new(Device::Cpu);
-        let data = DataInfo { shape: [1, 16, 16], num_classes: 2 };
+        let data = DataInfo {
+            shape: [1, 16, 16],
+            num_classes: 2,
+        };
         let mut m = Cpc::new(&vs.root(), &cfg, &data).unwrap();
         let x = Tensor::rand([3, 1, 16, 16], (Kind::Float, Device::Cpu));
-        let ctx = StepCtx { epoch: 0, step: 0, total_steps: 1 };
+        let ctx = StepCtx {
+            epoch: 0,
+            step: 0,
+            total_steps: 1,
+        };
         let l = m.loss(&x, &Tensor::zeros([3], (Kind::Int64, Device::Cpu)), &ctx);
         // Near log(1 + negatives) at initialisation.
-        assert!(l.double_value(&[]) > 1.0 && l.double_value(&[]) < 5.0, "{l:?}");
+        assert!(
+            l.double_value(&[]) > 1.0 && l.double_value(&[]) < 5.0,
+            "{l:?}"
+        );
         let f = m.encoder().forward_t(&x, false);
         assert_eq!(f.size(), vec![3, 8]);
         // The pooled feature is the mean of the patch codes.
         let codes = m.grid.codes(&m.g_enc.lock().unwrap(), &x, false);
-        assert!(f.allclose(&codes.mean_dim(&[2i64, 3][..], false, Kind::Float), 1e-5, 1e-6, false));
-        let too_far = Config { cpc_steps: 3, ..cfg };
-        let e = Cpc::new(&vs.root(), &too_far, &data).err().unwrap().to_string();
+        assert!(f.allclose(
+            &codes.mean_dim(&[2i64, 3][..], false, Kind::Float),
+            1e-5,
+            1e-6,
+            false
+        ));
+        let too_far = Config {
+            cpc_steps: 3,
+            ..cfg
+        };
+        let e = Cpc::new(&vs.root(), &too_far, &data)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("cpc_steps"), "{e}");
     }
 }

@@ -11,7 +11,14 @@ use tch::{Kind, Tensor};
 pub const SPEC: MethodSpec = MethodSpec {
     name: "denoising-autoencoder",
     summary: "reconstruct the clean image from a noisy one (gaussian or masking noise)",
-    build: |p, cfg, data| Ok(Box::new(Autoencoder::new(p, cfg, data, Some(corruption(cfg)?))?)),
+    build: |p, cfg, data| {
+        Ok(Box::new(Autoencoder::new(
+            p,
+            cfg,
+            data,
+            Some(corruption(cfg)?),
+        )?))
+    },
 };
 
 pub fn corruption(cfg: &Config) -> Result<Corruption> {
@@ -23,7 +30,10 @@ pub fn corruption(cfg: &Config) -> Result<Corruption> {
             let keep = Tensor::rand([s[0], 1, s[2], s[3]], (Kind::Float, x.device())).ge(ratio);
             x * keep.to_kind(Kind::Float)
         }),
-        other => bail!("option noise = '{other}' is not one of {:?}", crate::config::NOISES),
+        other => bail!(
+            "option noise = '{other}' is not one of {:?}",
+            crate::config::NOISES
+        ),
     })
 }
 
@@ -34,14 +44,23 @@ mod tests {
     #[test]
     fn masking_zeroes_about_the_ratio_and_keeps_the_rest() {
         tch::manual_seed(0);
-        let cfg = Config { noise: "masking".into(), mask_ratio: 0.3, ..Config::default() };
+        let cfg = Config {
+            noise: "masking".into(),
+            mask_ratio: 0.3,
+            ..Config::default()
+        };
         let x = Tensor::ones([8, 3, 16, 16], (Kind::Float, tch::Device::Cpu)) * 0.5;
         let y = corruption(&cfg).unwrap()(&x);
         let zero = y.eq(0.0).to_kind(Kind::Float);
         let frac = zero.mean(Kind::Float).double_value(&[]);
         assert!((frac - 0.3).abs() < 0.03, "masked fraction {frac}");
         // Masks are per pixel: all channels of a pixel agree.
-        assert!(zero.std_dim(&[1i64][..], false, false).max().double_value(&[]) == 0.0);
+        assert!(
+            zero.std_dim(&[1i64][..], false, false)
+                .max()
+                .double_value(&[])
+                == 0.0
+        );
         // Kept pixels are unchanged.
         let kept: Tensor = &x * (&zero * -1.0 + 1.0);
         assert!((&y - kept).abs().max().double_value(&[]) == 0.0);
@@ -50,7 +69,11 @@ mod tests {
     #[test]
     fn gaussian_noise_has_the_configured_std() {
         tch::manual_seed(1);
-        let cfg = Config { noise: "gaussian".into(), noise_std: 0.1, ..Config::default() };
+        let cfg = Config {
+            noise: "gaussian".into(),
+            noise_std: 0.1,
+            ..Config::default()
+        };
         let x = Tensor::ones([4, 1, 64, 64], (Kind::Float, tch::Device::Cpu)) * 0.5;
         let y = corruption(&cfg).unwrap()(&x);
         let std = (&y - &x).std(true).double_value(&[]);

@@ -46,16 +46,32 @@ pub struct Moco {
 impl Moco {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo, mlp_head: bool) -> Result<Moco> {
         let head_dims = |d: i64| {
-            if mlp_head { vec![d, cfg.proj_hidden_dim, cfg.proj_dim] } else { vec![d, cfg.proj_dim] }
+            if mlp_head {
+                vec![d, cfg.proj_hidden_dim, cfg.proj_dim]
+            } else {
+                vec![d, cfg.proj_dim]
+            }
         };
         let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
         let head = nets::mlp(&(p / "projector"), &head_dims(encoder.dim), false, false);
         let t = p / "target";
         let key_encoder = nets::build_encoder(&(&t / "encoder"), cfg, data.shape[0])?;
-        let key_head = nets::mlp(&(&t / "projector"), &head_dims(key_encoder.dim), false, false);
-        let init = losses::l2_normalize(&Tensor::randn([cfg.moco_queue, cfg.proj_dim], (Kind::Float, p.device())));
+        let key_head = nets::mlp(
+            &(&t / "projector"),
+            &head_dims(key_encoder.dim),
+            false,
+            false,
+        );
+        let init = losses::l2_normalize(&Tensor::randn(
+            [cfg.moco_queue, cfg.proj_dim],
+            (Kind::Float, p.device()),
+        ));
         let queue = p.add("queue", init, false);
-        let queue_ptr = p.add("queue_ptr", Tensor::zeros([], (Kind::Int64, p.device())), false);
+        let queue_ptr = p.add(
+            "queue_ptr",
+            Tensor::zeros([], (Kind::Int64, p.device())),
+            false,
+        );
         Ok(Moco {
             encoder,
             head,
@@ -77,7 +93,11 @@ impl Moco {
 /// the oldest keys, and advances `ptr`. With B > K only the newest K keys are kept.
 pub fn enqueue(queue: &Tensor, ptr: &Tensor, keys: &Tensor) {
     let k = queue.size()[0];
-    let keys = if keys.size()[0] > k { keys.narrow(0, keys.size()[0] - k, k) } else { keys.shallow_clone() };
+    let keys = if keys.size()[0] > k {
+        keys.narrow(0, keys.size()[0] - k, k)
+    } else {
+        keys.shallow_clone()
+    };
     let b = keys.size()[0];
     let mut at = ptr.int64_value(&[]);
     let mut written = 0;
@@ -98,7 +118,10 @@ impl Method for Moco {
         let q_net = |t: &Tensor| self.head.forward_t(&self.encoder.forward_t(t, true), true);
         let q = losses::l2_normalize(&nets::split_bn_forward(q_net, &x[0], self.groups, false)); // [B, dim]
         let k = tch::no_grad(|| {
-            let k_net = |t: &Tensor| self.key_head.forward_t(&self.key_encoder.forward_t(t, true), true);
+            let k_net = |t: &Tensor| {
+                self.key_head
+                    .forward_t(&self.key_encoder.forward_t(t, true), true)
+            };
             losses::l2_normalize(&nets::split_bn_forward(k_net, &x[1], self.groups, true)) // [B, dim]
         });
         let loss = losses::info_nce(&q, &k, &self.queue.detach(), self.temperature, None);
@@ -136,8 +159,11 @@ mod tests {
     fn queue_enqueues_newest_and_dequeues_oldest() {
         let queue = Tensor::zeros([6, 2], (Kind::Float, Device::Cpu));
         let ptr = Tensor::zeros([], (Kind::Int64, Device::Cpu));
-        let keys =
-            |from: i64| Tensor::arange_start(from, from + 4, (Kind::Float, Device::Cpu)).unsqueeze(1).repeat([1, 2]);
+        let keys = |from: i64| {
+            Tensor::arange_start(from, from + 4, (Kind::Float, Device::Cpu))
+                .unsqueeze(1)
+                .repeat([1, 2])
+        };
         enqueue(&queue, &ptr, &keys(1)); // keys 1..=4
         assert_eq!(rows(&queue), vec![1., 2., 3., 4., 0., 0.]);
         assert_eq!(ptr.int64_value(&[]), 4);
@@ -146,9 +172,19 @@ mod tests {
         assert_eq!(ptr.int64_value(&[]), 2);
         let mut held = rows(&queue);
         held.sort_by(f32::total_cmp);
-        assert_eq!(held, vec![3., 4., 5., 6., 7., 8.], "the queue holds the newest K keys");
+        assert_eq!(
+            held,
+            vec![3., 4., 5., 6., 7., 8.],
+            "the queue holds the newest K keys"
+        );
         // More keys than the queue holds: only the newest K stay.
-        enqueue(&queue, &ptr, &Tensor::arange_start(10, 18, (Kind::Float, Device::Cpu)).unsqueeze(1).repeat([1, 2]));
+        enqueue(
+            &queue,
+            &ptr,
+            &Tensor::arange_start(10, 18, (Kind::Float, Device::Cpu))
+                .unsqueeze(1)
+                .repeat([1, 2]),
+        );
         let mut held = rows(&queue);
         held.sort_by(f32::total_cmp);
         assert_eq!(held, vec![12., 13., 14., 15., 16., 17.]);
@@ -166,13 +202,27 @@ mod tests {
             ema_momentum: 0.9,
             ..Config::default()
         };
-        let model =
-            crate::train::Model::build(&cfg, &DataInfo { shape: [1, 8, 8], num_classes: 2 }, Device::Cpu).unwrap();
+        let model = crate::train::Model::build(
+            &cfg,
+            &DataInfo {
+                shape: [1, 8, 8],
+                num_classes: 2,
+            },
+            Device::Cpu,
+        )
+        .unwrap();
         let mut m = model.method;
         let vars = model.vs.variables();
-        let (online, target) = (&vars["encoder.stage0.conv1.weight"], &vars["target.encoder.stage0.conv1.weight"]);
+        let (online, target) = (
+            &vars["encoder.stage0.conv1.weight"],
+            &vars["target.encoder.stage0.conv1.weight"],
+        );
         assert!(online.equal(target) && !target.requires_grad());
-        let ctx = StepCtx { epoch: 0, step: 0, total_steps: 1 };
+        let ctx = StepCtx {
+            epoch: 0,
+            step: 0,
+            total_steps: 1,
+        };
         let x = Tensor::rand([8, 1, 8, 8], (Kind::Float, Device::Cpu)); // 2 views of 4 images
         let loss = m.loss(&x, &Tensor::zeros([4], (Kind::Int64, Device::Cpu)), &ctx);
         loss.backward();
@@ -182,7 +232,12 @@ mod tests {
         // target <- 0.9 target + 0.1 (online + 1) = target + 0.1 (since online == target before)
         assert!(target.allclose(&(&before_target + 0.1), 1e-5, 1e-6, false));
         assert_eq!(vars["queue_ptr"].int64_value(&[]), 4);
-        let norms = vars["queue"].narrow(0, 0, 4).norm_scalaropt_dim(2, &[1i64][..], false);
-        assert!(norms.allclose(&norms.ones_like(), 1e-5, 1e-5, false), "enqueued keys are unit vectors");
+        let norms = vars["queue"]
+            .narrow(0, 0, 4)
+            .norm_scalaropt_dim(2, &[1i64][..], false);
+        assert!(
+            norms.allclose(&norms.ones_like(), 1e-5, 1e-5, false),
+            "enqueued keys are unit vectors"
+        );
     }
 }

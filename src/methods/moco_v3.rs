@@ -48,7 +48,8 @@ impl Method for MocoV3 {
         (losses::info_nce_batch(&q1, &k2, t) + losses::info_nce_batch(&q2, &k1, t)) * (2.0 * t)
     }
     fn after_step(&mut self, ctx: &StepCtx) {
-        self.nets.update(cosine_momentum(ctx.step, ctx.total_steps, self.base_m));
+        self.nets
+            .update(cosine_momentum(ctx.step, ctx.total_steps, self.base_m));
     }
     fn bind(&mut self, vs: &nn::VarStore) -> Result<()> {
         self.nets.bind(vs)

@@ -30,10 +30,23 @@ impl SimClr {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<SimClr> {
         let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
         // SimCLR v1's head: Linear -> ReLU -> Linear.
-        let projector = nets::mlp(&(p / "projector"), &[encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim], false, false);
-        let pipeline = augment::contrastive_pipeline(cfg, data.shape[1] as usize, data.shape[2] as usize);
-        let views = Arc::new(Views { pipelines: vec![pipeline.clone(), pipeline] });
-        Ok(SimClr { encoder, projector, temperature: cfg.temperature, views })
+        let projector = nets::mlp(
+            &(p / "projector"),
+            &[encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim],
+            false,
+            false,
+        );
+        let pipeline =
+            augment::contrastive_pipeline(cfg, data.shape[1] as usize, data.shape[2] as usize);
+        let views = Arc::new(Views {
+            pipelines: vec![pipeline.clone(), pipeline],
+        });
+        Ok(SimClr {
+            encoder,
+            projector,
+            temperature: cfg.temperature,
+            views,
+        })
     }
 }
 
@@ -68,7 +81,10 @@ mod tests {
             ..crate::train::tests::tiny_config("simclr")
         };
         let dir = tempfile::tempdir().unwrap();
-        let opts = TrainOptions { quiet: true, ..Default::default() };
+        let opts = TrainOptions {
+            quiet: true,
+            ..Default::default()
+        };
         train::pretrain(&cfg, &ds, dir.path(), &opts, tch::Device::Cpu).unwrap();
         let losses: Vec<f64> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
             .unwrap()

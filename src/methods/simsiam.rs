@@ -29,19 +29,38 @@ pub struct SimSiam {
 impl SimSiam {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<SimSiam> {
         let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
-        let proj = [encoder.dim, cfg.proj_hidden_dim, cfg.proj_hidden_dim, cfg.proj_dim];
+        let proj = [
+            encoder.dim,
+            cfg.proj_hidden_dim,
+            cfg.proj_hidden_dim,
+            cfg.proj_dim,
+        ];
         let projector = nets::mlp(&(p / "projector"), &proj, true, true);
-        let predictor = nets::mlp(&(p / "predictor"), &[cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim], true, false);
-        Ok(SimSiam { encoder, projector, predictor, views: augment::two_views(cfg, data) })
+        let predictor = nets::mlp(
+            &(p / "predictor"),
+            &[cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim],
+            true,
+            false,
+        );
+        Ok(SimSiam {
+            encoder,
+            projector,
+            predictor,
+            views: augment::two_views(cfg, data),
+        })
     }
 }
 
 impl Method for SimSiam {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
-        let z = self.projector.forward_t(&self.encoder.forward_t(images, true), true); // [2B, dim]
+        let z = self
+            .projector
+            .forward_t(&self.encoder.forward_t(images, true), true); // [2B, dim]
         let p = self.predictor.forward_t(&z, true); // [2B, dim]
         let (z, p) = (z.chunk(2, 0), p.chunk(2, 0));
-        (losses::negative_cosine(&p[0], &z[1].detach()) + losses::negative_cosine(&p[1], &z[0].detach())) * 0.5
+        (losses::negative_cosine(&p[0], &z[1].detach())
+            + losses::negative_cosine(&p[1], &z[0].detach()))
+            * 0.5
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

@@ -30,7 +30,12 @@ impl Decoder {
         }
         let start = [widths[0], h / f, w / f];
         let fc = nn::linear(p / "fc", in_dim, start.iter().product(), Default::default());
-        let cfg = nn::ConvTransposeConfig { stride: 2, padding: 1, bias: false, ..Default::default() };
+        let cfg = nn::ConvTransposeConfig {
+            stride: 2,
+            padding: 1,
+            bias: false,
+            ..Default::default()
+        };
         let mut stages = Vec::new();
         for i in 0..widths.len() {
             let (cin, cout) = (widths[i], widths[(i + 1).min(widths.len() - 1)]);
@@ -41,8 +46,22 @@ impl Decoder {
             ));
         }
         let last = *widths.last().unwrap();
-        let out = nn::conv2d(p / "out", last, c, 3, nn::ConvConfig { padding: 1, ..Default::default() });
-        Ok(Decoder { fc, stages, out, start })
+        let out = nn::conv2d(
+            p / "out",
+            last,
+            c,
+            3,
+            nn::ConvConfig {
+                padding: 1,
+                ..Default::default()
+            },
+        );
+        Ok(Decoder {
+            fc,
+            stages,
+            out,
+            start,
+        })
     }
 
     /// `[B, D]` -> `[B, C, H, W]` in (0, 1)

@@ -44,7 +44,10 @@ pub fn build_encoder(p: &nn::Path, cfg: &Config, in_channels: i64) -> Result<Enc
             let (net, dim) = resnet::resnet18_cifar(p, in_channels, cfg.resnet_width);
             Ok(Encoder { net, dim })
         }
-        other => bail!("option encoder = '{other}' is not one of {:?}", crate::config::ENCODERS),
+        other => bail!(
+            "option encoder = '{other}' is not one of {:?}",
+            crate::config::ENCODERS
+        ),
     }
 }
 
@@ -65,10 +68,17 @@ pub fn mlp(p: &nn::Path, dims: &[i64], bn: bool, bn_last: bool) -> nn::Sequentia
     for i in 0..dims.len() - 1 {
         let last = i == dims.len() - 2;
         let with_bn = if last { bn_last } else { bn };
-        let lin = nn::LinearConfig { bias: !with_bn, ..Default::default() };
+        let lin = nn::LinearConfig {
+            bias: !with_bn,
+            ..Default::default()
+        };
         net = net.add(nn::linear(p / format!("fc{i}"), dims[i], dims[i + 1], lin));
         if with_bn {
-            net = net.add(nn::batch_norm1d(p / format!("bn{i}"), dims[i + 1], Default::default()));
+            net = net.add(nn::batch_norm1d(
+                p / format!("bn{i}"),
+                dims[i + 1],
+                Default::default(),
+            ));
         }
         if !last {
             net = net.add_fn(|x| x.relu());
@@ -80,7 +90,12 @@ pub fn mlp(p: &nn::Path, dims: &[i64], bn: bool, bn_last: bool) -> nn::Sequentia
 /// Runs `f` (in training mode) on `groups` equal sub-batches of `x` `[B, ...]`, so that
 /// BatchNorm sees per-sub-batch statistics as it would on `groups` devices. With `shuffle`
 /// the samples are permuted first and the outputs put back in order (MoCo's shuffling BN).
-pub fn split_bn_forward(f: impl Fn(&Tensor) -> Tensor, x: &Tensor, groups: i64, shuffle: bool) -> Tensor {
+pub fn split_bn_forward(
+    f: impl Fn(&Tensor) -> Tensor,
+    x: &Tensor,
+    groups: i64,
+    shuffle: bool,
+) -> Tensor {
     let b = x.size()[0];
     let perm = shuffle.then(|| Tensor::randperm(b, (tch::Kind::Int64, x.device())));
     let xs = match &perm {
@@ -96,8 +111,20 @@ pub fn split_bn_forward(f: impl Fn(&Tensor) -> Tensor, x: &Tensor, groups: i64, 
 }
 
 /// conv -> batch norm -> ReLU, the building block of the small CNN and the ResNet stem.
-pub fn conv_bn_relu(p: &nn::Path, conv: &str, bn: &str, cin: i64, cout: i64, stride: i64) -> nn::SequentialT {
-    let cfg = nn::ConvConfig { stride, padding: 1, bias: false, ..Default::default() };
+pub fn conv_bn_relu(
+    p: &nn::Path,
+    conv: &str,
+    bn: &str,
+    cin: i64,
+    cout: i64,
+    stride: i64,
+) -> nn::SequentialT {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding: 1,
+        bias: false,
+        ..Default::default()
+    };
     nn::seq_t()
         .add(nn::conv2d(p / conv, cin, cout, 3, cfg))
         .add(nn::batch_norm2d(p / bn, cout, Default::default()))
@@ -119,7 +146,10 @@ mod tests {
     fn resnet18_has_the_reference_parameter_count() {
         // CIFAR ResNet-18 (3x3 stem, no max-pool) without its 10-way classifier:
         // 11,173,962 parameters in total minus 512*10 + 10 for the classifier.
-        let cfg = Config { encoder: "resnet18".into(), ..Config::default() };
+        let cfg = Config {
+            encoder: "resnet18".into(),
+            ..Config::default()
+        };
         let (vs, e) = encoder(&cfg, 3);
         assert_eq!(e.dim, 512);
         assert_eq!(parameter_count(&vs, "encoder."), 11_173_962 - 5_130);
@@ -139,7 +169,11 @@ mod tests {
         let x = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
         let (_, cnn) = encoder(&Config::default(), 1);
         assert_eq!(cnn.forward_t(&x, true).size(), vec![2, 128]);
-        let cfg = Config { encoder: "resnet18".into(), resnet_width: 0.25, ..Config::default() };
+        let cfg = Config {
+            encoder: "resnet18".into(),
+            resnet_width: 0.25,
+            ..Config::default()
+        };
         let (_, r) = encoder(&cfg, 1);
         assert_eq!(r.forward_t(&x, false).size(), vec![2, 128]);
     }
@@ -151,8 +185,13 @@ mod tests {
         let y = d.forward_t(&Tensor::randn([5, 16], (Kind::Float, Device::Cpu)), true);
         assert_eq!(y.size(), vec![5, 3, 32, 32]);
         assert!(y.min().double_value(&[]) > 0.0 && y.max().double_value(&[]) < 1.0);
-        let e = Decoder::new(&(vs.root() / "b"), 16, &[8, 4, 2], [1, 28, 28]).unwrap_err().to_string();
-        assert!(e.contains("decoder_widths") && e.contains("divisible by 8"), "{e}");
+        let e = Decoder::new(&(vs.root() / "b"), 16, &[8, 4, 2], [1, 28, 28])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("decoder_widths") && e.contains("divisible by 8"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -161,7 +200,8 @@ mod tests {
         // f subtracts the sub-batch mean: with 2 unshuffled groups, [0..4) and [4..8) each lose 1.5 and 5.5.
         let f = |t: &Tensor| t - t.mean(Kind::Float);
         let y = split_bn_forward(f, &x, 2, false);
-        let want = Tensor::from_slice(&[-1.5f32, -0.5, 0.5, 1.5, -1.5, -0.5, 0.5, 1.5]).view([8, 1]);
+        let want =
+            Tensor::from_slice(&[-1.5f32, -0.5, 0.5, 1.5, -1.5, -0.5, 0.5, 1.5]).view([8, 1]);
         assert!(y.allclose(&want, 1e-6, 1e-6, false));
         // Shuffled: identity-like f keeps every sample in its place.
         tch::manual_seed(1);

@@ -24,7 +24,9 @@ impl MomentumPairs {
         let vars = vs.variables();
         let mut names: Vec<&String> = vars
             .keys()
-            .filter(|k| online_prefixes.iter().any(|p| k.starts_with(p)) && vars[*k].requires_grad())
+            .filter(|k| {
+                online_prefixes.iter().any(|p| k.starts_with(p)) && vars[*k].requires_grad()
+            })
             .collect();
         names.sort();
         let mut pairs = Vec::new();
@@ -35,7 +37,10 @@ impl MomentumPairs {
             pairs.push((vars[name].shallow_clone(), target.shallow_clone()));
         }
         // Target buffers (BatchNorm statistics) start equal too.
-        let targets: Vec<(&String, &Tensor)> = vars.iter().filter(|(k, _)| k.starts_with(TARGET_PREFIX)).collect();
+        let targets: Vec<(&String, &Tensor)> = vars
+            .iter()
+            .filter(|(k, _)| k.starts_with(TARGET_PREFIX))
+            .collect();
         tch::no_grad(|| {
             for (k, t) in &targets {
                 let online = &vars[&k[TARGET_PREFIX.len()..]];
@@ -73,7 +78,12 @@ pub struct OnlineTarget {
 }
 
 impl OnlineTarget {
-    pub fn new(p: &nn::Path, cfg: &Config, in_channels: i64, projector_bn_last: bool) -> Result<OnlineTarget> {
+    pub fn new(
+        p: &nn::Path,
+        cfg: &Config,
+        in_channels: i64,
+        projector_bn_last: bool,
+    ) -> Result<OnlineTarget> {
         let encoder = build_encoder(&(p / "encoder"), cfg, in_channels)?;
         let proj = [encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim];
         let pred = [cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim];
@@ -96,12 +106,20 @@ impl OnlineTarget {
 
     /// predictor(projector(encoder(x))): `[B, C, H, W]` -> `[B, proj_dim]`
     pub fn online(&self, x: &Tensor) -> Tensor {
-        self.predictor.forward_t(&self.projector.forward_t(&self.encoder.forward_t(x, true), true), true)
+        self.predictor.forward_t(
+            &self
+                .projector
+                .forward_t(&self.encoder.forward_t(x, true), true),
+            true,
+        )
     }
 
     /// target_projector(target_encoder(x)) without gradients, in training mode (batch statistics).
     pub fn target(&self, x: &Tensor) -> Tensor {
-        tch::no_grad(|| self.target_projector.forward_t(&self.target_encoder.forward_t(x, true), true))
+        tch::no_grad(|| {
+            self.target_projector
+                .forward_t(&self.target_encoder.forward_t(x, true), true)
+        })
     }
 
     pub fn update(&self, m: f64) {
@@ -117,18 +135,41 @@ mod tests {
     #[test]
     fn ema_update_matches_hand_computation_and_freezes_the_target() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let online = vs.root().sub("head").var_copy("w", &Tensor::from_slice(&[1f32, 2.0]));
-        let target = vs.root().sub("target").sub("head").var("w", &[2], nn::Init::Const(0.0));
+        let online = vs
+            .root()
+            .sub("head")
+            .var_copy("w", &Tensor::from_slice(&[1f32, 2.0]));
+        let target = vs
+            .root()
+            .sub("target")
+            .sub("head")
+            .var("w", &[2], nn::Init::Const(0.0));
         let pairs = MomentumPairs::bind(&vs, &["head."]).unwrap();
         assert!(!target.requires_grad());
-        assert_eq!(Vec::<f32>::try_from(&target).unwrap(), vec![1.0, 2.0], "the target starts as a copy");
-        tch::no_grad(|| online.shallow_clone().copy_(&Tensor::from_slice(&[3f32, 6.0])));
+        assert_eq!(
+            Vec::<f32>::try_from(&target).unwrap(),
+            vec![1.0, 2.0],
+            "the target starts as a copy"
+        );
+        tch::no_grad(|| {
+            online
+                .shallow_clone()
+                .copy_(&Tensor::from_slice(&[3f32, 6.0]))
+        });
         pairs.update(0.75);
         // 0.75 * [1, 2] + 0.25 * [3, 6] = [1.5, 3]
         assert_eq!(Vec::<f32>::try_from(&target).unwrap(), vec![1.5, 3.0]);
         assert_eq!(online.kind(), Kind::Float);
         let lonely = nn::VarStore::new(Device::Cpu);
-        let _ = lonely.root().sub("enc").var("w", &[1], nn::Init::Const(0.0));
-        assert!(MomentumPairs::bind(&lonely, &["enc."]).unwrap_err().to_string().contains("missing"));
+        let _ = lonely
+            .root()
+            .sub("enc")
+            .var("w", &[1], nn::Init::Const(0.0));
+        assert!(
+            MomentumPairs::bind(&lonely, &["enc."])
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
     }
 }

@@ -18,9 +18,18 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn new(p: &nn::Path, cin: i64, cout: i64, stride: i64) -> BasicBlock {
-        let c3 = |stride| nn::ConvConfig { stride, padding: 1, bias: false, ..Default::default() };
+        let c3 = |stride| nn::ConvConfig {
+            stride,
+            padding: 1,
+            bias: false,
+            ..Default::default()
+        };
         let downsample = (stride != 1 || cin != cout).then(|| {
-            let c1 = nn::ConvConfig { stride, bias: false, ..Default::default() };
+            let c1 = nn::ConvConfig {
+                stride,
+                bias: false,
+                ..Default::default()
+            };
             (
                 nn::conv2d(p / "downsample" / "0", cin, cout, 1, c1),
                 nn::batch_norm2d(p / "downsample" / "1", cout, Default::default()),

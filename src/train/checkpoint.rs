@@ -48,7 +48,9 @@ impl Meta {
 
 /// The libtorch seed used for step `step` of a run seeded with `seed`.
 pub fn step_seed(seed: u64, step: usize) -> i64 {
-    (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)) as i64 & i64::MAX
+    (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9))
+        as i64
+        & i64::MAX
 }
 
 fn dtype(kind: Kind) -> Result<Dtype> {
@@ -82,15 +84,22 @@ pub fn write_safetensors_atomic(
     }
     let mut views = Vec::with_capacity(owned.len());
     for (name, dt, shape, bytes) in &owned {
-        views.push((name.clone(), TensorView::new(*dt, shape.clone(), bytes).context("bad tensor view")?));
+        views.push((
+            name.clone(),
+            TensorView::new(*dt, shape.clone(), bytes).context("bad tensor view")?,
+        ));
     }
-    let bytes = safetensors::tensor::serialize(views, &Some(metadata)).context("cannot serialize tensors")?;
+    let bytes = safetensors::tensor::serialize(views, &Some(metadata))
+        .context("cannot serialize tensors")?;
     let tmp = path.with_extension("safetensors.tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(&bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(&bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -108,7 +117,10 @@ pub fn read_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<S
             Dtype::F64 => Kind::Double,
             Dtype::I64 => Kind::Int64,
             Dtype::U8 => Kind::Uint8,
-            d => bail!("{}: tensor {name} has unsupported dtype {d:?}", path.display()),
+            d => bail!(
+                "{}: tensor {name} has unsupported dtype {d:?}",
+                path.display()
+            ),
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         out.push((name, Tensor::from_data_size(view.data(), &shape, kind)));
@@ -124,26 +136,49 @@ pub struct Checkpoint {
 }
 
 pub fn save(dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], meta: &Meta) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> =
-        vs.variables().into_iter().map(|(k, t)| (format!("model.{k}"), t.detach())).collect();
-    tensors.extend(optim.iter().map(|(k, t)| (format!("optim.{k}"), t.detach())));
+    let mut tensors: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (format!("model.{k}"), t.detach()))
+        .collect();
+    tensors.extend(
+        optim
+            .iter()
+            .map(|(k, t)| (format!("optim.{k}"), t.detach())),
+    );
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let meta_json = serde_json::to_string(meta)?;
-    write_safetensors_atomic(&dir.join(FILE_NAME), &tensors, HashMap::from([(META_KEY.to_string(), meta_json)]))
+    write_safetensors_atomic(
+        &dir.join(FILE_NAME),
+        &tensors,
+        HashMap::from([(META_KEY.to_string(), meta_json)]),
+    )
 }
 
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let path = dir.join(FILE_NAME);
     if !path.is_file() {
-        bail!("no checkpoint in {} (expected {})", dir.display(), path.display());
+        bail!(
+            "no checkpoint in {} (expected {})",
+            dir.display(),
+            path.display()
+        );
     }
     let (tensors, metadata) = read_safetensors(&path)?;
     let Some(json) = metadata.get(META_KEY) else {
-        bail!("{} has no selfsup metadata: not a selfsup checkpoint", path.display());
+        bail!(
+            "{} has no selfsup metadata: not a selfsup checkpoint",
+            path.display()
+        );
     };
-    let meta: Meta = serde_json::from_str(json).with_context(|| format!("{}: unreadable metadata", path.display()))?;
+    let meta: Meta = serde_json::from_str(json)
+        .with_context(|| format!("{}: unreadable metadata", path.display()))?;
     if meta.format_version != FORMAT_VERSION {
-        bail!("{}: checkpoint format {} is not the supported {FORMAT_VERSION}", path.display(), meta.format_version);
+        bail!(
+            "{}: checkpoint format {} is not the supported {FORMAT_VERSION}",
+            path.display(),
+            meta.format_version
+        );
     }
     let (mut model, mut optim) = (Vec::new(), Vec::new());
     for (k, t) in tensors {
@@ -163,9 +198,15 @@ pub fn load_into(vs: &nn::VarStore, tensors: &[(String, Tensor)]) -> Result<()> 
     let vars = vs.variables();
     let given: HashMap<&str, &Tensor> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     for (name, var) in &vars {
-        let Some(src) = given.get(name.as_str()) else { bail!("checkpoint lacks variable '{name}'") };
+        let Some(src) = given.get(name.as_str()) else {
+            bail!("checkpoint lacks variable '{name}'")
+        };
         if src.size() != var.size() {
-            bail!("variable '{name}': checkpoint shape {:?}, model shape {:?}", src.size(), var.size());
+            bail!(
+                "variable '{name}': checkpoint shape {:?}, model shape {:?}",
+                src.size(),
+                var.size()
+            );
         }
     }
     if let Some((extra, _)) = tensors.iter().find(|(k, _)| !vars.contains_key(k)) {
@@ -174,7 +215,8 @@ pub fn load_into(vs: &nn::VarStore, tensors: &[(String, Tensor)]) -> Result<()> 
     tch::no_grad(|| {
         for (name, var) in &vars {
             let src = given[name.as_str()];
-            var.shallow_clone().copy_(&src.to_kind(var.kind()).to_device(var.device()));
+            var.shallow_clone()
+                .copy_(&src.to_kind(var.kind()).to_device(var.device()));
         }
     });
     Ok(())

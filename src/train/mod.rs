@@ -37,7 +37,10 @@ impl Model {
 
 pub fn data_info(ds: &Dataset) -> DataInfo {
     let [c, h, w] = ds.train.shape.map(|d| d as i64);
-    DataInfo { shape: [c, h, w], num_classes: ds.num_classes as i64 }
+    DataInfo {
+        shape: [c, h, w],
+        num_classes: ds.num_classes as i64,
+    }
 }
 
 /// What a finished pretraining run reports.
@@ -69,15 +72,26 @@ pub struct TrainOptions {
 }
 
 /// Pretrains `cfg.method` on `ds`, writing metrics and checkpoints into `out`.
-pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, device: Device) -> Result<Summary> {
+pub fn pretrain(
+    cfg: &Config,
+    ds: &Dataset,
+    out: &Path,
+    opts: &TrainOptions,
+    device: Device,
+) -> Result<Summary> {
     let (resume, quiet) = (opts.resume, opts.quiet);
     let stop_at = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create run folder {}", out.display()))?;
     let ckpt_path = out.join(checkpoint::FILE_NAME);
     let train = Arc::new(ds.train.subset(cfg.train_subset, cfg.seed));
     let spe = steps_per_epoch(train.len(), cfg.batch_size);
     if spe == 0 {
-        bail!("batch_size = {} is larger than the {} training images", cfg.batch_size, train.len());
+        bail!(
+            "batch_size = {} is larger than the {} training images",
+            cfg.batch_size,
+            train.len()
+        );
     }
     let total_steps = spe * cfg.epochs;
     let warmup = (cfg.warmup_epochs * spe as f64).round() as usize;
@@ -85,14 +99,17 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
     let mut model = Model::build(cfg, &data_info(ds), device)?;
     let views = model.method.views();
     if let Some(v) = &views {
-        v.validate(train.shape[1], train.shape[2]).context("augmentation options")?;
+        v.validate(train.shape[1], train.shape[2])
+            .context("augmentation options")?;
     }
     let mut opt = optim::Optimizer::new(&model.vs, &cfg.optimizer, cfg.momentum, cfg.weight_decay)?;
     let (mut epoch, mut step, mut wall_before) = (0usize, 0usize, 0f64);
     if resume {
         let ck = checkpoint::load(out)?;
-        checkpoint::load_into(&model.vs, &ck.model).with_context(|| format!("{}", ckpt_path.display()))?;
-        opt.load_state(ck.optim).with_context(|| format!("{}", ckpt_path.display()))?;
+        checkpoint::load_into(&model.vs, &ck.model)
+            .with_context(|| format!("{}", ckpt_path.display()))?;
+        opt.load_state(ck.optim)
+            .with_context(|| format!("{}", ckpt_path.display()))?;
         (epoch, step, wall_before) = (ck.meta.epoch, ck.meta.step, ck.meta.wall_seconds);
         if step != epoch * spe {
             bail!(
@@ -102,7 +119,10 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
             );
         }
     } else if ckpt_path.exists() {
-        bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display());
+        bail!(
+            "{} already holds a run; pass --resume to continue it or choose another --out",
+            out.display()
+        );
     }
     std::fs::write(out.join("config.toml"), toml::to_string(cfg)?)?;
 
@@ -111,9 +131,15 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
         .append(true)
         .open(out.join("metrics.jsonl"))
         .with_context(|| format!("cannot open {}", out.join("metrics.jsonl").display()))?;
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total_steps as u64) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total_steps as u64)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}").unwrap().progress_chars("=> "),
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap()
+            .progress_chars("=> "),
     );
     bar.set_position(step as u64);
     let started = Instant::now();
@@ -121,13 +147,29 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
     while epoch < stop_at {
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let order = data::epoch_order(train.len(), cfg.seed, epoch);
-        let spec = views.as_ref().map(|v| ViewSpec { views: v.clone(), seed: cfg.seed, epoch });
-        let loader = Loader::with_views(train.clone(), order, cfg.batch_size, true, cfg.prefetch, device, spec);
+        let spec = views.as_ref().map(|v| ViewSpec {
+            views: v.clone(),
+            seed: cfg.seed,
+            epoch,
+        });
+        let loader = Loader::with_views(
+            train.clone(),
+            order,
+            cfg.batch_size,
+            true,
+            cfg.prefetch,
+            device,
+            spec,
+        );
         let (mut loss_sum, mut loss_n) = (0f64, 0usize);
         let epoch_start = Instant::now();
         let mut window = (Instant::now(), 0usize);
         for batch in loader {
-            let ctx = StepCtx { epoch, step, total_steps };
+            let ctx = StepCtx {
+                epoch,
+                step,
+                total_steps,
+            };
             let lr = schedule::cosine_with_warmup(step, total_steps, warmup, cfg.lr, cfg.min_lr);
             tch::manual_seed(checkpoint::step_seed(cfg.seed, step));
             opt.zero_grad();
@@ -137,7 +179,10 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
             tch::no_grad(|| model.method.after_step(&ctx));
             let l = loss.double_value(&[]);
             if !l.is_finite() {
-                bail!("loss became {l} at step {step} (epoch {}); try a lower lr", epoch + 1);
+                bail!(
+                    "loss became {l} at step {step} (epoch {}); try a lower lr",
+                    epoch + 1
+                );
             }
             let b = batch.indices.len();
             (loss_sum, loss_n, images_seen) = (loss_sum + l, loss_n + 1, images_seen + b);
@@ -162,7 +207,12 @@ pub fn pretrain(cfg: &Config, ds: &Dataset, out: &Path, opts: &TrainOptions, dev
                          "images_per_sec": (loss_n * cfg.batch_size) as f64 / secs, "epoch_seconds": secs, "time": wall});
         writeln!(metrics, "{rec}")?;
         metrics.flush()?;
-        checkpoint::save(out, &model.vs, &opt.state_tensors(), &checkpoint::Meta::new(cfg, epoch, step, wall))?;
+        checkpoint::save(
+            out,
+            &model.vs,
+            &opt.state_tensors(),
+            &checkpoint::Meta::new(cfg, epoch, step, wall),
+        )?;
         if !quiet {
             bar.println(format!(
                 "epoch {epoch}/{}: mean loss {mean_loss:.5}, {:.0} img/s, {secs:.1}s; checkpoint saved",
@@ -205,7 +255,13 @@ pub(crate) mod tests {
             }
             Split::new(imgs, labels, [1, 8, 8]).unwrap()
         };
-        Dataset { name: "tiny".into(), train: make(96, 0), test: make(32, 1), num_classes: 4, class_names: vec![] }
+        Dataset {
+            name: "tiny".into(),
+            train: make(96, 0),
+            test: make(32, 1),
+            num_classes: 4,
+            class_names: vec![],
+        }
     }
 
     pub(crate) fn tiny_config(method: &str) -> Config {
@@ -239,13 +295,19 @@ pub(crate) mod tests {
     }
 
     fn quiet() -> TrainOptions {
-        TrainOptions { quiet: true, ..Default::default() }
+        TrainOptions {
+            quiet: true,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn autoencoder_loss_decreases() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config { epochs: 12, ..tiny_config("autoencoder") };
+        let cfg = Config {
+            epochs: 12,
+            ..tiny_config("autoencoder")
+        };
         let s = pretrain(&cfg, &tiny_dataset(), dir.path(), &quiet(), Device::Cpu).unwrap();
         assert_eq!((s.epochs, s.steps), (12, 12 * 6));
         let l = epoch_losses(dir.path());
@@ -257,16 +319,36 @@ pub(crate) mod tests {
     fn checkpoint_round_trip_gives_equal_weights() {
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
-        let cfg = Config { epochs: 1, ..tiny_config("denoising-autoencoder") };
+        let cfg = Config {
+            epochs: 1,
+            ..tiny_config("denoising-autoencoder")
+        };
         pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
         let ck = checkpoint::load(dir.path()).unwrap();
         assert_eq!(ck.meta.config, cfg);
         assert_eq!((ck.meta.epoch, ck.meta.step), (1, 6));
         // A model built with another seed differs until the checkpoint is loaded.
-        let other = Model::build(&Config { seed: 99, ..cfg.clone() }, &data_info(&ds), Device::Cpu).unwrap();
+        let other = Model::build(
+            &Config {
+                seed: 99,
+                ..cfg.clone()
+            },
+            &data_info(&ds),
+            Device::Cpu,
+        )
+        .unwrap();
         let before = vars(&other.vs);
-        let saved = ck.model.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect::<Vec<_>>();
-        assert!(before.iter().zip(&saved).any(|((_, a), (_, b))| !a.equal(b)));
+        let saved = ck
+            .model
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shallow_clone()))
+            .collect::<Vec<_>>();
+        assert!(
+            before
+                .iter()
+                .zip(&saved)
+                .any(|((_, a), (_, b))| !a.equal(b))
+        );
         checkpoint::load_into(&other.vs, &ck.model).unwrap();
         let after = vars(&other.vs);
         assert_eq!(after.len(), saved.len());
@@ -285,18 +367,35 @@ pub(crate) mod tests {
     fn checkpoint_rejects_mismatched_models_and_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
-        let cfg = Config { epochs: 1, ..tiny_config("autoencoder") };
+        let cfg = Config {
+            epochs: 1,
+            ..tiny_config("autoencoder")
+        };
         pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
         let ck = checkpoint::load(dir.path()).unwrap();
-        let wider =
-            Model::build(&Config { cnn_widths: vec![4, 16], ..cfg.clone() }, &data_info(&ds), Device::Cpu).unwrap();
-        let e = checkpoint::load_into(&wider.vs, &ck.model).unwrap_err().to_string();
+        let wider = Model::build(
+            &Config {
+                cnn_widths: vec![4, 16],
+                ..cfg.clone()
+            },
+            &data_info(&ds),
+            Device::Cpu,
+        )
+        .unwrap();
+        let e = checkpoint::load_into(&wider.vs, &ck.model)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("shape"), "{e}");
         std::fs::write(dir.path().join(checkpoint::FILE_NAME), b"not a checkpoint").unwrap();
         let e = format!("{:#}", checkpoint::load(dir.path()).err().unwrap());
-        assert!(e.contains("checkpoint.safetensors") && e.contains("not a valid safetensors"), "{e}");
+        assert!(
+            e.contains("checkpoint.safetensors") && e.contains("not a valid safetensors"),
+            "{e}"
+        );
         // An existing run is not overwritten without --resume.
-        let e = pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap_err().to_string();
+        let e = pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--resume"), "{e}");
     }
 
@@ -309,18 +408,39 @@ pub(crate) mod tests {
         pretrain(&cfg, &ds, full.path(), &quiet(), Device::Cpu).unwrap();
         // The same run stopped after 2 epochs, then resumed.
         let split = tempfile::tempdir().unwrap();
-        let first = TrainOptions { stop_after_epochs: Some(2), ..quiet() };
+        let first = TrainOptions {
+            stop_after_epochs: Some(2),
+            ..quiet()
+        };
         let s1 = pretrain(&cfg, &ds, split.path(), &first, Device::Cpu).unwrap();
         assert_eq!((s1.epochs, s1.steps), (2, 12));
-        let s2 = pretrain(&cfg, &ds, split.path(), &TrainOptions { resume: true, ..quiet() }, Device::Cpu).unwrap();
+        let s2 = pretrain(
+            &cfg,
+            &ds,
+            split.path(),
+            &TrainOptions {
+                resume: true,
+                ..quiet()
+            },
+            Device::Cpu,
+        )
+        .unwrap();
         assert_eq!((s2.epochs, s2.steps), (4, 24));
 
         let a = checkpoint::load(full.path()).unwrap();
         let b = checkpoint::load(split.path()).unwrap();
         assert_eq!((b.meta.epoch, b.meta.step), (4, 24));
-        for ((ka, ta), (kb, tb)) in a.model.iter().chain(&a.optim).zip(b.model.iter().chain(&b.optim)) {
+        for ((ka, ta), (kb, tb)) in a
+            .model
+            .iter()
+            .chain(&a.optim)
+            .zip(b.model.iter().chain(&b.optim))
+        {
             assert_eq!(ka, kb);
-            assert!(ta.allclose(tb, 1e-5, 1e-6, false), "{ka} differs between the straight and the resumed run");
+            assert!(
+                ta.allclose(tb, 1e-5, 1e-6, false),
+                "{ka} differs between the straight and the resumed run"
+            );
         }
         // The step records continue where they stopped, with the same learning rates.
         let recs = |d: &Path| -> Vec<(u64, f64)> {
@@ -333,7 +453,10 @@ pub(crate) mod tests {
                 .collect()
         };
         assert_eq!(recs(split.path()), recs(full.path()));
-        assert_eq!(recs(split.path()).iter().map(|r| r.0).collect::<Vec<_>>(), (1..=24).collect::<Vec<_>>());
+        assert_eq!(
+            recs(split.path()).iter().map(|r| r.0).collect::<Vec<_>>(),
+            (1..=24).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -353,7 +476,10 @@ pub(crate) mod tests {
                 ..tiny_config(spec.name)
             };
             let dir = tempfile::tempdir().unwrap();
-            let first = TrainOptions { stop_after_epochs: Some(1), ..quiet() };
+            let first = TrainOptions {
+                stop_after_epochs: Some(1),
+                ..quiet()
+            };
             let s = match pretrain(&cfg, &ds, dir.path(), &first, Device::Cpu) {
                 Ok(s) => s,
                 // Methods that need colour data refuse this gray set with a clear error.
@@ -361,14 +487,28 @@ pub(crate) mod tests {
                 Err(e) => panic!("{}: {e:#}", spec.name),
             };
             assert!(s.final_loss.is_finite(), "{}", spec.name);
-            let s = pretrain(&cfg, &ds, dir.path(), &TrainOptions { resume: true, ..quiet() }, Device::Cpu)
-                .unwrap_or_else(|e| panic!("{} resume: {e:#}", spec.name));
+            let s = pretrain(
+                &cfg,
+                &ds,
+                dir.path(),
+                &TrainOptions {
+                    resume: true,
+                    ..quiet()
+                },
+                Device::Cpu,
+            )
+            .unwrap_or_else(|e| panic!("{} resume: {e:#}", spec.name));
             assert_eq!(s.steps, 12, "{}", spec.name);
             let model = Model::build(&cfg, &data_info(&ds), Device::Cpu).unwrap();
             checkpoint::load_into(&model.vs, &checkpoint::load(dir.path()).unwrap().model).unwrap();
             let x = Tensor::rand([3, 1, 8, 8], (tch::Kind::Float, Device::Cpu));
             let f = tch::no_grad(|| model.method.encoder().forward_t(&x, false));
-            assert_eq!(f.size(), vec![3, model.method.encoder().dim], "{}", spec.name);
+            assert_eq!(
+                f.size(),
+                vec![3, model.method.encoder().dim],
+                "{}",
+                spec.name
+            );
         }
     }
 }

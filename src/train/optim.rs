@@ -28,16 +28,34 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    pub fn new(vs: &nn::VarStore, name: &str, momentum: f64, weight_decay: f64) -> Result<Optimizer> {
+    pub fn new(
+        vs: &nn::VarStore,
+        name: &str,
+        momentum: f64,
+        weight_decay: f64,
+    ) -> Result<Optimizer> {
         let kind = match name {
             "sgd" => OptKind::Sgd { momentum },
             "adam" => OptKind::Adam,
             "adamw" => OptKind::AdamW,
-            other => bail!("option optimizer = '{other}' is not one of {:?}", crate::config::OPTIMIZERS),
+            other => bail!(
+                "option optimizer = '{other}' is not one of {:?}",
+                crate::config::OPTIMIZERS
+            ),
         };
-        let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut params: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Optimizer { kind, weight_decay, params, state: BTreeMap::new(), steps_taken: 0 })
+        Ok(Optimizer {
+            kind,
+            weight_decay,
+            params,
+            state: BTreeMap::new(),
+            steps_taken: 0,
+        })
     }
 
     pub fn zero_grad(&mut self) {
@@ -63,7 +81,11 @@ impl Optimizer {
                 let mut p = p.shallow_clone();
                 match self.kind {
                     OptKind::Sgd { momentum } => {
-                        let d = if wd != 0.0 { &g + &p * wd } else { g.shallow_clone() };
+                        let d = if wd != 0.0 {
+                            &g + &p * wd
+                        } else {
+                            g.shallow_clone()
+                        };
                         let d = if momentum != 0.0 {
                             match self.state.get_mut(&format!("{name}/momentum")) {
                                 Some(buf) => {
@@ -72,7 +94,8 @@ impl Optimizer {
                                 }
                                 None => {
                                     let buf = d.detach().copy();
-                                    self.state.insert(format!("{name}/momentum"), buf.shallow_clone());
+                                    self.state
+                                        .insert(format!("{name}/momentum"), buf.shallow_clone());
                                     buf
                                 }
                             }
@@ -82,14 +105,24 @@ impl Optimizer {
                         let _ = p.g_sub_(&(d * lr));
                     }
                     OptKind::Adam | OptKind::AdamW => {
-                        let g = if self.kind == OptKind::Adam && wd != 0.0 { &g + &p * wd } else { g.shallow_clone() };
+                        let g = if self.kind == OptKind::Adam && wd != 0.0 {
+                            &g + &p * wd
+                        } else {
+                            g.shallow_clone()
+                        };
                         if self.kind == OptKind::AdamW && wd != 0.0 {
                             let _ = p.g_mul_scalar_(1.0 - lr * wd);
                         }
-                        let m = self.state.entry(format!("{name}/exp_avg")).or_insert_with(|| p.zeros_like());
+                        let m = self
+                            .state
+                            .entry(format!("{name}/exp_avg"))
+                            .or_insert_with(|| p.zeros_like());
                         let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
                         let m = m.shallow_clone();
-                        let v = self.state.entry(format!("{name}/exp_avg_sq")).or_insert_with(|| p.zeros_like());
+                        let v = self
+                            .state
+                            .entry(format!("{name}/exp_avg_sq"))
+                            .or_insert_with(|| p.zeros_like());
                         let _ = v.g_mul_scalar_(BETA2).g_add_(&(g.square() * (1.0 - BETA2)));
                         let bc1 = 1.0 - BETA1.powf(t);
                         let bc2 = 1.0 - BETA2.powf(t);
@@ -103,7 +136,11 @@ impl Optimizer {
 
     /// State tensors to store in a checkpoint (the step count travels as a scalar tensor).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.state.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+        let mut v: Vec<(String, Tensor)> = self
+            .state
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shallow_clone()))
+            .collect();
         v.push(("steps_taken".into(), Tensor::from(self.steps_taken)));
         v
     }
@@ -111,20 +148,31 @@ impl Optimizer {
     /// Restores what `state_tensors` returned; every entry must belong to a parameter.
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
         self.state.clear();
-        let device = self.params.first().map(|(_, p)| p.device()).unwrap_or(tch::Device::Cpu);
+        let device = self
+            .params
+            .first()
+            .map(|(_, p)| p.device())
+            .unwrap_or(tch::Device::Cpu);
         for (k, t) in tensors {
             if k == "steps_taken" {
                 self.steps_taken = t.int64_value(&[]);
                 continue;
             }
-            let Some((pname, _)) = k.rsplit_once('/') else { bail!("optimizer state '{k}' is not NAME/KIND") };
+            let Some((pname, _)) = k.rsplit_once('/') else {
+                bail!("optimizer state '{k}' is not NAME/KIND")
+            };
             let Some((_, p)) = self.params.iter().find(|(n, _)| n == pname) else {
                 bail!("optimizer state '{k}' belongs to no trainable parameter");
             };
             if t.size() != p.size() {
-                bail!("optimizer state '{k}' has shape {:?}, parameter has {:?}", t.size(), p.size());
+                bail!(
+                    "optimizer state '{k}' has shape {:?}, parameter has {:?}",
+                    t.size(),
+                    p.size()
+                );
             }
-            self.state.insert(k, t.to_kind(Kind::Float).to_device(device).copy());
+            self.state
+                .insert(k, t.to_kind(Kind::Float).to_device(device).copy());
         }
         Ok(())
     }
@@ -159,7 +207,10 @@ mod tests {
         step(&mut opt, &p, 0.1); // buf = g = p0; p1 = 0.9 p0
         step(&mut opt, &p, 0.1); // buf = 0.9 p0 + 0.9 p0 = 1.8 p0; p2 = 0.9 p0 - 0.18 p0 = 0.72 p0
         let v = vals(&p);
-        assert!((v[0] - 0.72).abs() < 1e-6 && (v[1] + 1.44).abs() < 1e-6, "{v:?}");
+        assert!(
+            (v[0] - 0.72).abs() < 1e-6 && (v[1] + 1.44).abs() < 1e-6,
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -168,7 +219,10 @@ mod tests {
         let (_vs, mut opt, p) = setup("adam", 0.0);
         step(&mut opt, &p, 0.01);
         let v = vals(&p);
-        assert!((v[0] - 0.99).abs() < 1e-5 && (v[1] + 1.99).abs() < 1e-5, "{v:?}");
+        assert!(
+            (v[0] - 0.99).abs() < 1e-5 && (v[1] + 1.99).abs() < 1e-5,
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -177,7 +231,10 @@ mod tests {
         let (_vs, mut opt, p) = setup("adamw", 0.5);
         step(&mut opt, &p, 0.1);
         let v = vals(&p);
-        assert!((v[0] - (0.95 - 0.1)).abs() < 1e-5 && (v[1] - (-1.9 + 0.1)).abs() < 1e-5, "{v:?}");
+        assert!(
+            (v[0] - (0.95 - 0.1)).abs() < 1e-5 && (v[1] - (-1.9 + 0.1)).abs() < 1e-5,
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -190,6 +247,9 @@ mod tests {
         step(&mut a, &pa, 0.05);
         step(&mut b, &pb, 0.05);
         assert_eq!(vals(&pa), vals(&pb));
-        assert!(b.load_state(vec![("q/exp_avg".into(), Tensor::from(1f32))]).is_err());
+        assert!(
+            b.load_state(vec![("q/exp_avg".into(), Tensor::from(1f32))])
+                .is_err()
+        );
     }
 }
