@@ -43,10 +43,10 @@ if ! have_version; then
   "$venv/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy
   have_version || { echo "setup: torch $TORCH_VERSION did not install into $venv" >&2; exit 1; }
 fi
-# torchvision (same release train as torch 2.11) for the augmentation benchmark's reference
-# script; --no-deps keeps pip from re-resolving torch.
-if ! "$venv/bin/python" -c "import torchvision" 2>/dev/null; then
-  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "torchvision==0.26.0" pillow
+# torchvision (same release train as torch 2.11) and safetensors, for the reference scripts
+# (augmentation benchmark, PyTorch export check); --no-deps keeps pip from re-resolving torch.
+if ! "$venv/bin/python" -c "import torchvision, safetensors" 2>/dev/null; then
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "torchvision==0.26.0" pillow safetensors
 fi
 torch_dir=$("$venv/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
 ln -sfn "$torch_dir" "$root/.libtorch"

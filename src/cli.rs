@@ -81,6 +81,16 @@ pub enum Command {
         #[command(flatten)]
         cfg: ConfigArgs,
     },
+    /// Export a run's encoder for PyTorch: safetensors with torchvision-style names
+    /// (see src/nets/export.rs for the differences from torchvision's resnet18).
+    Export {
+        /// A run folder written by `pretrain`.
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+        /// Output file (.safetensors).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// List the pretraining methods.
     Methods,
     /// Benchmark: augmentation throughput (two SimCLR views per image) at 32x32 and 96x96,
@@ -166,6 +176,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Export { run, out } => export(&run, &out, device),
         Command::BenchAugment { images, python } => bench_augment(images, python),
         Command::Config { cfg } => {
             print!(
@@ -331,6 +342,24 @@ fn eval_baseline(which: &str, args: &ConfigArgs, device: Device) -> Result<()> {
         format!("random-init {}", cfg.encoder)
     };
     report(&label, &ds, &scores, t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn export(run: &Path, out: &Path, device: Device) -> Result<()> {
+    let ck = checkpoint::load(run)?;
+    let cfg = ck.meta.config;
+    let ds = load_data(&cfg)?;
+    let model = Model::build(&cfg, &train::data_info(&ds), device)?;
+    checkpoint::load_into(&model.vs, &ck.model)
+        .with_context(|| format!("{}", run.join(checkpoint::FILE_NAME).display()))?;
+    nets::export::write_encoder(out, &model.vs.variables(), &cfg, ds.train.shape[0] as i64)?;
+    println!(
+        "wrote the {} encoder of {} ({} parameters) to {}",
+        cfg.encoder,
+        run.display(),
+        nets::parameter_count(&model.vs, "encoder."),
+        out.display()
+    );
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 pub mod cnn;
 pub mod decoder;
+pub mod export;
 pub mod momentum;
 pub mod resnet;
 

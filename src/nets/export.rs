@@ -1,0 +1,63 @@
+//! Encoder weights for PyTorch: the `encoder.*` variables of a run, renamed to PyTorch's
+//! conventions, in a safetensors file that `torch.nn.Module.load_state_dict(strict=True)`
+//! accepts.
+//!
+//! - `resnet18`: torchvision's `resnet18` names (conv1, bn1, layerN.M.conv1/bn1/conv2/bn2,
+//!   layerN.0.downsample.0/1). Differences: conv1 is 3x3 with stride 1 and padding 1 (not
+//!   7x7 stride 2), there is no max-pool (use `nn.Identity()`), and no `fc` (the encoder
+//!   ends at the global average pool; use `nn.Identity()`).
+//! - `cnn`: `stageI.conv1/bn1/conv2/bn2`, as the module in scripts/check_torch_export.py.
+//!
+//! BatchNorm layers get the `num_batches_tracked` counter PyTorch expects (set to 0: it is
+//! only read when momentum is None).
+
+use crate::config::Config;
+use crate::train::checkpoint;
+use anyhow::{Result, bail};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// The encoder's variables with the `encoder.` prefix removed, plus `num_batches_tracked`.
+pub fn encoder_state_dict(vars: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>> {
+    let mut out: Vec<(String, Tensor)> = Vec::new();
+    for (name, t) in vars {
+        let Some(n) = name.strip_prefix("encoder.") else {
+            continue;
+        };
+        out.push((n.to_string(), t.detach().to_device(tch::Device::Cpu)));
+        if let Some(bn) = n.strip_suffix(".running_mean") {
+            out.push((
+                format!("{bn}.num_batches_tracked"),
+                Tensor::zeros([], (Kind::Int64, tch::Device::Cpu)),
+            ));
+        }
+    }
+    if out.is_empty() {
+        bail!("no encoder variables found");
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Writes the encoder of `vars` to `path`; the metadata names the architecture.
+pub fn write_encoder(
+    path: &Path,
+    vars: &HashMap<String, Tensor>,
+    cfg: &Config,
+    in_channels: i64,
+) -> Result<()> {
+    let tensors = encoder_state_dict(vars)?;
+    let meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("encoder".to_string(), cfg.encoder.clone()),
+        ("in_channels".to_string(), in_channels.to_string()),
+        (
+            "cnn_widths".to_string(),
+            serde_json::to_string(&cfg.cnn_widths)?,
+        ),
+        ("resnet_width".to_string(), cfg.resnet_width.to_string()),
+        ("method".to_string(), cfg.method.clone()),
+    ]);
+    checkpoint::write_safetensors_atomic(path, &tensors, meta)
+}
