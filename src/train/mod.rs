@@ -35,7 +35,7 @@ impl Model {
 }
 
 pub fn data_info(ds: &Dataset) -> DataInfo {
-    let [c, h, w] = ds.train.shape.map(|d| d as i64);
+    let [c, h, w] = ds.pretrain_split().shape.map(|d| d as i64);
     DataInfo {
         shape: [c, h, w],
         num_classes: ds.num_classes as i64,
@@ -83,7 +83,7 @@ pub fn pretrain(
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run folder {}", out.display()))?;
     let ckpt_path = out.join(checkpoint::FILE_NAME);
-    let train = Arc::new(ds.train.subset(cfg.train_subset, cfg.seed));
+    let train = Arc::new(ds.pretrain_split().subset(cfg.train_subset, cfg.seed));
     let spe = steps_per_epoch(train.len(), cfg.batch_size);
     if spe == 0 {
         bail!(
@@ -247,6 +247,7 @@ mod tests {
             name: "tiny".into(),
             train: make(96, 0),
             test: make(32, 1),
+            unlabeled: None,
             num_classes: 4,
             class_names: vec![],
         }
