@@ -292,6 +292,7 @@ mod tests {
 
     #[test]
     fn autoencoder_loss_decreases() {
+        let _rng = crate::torch_rng_lock();
         let dir = tempfile::tempdir().unwrap();
         let cfg = Config {
             epochs: 12,
@@ -306,6 +307,7 @@ mod tests {
 
     #[test]
     fn checkpoint_round_trip_gives_equal_weights() {
+        let _rng = crate::torch_rng_lock();
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
         let cfg = Config {
@@ -354,6 +356,7 @@ mod tests {
 
     #[test]
     fn checkpoint_rejects_mismatched_models_and_garbage() {
+        let _rng = crate::torch_rng_lock();
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
         let cfg = Config {
@@ -390,6 +393,7 @@ mod tests {
 
     #[test]
     fn resume_continues_steps_schedule_and_state_exactly() {
+        let _rng = crate::torch_rng_lock();
         let ds = tiny_dataset();
         let cfg = tiny_config("denoising-autoencoder");
         // One uninterrupted run of 4 epochs.
