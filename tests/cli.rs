@@ -276,35 +276,42 @@ fn data_inspect_works_on_every_format() {
     let mnist = tmp.path().join("mnist");
     std::fs::create_dir(&mnist).unwrap();
     write_tiny_mnist(&mnist);
-    let at = |p: &str| tmp.path().join(p).display().to_string();
+    // (kind, folder, counts, shape)
     let cases = [
         (
-            format!("mnist:{}", at("mnist")),
+            "mnist",
+            "mnist",
             "128 train / 40 test / 0 unlabeled",
             "[1, 8, 8]",
         ),
         (
-            format!("cifar10:{}", at("cifar10")),
+            "cifar10",
+            "cifar10",
             "5 train / 1 test / 0 unlabeled",
             "[3, 32, 32]",
         ),
         (
-            format!("stl10:{}", at("stl10")),
+            "stl10",
+            "stl10",
             "2 train / 1 test / 3 unlabeled",
             "[3, 96, 96]",
         ),
         (
-            format!("folder:{}", at("folder")),
+            "folder",
+            "folder",
             "8 train / 2 test / 0 unlabeled",
             "[3, 32, 32]",
         ),
         (
-            format!("folder:{}", at("flat")),
+            "folder",
+            "flat",
             "0 train / 0 test / 16 unlabeled",
             "[3, 32, 32]",
         ),
     ];
-    for (i, (spec, counts, shape)) in cases.iter().enumerate() {
+    let at = |p: &str| tmp.path().join(p).display().to_string();
+    for (i, (kind, dir, counts, shape)) in cases.iter().enumerate() {
+        let spec = &format!("{kind}:{}", at(dir));
         let png = tmp.path().join(format!("grid{i}.png"));
         let o = selfsup(&[
             "data",
