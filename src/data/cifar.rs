@@ -64,6 +64,18 @@ impl Layout {
     }
 }
 
+/// Checks a file size: a positive multiple of the record size.
+pub fn check_size(len: u64, layout: Layout) -> Result<()> {
+    let rec = layout.record_bytes();
+    if len == 0 || !len.is_multiple_of(rec as u64) {
+        bail!(
+            "size {len} bytes is not a positive multiple of the {rec}-byte record ({} label byte(s) + {IMAGE_BYTES} image bytes)",
+            layout.label_bytes
+        );
+    }
+    Ok(())
+}
+
 /// Parses the records in `bytes`, appending images (`[N, 3, 32, 32]`) and labels.
 pub fn parse_records(
     bytes: &[u8],
@@ -71,14 +83,8 @@ pub fn parse_records(
     images: &mut Vec<u8>,
     labels: &mut Vec<i64>,
 ) -> Result<()> {
+    check_size(bytes.len() as u64, layout)?;
     let rec = layout.record_bytes();
-    if bytes.is_empty() || bytes.len() % rec != 0 {
-        bail!(
-            "size {} bytes is not a positive multiple of the {rec}-byte record ({} label byte(s) + {IMAGE_BYTES} image bytes)",
-            bytes.len(),
-            layout.label_bytes
-        );
-    }
     for (i, r) in bytes.chunks_exact(rec).enumerate() {
         for (b, &limit) in layout.label_ranges[..layout.label_bytes].iter().enumerate() {
             if r[b] >= limit {
@@ -101,13 +107,7 @@ pub fn read_files(paths: &[PathBuf], layout: Layout) -> Result<Split> {
         let len = std::fs::metadata(p)
             .with_context(|| format!("missing CIFAR file {}", p.display()))?
             .len();
-        let rec = layout.record_bytes() as u64;
-        if len == 0 || len % rec != 0 {
-            bail!(
-                "{}: size {len} bytes is not a positive multiple of the {rec}-byte CIFAR record",
-                p.display()
-            );
-        }
+        check_size(len, layout).with_context(|| format!("CIFAR file {}", p.display()))?;
         let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
         parse_records(&bytes, layout, &mut images, &mut labels)
             .with_context(|| format!("invalid CIFAR file {}", p.display()))?;
@@ -278,7 +278,8 @@ mod tests {
         std::fs::write(&p, &good[..good.len() - 1]).unwrap();
         let e = err(dir.path());
         assert!(
-            e.contains("data_batch_3.bin") && e.contains("not a positive multiple of the 3073"),
+            e.contains("data_batch_3.bin")
+                && e.contains("not a positive multiple of the 3073-byte record"),
             "{e}"
         );
         // Out-of-range label in the second record.

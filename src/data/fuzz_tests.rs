@@ -109,7 +109,7 @@ fn check_cifar(bytes: &[u8], layout: cifar::Layout) -> bool {
     let r = cifar::parse_records(bytes, layout, &mut images, &mut labels);
     let rec = layout.record_bytes();
     let valid = !bytes.is_empty()
-        && bytes.len() % rec == 0
+        && bytes.len().is_multiple_of(rec)
         && bytes.chunks(rec).all(|r| {
             r.iter()
                 .zip(&layout.label_ranges[..layout.label_bytes])
@@ -131,7 +131,7 @@ fn check_cifar(bytes: &[u8], layout: cifar::Layout) -> bool {
 fn check_stl(x: &[u8], y: &[u8]) -> bool {
     let r = stl::parse_labeled(x, y);
     let valid = !x.is_empty()
-        && x.len() % stl::IMAGE_BYTES == 0
+        && x.len().is_multiple_of(stl::IMAGE_BYTES)
         && y.len() == x.len() / stl::IMAGE_BYTES
         && y.iter().all(|b| (1..=10).contains(b));
     assert_eq!(r.is_ok(), valid, "{r:?}");

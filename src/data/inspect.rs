@@ -94,10 +94,10 @@ pub fn grid_rows(ds: &Dataset) -> (&Split, Vec<Vec<usize>>) {
     if (1..=10).contains(&ds.num_classes) && !ds.train.is_empty() {
         let mut rows = vec![Vec::new(); ds.num_classes];
         for (i, &l) in ds.train.labels.iter().enumerate() {
-            if let Some(r) = usize::try_from(l).ok().and_then(|l| rows.get_mut(l)) {
-                if r.len() < GRID_COLS {
-                    r.push(i);
-                }
+            if let Some(r) = usize::try_from(l).ok().and_then(|l| rows.get_mut(l))
+                && r.len() < GRID_COLS
+            {
+                r.push(i);
             }
         }
         return (&ds.train, rows);

@@ -39,7 +39,7 @@ pub fn append_chw(record: &[u8], out: &mut Vec<u8>) {
 
 /// Checks an `_X.bin` size: a positive multiple of the image size. Returns the image count.
 pub fn image_count(len: u64) -> Result<usize> {
-    if len == 0 || len % IMAGE_BYTES as u64 != 0 {
+    if len == 0 || !len.is_multiple_of(IMAGE_BYTES as u64) {
         bail!("size {len} bytes is not a positive multiple of the {IMAGE_BYTES}-byte STL-10 image");
     }
     Ok((len / IMAGE_BYTES as u64) as usize)
@@ -218,8 +218,8 @@ mod tests {
         // The subset is sorted, seeded, and each image is an exact unlabeled image.
         let ids: Vec<usize> = (0..4).map(|i| u.image(i)[0] as usize - 100).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-        for i in 0..4 {
-            assert_eq!(u.image(i), &image(100 + ids[i])[..]);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(u.image(i), &image(100 + id)[..]);
         }
         assert_eq!(load(dir.path(), 4, 7).unwrap().unlabeled, d.unlabeled);
         assert_eq!(
