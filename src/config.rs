@@ -21,7 +21,7 @@ pub struct Config {
     /// STL-10: pretrain on a seeded random subset of this many images of the 100k unlabeled
     /// split, read one by one from disk (0 = pretrain on the labeled train split instead).
     pub stl10_unlabeled: usize,
-    /// Image folders: images are scaled (shorter side) and centre-cropped to this square size.
+    /// Image folders: the central square of each image is scaled to this size.
     pub image_size: usize,
     /// Image folders: an image that cannot be decoded is an `error`, or is reported and `skip`ped.
     pub bad_images: String,

@@ -9,9 +9,9 @@
 //! Classes are the subfolder names in sorted order. Files other than `.png`, `.jpg` and
 //! `.jpeg` (any case) and names starting with `.` are ignored.
 //!
-//! Every image becomes RGB (grey and alpha images too) and `size` x `size`: it is scaled,
-//! keeping its aspect ratio, so that its shorter side is `size` (bilinear filter), then the
-//! centre is cropped. An image that cannot be decoded is an error naming the file, or, when
+//! Every image becomes RGB (grey and alpha images too) and `size` x `size`: its central
+//! square (as wide as its shorter side) is cut out and scaled to `size` (bilinear filter),
+//! which is the same as scaling the shorter side to `size` and cropping the centre. An image that cannot be decoded is an error naming the file, or, when
 //! `skip_bad` is set, reported on stderr and left out.
 
 use super::{Dataset, Split};
@@ -87,11 +87,14 @@ pub fn decode(path: &Path, size: usize) -> Result<Vec<u8>> {
     let img = reader
         .decode()
         .map_err(|e| anyhow!("unreadable image {}: {e}", path.display()))?;
-    let s = size as u32;
-    let rgb = if (img.width(), img.height()) == (s, s) {
-        img.to_rgb8()
+    // Cut the central square first, so that no aspect ratio makes a large intermediate.
+    let (w, h, s) = (img.width(), img.height(), size as u32);
+    let side = w.min(h);
+    let square = img.crop_imm((w - side) / 2, (h - side) / 2, side, side);
+    let rgb = if side == s {
+        square.to_rgb8()
     } else {
-        img.resize_to_fill(s, s, FilterType::Triangle).to_rgb8()
+        square.resize_exact(s, s, FilterType::Triangle).to_rgb8()
     };
     // HWC (interleaved RGB) -> CHW
     let hwc = rgb.as_raw();
@@ -290,6 +293,13 @@ mod tests {
         let px = decode(&q, 4).unwrap();
         assert_eq!(px.len(), 48);
         assert!(px.iter().all(|&v| v.abs_diff(128) <= 2), "{px:?}");
+        // An extreme aspect ratio: only the central 2x2 square (rows 999, 1000) is scaled.
+        let tall = RgbImage::from_fn(2, 2000, |x, y| Rgb([x as u8, (y / 8) as u8, 7]));
+        let r = dir.path().join("tall.png");
+        tall.save(&r).unwrap();
+        let px = decode(&r, 4).unwrap();
+        assert!(px[16..32].iter().all(|&g| g == 124 || g == 125), "{px:?}");
+        assert_eq!(&px[32..], &[7; 16]);
     }
 
     fn write_classes(root: &Path, per_class: usize) {
