@@ -11,5 +11,5 @@ parsers=("$@")
 [ ${#parsers[@]} -gt 0 ] || parsers=(idx cifar stl)
 for parser in "${parsers[@]}"; do
     SELFSUP_FUZZ_CASES="$cases" cargo test --release --lib "fuzz_${parser}_" -- --nocapture --test-threads 1 2>&1 |
-        grep -E 'inputs|test result|panicked'
+        grep --line-buffered -E 'inputs|test result|panicked'
 done
