@@ -1,7 +1,7 @@
 //! Subcommands. Parsing (clap) is kept apart from the validated settings (`Config`).
 
 use crate::config::Config;
-use crate::data::DataSpec;
+use crate::data::{DataOptions, DataSpec, inspect};
 use crate::train::{self, Model, checkpoint};
 use crate::{eval, methods, nets};
 use anyhow::{Context, Result, bail};
@@ -42,6 +42,21 @@ pub struct ConfigArgs {
     /// Override one config key, e.g. --set epochs=5 --set cnn_widths=[32,64]. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Data set, as the `data` key: fashion-mnist (default), fashion-mnist:DIR, mnist:DIR,
+    /// cifar10:DIR, cifar100:DIR, stl10:DIR, folder:DIR.
+    #[arg(long, value_name = "KIND:PATH")]
+    pub data: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The `--set` overrides, preceded by `data=...` when `--data` is given.
+    pub fn overrides(&self) -> Vec<String> {
+        let data = self.data.iter().map(|d| {
+            let quoted = toml::Value::String(d.clone()).to_string();
+            format!("data={quoted}")
+        });
+        data.chain(self.sets.iter().cloned()).collect()
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,6 +123,24 @@ pub enum Command {
         #[command(flatten)]
         cfg: ConfigArgs,
     },
+    /// Data set tools.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Load a data set; print its counts, image shape, channels and class histogram, and
+    /// write a PNG grid of sample images (one row per class when there are at most 10).
+    Inspect {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Where to write the PNG grid of samples.
+        #[arg(long, value_name = "FILE.png", default_value = "data-inspect.png")]
+        out: PathBuf,
+    },
 }
 
 /// Resolves `--device`.
@@ -143,14 +176,23 @@ fn build_config(args: &ConfigArgs, base: Config) -> Result<Config> {
         Some(p) => Config::from_toml_file(p)?,
         None => base,
     };
-    let cfg = base.with_overrides(&args.sets)?;
+    let cfg = base.with_overrides(&args.overrides())?;
     cfg.validate()?;
     Ok(cfg)
 }
 
 fn load_data(cfg: &Config) -> Result<crate::data::Dataset> {
     let spec = DataSpec::parse(&cfg.data).context("option data")?;
-    spec.load()
+    spec.load(&DataOptions::from_config(cfg))
+}
+
+fn data_inspect(args: &ConfigArgs, out: &Path) -> Result<()> {
+    let cfg = build_config(args, Config::default())?;
+    let ds = load_data(&cfg)?;
+    print!("{}", inspect::describe(&ds));
+    inspect::write_grid(&ds, out)?;
+    println!("sample grid -> {}", out.display());
+    Ok(())
 }
 
 fn pct(x: f64) -> String {
@@ -192,6 +234,9 @@ pub fn run(cli: Cli) -> Result<()> {
             resume,
             quiet,
         } => pretrain(method, &cfg, &out, resume, quiet, device),
+        Command::Data {
+            command: DataCommand::Inspect { cfg, out },
+        } => data_inspect(&cfg, &out),
         Command::Eval { run, baseline, cfg } => match (run, baseline) {
             (Some(run), None) => eval_run(&run, &cfg, device),
             (None, Some(b)) => eval_baseline(&b, &cfg, device),
@@ -219,7 +264,7 @@ fn pretrain(
                 );
             }
         }
-        let cfg = saved.with_overrides(&args.sets)?;
+        let cfg = saved.with_overrides(&args.overrides())?;
         cfg.validate()?;
         cfg
     } else {
@@ -228,21 +273,22 @@ fn pretrain(
         };
         methods::find(&method)?;
         let mut sets = vec![format!("method=\"{method}\"")];
-        sets.extend(args.sets.iter().cloned());
+        sets.extend(args.overrides());
         build_config(
             &ConfigArgs {
                 config: args.config.clone(),
                 sets,
+                data: None,
             },
             Config::default(),
         )?
     };
     let ds = load_data(&cfg)?;
     eprintln!(
-        "pretrain {} on {} ({} train images{}), encoder {}, {} epochs, device {:?}",
+        "pretrain {} on {} ({} images{}), encoder {}, {} epochs, device {:?}",
         cfg.method,
         ds.name,
-        ds.train.len().min(if cfg.train_subset == 0 {
+        ds.pretrain_split().len().min(if cfg.train_subset == 0 {
             usize::MAX
         } else {
             cfg.train_subset
@@ -291,6 +337,11 @@ fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
             "eval --run takes its config from the run; use --set for the eval keys {EVAL_KEYS:?}"
         );
     }
+    if args.data.is_some() {
+        bail!(
+            "eval --run evaluates on the data of the run; --data applies to pretrain and --baseline"
+        );
+    }
     for s in &args.sets {
         let key = s.split_once('=').map(|(k, _)| k.trim()).unwrap_or(s);
         if !EVAL_KEYS.contains(&key) {
@@ -301,6 +352,7 @@ fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     let cfg = ck.meta.config.with_overrides(&args.sets)?;
     cfg.validate()?;
     let ds = load_data(&cfg)?;
+    ds.require_labels()?;
     let model = Model::build(&cfg, &train::data_info(&ds), device)?;
     checkpoint::load_into(&model.vs, &ck.model)
         .with_context(|| format!("{}", run.join(checkpoint::FILE_NAME).display()))?;
@@ -319,6 +371,7 @@ fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
 fn eval_baseline(which: &str, args: &ConfigArgs, device: Device) -> Result<()> {
     let cfg = build_config(args, Config::default())?;
     let ds = load_data(&cfg)?;
+    ds.require_labels()?;
     let t0 = Instant::now();
     let scores = match which {
         "raw" => {

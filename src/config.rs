@@ -11,10 +11,20 @@ use std::path::Path;
 pub struct Config {
     /// Pretraining method, a name from `selfsup methods`.
     pub method: String,
-    /// Data set: `fashion-mnist` (Debian's package), `fashion-mnist:DIR` or `mnist:DIR`.
+    /// Data set, `KIND[:DIR]`: `fashion-mnist` (Debian's package), `fashion-mnist:DIR`,
+    /// `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, `stl10:DIR` or `folder:DIR`.
     pub data: String,
-    /// Use only this many training images (a seeded random subset); 0 means all.
+    /// Use only this many pretraining images (a seeded random subset); 0 means all.
     pub train_subset: usize,
+    /// CIFAR-100 labels: `fine` (100 classes) or `coarse` (20 superclasses).
+    pub cifar100_labels: String,
+    /// STL-10: pretrain on a seeded random subset of this many images of the 100k unlabeled
+    /// split, read one by one from disk (0 = pretrain on the labeled train split instead).
+    pub stl10_unlabeled: usize,
+    /// Image folders: the central square of each image is scaled to this size.
+    pub image_size: usize,
+    /// Image folders: an image that cannot be decoded is an `error`, or is reported and `skip`ped.
+    pub bad_images: String,
 
     /// Encoder: `cnn` (small CNN for 28x28-ish inputs) or `resnet18` (CIFAR-style ResNet-18).
     pub encoder: String,
@@ -109,6 +119,10 @@ impl Default for Config {
             method: String::new(),
             data: "fashion-mnist".into(),
             train_subset: 0,
+            cifar100_labels: "fine".into(),
+            stl10_unlabeled: 10_000,
+            image_size: 32,
+            bad_images: "error".into(),
             encoder: "cnn".into(),
             cnn_widths: vec![32, 64, 128],
             resnet_width: 1.0,
@@ -164,6 +178,8 @@ pub const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw"];
 pub const ENCODERS: &[&str] = &["cnn", "resnet18"];
 pub const NOISES: &[&str] = &["gaussian", "masking"];
 pub const CPC_CONTEXTS: &[&str] = &["masked-conv", "gru"];
+pub const CIFAR100_LABELS: &[&str] = &["fine", "coarse"];
+pub const BAD_IMAGES: &[&str] = &["error", "skip"];
 
 impl Config {
     /// Reads a TOML file (keys as in this struct; unknown keys are an error).
@@ -220,6 +236,14 @@ impl Config {
         one_of("encoder", &self.encoder, ENCODERS)?;
         one_of("optimizer", &self.optimizer, OPTIMIZERS)?;
         one_of("noise", &self.noise, NOISES)?;
+        one_of("cifar100_labels", &self.cifar100_labels, CIFAR100_LABELS)?;
+        one_of("bad_images", &self.bad_images, BAD_IMAGES)?;
+        if self.image_size == 0 || self.image_size > 1024 {
+            bail!(
+                "option image_size = {} must be in 1..=1024",
+                self.image_size
+            );
+        }
         if self.cnn_widths.is_empty() || self.cnn_widths.iter().any(|&w| w < 1 || w > 4096) {
             bail!(
                 "option cnn_widths = {:?} must be a non-empty list of widths in 1..=4096",

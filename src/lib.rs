@@ -11,3 +11,12 @@ pub mod losses;
 pub mod methods;
 pub mod nets;
 pub mod train;
+
+/// Tests that seed or draw from libtorch's global random generator hold this lock, so that
+/// tests running on parallel threads cannot interleave their draws (the exact-resume test
+/// needs a run to be reproducible).
+#[cfg(test)]
+pub(crate) fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -171,6 +171,7 @@ mod tests {
 
     #[test]
     fn info_nce_gradient_matches_finite_differences() {
+        let _rng = crate::torch_rng_lock();
         tch::manual_seed(5);
         let opts = (Kind::Double, tch::Device::Cpu);
         let q = Tensor::randn([3, 4], opts);
@@ -212,6 +213,7 @@ mod tests {
 
     #[test]
     fn nt_xent_and_cosine_gradients_match_finite_differences() {
+        let _rng = crate::torch_rng_lock();
         tch::manual_seed(9);
         let opts = (Kind::Double, tch::Device::Cpu);
         let z1 = Tensor::randn([3, 4], opts);
@@ -232,6 +234,7 @@ mod tests {
 
     #[test]
     fn info_nce_batch_matches_hand_computation() {
+        let _rng = crate::torch_rng_lock();
         // q = k = [e1, e2], T = 1: each row -log(e / (e + 1)).
         let e = Tensor::eye(2, (Kind::Float, tch::Device::Cpu));
         let want = -(1f64.exp() / (1f64.exp() + 1.0)).ln();

@@ -192,6 +192,18 @@ fn bad_options_get_clear_errors() {
             "/no/such.toml",
         ),
         (&["--threads", "0", "methods"], "--threads 0"),
+        (
+            &["data", "inspect", "--data", "cifar10"],
+            "cifar10 needs a folder",
+        ),
+        (
+            &["data", "inspect", "--data", "stl10:/no/such/stl"],
+            "/no/such/stl",
+        ),
+        (
+            &["eval", "--run", "/tmp/x", "--data", "mnist:/tmp"],
+            "--data",
+        ),
     ];
     for (args, want) in cases {
         let o = selfsup(args);
@@ -209,5 +221,164 @@ fn methods_lists_the_registry() {
     assert!(
         out.contains("autoencoder") && out.contains("denoising-autoencoder"),
         "{out}"
+    );
+}
+
+/// Tiny CIFAR-10 (one record per file), STL-10 and image folders, each with a known first
+/// image, for `data inspect` and `--data`.
+fn write_tiny_formats(root: &Path) {
+    let cifar = root.join("cifar10");
+    std::fs::create_dir_all(&cifar).unwrap();
+    for (i, name) in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+    ]
+    .iter()
+    .chain(&["data_batch_5", "test_batch"])
+    .enumerate()
+    {
+        let mut rec = vec![i as u8];
+        rec.extend((0..3072).map(|p| if p < 1024 { 200 } else { 10 })); // red
+        std::fs::write(cifar.join(format!("{name}.bin")), rec).unwrap();
+    }
+    let stl = root.join("stl10").join("stl10_binary");
+    std::fs::create_dir_all(&stl).unwrap();
+    let stl_images = |n: usize| vec![90u8; n * 27648];
+    std::fs::write(stl.join("train_X.bin"), stl_images(2)).unwrap();
+    std::fs::write(stl.join("train_y.bin"), [1, 10]).unwrap();
+    std::fs::write(stl.join("test_X.bin"), stl_images(1)).unwrap();
+    std::fs::write(stl.join("test_y.bin"), [5]).unwrap();
+    std::fs::write(stl.join("unlabeled_X.bin"), stl_images(3)).unwrap();
+    for (class, colour) in [("apples", [220, 30, 30]), ("leaves", [30, 200, 30])] {
+        let d = root.join("folder").join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..5u32 {
+            image::RgbImage::from_fn(12 + i, 10, |_, _| image::Rgb(colour))
+                .save(d.join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    let flat = root.join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    for i in 0..16u8 {
+        image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y) as u8 + i]))
+            .save(flat.join(format!("{i:02}.png")))
+            .unwrap();
+    }
+}
+
+#[test]
+fn data_inspect_works_on_every_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_tiny_formats(tmp.path());
+    let mnist = tmp.path().join("mnist");
+    std::fs::create_dir(&mnist).unwrap();
+    write_tiny_mnist(&mnist);
+    // (kind, folder, counts, shape)
+    let cases = [
+        (
+            "mnist",
+            "mnist",
+            "128 train / 40 test / 0 unlabeled",
+            "[1, 8, 8]",
+        ),
+        (
+            "cifar10",
+            "cifar10",
+            "5 train / 1 test / 0 unlabeled",
+            "[3, 32, 32]",
+        ),
+        (
+            "stl10",
+            "stl10",
+            "2 train / 1 test / 3 unlabeled",
+            "[3, 96, 96]",
+        ),
+        (
+            "folder",
+            "folder",
+            "8 train / 2 test / 0 unlabeled",
+            "[3, 32, 32]",
+        ),
+        (
+            "folder",
+            "flat",
+            "0 train / 0 test / 16 unlabeled",
+            "[3, 32, 32]",
+        ),
+    ];
+    let at = |p: &str| tmp.path().join(p).display().to_string();
+    for (i, (kind, dir, counts, shape)) in cases.iter().enumerate() {
+        let spec = &format!("{kind}:{}", at(dir));
+        let png = tmp.path().join(format!("grid{i}.png"));
+        let o = selfsup(&[
+            "data",
+            "inspect",
+            "--data",
+            spec,
+            "--out",
+            png.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{spec}: {}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains(counts) && out.contains(shape), "{spec}: {out}");
+        let grid = image::open(&png).unwrap().to_rgb8();
+        assert!(grid.width() > 100, "{spec}");
+    }
+    // CIFAR: the first image is all red (200, 10, 10); its cell starts at (2, 2).
+    let grid = image::open(tmp.path().join("grid1.png")).unwrap().to_rgb8();
+    assert_eq!(grid.get_pixel(2, 2).0, [200, 10, 10]);
+    // The folder's class histogram, and the --set path for the same key.
+    let o = selfsup(&[
+        "data",
+        "inspect",
+        "--set",
+        &format!("data=folder:{}", at("folder")),
+        "--set",
+        "image_size=8",
+        "--out",
+        tmp.path().join("g.png").to_str().unwrap(),
+    ]);
+    let out = stdout(&o);
+    assert!(out.contains("[3, 8, 8]") && out.contains("apples"), "{out}");
+}
+
+#[test]
+fn pretrain_on_an_unlabeled_folder_and_refuse_to_evaluate_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_tiny_formats(tmp.path());
+    let flat = format!("folder:{}", tmp.path().join("flat").display());
+    let run = tmp.path().join("run");
+    let o = selfsup(&[
+        "--device",
+        "cpu",
+        "pretrain",
+        "--quiet",
+        "--method",
+        "autoencoder",
+        "--data",
+        &flat,
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "image_size=8",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "epochs=1",
+        "--set",
+        "cnn_widths=[4, 8]",
+        "--set",
+        "decoder_widths=[8, 4]",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("1 epochs, 2 steps"), "{}", stdout(&o));
+    let o = selfsup(&["eval", "--baseline", "raw", "--data", &flat]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("cannot be evaluated"),
+        "{}",
+        stderr(&o)
     );
 }

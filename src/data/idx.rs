@@ -23,19 +23,21 @@ const READ_CHUNK: usize = 1 << 20;
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot open IDX file {}", path.display()))?;
-    let mut reader = BufReader::new(file);
+    parse_idx_maybe_gz(BufReader::new(file))
+        .with_context(|| format!("invalid IDX file {}", path.display()))
+}
+
+/// Parses an IDX stream, decompressing it first when it starts with the gzip magic number.
+pub fn parse_idx_maybe_gz<R: Read>(mut reader: R) -> Result<IdxArray> {
     let mut magic = [0u8; 2];
-    let n = read_up_to(&mut reader, &mut magic)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let n = read_up_to(&mut reader, &mut magic).context("cannot read")?;
     let gz = n == 2 && magic == [0x1f, 0x8b];
-    let prefix = std::io::Cursor::new(magic[..n].to_vec());
-    let chained = prefix.chain(reader);
-    let result = if gz {
+    let chained = std::io::Cursor::new(magic[..n].to_vec()).chain(reader);
+    if gz {
         parse_idx(GzDecoder::new(chained))
     } else {
         parse_idx(chained)
-    };
-    result.with_context(|| format!("invalid IDX file {}", path.display()))
+    }
 }
 
 /// Parses an IDX stream (already decompressed).

@@ -1,7 +1,14 @@
-//! Data sets (u8 images with labels, split into train and test) and the batch loader.
+//! Data sets (u8 images with labels, split into train and test, and optionally an
+//! unlabeled split for pretraining) and the batch loader.
 
+pub mod cifar;
+pub mod folder;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod idx;
+pub mod inspect;
 pub mod loader;
+pub mod stl;
 
 pub use loader::{Batch, Loader, epoch_order};
 
@@ -13,7 +20,7 @@ use std::path::{Path, PathBuf};
 /// Where Debian's `dataset-fashion-mnist` package puts the IDX files.
 pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
-/// Images stored as u8, `[N, C, H, W]` row-major, with one label each.
+/// Images stored as u8, `[N, C, H, W]` row-major, with one label each (-1 = no label).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
     pub images: Vec<u8>,
@@ -82,10 +89,52 @@ impl Split {
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub name: String,
+    /// Labeled splits (for the evaluation; also for pretraining when `unlabeled` is None).
     pub train: Split,
     pub test: Split,
+    /// Images without labels (label -1) to pretrain on instead of `train`: STL-10's
+    /// unlabeled split, or a flat image folder.
+    pub unlabeled: Option<Split>,
     pub num_classes: usize,
     pub class_names: Vec<String>,
+}
+
+impl Dataset {
+    /// The split that pretraining uses: `unlabeled` when there is one, else `train`.
+    pub fn pretrain_split(&self) -> &Split {
+        self.unlabeled.as_ref().unwrap_or(&self.train)
+    }
+
+    /// Fails unless there are labeled train and test images, as the evaluation needs.
+    pub fn require_labels(&self) -> Result<()> {
+        if self.num_classes == 0 || self.train.is_empty() || self.test.is_empty() {
+            bail!(
+                "{} has no labeled train and test images ({} / {}), so it cannot be evaluated; \
+                 use class folders for an image folder",
+                self.name,
+                self.train.len(),
+                self.test.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `"0"`, `"1"`, ... as class names.
+pub fn numbered_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| i.to_string()).collect()
+}
+
+/// `dir` itself when it holds `marker`, else its subfolder `sub` when that does (the folder
+/// a data set's archive unpacks to); `dir` when neither does (the caller names the missing file).
+pub fn find_dir_with(dir: &Path, sub: &str, marker: &str) -> Result<PathBuf> {
+    if !dir.is_dir() {
+        bail!("data folder {} does not exist", dir.display());
+    }
+    if !dir.join(marker).exists() && dir.join(sub).join(marker).exists() {
+        return Ok(dir.join(sub));
+    }
+    Ok(dir.to_path_buf())
 }
 
 pub const FASHION_MNIST_CLASSES: [&str; 10] = [
@@ -106,9 +155,46 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 pub enum DataSpec {
     FashionMnist(PathBuf),
     Mnist(PathBuf),
+    Cifar10(PathBuf),
+    Cifar100(PathBuf),
+    Stl10(PathBuf),
+    Folder(PathBuf),
 }
 
-pub const DATA_KINDS: &str = "fashion-mnist, fashion-mnist:DIR, mnist:DIR";
+pub const DATA_KINDS: &str =
+    "fashion-mnist, fashion-mnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR, stl10:DIR, folder:DIR";
+
+/// The config keys that shape how a data set is read (see `Config` for their meaning).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataOptions {
+    /// CIFAR-100: the 100 fine labels (true) or the 20 coarse ones.
+    pub cifar100_fine: bool,
+    /// STL-10: unlabeled images to read for pretraining (0 = pretrain on the train split).
+    pub stl10_unlabeled: usize,
+    pub folder: folder::FolderOptions,
+    /// Seeds the choice of the STL-10 unlabeled subset.
+    pub seed: u64,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions::from_config(&crate::config::Config::default())
+    }
+}
+
+impl DataOptions {
+    pub fn from_config(cfg: &crate::config::Config) -> DataOptions {
+        DataOptions {
+            cifar100_fine: cfg.cifar100_labels != "coarse",
+            stl10_unlabeled: cfg.stl10_unlabeled,
+            folder: folder::FolderOptions {
+                size: cfg.image_size,
+                skip_bad: cfg.bad_images == "skip",
+            },
+            seed: cfg.seed,
+        }
+    }
+}
 
 impl DataSpec {
     pub fn parse(s: &str) -> Result<DataSpec> {
@@ -116,16 +202,25 @@ impl DataSpec {
             Some((k, p)) => (k, Some(p)),
             None => (s, None),
         };
-        match (kind, path) {
-            ("fashion-mnist", None) => Ok(DataSpec::FashionMnist(DEBIAN_FASHION_MNIST.into())),
-            ("fashion-mnist", Some(p)) if !p.is_empty() => Ok(DataSpec::FashionMnist(p.into())),
-            ("mnist", Some(p)) if !p.is_empty() => Ok(DataSpec::Mnist(p.into())),
-            ("mnist", _) => bail!("data '{s}': mnist needs a folder, as mnist:DIR"),
+        let make: fn(PathBuf) -> DataSpec = match kind {
+            "fashion-mnist" if path.is_none() => {
+                return Ok(DataSpec::FashionMnist(DEBIAN_FASHION_MNIST.into()));
+            }
+            "fashion-mnist" => DataSpec::FashionMnist,
+            "mnist" => DataSpec::Mnist,
+            "cifar10" => DataSpec::Cifar10,
+            "cifar100" => DataSpec::Cifar100,
+            "stl10" => DataSpec::Stl10,
+            "folder" => DataSpec::Folder,
             _ => bail!("data '{s}' is not understood; expected one of: {DATA_KINDS}"),
+        };
+        match path {
+            Some(p) if !p.is_empty() => Ok(make(p.into())),
+            _ => bail!("data '{s}': {kind} needs a folder, as {kind}:DIR"),
         }
     }
 
-    pub fn load(&self) -> Result<Dataset> {
+    pub fn load(&self, opts: &DataOptions) -> Result<Dataset> {
         match self {
             DataSpec::FashionMnist(dir) => {
                 let names = FASHION_MNIST_CLASSES
@@ -134,9 +229,11 @@ impl DataSpec {
                     .collect();
                 load_mnist_dir("fashion-mnist", dir, names)
             }
-            DataSpec::Mnist(dir) => {
-                load_mnist_dir("mnist", dir, (0..10).map(|d| d.to_string()).collect())
-            }
+            DataSpec::Mnist(dir) => load_mnist_dir("mnist", dir, numbered_names(10)),
+            DataSpec::Cifar10(dir) => cifar::load_cifar10(dir),
+            DataSpec::Cifar100(dir) => cifar::load_cifar100(dir, opts.cifar100_fine),
+            DataSpec::Stl10(dir) => stl::load(dir, opts.stl10_unlabeled, opts.seed),
+            DataSpec::Folder(dir) => folder::load(dir, opts.folder),
         }
     }
 }
@@ -213,6 +310,7 @@ pub fn load_mnist_dir(name: &str, dir: &Path, class_names: Vec<String>) -> Resul
         name: name.to_string(),
         train,
         test,
+        unlabeled: None,
         num_classes,
         class_names,
     })
@@ -253,7 +351,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_mnist_dir(dir.path(), 12, 5, false);
         let spec = DataSpec::parse(&format!("mnist:{}", dir.path().display())).unwrap();
-        let d = spec.load().unwrap();
+        let d = spec.load(&DataOptions::default()).unwrap();
         assert_eq!(
             (d.train.len(), d.test.len(), d.train.shape),
             (12, 5, [1, 4, 4])
@@ -287,7 +385,7 @@ mod tests {
             "{:#}",
             DataSpec::parse("mnist:/no/such/dir")
                 .unwrap()
-                .load()
+                .load(&DataOptions::default())
                 .unwrap_err()
         );
         assert!(e.contains("/no/such/dir"), "{e}");

@@ -279,6 +279,7 @@ mod tests {
 
     #[test]
     fn context_never_sees_rows_below() {
+        let _rng = crate::torch_rng_lock();
         tch::manual_seed(0);
         for (_vs, ctx) in contexts() {
             let z = Tensor::randn([2, 5, 6, 4], (Kind::Float, Device::Cpu));
@@ -344,6 +345,7 @@ mod tests {
 
     #[test]
     fn cpc_trains_and_evaluates_on_pooled_codes() {
+        let _rng = crate::torch_rng_lock();
         let cfg = Config {
             method: "cpc".into(),
             cnn_widths: vec![4, 8],

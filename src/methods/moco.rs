@@ -192,6 +192,7 @@ mod tests {
 
     #[test]
     fn a_step_enqueues_keys_and_moves_the_key_encoder_by_ema() {
+        let _rng = crate::torch_rng_lock();
         let cfg = Config {
             method: "moco-v2".into(),
             cnn_widths: vec![4, 8],

@@ -72,6 +72,7 @@ mod tests {
 
     #[test]
     fn simclr_trains_on_two_views_and_its_loss_falls() {
+        let _rng = crate::torch_rng_lock();
         let ds = crate::train::tests::tiny_dataset();
         let cfg = Config {
             epochs: 6,

@@ -145,6 +145,7 @@ mod tests {
 
     #[test]
     fn resnet18_has_the_reference_parameter_count() {
+        let _rng = crate::torch_rng_lock();
         // CIFAR ResNet-18 (3x3 stem, no max-pool) without its 10-way classifier:
         // 11,173,962 parameters in total minus 512*10 + 10 for the classifier.
         let cfg = Config {
@@ -167,6 +168,7 @@ mod tests {
 
     #[test]
     fn encoders_map_images_to_vectors() {
+        let _rng = crate::torch_rng_lock();
         let x = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
         let (_, cnn) = encoder(&Config::default(), 1);
         assert_eq!(cnn.forward_t(&x, true).size(), vec![2, 128]);
@@ -181,6 +183,7 @@ mod tests {
 
     #[test]
     fn decoder_restores_the_image_shape() {
+        let _rng = crate::torch_rng_lock();
         let vs = nn::VarStore::new(Device::Cpu);
         let d = Decoder::new(&vs.root(), 16, &[8, 4], [3, 32, 32]).unwrap();
         let y = d.forward_t(&Tensor::randn([5, 16], (Kind::Float, Device::Cpu)), true);
@@ -197,6 +200,7 @@ mod tests {
 
     #[test]
     fn split_bn_forward_restores_order_and_uses_sub_batch_statistics() {
+        let _rng = crate::torch_rng_lock();
         let x = Tensor::arange(8, (Kind::Float, Device::Cpu)).view([8, 1]);
         // f subtracts the sub-batch mean: with 2 unshuffled groups, [0..4) and [4..8) each lose 1.5 and 5.5.
         let f = |t: &Tensor| t - t.mean(Kind::Float);

@@ -36,7 +36,7 @@ impl Model {
 }
 
 pub fn data_info(ds: &Dataset) -> DataInfo {
-    let [c, h, w] = ds.train.shape.map(|d| d as i64);
+    let [c, h, w] = ds.pretrain_split().shape.map(|d| d as i64);
     DataInfo {
         shape: [c, h, w],
         num_classes: ds.num_classes as i64,
@@ -84,7 +84,7 @@ pub fn pretrain(
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run folder {}", out.display()))?;
     let ckpt_path = out.join(checkpoint::FILE_NAME);
-    let train = Arc::new(ds.train.subset(cfg.train_subset, cfg.seed));
+    let train = Arc::new(ds.pretrain_split().subset(cfg.train_subset, cfg.seed));
     let spe = steps_per_epoch(train.len(), cfg.batch_size);
     if spe == 0 {
         bail!(
@@ -259,6 +259,7 @@ pub(crate) mod tests {
             name: "tiny".into(),
             train: make(96, 0),
             test: make(32, 1),
+            unlabeled: None,
             num_classes: 4,
             class_names: vec![],
         }
@@ -303,6 +304,7 @@ pub(crate) mod tests {
 
     #[test]
     fn autoencoder_loss_decreases() {
+        let _rng = crate::torch_rng_lock();
         let dir = tempfile::tempdir().unwrap();
         let cfg = Config {
             epochs: 12,
@@ -317,6 +319,7 @@ pub(crate) mod tests {
 
     #[test]
     fn checkpoint_round_trip_gives_equal_weights() {
+        let _rng = crate::torch_rng_lock();
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
         let cfg = Config {
@@ -365,6 +368,7 @@ pub(crate) mod tests {
 
     #[test]
     fn checkpoint_rejects_mismatched_models_and_garbage() {
+        let _rng = crate::torch_rng_lock();
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
         let cfg = Config {
@@ -401,6 +405,7 @@ pub(crate) mod tests {
 
     #[test]
     fn resume_continues_steps_schedule_and_state_exactly() {
+        let _rng = crate::torch_rng_lock();
         let ds = tiny_dataset();
         let cfg = tiny_config("denoising-autoencoder");
         // One uninterrupted run of 4 epochs.
@@ -461,6 +466,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_registered_method_trains_checkpoints_and_resumes() {
+        let _rng = crate::torch_rng_lock();
         let ds = tiny_dataset();
         for spec in methods::REGISTRY {
             let cfg = Config {
