@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::Device;
+use tch::{Device, Tensor};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,6 +105,33 @@ pub enum Command {
         /// Output file (.safetensors).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+    /// Write a run's encoder features of one split as NumPy files (embeddings_SPLIT.npy
+    /// [N, D] float32, labels_SPLIT.npy [N] int64).
+    Embed {
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+        #[arg(long, value_parser = ["train", "test"], default_value = "test")]
+        split: String,
+        /// Output folder.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Nearest-neighbour picture: each row a test image and its k nearest training images
+    /// in the representation space (cosine), framed green when the label matches.
+    Neighbors {
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+        /// Number of query images (rows), chosen with --seed.
+        #[arg(long, default_value_t = 8)]
+        queries: usize,
+        #[arg(long, default_value_t = 8)]
+        k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// PNG to write (default: RUN/neighbors.png).
+        #[arg(long, value_name = "FILE.png")]
+        out: Option<PathBuf>,
     },
     /// List the pretraining methods.
     Methods,
@@ -219,6 +246,14 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Export { run, out } => export(&run, &out, device),
+        Command::Embed { run, split, out } => embed(&run, &split, &out, device),
+        Command::Neighbors {
+            run,
+            queries,
+            k,
+            seed,
+            out,
+        } => neighbors(&run, queries, k, seed, out, device),
         Command::BenchAugment { images, python } => bench_augment(images, python),
         Command::Config { cfg } => {
             print!(
@@ -348,20 +383,19 @@ fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
             bail!("--set {s}: only the eval keys {EVAL_KEYS:?} can change when evaluating a run");
         }
     }
-    let ck = checkpoint::load(run)?;
-    let cfg = ck.meta.config.with_overrides(&args.sets)?;
-    cfg.validate()?;
-    let ds = load_data(&cfg)?;
+    let LoadedRun {
+        cfg,
+        meta,
+        ds,
+        model,
+    } = load_run(run, &args.sets, device)?;
     ds.require_labels()?;
-    let model = Model::build(&cfg, &train::data_info(&ds), device)?;
-    checkpoint::load_into(&model.vs, &ck.model)
-        .with_context(|| format!("{}", run.join(checkpoint::FILE_NAME).display()))?;
     let t0 = Instant::now();
     let scores = eval::evaluate_encoder(model.method.encoder(), &ds, &cfg, device);
-    let label = format!("{} ({} epochs)", cfg.method, ck.meta.epoch);
+    let label = format!("{} ({} epochs)", cfg.method, meta.epoch);
     report(&label, &ds, &scores, t0.elapsed().as_secs_f64());
     let json = serde_json::json!({
-        "method": cfg.method, "data": cfg.data, "epochs": ck.meta.epoch, "pretrain_seconds": ck.meta.wall_seconds,
+        "method": cfg.method, "data": cfg.data, "epochs": meta.epoch, "pretrain_seconds": meta.wall_seconds,
         "encoder_parameters": nets::parameter_count(&model.vs, "encoder."), "scores": scores,
     });
     std::fs::write(run.join("eval.json"), serde_json::to_string_pretty(&json)?)?;
@@ -398,19 +432,110 @@ fn eval_baseline(which: &str, args: &ConfigArgs, device: Device) -> Result<()> {
     Ok(())
 }
 
-fn export(run: &Path, out: &Path, device: Device) -> Result<()> {
+/// A saved run rebuilt: its config (with `sets` applied), its data, and its model holding
+/// the checkpoint's weights.
+struct LoadedRun {
+    cfg: Config,
+    meta: checkpoint::Meta,
+    ds: crate::data::Dataset,
+    model: Model,
+}
+
+fn load_run(run: &Path, sets: &[String], device: Device) -> Result<LoadedRun> {
     let ck = checkpoint::load(run)?;
-    let cfg = ck.meta.config;
+    let cfg = ck.meta.config.with_overrides(sets)?;
+    cfg.validate()?;
     let ds = load_data(&cfg)?;
     let model = Model::build(&cfg, &train::data_info(&ds), device)?;
     checkpoint::load_into(&model.vs, &ck.model)
         .with_context(|| format!("{}", run.join(checkpoint::FILE_NAME).display()))?;
+    Ok(LoadedRun {
+        cfg,
+        meta: ck.meta,
+        ds,
+        model,
+    })
+}
+
+fn export(run: &Path, out: &Path, device: Device) -> Result<()> {
+    let LoadedRun { cfg, ds, model, .. } = load_run(run, &[], device)?;
     nets::export::write_encoder(out, &model.vs.variables(), &cfg, ds.train.shape[0] as i64)?;
     println!(
         "wrote the {} encoder of {} ({} parameters) to {}",
         cfg.encoder,
         run.display(),
         nets::parameter_count(&model.vs, "encoder."),
+        out.display()
+    );
+    Ok(())
+}
+
+fn embed(run: &Path, split: &str, out: &Path, device: Device) -> Result<()> {
+    let LoadedRun { ds, model, .. } = load_run(run, &[], device)?;
+    let data = Arc::new(match split {
+        "train" => ds.train.clone(),
+        "test" => ds.test.clone(),
+        other => bail!("--split '{other}' is not one of train, test"),
+    });
+    if data.is_empty() {
+        bail!("the {split} split of {} is empty", ds.name);
+    }
+    let (f, l) = eval::encoder_features(model.method.encoder(), &data, 512, device);
+    let (fp, lp) = eval::embed::write_embeddings(out, split, &f, &l)?;
+    println!(
+        "wrote {} x {} embeddings to {} and labels to {}",
+        f.size()[0],
+        f.size()[1],
+        fp.display(),
+        lp.display()
+    );
+    Ok(())
+}
+
+fn neighbors(
+    run: &Path,
+    queries: usize,
+    k: usize,
+    seed: u64,
+    out: Option<PathBuf>,
+    device: Device,
+) -> Result<()> {
+    use eval::neighbors as nb;
+    if queries == 0 || k == 0 || queries > 1000 || k > 100 {
+        bail!("--queries {queries} and --k {k} must be in 1..=1000 and 1..=100");
+    }
+    let LoadedRun { ds, model, .. } = load_run(run, &[], device)?;
+    ds.require_labels()?;
+    let (train, test) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
+    let enc = model.method.encoder();
+    let (ftr, _) = eval::encoder_features(enc, &train, 512, device);
+    let (fte, _) = eval::encoder_features(enc, &test, 512, device);
+    let q = nb::choose_queries(test.len(), queries, seed);
+    let idx =
+        Tensor::from_slice(&q.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
+    let nn = nb::nearest(&ftr, &fte.index_select(0, &idx), k as i64);
+    let out = out.unwrap_or_else(|| run.join("neighbors.png"));
+    nb::neighbor_grid(&train, &test, &q, &nn)
+        .save_with_format(&out, image::ImageFormat::Png)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let name = |l: i64| {
+        ds.class_names
+            .get(l as usize)
+            .cloned()
+            .unwrap_or_else(|| l.to_string())
+    };
+    let (mut same, mut total) = (0, 0);
+    for (&qi, row) in q.iter().zip(&nn) {
+        let labels: Vec<String> = row.iter().map(|&i| name(train.labels[i])).collect();
+        same += row
+            .iter()
+            .filter(|&&i| train.labels[i] == test.labels[qi])
+            .count();
+        total += row.len();
+        println!("{:<14} -> {}", name(test.labels[qi]), labels.join(", "));
+    }
+    println!(
+        "{same}/{total} neighbours share the query's label; grid (query framed blue, same label green, other red) -> {}",
         out.display()
     );
     Ok(())

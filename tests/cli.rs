@@ -128,6 +128,61 @@ fn pretrain_then_eval_on_a_tiny_folder() {
     let top1 = eval["scores"]["linear_top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1));
 
+    // Embeddings as .npy, neighbour pictures and PyTorch weights from the same run.
+    let emb = tmp.path().join("emb");
+    let o = selfsup(&[
+        "embed",
+        "--run",
+        run.to_str().unwrap(),
+        "--split",
+        "test",
+        "--out",
+        emb.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let npy = std::fs::read(emb.join("embeddings_test.npy")).unwrap();
+    assert!(
+        npy.starts_with(b"\x93NUMPY") && String::from_utf8_lossy(&npy[..128]).contains("(40, 8,"),
+        "{:?}",
+        &npy[..64]
+    );
+    let o = selfsup(&[
+        "neighbors",
+        "--run",
+        run.to_str().unwrap(),
+        "--queries",
+        "3",
+        "--k",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("/12 neighbours share the query's label"),
+        "{}",
+        stdout(&o)
+    );
+    let png = image::open(run.join("neighbors.png")).unwrap();
+    assert_eq!(
+        (png.width(), png.height()),
+        (2 + 5 * 66, 2 + 3 * 66),
+        "8x8 tiles enlarged to 64 px"
+    );
+    let o = selfsup(&["neighbors", "--run", run.to_str().unwrap(), "--k", "0"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--k 0"),
+        "{}",
+        stderr(&o)
+    );
+    let weights = tmp.path().join("enc.safetensors");
+    let o = selfsup(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        weights.to_str().unwrap(),
+    ]);
+    assert!(o.status.success() && weights.is_file(), "{}", stderr(&o));
+
     // Raw pixels separate these four classes perfectly with a linear probe.
     let o = selfsup(&[
         "eval",

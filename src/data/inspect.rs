@@ -112,31 +112,60 @@ pub fn grid_rows(ds: &Dataset) -> (&Split, Vec<Vec<usize>>) {
     (split, rows)
 }
 
-/// Draws the grid; small images are enlarged (nearest neighbour) to about 64 pixels.
-pub fn sample_grid(ds: &Dataset) -> RgbImage {
-    let (split, rows) = grid_rows(ds);
-    let [c, h, w] = split.shape;
+/// One cell of a tile grid: an image `[C, H, W]` and an optional frame colour.
+pub struct Tile<'a> {
+    pub pixels: &'a [u8],
+    pub frame: Option<Rgb<u8>>,
+}
+
+/// Draws rows of equally shaped `[C, H, W]` images, `cols` cells wide; small images are
+/// enlarged (nearest neighbour) to about 64 pixels. A tile's frame colours the gap around it.
+pub fn tile_grid(rows: &[Vec<Tile>], shape: [usize; 3], cols: usize) -> RgbImage {
+    let [c, h, w] = shape;
     let scale = (64 / h.max(w)).clamp(1, 8) as u32;
     let (ch, cw) = (h as u32 * scale, w as u32 * scale);
-    let width = GAP + GRID_COLS as u32 * (cw + GAP);
+    let width = GAP + cols as u32 * (cw + GAP);
     let height = GAP + rows.len().max(1) as u32 * (ch + GAP);
     let mut img = RgbImage::from_pixel(width, height, BACKGROUND);
     // The planes shown as red, green and blue: the first three, or the one grey plane.
     let planes = if c >= 3 { [0, 1, 2] } else { [0, 0, 0] };
     for (r, row) in rows.iter().enumerate() {
-        for (col, &i) in row.iter().enumerate() {
-            let src = split.image(i); // [C, H, W]
+        for (col, tile) in row.iter().enumerate() {
             let (x0, y0) = (GAP + col as u32 * (cw + GAP), GAP + r as u32 * (ch + GAP));
+            if let Some(colour) = tile.frame {
+                for y in y0 - GAP..y0 + ch + GAP {
+                    for x in x0 - GAP..x0 + cw + GAP {
+                        img.put_pixel(x, y, colour);
+                    }
+                }
+            }
             for y in 0..ch {
                 for x in 0..cw {
                     let at = (y / scale) as usize * w + (x / scale) as usize;
-                    let px = planes.map(|p| src[p * h * w + at]);
+                    let px = planes.map(|p| tile.pixels[p * h * w + at]);
                     img.put_pixel(x0 + x, y0 + y, Rgb(px));
                 }
             }
         }
     }
     img
+}
+
+/// Draws the sample grid of `grid_rows`.
+pub fn sample_grid(ds: &Dataset) -> RgbImage {
+    let (split, rows) = grid_rows(ds);
+    let tiles: Vec<Vec<Tile>> = rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|&i| Tile {
+                    pixels: split.image(i),
+                    frame: None,
+                })
+                .collect()
+        })
+        .collect();
+    tile_grid(&tiles, split.shape, GRID_COLS)
 }
 
 /// Writes the sample grid as a PNG.

@@ -1,8 +1,10 @@
 //! Evaluation of frozen representations: feature extraction, a linear probe and a
 //! kNN classifier. The same code scores the baselines (raw pixels, a random encoder).
 
+pub mod embed;
 pub mod knn;
 pub mod linear;
+pub mod neighbors;
 
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};

@@ -1,0 +1,70 @@
+//! Embeddings as NumPy files (npyz): `embeddings_SPLIT.npy` (`[N, D]` float32) and
+//! `labels_SPLIT.npy` (`[N]` int64).
+
+use anyhow::{Context, Result};
+use npyz::WriterBuilder;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+fn write_npy<T: npyz::AutoSerialize + npyz::Serialize>(
+    path: &Path,
+    data: &[T],
+    shape: &[u64],
+) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()?;
+    w.extend(data.iter())?;
+    w.finish()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes `features` `[N, D]` and `labels` `[N]` into `dir`; returns the two paths.
+pub fn write_embeddings(
+    dir: &Path,
+    split: &str,
+    features: &Tensor,
+    labels: &Tensor,
+) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let f = features
+        .to_kind(tch::Kind::Float)
+        .to_device(tch::Device::Cpu)
+        .contiguous();
+    let (n, d) = (f.size()[0] as u64, f.size()[1] as u64);
+    let values = Vec::<f32>::try_from(f.flatten(0, -1))?;
+    let labels = Vec::<i64>::try_from(labels.to_device(tch::Device::Cpu))?;
+    let (fp, lp) = (
+        dir.join(format!("embeddings_{split}.npy")),
+        dir.join(format!("labels_{split}.npy")),
+    );
+    write_npy(&fp, &values, &[n, d])?;
+    write_npy(&lp, &labels, &[n])?;
+    Ok((fp, lp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_files_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Tensor::from_slice(&[0.5f32, -1.0, 2.25, 3.0, 4.5, -0.125]).view([3, 2]);
+        let l = Tensor::from_slice(&[2i64, 0, 7]);
+        let (fp, lp) = write_embeddings(dir.path(), "test", &f, &l).unwrap();
+        let npy = npyz::NpyFile::new(std::fs::read(&fp).unwrap().as_slice()).unwrap();
+        assert_eq!(npy.shape(), &[3, 2]);
+        assert_eq!(
+            npy.into_vec::<f32>().unwrap(),
+            vec![0.5, -1.0, 2.25, 3.0, 4.5, -0.125]
+        );
+        let npy = npyz::NpyFile::new(std::fs::read(&lp).unwrap().as_slice()).unwrap();
+        assert_eq!(npy.shape(), &[3]);
+        assert_eq!(npy.into_vec::<i64>().unwrap(), vec![2, 0, 7]);
+    }
+}

@@ -1,0 +1,103 @@
+//! Nearest-neighbour pictures: each row is a test image (blue frame) followed by its k
+//! nearest training images by cosine similarity of the encoder's features, framed green
+//! when they share the query's label and red when they do not.
+
+use crate::data::Split;
+use crate::data::inspect::{Tile, tile_grid};
+use image::{Rgb, RgbImage};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use tch::Tensor;
+
+pub const QUERY: Rgb<u8> = Rgb([60, 120, 255]);
+pub const SAME: Rgb<u8> = Rgb([40, 200, 60]);
+pub const OTHER: Rgb<u8> = Rgb([230, 40, 40]);
+
+/// `n` distinct test indices chosen with `seed` (all of them when n >= len).
+pub fn choose_queries(len: usize, n: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..len).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    idx.truncate(n);
+    idx
+}
+
+/// Indices `[Q, k]` of the `k` training rows most cosine-similar to each query row.
+pub fn nearest(train: &Tensor, queries: &Tensor, k: i64) -> Vec<Vec<usize>> {
+    let norm = |x: &Tensor| x / x.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12);
+    let sim = norm(queries).matmul(&norm(train).tr()); // [Q, N]
+    let (_, idx) = sim.topk(k.min(train.size()[0]), 1, true, true); // [Q, k]
+    Vec::<Vec<i64>>::try_from(idx)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(|i| i as usize).collect())
+        .collect()
+}
+
+/// The grid: one row per query, the query then its neighbours.
+pub fn neighbor_grid(
+    train: &Split,
+    test: &Split,
+    queries: &[usize],
+    neighbors: &[Vec<usize>],
+) -> RgbImage {
+    let rows: Vec<Vec<Tile>> = queries
+        .iter()
+        .zip(neighbors)
+        .map(|(&q, nn)| {
+            let mut row = vec![Tile {
+                pixels: test.image(q),
+                frame: Some(QUERY),
+            }];
+            row.extend(nn.iter().map(|&i| Tile {
+                pixels: train.image(i),
+                frame: Some(if train.labels[i] == test.labels[q] {
+                    SAME
+                } else {
+                    OTHER
+                }),
+            }));
+            row
+        })
+        .collect();
+    let cols = neighbors.iter().map(|n| n.len()).max().unwrap_or(0) + 1;
+    tile_grid(&rows, test.shape, cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_ranks_by_cosine_and_grid_frames_match_labels() {
+        // Train features: along x (label 0), along y (label 1), diagonal (label 0).
+        let train_f = Tensor::from_slice(&[1f32, 0., 0., 1., 1., 1.]).view([3, 2]);
+        let q = Tensor::from_slice(&[5f32, 1.]).view([1, 2]);
+        assert_eq!(nearest(&train_f, &q, 2), vec![vec![0, 2]]);
+        let train = Split::new(vec![10, 20, 30], vec![0, 1, 0], [1, 1, 1]).unwrap();
+        let test = Split::new(vec![99], vec![1], [1, 1, 1]).unwrap();
+        let g = neighbor_grid(&train, &test, &[0], &[vec![0, 1]]);
+        // 1x1 images are enlarged 8 times: cells of 8 px with 2 px gaps.
+        assert_eq!(g.dimensions(), (2 + 3 * 10, 2 + 10));
+        assert_eq!(g.get_pixel(2, 2), &Rgb([99, 99, 99]));
+        assert_eq!(g.get_pixel(0, 0), &QUERY);
+        assert_eq!(g.get_pixel(12, 2), &Rgb([10, 10, 10]));
+        assert_eq!(
+            g.get_pixel(11, 1),
+            &OTHER,
+            "label 0 neighbour of a label 1 query"
+        );
+        assert_eq!(g.get_pixel(21, 1), &SAME);
+    }
+
+    #[test]
+    fn queries_are_seeded_and_distinct() {
+        let a = choose_queries(100, 10, 3);
+        assert_eq!(a, choose_queries(100, 10, 3));
+        assert_ne!(a, choose_queries(100, 10, 4));
+        let mut s = a.clone();
+        s.sort();
+        s.dedup();
+        assert_eq!(s.len(), 10);
+        assert_eq!(choose_queries(3, 10, 0).len(), 3);
+    }
+}
