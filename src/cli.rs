@@ -133,6 +133,29 @@ pub enum Command {
         #[arg(long, value_name = "FILE.png")]
         out: Option<PathBuf>,
     },
+    /// Compare methods in one table (Markdown and CSV): linear top-1/top-5, kNN top-1,
+    /// pretraining time and parameters, always with the raw-pixel, random-init and
+    /// supervised baselines. Either over existing --runs, or training --methods here.
+    Compare {
+        /// Run folders to compare, comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "DIR,...")]
+        runs: Vec<PathBuf>,
+        /// Methods to pretrain and evaluate here, comma-separated; runs go to OUT/METHOD
+        /// (a finished run there is reused, an unfinished one resumed).
+        #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+        methods: Vec<String>,
+        /// With --methods: take presets/PRESET-METHOD.toml where it exists, e.g. --preset fashion-mnist.
+        #[arg(long)]
+        preset: Option<String>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Output folder for compare.md, compare.csv and the runs trained here.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// List the pretraining methods.
     Methods,
     /// Benchmark: augmentation throughput (two SimCLR views per image) at 32x32 and 96x96,
@@ -246,6 +269,22 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Export { run, out } => export(&run, &out, device),
+        Command::Compare {
+            runs,
+            methods,
+            preset,
+            cfg,
+            out,
+            quiet,
+        } => compare(
+            &runs,
+            &methods,
+            preset.as_deref(),
+            &cfg,
+            &out,
+            quiet,
+            device,
+        ),
         Command::Embed { run, split, out } => embed(&run, &split, &out, device),
         Command::Neighbors {
             run,
@@ -407,28 +446,204 @@ fn eval_baseline(which: &str, args: &ConfigArgs, device: Device) -> Result<()> {
     let ds = load_data(&cfg)?;
     ds.require_labels()?;
     let t0 = Instant::now();
-    let scores = match which {
+    let scores = baseline_scores(which, &cfg, &ds, device)?;
+    report(
+        &baseline_label(which, &cfg),
+        &ds,
+        &scores,
+        t0.elapsed().as_secs_f64(),
+    );
+    Ok(())
+}
+
+fn baseline_label(which: &str, cfg: &Config) -> String {
+    if which == "raw" {
+        "raw pixels".to_string()
+    } else {
+        format!("random-init {}", cfg.encoder)
+    }
+}
+
+/// Scores of raw pixels or of a randomly initialised encoder (seeded by `cfg.seed`).
+fn baseline_scores(
+    which: &str,
+    cfg: &Config,
+    ds: &crate::data::Dataset,
+    device: Device,
+) -> Result<eval::Scores> {
+    Ok(match which {
         "raw" => {
             let (tr, te) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
             let ftr = eval::pixel_features(&tr, device);
             let fte = eval::pixel_features(&te, device);
-            eval::score(&ftr, &fte, ds.num_classes as i64, &cfg)
+            eval::score(&ftr, &fte, ds.num_classes as i64, cfg)
         }
-        "random" => {
-            tch::manual_seed(cfg.seed as i64);
-            let vs = tch::nn::VarStore::new(device);
-            let enc =
-                nets::build_encoder(&(vs.root() / "encoder"), &cfg, ds.train.shape[0] as i64)?;
-            eval::evaluate_encoder(&enc, &ds, &cfg, device)
-        }
+        "random" => random_encoder_scores(cfg, ds, device)?.0,
         other => bail!("--baseline '{other}' is not one of raw, random"),
+    })
+}
+
+/// Scores and parameter count of a randomly initialised encoder.
+fn random_encoder_scores(
+    cfg: &Config,
+    ds: &crate::data::Dataset,
+    device: Device,
+) -> Result<(eval::Scores, i64)> {
+    tch::manual_seed(cfg.seed as i64);
+    let vs = tch::nn::VarStore::new(device);
+    let enc = nets::build_encoder(&(vs.root() / "encoder"), cfg, ds.train.shape[0] as i64)?;
+    Ok((
+        eval::evaluate_encoder(&enc, ds, cfg, device),
+        nets::parameter_count(&vs, "encoder."),
+    ))
+}
+
+/// presets/PRESET-METHOD.toml, looked up in ./presets and then in the source tree.
+fn preset_path(preset: &str, method: &str) -> Option<PathBuf> {
+    let name = format!("{preset}-{method}.toml");
+    [
+        PathBuf::from("presets"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("presets"),
+    ]
+    .into_iter()
+    .map(|d| d.join(&name))
+    .find(|f| f.is_file())
+}
+
+/// The config of `method` for `compare --methods`: presets/PRESET-METHOD.toml when it
+/// exists, else --config or the defaults; then --data/--set.
+fn method_config(method: &str, preset: Option<&str>, args: &ConfigArgs) -> Result<Config> {
+    let mut base = match &args.config {
+        Some(p) => Config::from_toml_file(p)?,
+        None => Config::default(),
     };
-    let label = if which == "raw" {
-        "raw pixels".to_string()
-    } else {
-        format!("random-init {}", cfg.encoder)
+    if let Some(path) = preset.and_then(|p| preset_path(p, method)) {
+        base = Config::from_toml_file(&path)?;
+    }
+    let mut sets = vec![format!("method=\"{method}\"")];
+    sets.extend(args.overrides());
+    let cfg = base.with_overrides(&sets)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Pretrains `cfg` into `dir` unless a finished run is there; resumes an unfinished one.
+fn ensure_trained(cfg: &Config, dir: &Path, quiet: bool, device: Device) -> Result<()> {
+    let resume = match checkpoint::load(dir) {
+        Ok(ck) if ck.meta.config.method == cfg.method && ck.meta.epoch >= cfg.epochs => {
+            return Ok(());
+        }
+        Ok(ck) if ck.meta.config.method != cfg.method => {
+            bail!(
+                "{} holds a {} run, not {}",
+                dir.display(),
+                ck.meta.config.method,
+                cfg.method
+            )
+        }
+        Ok(_) => true,
+        Err(_) => false,
     };
-    report(&label, &ds, &scores, t0.elapsed().as_secs_f64());
+    let ds = load_data(cfg)?;
+    eprintln!("compare: pretraining {} into {}", cfg.method, dir.display());
+    let opts = train::TrainOptions {
+        resume,
+        quiet,
+        stop_after_epochs: None,
+    };
+    train::pretrain(cfg, &ds, dir, &opts, device)?;
+    Ok(())
+}
+
+fn compare(
+    runs: &[PathBuf],
+    methods: &[String],
+    preset: Option<&str>,
+    args: &ConfigArgs,
+    out: &Path,
+    quiet: bool,
+    device: Device,
+) -> Result<()> {
+    if runs.is_empty() == methods.is_empty() {
+        bail!("compare needs either --runs DIR,... or --methods NAME,...");
+    }
+    for m in methods {
+        methods::find(m)?;
+    }
+    if let Some(p) = preset {
+        if !methods.iter().any(|m| preset_path(p, m).is_some()) {
+            bail!(
+                "--preset {p}: none of presets/{p}-METHOD.toml exists for the methods {methods:?}"
+            );
+        }
+    }
+    let mut run_dirs: Vec<PathBuf> = runs.to_vec();
+    let mut trained: Vec<(String, Config)> = methods
+        .iter()
+        .map(|m| Ok((m.clone(), method_config(m, preset, args)?)))
+        .collect::<Result<_>>()?;
+    // The supervised upper bound, with the config of the first method or run.
+    let has_supervised = methods.iter().any(|m| m == "supervised")
+        || runs
+            .iter()
+            .any(|r| checkpoint::load(r).is_ok_and(|c| c.meta.config.method == "supervised"));
+    let first = match trained.first() {
+        Some((_, c)) => c.clone(),
+        None => checkpoint::load(&runs[0])?.meta.config,
+    };
+    if !has_supervised {
+        trained.push((
+            "supervised".into(),
+            Config {
+                method: "supervised".into(),
+                ..first.clone()
+            },
+        ));
+    }
+    for (m, cfg) in &trained {
+        let dir = out.join(m);
+        ensure_trained(cfg, &dir, quiet, device)?;
+        run_dirs.push(dir);
+    }
+    let ds = load_data(&first)?;
+    ds.require_labels()?;
+    let mut rows = vec![eval::compare::Row {
+        method: "raw pixels".into(),
+        scores: baseline_scores("raw", &first, &ds, device)?,
+        pretrain_seconds: None,
+        parameters: 0,
+    }];
+    let (scores, parameters) = random_encoder_scores(&first, &ds, device)?;
+    rows.push(eval::compare::Row {
+        method: baseline_label("random", &first),
+        scores,
+        pretrain_seconds: None,
+        parameters,
+    });
+    for dir in &run_dirs {
+        let LoadedRun {
+            cfg,
+            meta,
+            ds,
+            model,
+        } = load_run(dir, &[], device)?;
+        ds.require_labels()?;
+        eprintln!("compare: evaluating {} ({})", cfg.method, dir.display());
+        let scores = eval::evaluate_encoder(model.method.encoder(), &ds, &cfg, device);
+        rows.push(eval::compare::Row {
+            method: cfg.method.clone(),
+            scores,
+            pretrain_seconds: Some(meta.wall_seconds),
+            parameters: nets::parameter_count(&model.vs, "encoder."),
+        });
+    }
+    eval::compare::write(out, &rows)?;
+    print!("{}", eval::compare::markdown(&rows));
+    println!(
+        "-> {} and {}",
+        out.join("compare.md").display(),
+        out.join("compare.csv").display()
+    );
     Ok(())
 }
 

@@ -192,9 +192,15 @@ fn pretrain_then_eval_on_a_tiny_folder() {
         &data_arg,
         "--set",
         "knn_k=5",
+        "--set",
+        "probe_batch_size=32",
+        "--set",
+        "probe_epochs=100",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("top-1 100.00%"), "{}", stdout(&o));
+    let out = stdout(&o);
+    let linear = out.lines().find(|l| l.contains("linear probe")).unwrap();
+    assert!(linear.contains("top-1 100.00%"), "{out}");
     let mut a = vec!["eval", "--baseline", "random"];
     a.extend(common);
     let o = selfsup(&a);
@@ -433,6 +439,66 @@ fn pretrain_on_an_unlabeled_folder_and_refuse_to_evaluate_it() {
     let o = selfsup(&["eval", "--baseline", "raw", "--data", &flat]);
     assert!(
         !o.status.success() && stderr(&o).contains("cannot be evaluated"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn compare_trains_methods_and_adds_the_three_baselines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_tiny_mnist(&data);
+    let out = tmp.path().join("cmp");
+    let data_arg = format!("mnist:{}", data.display());
+    let args = [
+        "compare",
+        "--quiet",
+        "--methods",
+        "autoencoder",
+        "--data",
+        &data_arg,
+        "--set",
+        "cnn_widths=[4, 8]",
+        "--set",
+        "decoder_widths=[8, 4]",
+        "--set",
+        "batch_size=32",
+        "--set",
+        "epochs=2",
+        "--set",
+        "knn_k=5",
+        "--set",
+        "probe_batch_size=32",
+        "--set",
+        "probe_epochs=100",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = selfsup(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    for row in [
+        "| raw pixels | 100.00 |",
+        "| random-init cnn |",
+        "| autoencoder |",
+        "| supervised |",
+    ] {
+        assert!(md.contains(row), "missing {row} in:\n{md}");
+    }
+    let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    // A second call reuses the finished runs instead of training again.
+    let o = selfsup(&args);
+    assert!(
+        o.status.success() && !stderr(&o).contains("pretraining"),
+        "{}",
+        stderr(&o)
+    );
+    let o = selfsup(&["compare", "--out", out.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--runs"),
         "{}",
         stderr(&o)
     );

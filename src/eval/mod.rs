@@ -1,6 +1,7 @@
 //! Evaluation of frozen representations: feature extraction, a linear probe and a
 //! kNN classifier. The same code scores the baselines (raw pixels, a random encoder).
 
+pub mod compare;
 pub mod embed;
 pub mod knn;
 pub mod linear;
@@ -47,7 +48,7 @@ pub fn features_with(
     (Tensor::cat(&feats, 0), Tensor::cat(&labels, 0))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Scores {
     pub linear_top1: f64,
     pub linear_top5: f64,

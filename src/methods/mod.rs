@@ -9,6 +9,7 @@ pub mod moco;
 pub mod moco_v3;
 pub mod simclr;
 pub mod simsiam;
+pub mod supervised;
 
 use crate::augment::Views;
 use crate::config::Config;
@@ -46,6 +47,11 @@ pub trait Method {
     fn bind(&mut self, _vs: &nn::VarStore) -> Result<()> {
         Ok(())
     }
+    /// Whether `loss` uses the labels (only the supervised baseline): training then takes
+    /// the labelled training split instead of the pretraining split.
+    fn uses_labels(&self) -> bool {
+        false
+    }
     /// Random views the loader should make of each image. With V views, `loss` receives
     /// `[V * B, C, h, w]`: all first views, then all second views, and so on.
     fn views(&self) -> Option<Arc<Views>> {
@@ -71,6 +77,7 @@ pub const REGISTRY: &[MethodSpec] = &[
     moco_v3::SPEC,
     byol::SPEC,
     simsiam::SPEC,
+    supervised::SPEC,
 ];
 
 pub fn find(name: &str) -> Result<&'static MethodSpec> {

@@ -84,7 +84,16 @@ pub fn pretrain(
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run folder {}", out.display()))?;
     let ckpt_path = out.join(checkpoint::FILE_NAME);
-    let train = Arc::new(ds.pretrain_split().subset(cfg.train_subset, cfg.seed));
+    let mut model = Model::build(cfg, &data_info(ds), device)?;
+    // Self-supervised methods train on the pretraining split (which may be unlabeled);
+    // the supervised baseline needs the labelled training split.
+    let source = if model.method.uses_labels() {
+        ds.require_labels()?;
+        &ds.train
+    } else {
+        ds.pretrain_split()
+    };
+    let train = Arc::new(source.subset(cfg.train_subset, cfg.seed));
     let spe = steps_per_epoch(train.len(), cfg.batch_size);
     if spe == 0 {
         bail!(
@@ -96,7 +105,6 @@ pub fn pretrain(
     let total_steps = spe * cfg.epochs;
     let warmup = (cfg.warmup_epochs * spe as f64).round() as usize;
 
-    let mut model = Model::build(cfg, &data_info(ds), device)?;
     let views = model.method.views();
     if let Some(v) = &views {
         v.validate(train.shape[1], train.shape[2])

@@ -1,0 +1,59 @@
+//! Supervised baseline: the same encoder trained with labels (a linear classifier on its
+//! features, cross-entropy) on plain images. Its frozen features are the upper bound the
+//! self-supervised methods are compared against.
+
+use super::{DataInfo, Method, MethodSpec, StepCtx};
+use crate::config::Config;
+use crate::losses;
+use crate::nets::{self, Encoder};
+use anyhow::{Result, bail};
+use tch::Tensor;
+use tch::nn::{self, Module};
+
+pub const SPEC: MethodSpec = MethodSpec {
+    name: "supervised",
+    summary: "baseline: the same encoder trained with the labels (cross-entropy), the upper bound",
+    build: |p, cfg, data| Ok(Box::new(Supervised::new(p, cfg, data)?)),
+};
+
+pub struct Supervised {
+    encoder: Encoder,
+    classifier: nn::Linear,
+}
+
+impl Supervised {
+    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Supervised> {
+        if data.num_classes < 2 {
+            bail!(
+                "method supervised needs labelled data with at least 2 classes, found {}",
+                data.num_classes
+            );
+        }
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
+        let classifier = nn::linear(
+            p / "classifier",
+            encoder.dim,
+            data.num_classes,
+            Default::default(),
+        );
+        Ok(Supervised {
+            encoder,
+            classifier,
+        })
+    }
+}
+
+impl Method for Supervised {
+    fn loss(&mut self, images: &Tensor, labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let logits = self
+            .classifier
+            .forward(&self.encoder.forward_t(images, true)); // [B, K]
+        losses::cross_entropy(&logits, labels)
+    }
+    fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+    fn uses_labels(&self) -> bool {
+        true
+    }
+}
