@@ -342,20 +342,24 @@ fn pretrain(
         cfg.validate()?;
         cfg
     } else {
-        let Some(method) = method else {
-            bail!("pretrain needs --method NAME (see `selfsup methods`)")
-        };
-        methods::find(&method)?;
-        let mut sets = vec![format!("method=\"{method}\"")];
+        // --method wins; otherwise the method named in the --config file.
+        let mut sets: Vec<String> = method.iter().map(|m| format!("method=\"{m}\"")).collect();
         sets.extend(args.overrides());
-        build_config(
+        let cfg = build_config(
             &ConfigArgs {
                 config: args.config.clone(),
                 sets,
                 data: None,
             },
             Config::default(),
-        )?
+        )?;
+        if cfg.method.is_empty() {
+            bail!(
+                "pretrain needs --method NAME (see `selfsup methods`) or a --config file that sets method"
+            );
+        }
+        methods::find(&cfg.method)?;
+        cfg
     };
     let ds = load_data(&cfg)?;
     eprintln!(

@@ -128,6 +128,24 @@ fn pretrain_then_eval_on_a_tiny_folder() {
     let top1 = eval["scores"]["linear_top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1));
 
+    // A config file that names the method needs no --method.
+    let toml = tmp.path().join("ae.toml");
+    std::fs::write(&toml, format!("method = \"autoencoder\"\ndata = \"mnist:{}\"\ncnn_widths = [4, 8]\ndecoder_widths = [8, 4]\nbatch_size = 32\nepochs = 1\n", data.display())).unwrap();
+    let run2 = tmp.path().join("run2");
+    let o = selfsup(&[
+        "pretrain",
+        "--quiet",
+        "--config",
+        toml.to_str().unwrap(),
+        "--out",
+        run2.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success() && stdout(&o).contains("pretrained autoencoder: 1 epochs, 4 steps"),
+        "{}",
+        stderr(&o)
+    );
+
     // Embeddings as .npy, neighbour pictures and PyTorch weights from the same run.
     let emb = tmp.path().join("emb");
     let o = selfsup(&[
