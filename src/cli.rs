@@ -283,7 +283,7 @@ fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     checkpoint::load_into(&model.vs, &ck.model)
         .with_context(|| format!("{}", run.join(checkpoint::FILE_NAME).display()))?;
     let t0 = Instant::now();
-    let scores = eval::evaluate_encoder(model.method.encoder(), &ds, &cfg, device);
+    let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg, device);
     let label = format!("{} ({} epochs)", cfg.method, ck.meta.epoch);
     report(&label, &ds, &scores, t0.elapsed().as_secs_f64());
     let json = serde_json::json!({

@@ -75,6 +75,7 @@ mod tests {
 
     #[test]
     fn separable_data_scores_above_90_percent() {
+        let _rng = crate::train::tests::torch_rng();
         // 4 classes: Gaussian blobs around distinct centres in 8-D, linearly separable.
         tch::manual_seed(3);
         let centres = Tensor::randn([4, 8], (Kind::Float, tch::Device::Cpu)) * 4.0;

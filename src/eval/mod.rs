@@ -6,6 +6,7 @@ pub mod linear;
 
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
+use crate::methods::Method;
 use crate::nets::Encoder;
 use serde::Serialize;
 use std::sync::Arc;
@@ -88,9 +89,27 @@ pub fn score(
 
 /// Extracts encoder features for both splits of `ds` and scores them.
 pub fn evaluate_encoder(encoder: &Encoder, ds: &Dataset, cfg: &Config, device: Device) -> Scores {
+    evaluate_with(ds, cfg, device, |x| encoder.forward_t(x, false))
+}
+
+/// Scores what a pretrained method offers: its frozen encoder applied to
+/// `method.eval_input` of the images (the images themselves for most methods).
+pub fn evaluate_method(method: &dyn Method, ds: &Dataset, cfg: &Config, device: Device) -> Scores {
+    evaluate_with(ds, cfg, device, |x| {
+        method.encoder().forward_t(&method.eval_input(x), false)
+    })
+}
+
+/// Features `f` of both splits of `ds` (batches of 512), scored.
+fn evaluate_with(
+    ds: &Dataset,
+    cfg: &Config,
+    device: Device,
+    f: impl Fn(&Tensor) -> Tensor,
+) -> Scores {
     let (train, test) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
-    let tr = encoder_features(encoder, &train, 512, device);
-    let te = encoder_features(encoder, &test, 512, device);
+    let tr = features_with(&train, 512, device, &f);
+    let te = features_with(&test, 512, device, &f);
     score(&tr, &te, ds.num_classes as i64, cfg)
 }
 

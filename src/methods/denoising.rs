@@ -43,6 +43,7 @@ mod tests {
 
     #[test]
     fn masking_zeroes_about_the_ratio_and_keeps_the_rest() {
+        let _rng = crate::train::tests::torch_rng();
         tch::manual_seed(0);
         let cfg = Config {
             noise: "masking".into(),
@@ -68,6 +69,7 @@ mod tests {
 
     #[test]
     fn gaussian_noise_has_the_configured_std() {
+        let _rng = crate::train::tests::torch_rng();
         tch::manual_seed(1);
         let cfg = Config {
             noise: "gaussian".into(),

@@ -88,6 +88,7 @@ mod tests {
 
     #[test]
     fn resnet18_has_the_reference_parameter_count() {
+        let _rng = crate::train::tests::torch_rng();
         // CIFAR ResNet-18 (3x3 stem, no max-pool) without its 10-way classifier:
         // 11,173,962 parameters in total minus 512*10 + 10 for the classifier.
         let cfg = Config {
@@ -110,6 +111,7 @@ mod tests {
 
     #[test]
     fn encoders_map_images_to_vectors() {
+        let _rng = crate::train::tests::torch_rng();
         let x = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
         let (_, cnn) = encoder(&Config::default(), 1);
         assert_eq!(cnn.forward_t(&x, true).size(), vec![2, 128]);
@@ -124,6 +126,7 @@ mod tests {
 
     #[test]
     fn decoder_restores_the_image_shape() {
+        let _rng = crate::train::tests::torch_rng();
         let vs = nn::VarStore::new(Device::Cpu);
         let d = Decoder::new(&vs.root(), 16, &[8, 4], [3, 32, 32]).unwrap();
         let y = d.forward_t(&Tensor::randn([5, 16], (Kind::Float, Device::Cpu)), true);

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{Device, nn};
+use tch::{Device, Kind, Tensor, nn};
 
 /// A method with its variables, built from a config for a data set.
 pub struct Model {
@@ -40,6 +40,41 @@ pub fn data_info(ds: &Dataset) -> DataInfo {
         shape: [c, h, w],
         num_classes: ds.num_classes as i64,
     }
+}
+
+/// The picture `Method::examples` draws at the end of pretraining, in the run folder.
+pub const EXAMPLES_FILE: &str = "examples.png";
+
+/// Saves `method.examples` of the first 8 images of `split` as a PNG at `path` (nothing when
+/// the method has nothing to show), scaled up by an integer factor to at least 256 pixels high.
+pub fn save_examples(
+    method: &dyn Method,
+    split: &data::Split,
+    path: &Path,
+    device: Device,
+) -> Result<()> {
+    let n = split.len().min(8);
+    let [c, h, w] = split.shape.map(|d| d as i64);
+    let images = Tensor::from_slice(&split.images[..n * split.image_len()])
+        .view([n as i64, c, h, w])
+        .to_kind(Kind::Float)
+        .to_device(device)
+        / 255.0;
+    let Some(pic) = tch::no_grad(|| method.examples(&images)) else {
+        return Ok(());
+    };
+    let s = pic.size(); // [C, H', W']
+    let scale = (256 + s[1] - 1) / s[1];
+    let big = pic
+        .unsqueeze(0)
+        .upsample_nearest2d([s[1] * scale, s[2] * scale], None, None)
+        .squeeze_dim(0);
+    let bytes = (big.clamp(0.0, 1.0) * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .to_device(Device::Cpu);
+    tch::vision::image::save(&bytes, path)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// What a finished pretraining run reports.
@@ -211,6 +246,14 @@ pub fn pretrain(
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    if epoch == cfg.epochs {
+        save_examples(
+            model.method.as_ref(),
+            &train,
+            &out.join(EXAMPLES_FILE),
+            device,
+        )?;
+    }
     Ok(Summary {
         epochs: epoch,
         steps: step,
@@ -221,10 +264,9 @@ pub fn pretrain(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::data::Split;
-    use tch::Tensor;
 
     /// 96 tiny 1x8x8 images: bright squares at a few positions, with labels.
     pub(crate) fn tiny_dataset() -> Dataset {
@@ -266,7 +308,22 @@ mod tests {
         }
     }
 
-    fn epoch_losses(out: &Path) -> Vec<f64> {
+    /// Serialises the tests that draw from (or seed) libtorch's global random generator,
+    /// so that tests which rely on seeded draws (exact resume, equal initialisations) see
+    /// no draws from tests running in other threads.
+    pub(crate) fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pretrains `cfg` on `ds` quietly in a temporary folder; returns the epoch losses.
+    pub(crate) fn train_losses(cfg: &Config, ds: &Dataset) -> Vec<f64> {
+        let dir = tempfile::tempdir().unwrap();
+        pretrain(cfg, ds, dir.path(), &quiet(), Device::Cpu).unwrap();
+        epoch_losses(dir.path())
+    }
+
+    pub(crate) fn epoch_losses(out: &Path) -> Vec<f64> {
         std::fs::read_to_string(out.join("metrics.jsonl"))
             .unwrap()
             .lines()
@@ -291,6 +348,7 @@ mod tests {
 
     #[test]
     fn autoencoder_loss_decreases() {
+        let _rng = crate::train::tests::torch_rng();
         let dir = tempfile::tempdir().unwrap();
         let cfg = Config {
             epochs: 12,
@@ -305,6 +363,7 @@ mod tests {
 
     #[test]
     fn checkpoint_round_trip_gives_equal_weights() {
+        let _rng = crate::train::tests::torch_rng();
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
         let cfg = Config {
@@ -353,6 +412,7 @@ mod tests {
 
     #[test]
     fn checkpoint_rejects_mismatched_models_and_garbage() {
+        let _rng = crate::train::tests::torch_rng();
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
         let cfg = Config {
@@ -389,6 +449,7 @@ mod tests {
 
     #[test]
     fn resume_continues_steps_schedule_and_state_exactly() {
+        let _rng = crate::train::tests::torch_rng();
         let ds = tiny_dataset();
         let cfg = tiny_config("denoising-autoencoder");
         // One uninterrupted run of 4 epochs.
