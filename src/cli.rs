@@ -323,7 +323,8 @@ fn eval_baseline(which: &str, args: &ConfigArgs, device: Device) -> Result<()> {
     Ok(())
 }
 
-fn report(label: &str, ds: &crate::data::Dataset, s: &eval::Scores, secs: f64) {
+/// Prints scores the way `selfsup eval` does.
+pub fn report(label: &str, ds: &crate::data::Dataset, s: &eval::Scores, secs: f64) {
     println!(
         "eval {label} on {}: {} train / {} test images, {}-d features ({secs:.1}s)",
         ds.name,

@@ -12,13 +12,13 @@
 //!   The small CNN ends in global average pooling, so the same encoder takes whole images
 //!   at evaluation time.
 
-use super::patches::{self, Grid};
+use super::patches::{Grid, TileClassifier};
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::Config;
 use crate::losses;
 use crate::nets::{self, Encoder};
 use anyhow::Result;
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Kind, Tensor};
 
 pub const SPEC: MethodSpec = MethodSpec {
@@ -26,9 +26,6 @@ pub const SPEC: MethodSpec = MethodSpec {
     summary: "classify which of P permutations shuffled the 9 tiles of a 3x3 grid",
     build: |p, cfg, data| Ok(Box::new(Jigsaw::new(p, cfg, data)?)),
 };
-
-/// Hidden width of the permutation classifier.
-const HIDDEN: i64 = 512;
 
 /// Number of positions where two permutations differ.
 pub fn hamming(a: &[u8; 9], b: &[u8; 9]) -> u32 {
@@ -76,7 +73,7 @@ pub fn max_hamming_permutations(n: usize) -> Vec<[u8; 9]> {
 
 pub struct Jigsaw {
     encoder: Encoder,
-    head: nn::Sequential,
+    head: TileClassifier,
     grid: Grid,
     /// `[P, 9]` int64: permutation k puts the tile of cell `perms[k][i]` at position i.
     perms: Tensor,
@@ -92,15 +89,7 @@ impl Jigsaw {
             .flat_map(|q| q.iter().map(|&c| c as i64))
             .collect();
         let perms = Tensor::from_slice(&flat).view([n, 9]).to_device(p.device());
-        let head = nn::seq()
-            .add(nn::linear(
-                p / "fc1",
-                9 * encoder.dim,
-                HIDDEN,
-                Default::default(),
-            ))
-            .add_fn(|x| x.relu())
-            .add(nn::linear(p / "fc2", HIDDEN, n, Default::default()));
+        let head = TileClassifier::new(p, 9, encoder.dim, n);
         Ok(Jigsaw {
             encoder,
             head,
@@ -112,26 +101,16 @@ impl Jigsaw {
     /// A puzzle per image: (shuffled tiles `[B, 9, C, T, T]`, permutation indices `[B]`).
     pub fn puzzles(&self, images: &Tensor) -> (Tensor, Tensor) {
         let b = images.size()[0];
-        let dev = images.device();
-        let (ys, xs) = self.grid.tile_corners(b, dev); // [B, 9] each, by cell
-        let labels = Tensor::randint(self.perms.size()[0], [b], (Kind::Int64, dev));
+        let labels = Tensor::randint(self.perms.size()[0], [b], (Kind::Int64, images.device()));
         let order = self.perms.index_select(0, &labels); // [B, 9]: cell shown at each position
-        let tiles = patches::crops(
-            images,
-            &ys.gather(1, &order, false),
-            &xs.gather(1, &order, false),
-            self.grid.tile,
-        );
-        (tiles, labels)
+        (self.grid.cut(images, &order), labels)
     }
 }
 
 impl Method for Jigsaw {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
         let (tiles, labels) = self.puzzles(images); // [B, 9, C, T, T], [B]
-        let s = tiles.size();
-        let z = self.encoder.forward_t(&tiles.flatten(0, 1), true); // [9B, D]
-        let logits = self.head.forward(&z.view([s[0], 9 * self.encoder.dim])); // [B, P]
+        let logits = self.head.forward(&self.encoder, &tiles); // [B, P]
         losses::cross_entropy(&logits, &labels)
     }
     fn encoder(&self) -> &Encoder {

@@ -9,7 +9,9 @@
 //! 0..=2(cell-tile) pixels apart (the gap). With the default `tile_size` 7 on 28x28:
 //! jitter 0..=2, gaps 0..=4 pixels, 2 on average.
 
+use crate::nets::Encoder;
 use anyhow::{Result, bail};
+use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 /// Cuts `[B, K, C, S, S]` crops of side `size` from `images` `[B, C, H, W]`; the crop
@@ -70,6 +72,50 @@ impl Grid {
         let ys = axis(self.slack.0, cell_idx.divide_scalar_mode(3, "floor"));
         let xs = axis(self.slack.1, cell_idx.remainder(3));
         (ys, xs)
+    }
+
+    /// Cuts, from each image of `images` `[B, C, H, W]`, the tiles of the cells `cells`
+    /// `[B, K]` (0..9, row-major) in that order, each freshly jittered: `[B, K, C, T, T]`.
+    pub fn cut(&self, images: &Tensor, cells: &Tensor) -> Tensor {
+        let (ys, xs) = self.tile_corners(images.size()[0], images.device()); // [B, 9] each
+        crops(
+            images,
+            &ys.gather(1, cells, false),
+            &xs.gather(1, cells, false),
+            self.tile,
+        )
+    }
+}
+
+/// Hidden width of `TileClassifier`.
+const HIDDEN: i64 = 512;
+
+/// A classifier over K tiles encoded by one shared encoder: the K codes, concatenated in
+/// order, go through linear(K D -> 512) -> ReLU -> linear(512 -> classes). Its variables
+/// are `fc1` and `fc2` under the given path.
+pub struct TileClassifier {
+    head: nn::Sequential,
+}
+
+impl TileClassifier {
+    pub fn new(p: &nn::Path, tiles: i64, dim: i64, classes: i64) -> TileClassifier {
+        let head = nn::seq()
+            .add(nn::linear(
+                p / "fc1",
+                tiles * dim,
+                HIDDEN,
+                Default::default(),
+            ))
+            .add_fn(|x| x.relu())
+            .add(nn::linear(p / "fc2", HIDDEN, classes, Default::default()));
+        TileClassifier { head }
+    }
+
+    /// Tiles `[B, K, C, T, T]` -> logits `[B, classes]`, the encoder in training mode.
+    pub fn forward(&self, encoder: &Encoder, tiles: &Tensor) -> Tensor {
+        let b = tiles.size()[0];
+        let z = encoder.forward_t(&tiles.flatten(0, 1), true); // [B*K, D]
+        self.head.forward(&z.view([b, -1])) // [B, K*D] -> [B, classes]
     }
 }
 

@@ -10,13 +10,13 @@
 //! afford). The small CNN ends in global average pooling, so the same encoder takes whole
 //! images at evaluation time.
 
-use super::patches::{self, Grid};
+use super::patches::{Grid, TileClassifier};
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::Config;
 use crate::losses;
 use crate::nets::{self, Encoder};
 use anyhow::Result;
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Kind, Tensor};
 
 pub const SPEC: MethodSpec = MethodSpec {
@@ -25,12 +25,9 @@ pub const SPEC: MethodSpec = MethodSpec {
     build: |p, cfg, data| Ok(Box::new(RelativePatch::new(p, cfg, data)?)),
 };
 
-/// Hidden width of the position classifier.
-const HIDDEN: i64 = 512;
-
 pub struct RelativePatch {
     encoder: Encoder,
-    head: nn::Sequential,
+    head: TileClassifier,
     grid: Grid,
 }
 
@@ -38,15 +35,7 @@ impl RelativePatch {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<RelativePatch> {
         let grid = Grid::new("relative-patch", data.shape, cfg.tile_size)?;
         let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
-        let head = nn::seq()
-            .add(nn::linear(
-                p / "fc1",
-                2 * encoder.dim,
-                HIDDEN,
-                Default::default(),
-            ))
-            .add_fn(|x| x.relu())
-            .add(nn::linear(p / "fc2", HIDDEN, 8, Default::default()));
+        let head = TileClassifier::new(p, 2, encoder.dim, 8);
         Ok(RelativePatch {
             encoder,
             head,
@@ -58,28 +47,18 @@ impl RelativePatch {
     /// neighbour's position `[B]` in 0..8).
     pub fn pairs(&self, images: &Tensor) -> (Tensor, Tensor) {
         let b = images.size()[0];
-        let dev = images.device();
-        let (ys, xs) = self.grid.tile_corners(b, dev); // [B, 9] each, by cell
-        let labels = Tensor::randint(8, [b], (Kind::Int64, dev));
+        let labels = Tensor::randint(8, [b], (Kind::Int64, images.device()));
         // Cells 0..8 without the centre (4): label k is cell k, or k + 1 from 4 on.
         let neighbour = &labels + labels.ge(4).to_kind(Kind::Int64);
         let cells = Tensor::stack(&[neighbour.full_like(4), neighbour], 1); // [B, 2]
-        let tiles = patches::crops(
-            images,
-            &ys.gather(1, &cells, false),
-            &xs.gather(1, &cells, false),
-            self.grid.tile,
-        );
-        (tiles, labels)
+        (self.grid.cut(images, &cells), labels)
     }
 }
 
 impl Method for RelativePatch {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
         let (pairs, labels) = self.pairs(images); // [B, 2, C, T, T], [B]
-        let b = pairs.size()[0];
-        let z = self.encoder.forward_t(&pairs.flatten(0, 1), true); // [2B, D]
-        let logits = self.head.forward(&z.view([b, 2 * self.encoder.dim])); // [B, 8]
+        let logits = self.head.forward(&self.encoder, &pairs); // [B, 8]
         losses::cross_entropy(&logits, &labels)
     }
     fn encoder(&self) -> &Encoder {
