@@ -115,6 +115,9 @@ pub fn pretrain(
 ) -> Result<Summary> {
     let (resume, quiet) = (opts.resume, opts.quiet);
     let stop_at = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
+    // Built first, so that a method refusing the data (colorization on grey images) leaves
+    // no run folder behind.
+    let mut model = Model::build(cfg, &data_info(ds), device)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run folder {}", out.display()))?;
     let ckpt_path = out.join(checkpoint::FILE_NAME);
@@ -130,7 +133,6 @@ pub fn pretrain(
     let total_steps = spe * cfg.epochs;
     let warmup = (cfg.warmup_epochs * spe as f64).round() as usize;
 
-    let mut model = Model::build(cfg, &data_info(ds), device)?;
     let mut opt = optim::Optimizer::new(&model.vs, &cfg.optimizer, cfg.momentum, cfg.weight_decay)?;
     let (mut epoch, mut step, mut wall_before) = (0usize, 0usize, 0f64);
     if resume {
