@@ -434,7 +434,7 @@ fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     } = load_run(run, &args.sets, device)?;
     ds.require_labels()?;
     let t0 = Instant::now();
-    let scores = eval::evaluate_encoder(model.method.encoder(), &ds, &cfg, device);
+    let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg, device);
     let label = format!("{} ({} epochs)", cfg.method, meta.epoch);
     report(&label, &ds, &scores, t0.elapsed().as_secs_f64());
     let json = serde_json::json!({
@@ -633,7 +633,7 @@ fn compare(
         } = load_run(dir, &[], device)?;
         ds.require_labels()?;
         eprintln!("compare: evaluating {} ({})", cfg.method, dir.display());
-        let scores = eval::evaluate_encoder(model.method.encoder(), &ds, &cfg, device);
+        let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg, device);
         rows.push(eval::compare::Row {
             method: cfg.method.clone(),
             scores,
@@ -699,7 +699,7 @@ fn embed(run: &Path, split: &str, out: &Path, device: Device) -> Result<()> {
     if data.is_empty() {
         bail!("the {split} split of {} is empty", ds.name);
     }
-    let (f, l) = eval::encoder_features(model.method.encoder(), &data, 512, device);
+    let (f, l) = eval::method_features(model.method.as_ref(), &data, 512, device);
     let (fp, lp) = eval::embed::write_embeddings(out, split, &f, &l)?;
     println!(
         "wrote {} x {} embeddings to {} and labels to {}",
@@ -726,9 +726,8 @@ fn neighbors(
     let LoadedRun { ds, model, .. } = load_run(run, &[], device)?;
     ds.require_labels()?;
     let (train, test) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
-    let enc = model.method.encoder();
-    let (ftr, _) = eval::encoder_features(enc, &train, 512, device);
-    let (fte, _) = eval::encoder_features(enc, &test, 512, device);
+    let (ftr, _) = eval::method_features(model.method.as_ref(), &train, 512, device);
+    let (fte, _) = eval::method_features(model.method.as_ref(), &test, 512, device);
     let q = nb::choose_queries(test.len(), queries, seed);
     let idx =
         Tensor::from_slice(&q.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
@@ -803,7 +802,8 @@ fn bench_augment(images: usize, python: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn report(label: &str, ds: &crate::data::Dataset, s: &eval::Scores, secs: f64) {
+/// Prints scores the way `selfsup eval` does.
+pub fn report(label: &str, ds: &crate::data::Dataset, s: &eval::Scores, secs: f64) {
     println!(
         "eval {label} on {}: {} train / {} test images, {}-d features ({secs:.1}s)",
         ds.name,

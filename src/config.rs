@@ -97,6 +97,30 @@ pub struct Config {
     pub cpc_context_layers: i64,
     /// CPC: negatives per prediction step, drawn from all positions of all images in the batch.
     pub cpc_negatives: i64,
+    /// Context encoder: the hole. `center` (a central square of side ce_hole x the image
+    /// side), `random-blocks` (4 random squares of half that side, the union covering at
+    /// most ce_hole^2 of the image) or `random-region` (a smooth random blob covering
+    /// ce_hole^2 of the image).
+    pub ce_mask: String,
+    /// Context encoder: hole size as a fraction of the image side (0.5 hides a quarter).
+    pub ce_hole: f64,
+    /// Context encoder: width in pixels of the visible ring around the hole that is also
+    /// reconstructed, with weight ce_overlap_weight (the hole itself has weight 1).
+    pub ce_overlap: i64,
+    pub ce_overlap_weight: f64,
+    /// Context encoder: add the adversarial loss of a small discriminator, with weight
+    /// ce_adv_weight (0.001 as in the paper; the reconstruction loss gets 1 - ce_adv_weight).
+    pub ce_adversarial: bool,
+    pub ce_adv_weight: f64,
+    /// Jigsaw and relative-patch: side in pixels of the tiles cut from a 3x3 grid of cells
+    /// of side/3 pixels. Each tile sits at a random offset inside its cell (jitter
+    /// 0..=cell-tile), so neighbouring tiles are 0..=2(cell-tile) pixels apart.
+    pub tile_size: i64,
+    /// Jigsaw: number of permutations of the 9 tiles, chosen for maximal Hamming distance.
+    pub jigsaw_permutations: usize,
+    /// Colorization: `classify` (cross-entropy over quantized ab bins with class
+    /// rebalancing) or `regress` (L2 on ab).
+    pub colorization_loss: String,
 
     /// Log a line to metrics.jsonl every this many steps.
     pub log_every: usize,
@@ -162,6 +186,15 @@ impl Default for Config {
             cpc_context: "masked-conv".into(),
             cpc_context_layers: 3,
             cpc_negatives: 1024,
+            ce_mask: "center".into(),
+            ce_hole: 0.5,
+            ce_overlap: 1,
+            ce_overlap_weight: 10.0,
+            ce_adversarial: false,
+            ce_adv_weight: 0.001,
+            tile_size: 7,
+            jigsaw_permutations: 100,
+            colorization_loss: "classify".into(),
             log_every: 20,
             prefetch: 4,
             probe_epochs: 30,
@@ -180,6 +213,8 @@ pub const NOISES: &[&str] = &["gaussian", "masking"];
 pub const CPC_CONTEXTS: &[&str] = &["masked-conv", "gru"];
 pub const CIFAR100_LABELS: &[&str] = &["fine", "coarse"];
 pub const BAD_IMAGES: &[&str] = &["error", "skip"];
+pub const CE_MASKS: &[&str] = &["center", "random-blocks", "random-region"];
+pub const COLORIZATION_LOSSES: &[&str] = &["classify", "regress"];
 
 impl Config {
     /// Reads a TOML file (keys as in this struct; unknown keys are an error).
@@ -244,6 +279,12 @@ impl Config {
                 self.image_size
             );
         }
+        one_of("ce_mask", &self.ce_mask, CE_MASKS)?;
+        one_of(
+            "colorization_loss",
+            &self.colorization_loss,
+            COLORIZATION_LOSSES,
+        )?;
         if self.cnn_widths.is_empty() || self.cnn_widths.iter().any(|&w| w < 1 || w > 4096) {
             bail!(
                 "option cnn_widths = {:?} must be a non-empty list of widths in 1..=4096",
@@ -393,6 +434,28 @@ impl Config {
             bail!(
                 "option cpc_negatives = {} must be at least 1",
                 self.cpc_negatives
+            );
+        }
+        if !(self.ce_hole > 0.0 && self.ce_hole < 1.0) {
+            bail!("option ce_hole = {} must be in (0, 1)", self.ce_hole);
+        }
+        if !(0..=16).contains(&self.ce_overlap) {
+            bail!("option ce_overlap = {} must be in 0..=16", self.ce_overlap);
+        }
+        non_negative("ce_overlap_weight", self.ce_overlap_weight)?;
+        if !(0.0..1.0).contains(&self.ce_adv_weight) {
+            bail!(
+                "option ce_adv_weight = {} must be in [0, 1)",
+                self.ce_adv_weight
+            );
+        }
+        if self.tile_size < 1 {
+            bail!("option tile_size = {} must be at least 1", self.tile_size);
+        }
+        if !(2..=1000).contains(&self.jigsaw_permutations) {
+            bail!(
+                "option jigsaw_permutations = {} must be in 2..=1000",
+                self.jigsaw_permutations
             );
         }
         if self.log_every == 0 {

@@ -113,6 +113,27 @@ pub(crate) mod gradcheck {
     }
 }
 
+/// Mean cross-entropy of `logits` `[N, K]` against `targets` `[N]`, each row weighted by the
+/// weight of its target class: mean(class_weight[t] * ce). `class_weight`: `[K]`.
+pub fn class_weighted_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    class_weight: &Tensor,
+) -> Tensor {
+    let ce = logits.cross_entropy_loss::<&Tensor>(targets, None, Reduction::None, -100, 0.0); // [N]
+    (ce * class_weight.index_select(0, targets)).mean(Kind::Float)
+}
+
+/// Mean binary cross-entropy of `logits` (any shape) against one constant `target` in [0, 1].
+pub fn bce_with_logits(logits: &Tensor, target: f64) -> Tensor {
+    logits.binary_cross_entropy_with_logits::<&Tensor>(
+        &logits.full_like(target),
+        None,
+        None,
+        Reduction::Mean,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +268,26 @@ mod tests {
             &Tensor::randn([3, 4], opts),
             1e-5,
         );
+    }
+
+    #[test]
+    fn class_weighted_cross_entropy_weights_each_row_by_its_target() {
+        // Row 0: uniform over 2 classes, target 0 (weight 3): 3 ln 2.
+        // Row 1: logits [0, ln 3], target 1 (weight 0.5): 0.5 ln(4/3).
+        let logits = Tensor::from_slice(&[0f32, 0.0, 0.0, 3f32.ln()]).view([2, 2]);
+        let w = Tensor::from_slice(&[3f32, 0.5]);
+        let l = class_weighted_cross_entropy(&logits, &Tensor::from_slice(&[0i64, 1]), &w);
+        let want = (3.0 * 2f64.ln() + 0.5 * (4.0f64 / 3.0).ln()) / 2.0;
+        assert!((l.double_value(&[]) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bce_with_logits_matches_hand_computation() {
+        // sigmoid(0) = 1/2: -ln(1/2) whatever the target; logit ln 3 -> p = 3/4.
+        let l = bce_with_logits(&t(&[0.0, 3f32.ln()]), 1.0);
+        let want = (2f64.ln() + (4.0f64 / 3.0).ln()) / 2.0;
+        assert!((l.double_value(&[]) - want).abs() < 1e-6);
+        let l0 = bce_with_logits(&t(&[3f32.ln()]), 0.0);
+        assert!((l0.double_value(&[]) - 4f64.ln()).abs() < 1e-6);
     }
 }

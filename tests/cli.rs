@@ -297,9 +297,73 @@ fn bad_options_get_clear_errors() {
 fn methods_lists_the_registry() {
     let o = selfsup(&["methods"]);
     let out = stdout(&o);
+    for name in [
+        "autoencoder",
+        "denoising-autoencoder",
+        "context-encoder",
+        "rotation",
+        "jigsaw",
+        "relative-patch",
+        "colorization",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(name)), "{name}: {out}");
+    }
+}
+
+#[test]
+fn pretext_methods_run_from_the_cli_and_colorization_refuses_grey_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_tiny_mnist(&data);
+    let data_arg = format!("data=\"mnist:{}\"", data.display());
+    let pretrain = |method: &str, run: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--device",
+            "cpu",
+            "pretrain",
+            "--quiet",
+            "--method",
+            method,
+            "--out",
+            run.to_str().unwrap(),
+            "--set",
+            &data_arg,
+            "--set",
+            "cnn_widths=[4]",
+            "--set",
+            "decoder_widths=[4]",
+            "--set",
+            "batch_size=64",
+            "--set",
+            "epochs=1",
+        ];
+        args.extend(extra);
+        selfsup(&args)
+    };
+    // The context encoder saves its inpaintings as a PNG.
+    let run = tmp.path().join("ce");
+    let o = pretrain("context-encoder", &run, &["--set", "ce_mask=random-blocks"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let png = std::fs::read(run.join("examples.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // Grey data: colorization refuses at build time and leaves no run folder.
+    let run = tmp.path().join("col");
+    let o = pretrain("colorization", &run, &[]);
+    assert!(!o.status.success());
     assert!(
-        out.contains("autoencoder") && out.contains("denoising-autoencoder"),
-        "{out}"
+        stderr(&o).contains("method colorization needs colour images")
+            && stderr(&o).contains("1 channel(s)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!run.exists());
+    // The tile methods refuse tiles larger than their cells (8x8 images: 2-pixel cells).
+    let o = pretrain("jigsaw", &tmp.path().join("jig"), &[]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("option tile_size = 7"),
+        "{}",
+        stderr(&o)
     );
 }
 

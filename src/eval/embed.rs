@@ -57,13 +57,15 @@ mod tests {
         let f = Tensor::from_slice(&[0.5f32, -1.0, 2.25, 3.0, 4.5, -0.125]).view([3, 2]);
         let l = Tensor::from_slice(&[2i64, 0, 7]);
         let (fp, lp) = write_embeddings(dir.path(), "test", &f, &l).unwrap();
-        let npy = npyz::NpyFile::new(std::fs::read(&fp).unwrap().as_slice()).unwrap();
+        let bytes = std::fs::read(&fp).unwrap();
+        let npy = npyz::NpyFile::new(bytes.as_slice()).unwrap();
         assert_eq!(npy.shape(), &[3, 2]);
         assert_eq!(
             npy.into_vec::<f32>().unwrap(),
             vec![0.5, -1.0, 2.25, 3.0, 4.5, -0.125]
         );
-        let npy = npyz::NpyFile::new(std::fs::read(&lp).unwrap().as_slice()).unwrap();
+        let bytes = std::fs::read(&lp).unwrap();
+        let npy = npyz::NpyFile::new(bytes.as_slice()).unwrap();
         assert_eq!(npy.shape(), &[3]);
         assert_eq!(npy.into_vec::<i64>().unwrap(), vec![2, 0, 7]);
     }

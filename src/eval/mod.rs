@@ -9,6 +9,7 @@ pub mod neighbors;
 
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
+use crate::methods::Method;
 use crate::nets::Encoder;
 use serde::Serialize;
 use std::sync::Arc;
@@ -91,9 +92,40 @@ pub fn score(
 
 /// Extracts encoder features for both splits of `ds` and scores them.
 pub fn evaluate_encoder(encoder: &Encoder, ds: &Dataset, cfg: &Config, device: Device) -> Scores {
+    evaluate_with(ds, cfg, device, |x| encoder.forward_t(x, false))
+}
+
+/// Scores what a pretrained method offers: its frozen encoder applied to
+/// `method.eval_input` of the images (the images themselves for most methods).
+pub fn evaluate_method(method: &dyn Method, ds: &Dataset, cfg: &Config, device: Device) -> Scores {
+    evaluate_with(ds, cfg, device, |x| method_forward(method, x))
+}
+
+/// The evaluated features of a method: its encoder (eval mode) on `eval_input(x)`.
+fn method_forward(method: &dyn Method, x: &Tensor) -> Tensor {
+    method.encoder().forward_t(&method.eval_input(x), false)
+}
+
+/// Features `[N, D]` and labels `[N]` of `split` as the method's evaluation sees them.
+pub fn method_features(
+    method: &dyn Method,
+    split: &Arc<Split>,
+    batch_size: usize,
+    device: Device,
+) -> (Tensor, Tensor) {
+    features_with(split, batch_size, device, |x| method_forward(method, x))
+}
+
+/// Features `f` of both splits of `ds` (batches of 512), scored.
+fn evaluate_with(
+    ds: &Dataset,
+    cfg: &Config,
+    device: Device,
+    f: impl Fn(&Tensor) -> Tensor,
+) -> Scores {
     let (train, test) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
-    let tr = encoder_features(encoder, &train, 512, device);
-    let te = encoder_features(encoder, &test, 512, device);
+    let tr = features_with(&train, 512, device, &f);
+    let te = features_with(&test, 512, device, &f);
     score(&tr, &te, ds.num_classes as i64, cfg)
 }
 

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{Device, nn};
+use tch::{Device, Kind, Tensor, nn};
 
 /// A method with its variables, built from a config for a data set.
 pub struct Model {
@@ -41,6 +41,41 @@ pub fn data_info(ds: &Dataset) -> DataInfo {
         shape: [c, h, w],
         num_classes: ds.num_classes as i64,
     }
+}
+
+/// The picture `Method::examples` draws at the end of pretraining, in the run folder.
+pub const EXAMPLES_FILE: &str = "examples.png";
+
+/// Saves `method.examples` of the first 8 images of `split` as a PNG at `path` (nothing when
+/// the method has nothing to show), scaled up by an integer factor to at least 256 pixels high.
+pub fn save_examples(
+    method: &dyn Method,
+    split: &data::Split,
+    path: &Path,
+    device: Device,
+) -> Result<()> {
+    let n = split.len().min(8);
+    let [c, h, w] = split.shape.map(|d| d as i64);
+    let images = Tensor::from_slice(&split.images[..n * split.image_len()])
+        .view([n as i64, c, h, w])
+        .to_kind(Kind::Float)
+        .to_device(device)
+        / 255.0;
+    let Some(pic) = tch::no_grad(|| method.examples(&images)) else {
+        return Ok(());
+    };
+    let s = pic.size(); // [C, H', W']
+    let scale = (256 + s[1] - 1) / s[1];
+    let big = pic
+        .unsqueeze(0)
+        .upsample_nearest2d([s[1] * scale, s[2] * scale], None, None)
+        .squeeze_dim(0);
+    let bytes = (big.clamp(0.0, 1.0) * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .to_device(Device::Cpu);
+    tch::vision::image::save(&bytes, path)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// What a finished pretraining run reports.
@@ -81,10 +116,12 @@ pub fn pretrain(
 ) -> Result<Summary> {
     let (resume, quiet) = (opts.resume, opts.quiet);
     let stop_at = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
+    // Built first, so that a method refusing the data (colorization on grey images) leaves
+    // no run folder behind.
+    let mut model = Model::build(cfg, &data_info(ds), device)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run folder {}", out.display()))?;
     let ckpt_path = out.join(checkpoint::FILE_NAME);
-    let mut model = Model::build(cfg, &data_info(ds), device)?;
     // Self-supervised methods train on the pretraining split (which may be unlabeled);
     // the supervised baseline needs the labelled training split.
     let source = if model.method.uses_labels() {
@@ -231,6 +268,14 @@ pub fn pretrain(
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    if epoch == cfg.epochs {
+        save_examples(
+            model.method.as_ref(),
+            &train,
+            &out.join(EXAMPLES_FILE),
+            device,
+        )?;
+    }
     Ok(Summary {
         epochs: epoch,
         steps: step,
@@ -244,7 +289,6 @@ pub fn pretrain(
 pub(crate) mod tests {
     use super::*;
     use crate::data::Split;
-    use tch::Tensor;
 
     /// 96 tiny 1x8x8 images: bright squares at a few positions, with labels.
     pub(crate) fn tiny_dataset() -> Dataset {
@@ -287,7 +331,14 @@ pub(crate) mod tests {
         }
     }
 
-    fn epoch_losses(out: &Path) -> Vec<f64> {
+    /// Pretrains `cfg` on `ds` quietly in a temporary folder; returns the epoch losses.
+    pub(crate) fn train_losses(cfg: &Config, ds: &Dataset) -> Vec<f64> {
+        let dir = tempfile::tempdir().unwrap();
+        pretrain(cfg, ds, dir.path(), &quiet(), Device::Cpu).unwrap();
+        epoch_losses(dir.path())
+    }
+
+    pub(crate) fn epoch_losses(out: &Path) -> Vec<f64> {
         std::fs::read_to_string(out.join("metrics.jsonl"))
             .unwrap()
             .lines()
@@ -487,6 +538,7 @@ pub(crate) mod tests {
                 cpc_negatives: 16,
                 cpc_patch: 4,
                 cpc_stride: 2,
+                tile_size: 2,
                 ..tiny_config(spec.name)
             };
             let dir = tempfile::tempdir().unwrap();

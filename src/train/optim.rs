@@ -203,6 +203,7 @@ mod tests {
 
     #[test]
     fn sgd_momentum_matches_hand_computation() {
+        let _rng = crate::torch_rng_lock();
         let (_vs, mut opt, p) = setup("sgd", 0.0);
         step(&mut opt, &p, 0.1); // buf = g = p0; p1 = 0.9 p0
         step(&mut opt, &p, 0.1); // buf = 0.9 p0 + 0.9 p0 = 1.8 p0; p2 = 0.9 p0 - 0.18 p0 = 0.72 p0
@@ -215,6 +216,7 @@ mod tests {
 
     #[test]
     fn adam_first_step_moves_by_lr() {
+        let _rng = crate::torch_rng_lock();
         // Adam's first update is lr * sign(g) (bias-corrected m/sqrt(v) = g/|g|).
         let (_vs, mut opt, p) = setup("adam", 0.0);
         step(&mut opt, &p, 0.01);
@@ -227,6 +229,7 @@ mod tests {
 
     #[test]
     fn adamw_decays_weights_decoupled() {
+        let _rng = crate::torch_rng_lock();
         // p <- p (1 - lr wd) - lr sign(g)
         let (_vs, mut opt, p) = setup("adamw", 0.5);
         step(&mut opt, &p, 0.1);
@@ -239,6 +242,7 @@ mod tests {
 
     #[test]
     fn state_round_trip_continues_identically() {
+        let _rng = crate::torch_rng_lock();
         let (_vs, mut a, pa) = setup("adam", 0.01);
         step(&mut a, &pa, 0.05);
         let (_vs2, mut b, pb) = setup("adam", 0.01);

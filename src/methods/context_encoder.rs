@@ -1,0 +1,394 @@
+//! Context encoder (Pathak et al. 2016): hide a region of the image, and let an
+//! encoder-decoder paint it back from the visible context.
+//!
+//! - The hole (`ce_mask`): `center`, a central square of side `ce_hole` x the image side
+//!   (0.5: a quarter of the image, as the paper's 64x64 centre of 128x128); `random-blocks`,
+//!   the union of 4 random squares of half that side (at most the same area); or
+//!   `random-region`, a smooth random blob (4x4 uniform noise, upsampled bilinearly, above
+//!   its per-image quantile) covering exactly round(ce_hole^2 H W) pixels, a stand-in for
+//!   the paper's random segmentation-mask shapes.
+//! - The input: the image with the hole filled with the batch's mean value per channel (the
+//!   paper's mean pixel).
+//! - The output: the decoder's full image; the L2 reconstruction loss is taken over the
+//!   hole (weight 1) and a visible ring of `ce_overlap` pixels around it (weight
+//!   `ce_overlap_weight`, 10 in the paper, to blend the filling into its context),
+//!   normalised by the total weight.
+//! - Optional adversarial loss (`ce_adversarial`): a small discriminator (two stride-2 4x4
+//!   convolutions with LeakyReLU, no BatchNorm, global average pooling, a linear logit)
+//!   tells real images from completed ones (context + prediction in the hole). The loss is
+//!   (1 - λ) L_rec + λ L_adv with λ = `ce_adv_weight` = 0.001.
+//!
+//! The training loop has one optimizer and one loss, so the two players are trained in one
+//! backward pass: the loss adds the discriminator's own loss on (real, detached completion),
+//! and the generator term λ (L_adv(D(fake)) - L_adv(D(fake.detach()))). The subtracted
+//! copy has the same value and the same gradient with respect to the discriminator, so the
+//! discriminator's weights get only their own loss's gradient, and the generator gets λ
+//! L_adv's. The logged loss is then (1 - λ) L_rec + L_D.
+//!
+//! The evaluated encoder is the encoder half (under `encoder`), fed whole images.
+
+use super::{DataInfo, Method, MethodSpec, StepCtx};
+use crate::config::Config;
+use crate::losses;
+use crate::nets::{self, Decoder, Encoder};
+use anyhow::{Result, bail};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+pub const SPEC: MethodSpec = MethodSpec {
+    name: "context-encoder",
+    summary: "inpaint a hidden region from its context (L2 on the hole, optional adversarial loss)",
+    build: |p, cfg, data| Ok(Box::new(ContextEncoder::new(p, cfg, data)?)),
+};
+
+/// Which pixels are hidden.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaskKind {
+    Center,
+    RandomBlocks,
+    RandomRegion,
+}
+
+impl MaskKind {
+    pub fn parse(s: &str) -> Result<MaskKind> {
+        Ok(match s {
+            "center" => MaskKind::Center,
+            "random-blocks" => MaskKind::RandomBlocks,
+            "random-region" => MaskKind::RandomRegion,
+            other => bail!(
+                "option ce_mask = '{other}' is not one of {:?}",
+                crate::config::CE_MASKS
+            ),
+        })
+    }
+}
+
+/// Holes of `b` images of `h` x `w` pixels: `[b, 1, h, w]` float, 1 inside the hole.
+/// `frac` is the hole's side as a fraction of the image side.
+pub fn hole_masks(kind: MaskKind, frac: f64, b: i64, h: i64, w: i64, device: Device) -> Tensor {
+    let opts = (Kind::Int64, device);
+    let side = ((frac * h.min(w) as f64).round() as i64).clamp(1, h.min(w));
+    // [b, n] indicator of the interval [start, start + len) along an axis of size n;
+    // `start` is [b, 1].
+    let span = |start: &Tensor, len: i64, n: i64| {
+        let i = Tensor::arange(n, opts).view([1, n]);
+        i.ge_tensor(start).logical_and(&i.lt_tensor(&(start + len)))
+    };
+    let square = |ys: &Tensor, xs: &Tensor, s: i64| {
+        span(ys, s, h)
+            .unsqueeze(2)
+            .logical_and(&span(xs, s, w).unsqueeze(1)) // [b, h, w]
+    };
+    let m = match kind {
+        MaskKind::Center => {
+            let ys = Tensor::full([b, 1], (h - side) / 2, opts);
+            let xs = Tensor::full([b, 1], (w - side) / 2, opts);
+            square(&ys, &xs, side)
+        }
+        MaskKind::RandomBlocks => {
+            let s = (side / 2).max(1);
+            let mut m = Tensor::zeros([b, h, w], (Kind::Bool, device));
+            for _ in 0..4 {
+                let ys = Tensor::randint(h - s + 1, [b, 1], opts);
+                let xs = Tensor::randint(w - s + 1, [b, 1], opts);
+                m = m.logical_or(&square(&ys, &xs, s));
+            }
+            m
+        }
+        MaskKind::RandomRegion => {
+            let n = ((frac * frac * (h * w) as f64).round() as i64).clamp(1, h * w);
+            let fopts = (Kind::Float, device);
+            let noise = Tensor::rand([b, 1, 4, 4], fopts)
+                .upsample_bilinear2d([h, w], false, None, None)
+                .view([b, h * w]) // [b, h*w]
+                + Tensor::rand([b, h * w], fopts) * 1e-4; // breaks the interpolation's ties
+            let (top, _) = noise.topk(n, 1, true, false); // [b, n]
+            let threshold = top.min_dim(1, true).0; // [b, 1]
+            noise.ge_tensor(&threshold).view([b, h, w])
+        }
+    };
+    m.unsqueeze(1).to_kind(Kind::Float)
+}
+
+/// The loss weights of a hole mask `[B, 1, H, W]`: 1 in the hole, `ring_weight` on the
+/// visible pixels within `overlap` pixels of it (Chebyshev distance), 0 elsewhere.
+pub fn overlap_weights(mask: &Tensor, overlap: i64, ring_weight: f64) -> Tensor {
+    if overlap == 0 {
+        return mask.shallow_clone();
+    }
+    let k = 2 * overlap + 1;
+    let grown = mask.max_pool2d([k, k], [1, 1], [overlap, overlap], [1, 1], false);
+    let ring = grown - mask;
+    mask + ring * ring_weight
+}
+
+pub struct ContextEncoder {
+    encoder: Encoder,
+    decoder: Decoder,
+    discriminator: Option<nn::Sequential>,
+    kind: MaskKind,
+    hole: f64,
+    overlap: i64,
+    overlap_weight: f64,
+    adv_weight: f64,
+}
+
+impl ContextEncoder {
+    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<ContextEncoder> {
+        let kind = MaskKind::parse(&cfg.ce_mask)?;
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
+        let decoder = Decoder::new(
+            &(p / "decoder"),
+            encoder.dim,
+            &cfg.decoder_widths,
+            data.shape,
+        )?;
+        let discriminator = cfg
+            .ce_adversarial
+            .then(|| discriminator(&(p / "discriminator"), data.shape[0]));
+        Ok(ContextEncoder {
+            encoder,
+            decoder,
+            discriminator,
+            kind,
+            hole: cfg.ce_hole,
+            overlap: cfg.ce_overlap,
+            overlap_weight: cfg.ce_overlap_weight,
+            adv_weight: cfg.ce_adv_weight,
+        })
+    }
+
+    /// (hole mask `[B, 1, H, W]`, the images with the hole filled by the per-channel mean).
+    fn mask_batch(&self, images: &Tensor) -> (Tensor, Tensor) {
+        let s = images.size(); // [B, C, H, W]
+        let mask = hole_masks(self.kind, self.hole, s[0], s[2], s[3], images.device());
+        let fill = images
+            .mean_dim(&[0i64, 2, 3][..], true, Kind::Float)
+            .detach(); // [1, C, 1, 1]
+        let input = images * (mask.ones_like() - &mask) + fill * &mask;
+        (mask, input)
+    }
+}
+
+/// `[B, C, H, W]` -> `[B, 1]` real/fake logits.
+fn discriminator(p: &nn::Path, channels: i64) -> nn::Sequential {
+    let c = |stride| nn::ConvConfig {
+        stride,
+        padding: 1,
+        ..Default::default()
+    };
+    nn::seq()
+        .add(nn::conv2d(p / "conv1", channels, 32, 4, c(2)))
+        .add_fn(|x| x.leaky_relu())
+        .add(nn::conv2d(p / "conv2", 32, 64, 4, c(2)))
+        .add_fn(|x| x.leaky_relu())
+        .add_fn(|x| x.mean_dim(&[-2i64, -1][..], false, Kind::Float)) // [B, 64]
+        .add(nn::linear(p / "fc", 64, 1, Default::default()))
+}
+
+impl Method for ContextEncoder {
+    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let (mask, input) = self.mask_batch(images); // [B, 1, H, W], [B, C, H, W]
+        let z = self.encoder.forward_t(&input, true); // [B, D]
+        let pred = self.decoder.forward_t(&z, true); // [B, C, H, W]
+        let weights = overlap_weights(&mask, self.overlap, self.overlap_weight);
+        let rec = losses::weighted_mse(&pred, images, &weights);
+        let Some(d) = &self.discriminator else {
+            return rec;
+        };
+        let lambda = self.adv_weight;
+        let fake = images * (mask.ones_like() - &mask) + &pred * &mask; // completed images
+        let d_fake_detached = d.forward(&fake.detach()); // [B, 1]
+        let d_loss = losses::bce_with_logits(&d.forward(images), 1.0)
+            + losses::bce_with_logits(&d_fake_detached, 0.0);
+        let g_adv = losses::bce_with_logits(&d.forward(&fake), 1.0)
+            - losses::bce_with_logits(&d_fake_detached, 1.0);
+        rec * (1.0 - lambda) + g_adv * lambda + d_loss
+    }
+    fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+    /// Rows of (input with its hole, prediction pasted into the hole, original).
+    fn examples(&self, images: &Tensor) -> Option<Tensor> {
+        let (mask, input) = self.mask_batch(images);
+        let pred = self
+            .decoder
+            .forward_t(&self.encoder.forward_t(&input, false), false);
+        let filled = images * (mask.ones_like() - &mask) + pred * &mask;
+        Some(super::side_by_side(&[
+            input,
+            filled,
+            images.shallow_clone(),
+        ]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::tests::{tiny_config, tiny_dataset, train_losses};
+
+    fn ones_at(m: &Tensor, b: i64) -> Vec<(i64, i64)> {
+        let s = m.size();
+        let mut v = Vec::new();
+        for y in 0..s[2] {
+            for x in 0..s[3] {
+                if m.double_value(&[b, 0, y, x]) == 1.0 {
+                    v.push((y, x));
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn center_mask_is_the_central_square() {
+        let _rng = crate::torch_rng_lock();
+        let m = hole_masks(MaskKind::Center, 0.5, 2, 28, 28, Device::Cpu);
+        assert_eq!(m.size(), vec![2, 1, 28, 28]);
+        let want: Vec<(i64, i64)> = (7..21).flat_map(|y| (7..21).map(move |x| (y, x))).collect();
+        assert_eq!(ones_at(&m, 0), want);
+        assert_eq!(ones_at(&m, 1), want);
+        // Odd sizes: a 3x3 hole in 7x8 starts at row 2, column 2.
+        let m = hole_masks(MaskKind::Center, 0.43, 1, 7, 8, Device::Cpu);
+        assert_eq!(ones_at(&m, 0)[0], (2, 2));
+        assert_eq!(m.sum(Kind::Float).double_value(&[]), 9.0);
+    }
+
+    #[test]
+    fn random_masks_cover_what_they_claim() {
+        let _rng = crate::torch_rng_lock();
+        tch::manual_seed(5);
+        // random-region: exactly round(0.25 * 784) = 196 pixels per image, in one smooth blob
+        // (most hidden pixels have a hidden 4-neighbour).
+        let m = hole_masks(MaskKind::RandomRegion, 0.5, 16, 28, 28, Device::Cpu);
+        let per = m.sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float);
+        assert_eq!(Vec::<f32>::try_from(per).unwrap(), vec![196.0; 16]);
+        let right = m.narrow(3, 0, 27) * m.narrow(3, 1, 27);
+        let frac_paired = right.sum(Kind::Float).double_value(&[]) / (16.0 * 196.0);
+        assert!(frac_paired > 0.8, "{frac_paired}");
+        let a = ones_at(&m, 0);
+        assert_ne!(a, ones_at(&m, 1));
+        // random-blocks: a union of 4 squares of side 7: 49..=196 pixels, each one
+        // inside a 7x7 square of hidden pixels.
+        let m = hole_masks(MaskKind::RandomBlocks, 0.5, 16, 28, 28, Device::Cpu);
+        let full7 = m
+            .avg_pool2d([7, 7], [1, 1], [0, 0], false, true, None::<i64>)
+            .eq(1.0);
+        let covered = full7
+            .to_kind(Kind::Float)
+            .constant_pad_nd([6, 6, 6, 6])
+            .max_pool2d([7, 7], [1, 1], [0, 0], [1, 1], false); // pixels inside some all-hidden 7x7 square
+        assert!(m.eq_tensor(&covered).all().int64_value(&[]) == 1);
+        for b in 0..16 {
+            let n = ones_at(&m, b).len();
+            assert!((49..=196).contains(&n), "{n}");
+        }
+    }
+
+    #[test]
+    fn overlap_ring_surrounds_the_hole() {
+        let _rng = crate::torch_rng_lock();
+        let m = hole_masks(MaskKind::Center, 0.5, 1, 8, 8, Device::Cpu); // rows/cols 2..6
+        let w = overlap_weights(&m, 1, 10.0);
+        for y in 0..8i64 {
+            for x in 0..8i64 {
+                let inside = (2..6).contains(&y) && (2..6).contains(&x);
+                let ring = !inside && (1..7).contains(&y) && (1..7).contains(&x);
+                let want = if inside {
+                    1.0
+                } else if ring {
+                    10.0
+                } else {
+                    0.0
+                };
+                assert_eq!(w.double_value(&[0, 0, y, x]), want, "({y}, {x})");
+            }
+        }
+    }
+
+    #[test]
+    fn input_hides_the_hole_and_loss_decreases_with_and_without_adversary() {
+        let _rng = crate::torch_rng_lock();
+        let cfg = Config {
+            ce_hole: 0.5,
+            epochs: 8,
+            ..tiny_config("context-encoder")
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let info = DataInfo {
+            shape: [1, 8, 8],
+            num_classes: 4,
+        };
+        let ce = ContextEncoder::new(&vs.root(), &cfg, &info).unwrap();
+        let x = Tensor::rand([3, 1, 8, 8], (Kind::Float, Device::Cpu));
+        let (mask, input) = ce.mask_batch(&x);
+        let mean = x.mean(Kind::Float).double_value(&[]);
+        let hole = input.masked_select(&mask.gt(0.5));
+        assert_eq!(hole.size(), vec![3 * 16]);
+        assert!((hole - mean).abs().max().double_value(&[]) < 1e-6);
+        let outside = mask.lt(0.5);
+        assert!(
+            input
+                .masked_select(&outside)
+                .equal(&x.masked_select(&outside))
+        );
+        let pic = ce.examples(&x).unwrap();
+        assert_eq!(pic.size(), vec![1, 3 * 10 - 2, 3 * 10 - 2]);
+
+        let l = train_losses(&cfg, &tiny_dataset());
+        assert!(l[7] < 0.5 * l[0], "losses {l:?}");
+        let adv = Config {
+            ce_adversarial: true,
+            ..cfg.clone()
+        };
+        let la = train_losses(&adv, &tiny_dataset());
+        // The adversarial run logs (1 - λ) L_rec + L_D, with L_D near 2 ln 2 at the start.
+        assert!(la[0] > 1.0 && la.iter().all(|v| v.is_finite()), "{la:?}");
+    }
+
+    #[test]
+    fn adversarial_term_gives_the_discriminator_only_its_own_gradient() {
+        let _rng = crate::torch_rng_lock();
+        let cfg = Config {
+            ce_adversarial: true,
+            ce_adv_weight: 0.5,
+            ..tiny_config("context-encoder")
+        };
+        let info = DataInfo {
+            shape: [1, 8, 8],
+            num_classes: 4,
+        };
+        let x = Tensor::rand([4, 1, 8, 8], (Kind::Float, Device::Cpu));
+        let ctx = StepCtx {
+            epoch: 0,
+            step: 0,
+            total_steps: 1,
+        };
+        // Gradient of the full loss vs. of the discriminator's own loss alone.
+        let grads = |full: bool| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            tch::manual_seed(0);
+            let mut ce = ContextEncoder::new(&vs.root(), &cfg, &info).unwrap();
+            tch::manual_seed(1);
+            let l = if full {
+                ce.loss(&x, &x, &ctx)
+            } else {
+                let (mask, _) = ce.mask_batch(&x);
+                let d = ce.discriminator.as_ref().unwrap();
+                let pred = ce
+                    .decoder
+                    .forward_t(&ce.encoder.forward_t(&ce.mask_batch(&x).1, true), true);
+                let fake = &x * (mask.ones_like() - &mask) + pred * &mask;
+                losses::bce_with_logits(&d.forward(&x), 1.0)
+                    + losses::bce_with_logits(&d.forward(&fake.detach()), 0.0)
+            };
+            l.backward();
+            let g = vs.variables()["discriminator.conv1.weight"].grad();
+            g.copy()
+        };
+        let (a, b) = (grads(true), grads(false));
+        assert!(a.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        assert!(a.allclose(&b, 1e-4, 1e-6, false));
+    }
+}
