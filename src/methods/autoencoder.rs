@@ -31,13 +31,7 @@ impl Autoencoder {
         data: &DataInfo,
         corrupt: Option<Corruption>,
     ) -> Result<Autoencoder> {
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
-        let decoder = Decoder::new(
-            &(p / "decoder"),
-            encoder.dim,
-            &cfg.decoder_widths,
-            data.shape,
-        )?;
+        let (encoder, decoder) = nets::encoder_decoder(p, cfg, data.shape)?;
         Ok(Autoencoder {
             encoder,
             decoder,

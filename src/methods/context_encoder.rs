@@ -136,13 +136,7 @@ pub struct ContextEncoder {
 impl ContextEncoder {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<ContextEncoder> {
         let kind = MaskKind::parse(&cfg.ce_mask)?;
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
-        let decoder = Decoder::new(
-            &(p / "decoder"),
-            encoder.dim,
-            &cfg.decoder_widths,
-            data.shape,
-        )?;
+        let (encoder, decoder) = nets::encoder_decoder(p, cfg, data.shape)?;
         let discriminator = cfg
             .ce_adversarial
             .then(|| discriminator(&(p / "discriminator"), data.shape[0]));

@@ -52,6 +52,14 @@ pub fn build_encoder(p: &nn::Path, cfg: &Config, in_channels: i64) -> Result<Enc
     }
 }
 
+/// An encoder under `encoder` and a decoder back to `shape` `[C, H, W]` under `decoder`, as
+/// the reconstruction methods (autoencoders, context encoder) use them.
+pub fn encoder_decoder(p: &nn::Path, cfg: &Config, shape: [i64; 3]) -> Result<(Encoder, Decoder)> {
+    let encoder = build_encoder(&(p / "encoder"), cfg, shape[0])?;
+    let decoder = Decoder::new(&(p / "decoder"), encoder.dim, &cfg.decoder_widths, shape)?;
+    Ok((encoder, decoder))
+}
+
 /// Number of scalars in the trainable variables below `prefix` ("" for all).
 pub fn parameter_count(vs: &nn::VarStore, prefix: &str) -> i64 {
     vs.variables()
