@@ -91,14 +91,8 @@ fn main() -> Result<()> {
     };
     let s = train::pretrain(&cfg, &ds, &out, &opts, device)?;
     println!(
-        "pretrained colorization on {}: {} epochs, {} steps, final loss {:.5}, {:.0} images/s, wall {:.1}s -> {}",
-        ds.name,
-        s.epochs,
-        s.steps,
-        s.final_loss,
-        s.images_per_sec,
-        s.wall_seconds,
-        out.display()
+        "{}",
+        s.describe(&format!("colorization on {}", ds.name), &out)
     );
 
     let ck = checkpoint::load(&out)?;

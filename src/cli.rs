@@ -386,16 +386,7 @@ fn pretrain(
         stop_after_epochs: None,
     };
     let s = train::pretrain(&cfg, &ds, out, &opts, device)?;
-    println!(
-        "pretrained {}: {} epochs, {} steps, final loss {:.5}, {:.0} images/s, wall {:.1}s -> {}",
-        cfg.method,
-        s.epochs,
-        s.steps,
-        s.final_loss,
-        s.images_per_sec,
-        s.wall_seconds,
-        out.display()
-    );
+    println!("{}", s.describe(&cfg.method, out));
     Ok(())
 }
 

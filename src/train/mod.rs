@@ -89,6 +89,21 @@ pub struct Summary {
     pub wall_seconds: f64,
 }
 
+impl Summary {
+    /// The line printed after pretraining `what` into `out`.
+    pub fn describe(&self, what: &str, out: &Path) -> String {
+        format!(
+            "pretrained {what}: {} epochs, {} steps, final loss {:.5}, {:.0} images/s, wall {:.1}s -> {}",
+            self.epochs,
+            self.steps,
+            self.final_loss,
+            self.images_per_sec,
+            self.wall_seconds,
+            out.display()
+        )
+    }
+}
+
 /// Steps per epoch for a training set of `n` images (the last partial batch is dropped).
 pub fn steps_per_epoch(n: usize, batch_size: usize) -> usize {
     n / batch_size
