@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 
-def small_cnn(in_channels, widths):
+def small_cnn(in_channels, widths, pool=1):
     class Stage(nn.Module):
         def __init__(self, cin, w, stride):
             super().__init__()
@@ -40,7 +40,9 @@ def small_cnn(in_channels, widths):
         def forward(self, x):
             for i in range(self.n):
                 x = getattr(self, f"stage{i}")(x)
-            return x.mean(dim=(-2, -1))
+            if pool == 1:
+                return x.mean(dim=(-2, -1))
+            return nn.functional.adaptive_avg_pool2d(x, pool).flatten(1)
 
     return Cnn()
 
@@ -64,7 +66,7 @@ def main():
     if meta["encoder"] == "resnet18":
         model = cifar_resnet18(cin, float(meta["resnet_width"]))
     else:
-        model = small_cnn(cin, json.loads(meta["cnn_widths"]))
+        model = small_cnn(cin, json.loads(meta["cnn_widths"]), int(meta.get("cnn_pool", "1")))
     model.load_state_dict(load_file(weights), strict=True)
     model.eval()
     t = load_file(io)

@@ -30,6 +30,10 @@ pub struct Config {
     pub encoder: String,
     /// Channel widths of the small CNN's stages; each stage after the first halves the size.
     pub cnn_widths: Vec<i64>,
+    /// The small CNN's last feature map is average-pooled to a `cnn_pool` x `cnn_pool` grid
+    /// and flattened: 1 is global average pooling (`[B, W]`); 2 keeps where things are in
+    /// the image (`[B, 4W]`), which matters on centred data such as Fashion-MNIST.
+    pub cnn_pool: i64,
     /// Width multiplier of the ResNet-18 (1.0 gives 64..512 channels).
     pub resnet_width: f64,
     /// Channel widths of the decoder's transposed-convolution stages (each doubles the size).
@@ -149,6 +153,7 @@ impl Default for Config {
             bad_images: "error".into(),
             encoder: "cnn".into(),
             cnn_widths: vec![32, 64, 128],
+            cnn_pool: 1,
             resnet_width: 1.0,
             decoder_widths: vec![64, 32],
             epochs: 10,
@@ -290,6 +295,9 @@ impl Config {
                 "option cnn_widths = {:?} must be a non-empty list of widths in 1..=4096",
                 self.cnn_widths
             );
+        }
+        if !(1..=8).contains(&self.cnn_pool) {
+            bail!("option cnn_pool = {} must be in 1..=8", self.cnn_pool);
         }
         if self.decoder_widths.is_empty() || self.decoder_widths.iter().any(|&w| w < 1 || w > 4096)
         {

@@ -31,6 +31,7 @@ fn check(cfg: &Config, shape: [i64; 4]) {
     }
     let x = Tensor::rand(shape, (Kind::Float, Device::Cpu));
     let y = tch::no_grad(|| enc.forward_t(&x, false));
+    assert_eq!(y.size(), [shape[0], enc.dim]);
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("encoder.safetensors");
     export::write_encoder(&weights, &vs.variables(), cfg, shape[1]).unwrap();
@@ -65,6 +66,17 @@ fn resnet18_export_matches_torchvision() {
 #[test]
 fn small_cnn_export_matches_pytorch() {
     check(&Config::default(), [3, 1, 28, 28]);
+}
+
+#[test]
+fn small_cnn_with_pooling_grid_export_matches_pytorch() {
+    // cnn_pool = 2: the 7x7 map is averaged over overlapping 4x4 windows, as PyTorch's
+    // adaptive_avg_pool2d does, and flattened channel-major to [B, 4 * 128].
+    let cfg = Config {
+        cnn_pool: 2,
+        ..Config::default()
+    };
+    check(&cfg, [3, 1, 28, 28]);
 }
 
 #[test]

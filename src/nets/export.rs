@@ -56,6 +56,7 @@ pub fn write_encoder(
             "cnn_widths".to_string(),
             serde_json::to_string(&cfg.cnn_widths)?,
         ),
+        ("cnn_pool".to_string(), cfg.cnn_pool.to_string()),
         ("resnet_width".to_string(), cfg.resnet_width.to_string()),
         ("method".to_string(), cfg.method.clone()),
     ]);

@@ -38,7 +38,7 @@ impl Encoder {
 pub fn build_encoder(p: &nn::Path, cfg: &Config, in_channels: i64) -> Result<Encoder> {
     match cfg.encoder.as_str() {
         "cnn" => {
-            let (net, dim) = cnn::small_cnn(p, in_channels, &cfg.cnn_widths);
+            let (net, dim) = cnn::small_cnn(p, in_channels, &cfg.cnn_widths, cfg.cnn_pool);
             Ok(Encoder { net, dim })
         }
         "resnet18" => {
