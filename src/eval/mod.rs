@@ -6,6 +6,7 @@ pub mod embed;
 pub mod knn;
 pub mod linear;
 pub mod neighbors;
+pub mod tsne;
 
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
