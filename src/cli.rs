@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{Device, Tensor};
+use tch::Device;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -710,7 +710,6 @@ fn neighbors(
     out: Option<PathBuf>,
     device: Device,
 ) -> Result<()> {
-    use eval::neighbors as nb;
     if queries == 0 || k == 0 || queries > 1000 || k > 100 {
         bail!("--queries {queries} and --k {k} must be in 1..=1000 and 1..=100");
     }
@@ -719,32 +718,15 @@ fn neighbors(
     let (train, test) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
     let (ftr, _) = eval::method_features(model.method.as_ref(), &train, 512, device);
     let (fte, _) = eval::method_features(model.method.as_ref(), &test, 512, device);
-    let q = nb::choose_queries(test.len(), queries, seed);
-    let idx =
-        Tensor::from_slice(&q.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
-    let nn = nb::nearest(&ftr, &fte.index_select(0, &idx), k as i64);
-    let out = out.unwrap_or_else(|| run.join("neighbors.png"));
-    nb::neighbor_grid(&train, &test, &q, &nn)
-        .save_with_format(&out, image::ImageFormat::Png)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    let name = |l: i64| {
-        ds.class_names
-            .get(l as usize)
-            .cloned()
-            .unwrap_or_else(|| l.to_string())
-    };
-    let (mut same, mut total) = (0, 0);
-    for (&qi, row) in q.iter().zip(&nn) {
-        let labels: Vec<String> = row.iter().map(|&i| name(train.labels[i])).collect();
-        same += row
-            .iter()
-            .filter(|&&i| train.labels[i] == test.labels[qi])
-            .count();
-        total += row.len();
-        println!("{:<14} -> {}", name(test.labels[qi]), labels.join(", "));
+    let out = out.unwrap_or_else(|| run.join(eval::neighbors::FILE_NAME));
+    let found = eval::neighbors::write_picture(&train, &test, &ftr, &fte, queries, k, seed, &out)?;
+    for line in found.lines(&train, &test, &ds.class_names) {
+        println!("{line}");
     }
     println!(
-        "{same}/{total} neighbours share the query's label; grid (query framed blue, same label green, other red) -> {}",
+        "{}/{} neighbours share the query's label; grid (query framed blue, same label green, other red) -> {}",
+        found.same_label,
+        found.total,
         out.display()
     );
     Ok(())
