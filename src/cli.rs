@@ -133,6 +133,20 @@ pub enum Command {
         #[arg(long, value_name = "FILE.png")]
         out: Option<PathBuf>,
     },
+    /// Evaluate a run and write a report into its folder: metrics.json, loss.png,
+    /// embedding.png (t-SNE of test embeddings coloured by class), neighbors.png and
+    /// index.html, a static page showing them with the config.
+    Report {
+        /// A run folder written by `pretrain`.
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+        /// Test images in the t-SNE map (a random sample seeded by the run's seed).
+        #[arg(long, default_value_t = 2000)]
+        points: usize,
+        /// Eval-key overrides (probe_epochs, knn_k, ...), as for `eval --run`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
     /// Compare methods in one table (Markdown and CSV): linear top-1/top-5, kNN top-1,
     /// pretraining time and parameters, always with the raw-pixel, random-init and
     /// supervised baselines. Either over existing --runs, or training --methods here.
@@ -293,6 +307,7 @@ pub fn run(cli: Cli) -> Result<()> {
             seed,
             out,
         } => neighbors(&run, queries, k, seed, out, device),
+        Command::Report { run, points, sets } => report_run(&run, points, &sets, device),
         Command::BenchAugment { images, python } => bench_augment(images, python),
         Command::Config { cfg } => {
             print!(
@@ -400,6 +415,21 @@ const EVAL_KEYS: &[&str] = &[
     "knn_temperature",
 ];
 
+/// Fails unless every `--set` names one of the `EVAL_KEYS`.
+fn check_eval_sets(sets: &[String]) -> Result<()> {
+    for s in sets {
+        let key = s.split_once('=').map(|(k, _)| k.trim()).unwrap_or(s);
+        if !EVAL_KEYS.contains(&key) {
+            bail!("--set {s}: only the eval keys {EVAL_KEYS:?} can change when evaluating a run");
+        }
+    }
+    Ok(())
+}
+
+fn run_label(cfg: &Config, meta: &checkpoint::Meta) -> String {
+    format!("{} ({} epochs)", cfg.method, meta.epoch)
+}
+
 fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     if args.config.is_some() {
         bail!(
@@ -411,12 +441,7 @@ fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
             "eval --run evaluates on the data of the run; --data applies to pretrain and --baseline"
         );
     }
-    for s in &args.sets {
-        let key = s.split_once('=').map(|(k, _)| k.trim()).unwrap_or(s);
-        if !EVAL_KEYS.contains(&key) {
-            bail!("--set {s}: only the eval keys {EVAL_KEYS:?} can change when evaluating a run");
-        }
-    }
+    check_eval_sets(&args.sets)?;
     let LoadedRun {
         cfg,
         meta,
@@ -426,13 +451,52 @@ fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     ds.require_labels()?;
     let t0 = Instant::now();
     let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg, device);
-    let label = format!("{} ({} epochs)", cfg.method, meta.epoch);
-    report(&label, &ds, &scores, t0.elapsed().as_secs_f64());
-    let json = serde_json::json!({
-        "method": cfg.method, "data": cfg.data, "epochs": meta.epoch, "pretrain_seconds": meta.wall_seconds,
-        "encoder_parameters": nets::parameter_count(&model.vs, "encoder."), "scores": scores,
-    });
+    report(
+        &run_label(&cfg, &meta),
+        &ds,
+        &scores,
+        t0.elapsed().as_secs_f64(),
+    );
+    let params = nets::parameter_count(&model.vs, "encoder.");
+    let json = crate::report::run_json(&cfg, &meta, params, &scores);
     std::fs::write(run.join("eval.json"), serde_json::to_string_pretty(&json)?)?;
+    Ok(())
+}
+
+fn report_run(run: &Path, points: usize, sets: &[String], device: Device) -> Result<()> {
+    if !(1..=10_000).contains(&points) {
+        bail!("--points {points}: must be in 1..=10000 (t-SNE takes O(N²) memory and time)");
+    }
+    check_eval_sets(sets)?;
+    let LoadedRun {
+        cfg,
+        meta,
+        ds,
+        model,
+    } = load_run(run, sets, device)?;
+    let opts = crate::report::Options {
+        points,
+        queries: 8,
+        k: 8,
+        seed: cfg.seed,
+    };
+    let r = crate::report::write(run, &cfg, &meta, &ds, &model, &opts, device)?;
+    report(&run_label(&cfg, &meta), &ds, &r.scores, r.eval_seconds);
+    println!(
+        "  neighbours     {}/{} share the query's label",
+        r.neighbors.same_label, r.neighbors.total
+    );
+    println!(
+        "  t-SNE map of {} test images ({:.1}s)",
+        r.embedded_points, r.tsne_seconds
+    );
+    if let Some(s) = &r.summary {
+        println!("  {}", s.describe(&cfg.method, run));
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("report -> {}", run.join(crate::report::HTML_FILE).display());
     Ok(())
 }
 

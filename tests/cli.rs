@@ -585,3 +585,102 @@ fn compare_trains_methods_and_adds_the_three_baselines() {
         stderr(&o)
     );
 }
+
+#[test]
+fn report_writes_metrics_plots_and_a_page_into_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_tiny_mnist(&data);
+    let run = tmp.path().join("run");
+    let data_arg = format!("data=\"mnist:{}\"", data.display());
+    let o = selfsup(&[
+        "--device",
+        "cpu",
+        "pretrain",
+        "--quiet",
+        "--method",
+        "autoencoder",
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        &data_arg,
+        "--set",
+        "cnn_widths=[4, 8]",
+        "--set",
+        "decoder_widths=[8, 4]",
+        "--set",
+        "batch_size=32",
+        "--set",
+        "epochs=2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Pretraining draws the loss curve itself.
+    assert!(run.join("loss.png").is_file());
+    std::fs::remove_file(run.join("loss.png")).unwrap();
+
+    let o = selfsup(&[
+        "--device",
+        "cpu",
+        "report",
+        "--run",
+        run.to_str().unwrap(),
+        "--points",
+        "30",
+        "--set",
+        "knn_k=5",
+        "--set",
+        "probe_epochs=5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("linear probe")
+            && out.contains("kNN")
+            && out.contains("t-SNE map of 30 test images")
+            && out.contains("/64 share the query's label")
+            && out.contains("index.html"),
+        "{out}"
+    );
+    for (file, size) in [
+        ("loss.png", (960, 720)),
+        ("embedding.png", (1000, 760)),
+        ("neighbors.png", (2 + 9 * 66, 2 + 8 * 66)),
+    ] {
+        let img = image::open(run.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .to_rgb8();
+        assert_eq!(img.dimensions(), size, "{file}");
+        let first = *img.get_pixel(0, 0);
+        assert!(img.pixels().any(|p| *p != first), "{file} is one colour");
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let top1 = m["scores"]["linear_top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1), "{m}");
+    assert_eq!(m["pretraining"]["epochs"], 2, "{m}");
+    let html = std::fs::read_to_string(run.join("index.html")).unwrap();
+    let shown = format!("{:.2}%", 100.0 * top1);
+    for needle in [
+        "<img src=\"loss.png\"",
+        "<img src=\"embedding.png\"",
+        "<img src=\"neighbors.png\"",
+        "method = &quot;autoencoder&quot;",
+        shown.as_str(),
+    ] {
+        assert!(html.contains(needle), "{needle} missing from index.html");
+    }
+
+    let o = selfsup(&["report", "--run", run.to_str().unwrap(), "--points", "0"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--points 0"),
+        "{}",
+        stderr(&o)
+    );
+    let o = selfsup(&["report", "--run", run.to_str().unwrap(), "--set", "lr=1"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("only the eval keys"),
+        "{}",
+        stderr(&o)
+    );
+}
