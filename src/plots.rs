@@ -6,6 +6,7 @@
 use crate::train::metrics::Metrics;
 use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -74,7 +75,7 @@ const LR_COLOUR: RGBColor = RGBColor(44, 160, 44);
 const GRID_COLOUR: RGBColor = RGBColor(238, 238, 238);
 
 /// The loss of `metrics` against the step (each logged step, and each epoch's mean at the
-/// epoch's last step) above the learning rate against the step, under `title`.
+/// middle of the epoch's steps) above the learning rate against the step, under `title`.
 pub fn loss_plot(metrics: &Metrics, title: &str, out: &Path) -> Result<()> {
     let steps = &metrics.steps;
     let epochs = &metrics.epochs;
@@ -112,22 +113,15 @@ pub fn loss_plot(metrics: &Metrics, title: &str, out: &Path) -> Result<()> {
             let (t, b) = body.split_vertically(LOSS_SIZE.1 * 58 / 100);
             (t, Some(b))
         };
-        let mut chart = ChartBuilder::on(&top)
-            .caption("training loss", font(18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(80)
-            .build_cartesian_2d(x_range.clone(), loss_range.clone())?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc("loss")
-            .label_style(font(14))
-            .axis_desc_style(font(16))
-            .light_line_style(GRID_COLOUR)
-            .y_label_formatter(&|v| format!("{:.*}", loss_digits, v))
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .draw()?;
+        let loss_label = |v: &f64| format!("{:.*}", loss_digits, v);
+        let mut chart = step_panel(
+            &top,
+            "training loss",
+            x_range.clone(),
+            loss_range.clone(),
+            "loss",
+            &loss_label,
+        )?;
         if !steps.is_empty() {
             chart
                 .draw_series(LineSeries::new(
@@ -156,22 +150,14 @@ pub fn loss_plot(metrics: &Metrics, title: &str, out: &Path) -> Result<()> {
             .draw()?;
         if let Some(bottom) = bottom {
             let (_, lr_hi) = min_max(steps.iter().map(|s| s.lr));
-            let mut chart = ChartBuilder::on(&bottom)
-                .caption("learning rate", font(18))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(80)
-                .build_cartesian_2d(x_range.clone(), 0f64..(lr_hi.max(1e-12) * 1.05))?;
-            chart
-                .configure_mesh()
-                .x_desc("step")
-                .y_desc("learning rate")
-                .label_style(font(14))
-                .axis_desc_style(font(16))
-                .light_line_style(GRID_COLOUR)
-                .y_label_formatter(&|v| format!("{v:.1e}"))
-                .x_label_formatter(&|v| format!("{v:.0}"))
-                .draw()?;
+            let mut chart = step_panel(
+                &bottom,
+                "learning rate",
+                x_range.clone(),
+                0f64..(lr_hi.max(1e-12) * 1.05),
+                "learning rate",
+                &|v| format!("{v:.1e}"),
+            )?;
             chart.draw_series(LineSeries::new(
                 steps.iter().map(|s| (s.step as f64, s.lr)),
                 LR_COLOUR.stroke_width(2),
@@ -179,6 +165,37 @@ pub fn loss_plot(metrics: &Metrics, title: &str, out: &Path) -> Result<()> {
         }
         Ok(())
     })
+}
+
+type StepChart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart against the step on `area`, with its caption and mesh drawn.
+fn step_panel<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    y_desc: &str,
+    y_label: &dyn Fn(&f64) -> String,
+) -> std::result::Result<StepChart<'a, 'b>, Box<dyn std::error::Error>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, font(18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc(y_desc)
+        .label_style(font(14))
+        .axis_desc_style(font(16))
+        .light_line_style(GRID_COLOUR)
+        .y_label_formatter(y_label)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
+    Ok(chart)
 }
 
 fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {

@@ -305,7 +305,7 @@ pub fn html(page: &Page) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::tests::{tiny_config, tiny_dataset};
+    use crate::train::tests::{quiet, tiny_config, tiny_dataset};
 
     #[test]
     fn html_shows_metrics_and_images_and_escapes_the_config() {
@@ -354,11 +354,7 @@ mod tests {
             data: "tiny <&>".into(),
             ..tiny_config("autoencoder")
         };
-        let opts = train::TrainOptions {
-            quiet: true,
-            ..Default::default()
-        };
-        train::pretrain(&cfg, &ds, dir.path(), &opts, Device::Cpu).unwrap();
+        train::pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
         let ck = crate::train::checkpoint::load(dir.path()).unwrap();
         let model = Model::build(&cfg, &train::data_info(&ds), Device::Cpu).unwrap();
         crate::train::checkpoint::load_into(&model.vs, &ck.model).unwrap();

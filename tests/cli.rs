@@ -20,6 +20,16 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// A small CNN and decoder with batches that fit the tiny data sets below.
+const TINY_NET: [&str; 6] = [
+    "--set",
+    "cnn_widths=[4, 8]",
+    "--set",
+    "decoder_widths=[8, 4]",
+    "--set",
+    "batch_size=32",
+];
+
 fn idx(dims: &[usize], data: &[u8]) -> Vec<u8> {
     let mut out = vec![0, 0, 8, dims.len() as u8];
     for &d in dims {
@@ -54,24 +64,22 @@ fn write_tiny_mnist(dir: &Path) {
     std::fs::write(dir.join("t10k-labels-idx1-ubyte"), idx(&[40], &vl)).unwrap();
 }
 
-#[test]
-fn pretrain_then_eval_on_a_tiny_folder() {
+/// A temporary folder holding `data/`, a tiny MNIST-format data set.
+fn tiny_mnist_in_temp_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     write_tiny_mnist(&data);
+    (tmp, data)
+}
+
+#[test]
+fn pretrain_then_eval_on_a_tiny_folder() {
+    let (tmp, data) = tiny_mnist_in_temp_dir();
     let run = tmp.path().join("run");
     let data_arg = format!("data=\"mnist:{}\"", data.display());
-    let common = [
-        "--set",
-        &data_arg,
-        "--set",
-        "cnn_widths=[4, 8]",
-        "--set",
-        "decoder_widths=[8, 4]",
-        "--set",
-        "batch_size=32",
-    ];
+    let mut common = vec!["--set", &data_arg];
+    common.extend(TINY_NET);
     let mut args = vec![
         "--device",
         "cpu",
@@ -86,7 +94,7 @@ fn pretrain_then_eval_on_a_tiny_folder() {
         "--set",
         "noise=masking",
     ];
-    args.extend(common);
+    args.extend(&common);
     let o = selfsup(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("2 epochs, 8 steps"), "{}", stdout(&o));
@@ -220,7 +228,7 @@ fn pretrain_then_eval_on_a_tiny_folder() {
     let linear = out.lines().find(|l| l.contains("linear probe")).unwrap();
     assert!(linear.contains("top-1 100.00%"), "{out}");
     let mut a = vec!["eval", "--baseline", "random"];
-    a.extend(common);
+    a.extend(&common);
     let o = selfsup(&a);
     assert!(o.status.success(), "{}", stderr(&o));
 }
@@ -312,10 +320,7 @@ fn methods_lists_the_registry() {
 
 #[test]
 fn pretext_methods_run_from_the_cli_and_colorization_refuses_grey_data() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    write_tiny_mnist(&data);
+    let (tmp, data) = tiny_mnist_in_temp_dir();
     let data_arg = format!("data=\"mnist:{}\"", data.display());
     let pretrain = |method: &str, run: &Path, extra: &[&str]| {
         let mut args = vec![
@@ -528,25 +533,16 @@ fn pretrain_on_an_unlabeled_folder_and_refuse_to_evaluate_it() {
 
 #[test]
 fn compare_trains_methods_and_adds_the_three_baselines() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    write_tiny_mnist(&data);
+    let (tmp, data) = tiny_mnist_in_temp_dir();
     let out = tmp.path().join("cmp");
     let data_arg = format!("mnist:{}", data.display());
-    let args = [
+    let mut args = vec![
         "compare",
         "--quiet",
         "--methods",
         "autoencoder",
         "--data",
         &data_arg,
-        "--set",
-        "cnn_widths=[4, 8]",
-        "--set",
-        "decoder_widths=[8, 4]",
-        "--set",
-        "batch_size=32",
         "--set",
         "epochs=2",
         "--set",
@@ -558,6 +554,7 @@ fn compare_trains_methods_and_adds_the_three_baselines() {
         "--out",
         out.to_str().unwrap(),
     ];
+    args.extend(TINY_NET);
     let o = selfsup(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
@@ -588,13 +585,10 @@ fn compare_trains_methods_and_adds_the_three_baselines() {
 
 #[test]
 fn report_writes_metrics_plots_and_a_page_into_the_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    write_tiny_mnist(&data);
+    let (tmp, data) = tiny_mnist_in_temp_dir();
     let run = tmp.path().join("run");
     let data_arg = format!("data=\"mnist:{}\"", data.display());
-    let o = selfsup(&[
+    let mut args = vec![
         "--device",
         "cpu",
         "pretrain",
@@ -606,14 +600,10 @@ fn report_writes_metrics_plots_and_a_page_into_the_run() {
         "--set",
         &data_arg,
         "--set",
-        "cnn_widths=[4, 8]",
-        "--set",
-        "decoder_widths=[8, 4]",
-        "--set",
-        "batch_size=32",
-        "--set",
         "epochs=2",
-    ]);
+    ];
+    args.extend(TINY_NET);
+    let o = selfsup(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     // Pretraining draws the loss curve itself.
     assert!(run.join("loss.png").is_file());

@@ -374,13 +374,8 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn epoch_losses(out: &Path) -> Vec<f64> {
-        std::fs::read_to_string(out.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["kind"] == "epoch")
-            .map(|v| v["loss"].as_f64().unwrap())
-            .collect()
+        let m = metrics::Metrics::read(&out.join(metrics::FILE_NAME)).unwrap();
+        m.epochs.iter().map(|e| e.loss).collect()
     }
 
     fn vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
@@ -389,7 +384,7 @@ pub(crate) mod tests {
         v
     }
 
-    fn quiet() -> TrainOptions {
+    pub(crate) fn quiet() -> TrainOptions {
         TrainOptions {
             quiet: true,
             ..Default::default()
