@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{Device, Tensor};
+use tch::Device;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -132,6 +132,20 @@ pub enum Command {
         /// PNG to write (default: RUN/neighbors.png).
         #[arg(long, value_name = "FILE.png")]
         out: Option<PathBuf>,
+    },
+    /// Evaluate a run and write a report into its folder: metrics.json, loss.png,
+    /// embedding.png (t-SNE of test embeddings coloured by class), neighbors.png and
+    /// index.html, a static page showing them with the config.
+    Report {
+        /// A run folder written by `pretrain`.
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+        /// Test images in the t-SNE map (a random sample seeded by the run's seed).
+        #[arg(long, default_value_t = 2000)]
+        points: usize,
+        /// Eval-key overrides (probe_epochs, knn_k, ...), as for `eval --run`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
     },
     /// Compare methods in one table (Markdown and CSV): linear top-1/top-5, kNN top-1,
     /// pretraining time and parameters, always with the raw-pixel, random-init and
@@ -293,6 +307,7 @@ pub fn run(cli: Cli) -> Result<()> {
             seed,
             out,
         } => neighbors(&run, queries, k, seed, out, device),
+        Command::Report { run, points, sets } => report_run(&run, points, &sets, device),
         Command::BenchAugment { images, python } => bench_augment(images, python),
         Command::Config { cfg } => {
             print!(
@@ -400,6 +415,21 @@ const EVAL_KEYS: &[&str] = &[
     "knn_temperature",
 ];
 
+/// Fails unless every `--set` names one of the `EVAL_KEYS`.
+fn check_eval_sets(sets: &[String]) -> Result<()> {
+    for s in sets {
+        let key = s.split_once('=').map(|(k, _)| k.trim()).unwrap_or(s);
+        if !EVAL_KEYS.contains(&key) {
+            bail!("--set {s}: only the eval keys {EVAL_KEYS:?} can change when evaluating a run");
+        }
+    }
+    Ok(())
+}
+
+fn run_label(cfg: &Config, meta: &checkpoint::Meta) -> String {
+    format!("{} ({} epochs)", cfg.method, meta.epoch)
+}
+
 fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     if args.config.is_some() {
         bail!(
@@ -411,12 +441,7 @@ fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
             "eval --run evaluates on the data of the run; --data applies to pretrain and --baseline"
         );
     }
-    for s in &args.sets {
-        let key = s.split_once('=').map(|(k, _)| k.trim()).unwrap_or(s);
-        if !EVAL_KEYS.contains(&key) {
-            bail!("--set {s}: only the eval keys {EVAL_KEYS:?} can change when evaluating a run");
-        }
-    }
+    check_eval_sets(&args.sets)?;
     let LoadedRun {
         cfg,
         meta,
@@ -426,13 +451,52 @@ fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
     ds.require_labels()?;
     let t0 = Instant::now();
     let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg, device);
-    let label = format!("{} ({} epochs)", cfg.method, meta.epoch);
-    report(&label, &ds, &scores, t0.elapsed().as_secs_f64());
-    let json = serde_json::json!({
-        "method": cfg.method, "data": cfg.data, "epochs": meta.epoch, "pretrain_seconds": meta.wall_seconds,
-        "encoder_parameters": nets::parameter_count(&model.vs, "encoder."), "scores": scores,
-    });
+    report(
+        &run_label(&cfg, &meta),
+        &ds,
+        &scores,
+        t0.elapsed().as_secs_f64(),
+    );
+    let params = nets::parameter_count(&model.vs, "encoder.");
+    let json = crate::report::run_json(&cfg, &meta, params, &scores);
     std::fs::write(run.join("eval.json"), serde_json::to_string_pretty(&json)?)?;
+    Ok(())
+}
+
+fn report_run(run: &Path, points: usize, sets: &[String], device: Device) -> Result<()> {
+    if !(1..=10_000).contains(&points) {
+        bail!("--points {points}: must be in 1..=10000 (t-SNE takes O(N²) memory and time)");
+    }
+    check_eval_sets(sets)?;
+    let LoadedRun {
+        cfg,
+        meta,
+        ds,
+        model,
+    } = load_run(run, sets, device)?;
+    let opts = crate::report::Options {
+        points,
+        queries: 8,
+        k: 8,
+        seed: cfg.seed,
+    };
+    let r = crate::report::write(run, &cfg, &meta, &ds, &model, &opts, device)?;
+    report(&run_label(&cfg, &meta), &ds, &r.scores, r.eval_seconds);
+    println!(
+        "  neighbours     {}/{} share the query's label",
+        r.neighbors.same_label, r.neighbors.total
+    );
+    println!(
+        "  t-SNE map of {} test images ({:.1}s)",
+        r.embedded_points, r.tsne_seconds
+    );
+    if let Some(s) = &r.summary {
+        println!("  {}", s.describe(&cfg.method, run));
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("report -> {}", run.join(crate::report::HTML_FILE).display());
     Ok(())
 }
 
@@ -710,7 +774,6 @@ fn neighbors(
     out: Option<PathBuf>,
     device: Device,
 ) -> Result<()> {
-    use eval::neighbors as nb;
     if queries == 0 || k == 0 || queries > 1000 || k > 100 {
         bail!("--queries {queries} and --k {k} must be in 1..=1000 and 1..=100");
     }
@@ -719,32 +782,15 @@ fn neighbors(
     let (train, test) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
     let (ftr, _) = eval::method_features(model.method.as_ref(), &train, 512, device);
     let (fte, _) = eval::method_features(model.method.as_ref(), &test, 512, device);
-    let q = nb::choose_queries(test.len(), queries, seed);
-    let idx =
-        Tensor::from_slice(&q.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
-    let nn = nb::nearest(&ftr, &fte.index_select(0, &idx), k as i64);
-    let out = out.unwrap_or_else(|| run.join("neighbors.png"));
-    nb::neighbor_grid(&train, &test, &q, &nn)
-        .save_with_format(&out, image::ImageFormat::Png)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    let name = |l: i64| {
-        ds.class_names
-            .get(l as usize)
-            .cloned()
-            .unwrap_or_else(|| l.to_string())
-    };
-    let (mut same, mut total) = (0, 0);
-    for (&qi, row) in q.iter().zip(&nn) {
-        let labels: Vec<String> = row.iter().map(|&i| name(train.labels[i])).collect();
-        same += row
-            .iter()
-            .filter(|&&i| train.labels[i] == test.labels[qi])
-            .count();
-        total += row.len();
-        println!("{:<14} -> {}", name(test.labels[qi]), labels.join(", "));
+    let out = out.unwrap_or_else(|| run.join(eval::neighbors::FILE_NAME));
+    let found = eval::neighbors::write_picture(&train, &test, &ftr, &fte, queries, k, seed, &out)?;
+    for line in found.lines(&train, &test, &ds.class_names) {
+        println!("{line}");
     }
     println!(
-        "{same}/{total} neighbours share the query's label; grid (query framed blue, same label green, other red) -> {}",
+        "{}/{} neighbours share the query's label; grid (query framed blue, same label green, other red) -> {}",
+        found.same_label,
+        found.total,
         out.display()
     );
     Ok(())

@@ -126,7 +126,8 @@ pub struct Config {
     /// rebalancing) or `regress` (L2 on ab).
     pub colorization_loss: String,
 
-    /// Log a line to metrics.jsonl every this many steps.
+    /// Log a line to metrics.jsonl every this many steps (more often in runs shorter than
+    /// 100 x log_every steps: see `train::log_interval`).
     pub log_every: usize,
     /// Batches prepared ahead of the training step.
     pub prefetch: usize,

@@ -10,6 +10,8 @@ pub mod eval;
 pub mod losses;
 pub mod methods;
 pub mod nets;
+pub mod plots;
+pub mod report;
 pub mod train;
 
 /// Tests that seed or draw from libtorch's global random generator hold this lock, so that

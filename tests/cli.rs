@@ -20,6 +20,16 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// A small CNN and decoder with batches that fit the tiny data sets below.
+const TINY_NET: [&str; 6] = [
+    "--set",
+    "cnn_widths=[4, 8]",
+    "--set",
+    "decoder_widths=[8, 4]",
+    "--set",
+    "batch_size=32",
+];
+
 fn idx(dims: &[usize], data: &[u8]) -> Vec<u8> {
     let mut out = vec![0, 0, 8, dims.len() as u8];
     for &d in dims {
@@ -54,24 +64,22 @@ fn write_tiny_mnist(dir: &Path) {
     std::fs::write(dir.join("t10k-labels-idx1-ubyte"), idx(&[40], &vl)).unwrap();
 }
 
-#[test]
-fn pretrain_then_eval_on_a_tiny_folder() {
+/// A temporary folder holding `data/`, a tiny MNIST-format data set.
+fn tiny_mnist_in_temp_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     write_tiny_mnist(&data);
+    (tmp, data)
+}
+
+#[test]
+fn pretrain_then_eval_on_a_tiny_folder() {
+    let (tmp, data) = tiny_mnist_in_temp_dir();
     let run = tmp.path().join("run");
     let data_arg = format!("data=\"mnist:{}\"", data.display());
-    let common = [
-        "--set",
-        &data_arg,
-        "--set",
-        "cnn_widths=[4, 8]",
-        "--set",
-        "decoder_widths=[8, 4]",
-        "--set",
-        "batch_size=32",
-    ];
+    let mut common = vec!["--set", &data_arg];
+    common.extend(TINY_NET);
     let mut args = vec![
         "--device",
         "cpu",
@@ -86,7 +94,7 @@ fn pretrain_then_eval_on_a_tiny_folder() {
         "--set",
         "noise=masking",
     ];
-    args.extend(common);
+    args.extend(&common);
     let o = selfsup(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("2 epochs, 8 steps"), "{}", stdout(&o));
@@ -220,7 +228,7 @@ fn pretrain_then_eval_on_a_tiny_folder() {
     let linear = out.lines().find(|l| l.contains("linear probe")).unwrap();
     assert!(linear.contains("top-1 100.00%"), "{out}");
     let mut a = vec!["eval", "--baseline", "random"];
-    a.extend(common);
+    a.extend(&common);
     let o = selfsup(&a);
     assert!(o.status.success(), "{}", stderr(&o));
 }
@@ -312,10 +320,7 @@ fn methods_lists_the_registry() {
 
 #[test]
 fn pretext_methods_run_from_the_cli_and_colorization_refuses_grey_data() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    write_tiny_mnist(&data);
+    let (tmp, data) = tiny_mnist_in_temp_dir();
     let data_arg = format!("data=\"mnist:{}\"", data.display());
     let pretrain = |method: &str, run: &Path, extra: &[&str]| {
         let mut args = vec![
@@ -528,25 +533,16 @@ fn pretrain_on_an_unlabeled_folder_and_refuse_to_evaluate_it() {
 
 #[test]
 fn compare_trains_methods_and_adds_the_three_baselines() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    write_tiny_mnist(&data);
+    let (tmp, data) = tiny_mnist_in_temp_dir();
     let out = tmp.path().join("cmp");
     let data_arg = format!("mnist:{}", data.display());
-    let args = [
+    let mut args = vec![
         "compare",
         "--quiet",
         "--methods",
         "autoencoder",
         "--data",
         &data_arg,
-        "--set",
-        "cnn_widths=[4, 8]",
-        "--set",
-        "decoder_widths=[8, 4]",
-        "--set",
-        "batch_size=32",
         "--set",
         "epochs=2",
         "--set",
@@ -558,6 +554,7 @@ fn compare_trains_methods_and_adds_the_three_baselines() {
         "--out",
         out.to_str().unwrap(),
     ];
+    args.extend(TINY_NET);
     let o = selfsup(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
@@ -581,6 +578,98 @@ fn compare_trains_methods_and_adds_the_three_baselines() {
     let o = selfsup(&["compare", "--out", out.to_str().unwrap()]);
     assert!(
         !o.status.success() && stderr(&o).contains("--runs"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn report_writes_metrics_plots_and_a_page_into_the_run() {
+    let (tmp, data) = tiny_mnist_in_temp_dir();
+    let run = tmp.path().join("run");
+    let data_arg = format!("data=\"mnist:{}\"", data.display());
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "pretrain",
+        "--quiet",
+        "--method",
+        "autoencoder",
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        &data_arg,
+        "--set",
+        "epochs=2",
+    ];
+    args.extend(TINY_NET);
+    let o = selfsup(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Pretraining draws the loss curve itself.
+    assert!(run.join("loss.png").is_file());
+    std::fs::remove_file(run.join("loss.png")).unwrap();
+
+    let o = selfsup(&[
+        "--device",
+        "cpu",
+        "report",
+        "--run",
+        run.to_str().unwrap(),
+        "--points",
+        "30",
+        "--set",
+        "knn_k=5",
+        "--set",
+        "probe_epochs=5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("linear probe")
+            && out.contains("kNN")
+            && out.contains("t-SNE map of 30 test images")
+            && out.contains("/64 share the query's label")
+            && out.contains("index.html"),
+        "{out}"
+    );
+    for (file, size) in [
+        ("loss.png", (960, 720)),
+        ("embedding.png", (1000, 760)),
+        ("neighbors.png", (2 + 9 * 66, 2 + 8 * 66)),
+    ] {
+        let img = image::open(run.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .to_rgb8();
+        assert_eq!(img.dimensions(), size, "{file}");
+        let first = *img.get_pixel(0, 0);
+        assert!(img.pixels().any(|p| *p != first), "{file} is one colour");
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let top1 = m["scores"]["linear_top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1), "{m}");
+    assert_eq!(m["pretraining"]["epochs"], 2, "{m}");
+    let html = std::fs::read_to_string(run.join("index.html")).unwrap();
+    let shown = format!("{:.2}%", 100.0 * top1);
+    for needle in [
+        "<img src=\"loss.png\"",
+        "<img src=\"embedding.png\"",
+        "<img src=\"neighbors.png\"",
+        "method = &quot;autoencoder&quot;",
+        shown.as_str(),
+    ] {
+        assert!(html.contains(needle), "{needle} missing from index.html");
+    }
+
+    let o = selfsup(&["report", "--run", run.to_str().unwrap(), "--points", "0"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--points 0"),
+        "{}",
+        stderr(&o)
+    );
+    let o = selfsup(&["report", "--run", run.to_str().unwrap(), "--set", "lr=1"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("only the eval keys"),
         "{}",
         stderr(&o)
     );

@@ -6,6 +6,7 @@ pub mod embed;
 pub mod knn;
 pub mod linear;
 pub mod neighbors;
+pub mod tsne;
 
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
@@ -116,17 +117,46 @@ pub fn method_features(
     features_with(split, batch_size, device, |x| method_forward(method, x))
 }
 
-/// Features `f` of both splits of `ds` (batches of 512), scored.
+/// (features, labels) of the train and of the test split of `ds` under `f` (batches of 512).
+fn split_features_with(
+    ds: &Dataset,
+    device: Device,
+    f: impl Fn(&Tensor) -> Tensor,
+) -> SplitFeatures {
+    let (train, test) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
+    SplitFeatures {
+        train: features_with(&train, 512, device, &f),
+        test: features_with(&test, 512, device, &f),
+    }
+}
+
+/// Features `f` of both splits of `ds`, scored.
 fn evaluate_with(
     ds: &Dataset,
     cfg: &Config,
     device: Device,
     f: impl Fn(&Tensor) -> Tensor,
 ) -> Scores {
-    let (train, test) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
-    let tr = features_with(&train, 512, device, &f);
-    let te = features_with(&test, 512, device, &f);
-    score(&tr, &te, ds.num_classes as i64, cfg)
+    split_features_with(ds, device, f).score(ds.num_classes as i64, cfg)
+}
+
+/// (features `[N, D]`, labels `[N]`) of both splits of a data set.
+pub struct SplitFeatures {
+    pub train: (Tensor, Tensor),
+    pub test: (Tensor, Tensor),
+}
+
+impl SplitFeatures {
+    /// What a method's evaluation sees of both splits of `ds` (as `evaluate_method` scores
+    /// them), to score and draw from the same features.
+    pub fn of_method(method: &dyn Method, ds: &Dataset, device: Device) -> SplitFeatures {
+        split_features_with(ds, device, |x| method_forward(method, x))
+    }
+
+    /// Linear probe and kNN, as [`score`].
+    pub fn score(&self, num_classes: i64, cfg: &Config) -> Scores {
+        score(&self.train, &self.test, num_classes, cfg)
+    }
 }
 
 /// Fraction of rows of `scores` `[N, C]` whose top-`k` classes contain `labels` `[N]`.

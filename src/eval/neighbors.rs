@@ -4,10 +4,15 @@
 
 use crate::data::Split;
 use crate::data::inspect::{Tile, tile_grid};
+use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use std::path::Path;
 use tch::Tensor;
+
+/// The picture's name in a run folder.
+pub const FILE_NAME: &str = "neighbors.png";
 
 pub const QUERY: Rgb<u8> = Rgb([60, 120, 255]);
 pub const SAME: Rgb<u8> = Rgb([40, 200, 60]);
@@ -61,6 +66,80 @@ pub fn neighbor_grid(
         .collect();
     let cols = neighbors.iter().map(|n| n.len()).max().unwrap_or(0) + 1;
     tile_grid(&rows, test.shape, cols)
+}
+
+/// The queries of a neighbour picture and what was found for them.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Test indices, one per row.
+    pub queries: Vec<usize>,
+    /// Training indices of each query's neighbours, nearest first.
+    pub neighbors: Vec<Vec<usize>>,
+    /// Neighbours that share their query's label, of `total`.
+    pub same_label: usize,
+    pub total: usize,
+}
+
+/// Chooses `queries` test images with `seed`, finds the `k` training images nearest each
+/// by cosine similarity of the features (`[N_train, D]`, `[N_test, D]`), and writes the
+/// grid as a PNG at `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_picture(
+    train: &Split,
+    test: &Split,
+    train_features: &Tensor,
+    test_features: &Tensor,
+    queries: usize,
+    k: usize,
+    seed: u64,
+    out: &Path,
+) -> Result<Found> {
+    let q = choose_queries(test.len(), queries, seed);
+    let idx = Tensor::from_slice(&q.iter().map(|&i| i as i64).collect::<Vec<_>>())
+        .to_device(test_features.device());
+    let nn = nearest(
+        train_features,
+        &test_features.index_select(0, &idx),
+        k as i64,
+    );
+    neighbor_grid(train, test, &q, &nn)
+        .save_with_format(out, image::ImageFormat::Png)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let same_label = q
+        .iter()
+        .zip(&nn)
+        .map(|(&qi, row)| {
+            row.iter()
+                .filter(|&&i| train.labels[i] == test.labels[qi])
+                .count()
+        })
+        .sum();
+    Ok(Found {
+        total: nn.iter().map(Vec::len).sum(),
+        queries: q,
+        neighbors: nn,
+        same_label,
+    })
+}
+
+impl Found {
+    /// One line per query: its class name, then those of its neighbours.
+    pub fn lines(&self, train: &Split, test: &Split, class_names: &[String]) -> Vec<String> {
+        let name = |l: i64| {
+            class_names
+                .get(l as usize)
+                .cloned()
+                .unwrap_or_else(|| l.to_string())
+        };
+        self.queries
+            .iter()
+            .zip(&self.neighbors)
+            .map(|(&qi, row)| {
+                let labels: Vec<String> = row.iter().map(|&i| name(train.labels[i])).collect();
+                format!("{:<14} -> {}", name(test.labels[qi]), labels.join(", "))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

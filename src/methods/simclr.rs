@@ -68,7 +68,6 @@ impl Method for SimClr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::{self, TrainOptions};
 
     #[test]
     fn simclr_trains_on_two_views_and_its_loss_falls() {
@@ -81,19 +80,7 @@ mod tests {
             aug_crop_scale: [0.5, 1.0],
             ..crate::train::tests::tiny_config("simclr")
         };
-        let dir = tempfile::tempdir().unwrap();
-        let opts = TrainOptions {
-            quiet: true,
-            ..Default::default()
-        };
-        train::pretrain(&cfg, &ds, dir.path(), &opts, tch::Device::Cpu).unwrap();
-        let losses: Vec<f64> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["kind"] == "epoch")
-            .map(|v| v["loss"].as_f64().unwrap())
-            .collect();
+        let losses = crate::train::tests::train_losses(&cfg, &ds);
         // Starts near log(2N - 1) = log(31) = 3.43 for batches of 16 and must come down.
         assert!(losses[0] > 3.0 && losses[0] < 4.0, "{losses:?}");
         assert!(losses[5] < losses[0] - 0.4, "{losses:?}");

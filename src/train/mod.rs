@@ -2,6 +2,7 @@
 //! epoch, and `--resume`.
 
 pub mod checkpoint;
+pub mod metrics;
 pub mod optim;
 pub mod schedule;
 
@@ -76,6 +77,20 @@ pub fn save_examples(
         .to_device(Device::Cpu);
     tch::vision::image::save(&bytes, path)
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Draws `loss.png` in the run folder `run` from its `metrics.jsonl`; returns the metrics.
+pub fn write_loss_plot(run: &Path, method: &str, data: &str) -> Result<metrics::Metrics> {
+    let m = metrics::Metrics::read(&run.join(metrics::FILE_NAME))?;
+    let title = format!("{method} on {data}: pretraining");
+    crate::plots::loss_plot(&m, &title, &run.join(crate::plots::LOSS_FILE))?;
+    Ok(m)
+}
+
+/// Steps between two step records of metrics.jsonl: `log_every`, or fewer in runs shorter
+/// than 100 x `log_every` steps, so that every loss curve has about 100 points.
+pub fn log_interval(log_every: usize, total_steps: usize) -> usize {
+    log_every.min(total_steps / 100).max(1)
 }
 
 /// What a finished pretraining run reports.
@@ -156,6 +171,7 @@ pub fn pretrain(
     }
     let total_steps = spe * cfg.epochs;
     let warmup = (cfg.warmup_epochs * spe as f64).round() as usize;
+    let log_every = log_interval(cfg.log_every, total_steps);
 
     let views = model.method.views();
     if let Some(v) = &views {
@@ -252,7 +268,7 @@ pub fn pretrain(
             let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("loss {l:.4} lr {lr:.2e} {ips:.0} img/s"));
             bar.inc(1);
-            if step % cfg.log_every == 0 {
+            if step % log_every == 0 {
                 let rec = json!({"kind": "step", "epoch": epoch + 1, "step": step, "loss": l, "lr": lr, "images_per_sec": ips,
                                  "time": wall_before + started.elapsed().as_secs_f64()});
                 writeln!(metrics, "{rec}")?;
@@ -290,6 +306,10 @@ pub fn pretrain(
             &out.join(EXAMPLES_FILE),
             device,
         )?;
+    }
+    // The curve is a by-product: a failure to draw it does not fail the training.
+    if let Err(e) = write_loss_plot(out, &cfg.method, &ds.name) {
+        eprintln!("warning: {e:#}");
     }
     Ok(Summary {
         epochs: epoch,
@@ -354,13 +374,8 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn epoch_losses(out: &Path) -> Vec<f64> {
-        std::fs::read_to_string(out.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["kind"] == "epoch")
-            .map(|v| v["loss"].as_f64().unwrap())
-            .collect()
+        let m = metrics::Metrics::read(&out.join(metrics::FILE_NAME)).unwrap();
+        m.epochs.iter().map(|e| e.loss).collect()
     }
 
     fn vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
@@ -369,7 +384,7 @@ pub(crate) mod tests {
         v
     }
 
-    fn quiet() -> TrainOptions {
+    pub(crate) fn quiet() -> TrainOptions {
         TrainOptions {
             quiet: true,
             ..Default::default()

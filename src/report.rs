@@ -1,0 +1,399 @@
+//! `selfsup report --run R`: evaluates a run as `selfsup eval --run` does and writes into
+//! its folder `metrics.json`, `loss.png`, `embedding.png` (a t-SNE map of test
+//! embeddings), `neighbors.png`, and `index.html`, one static page showing all of them.
+
+use crate::config::Config;
+use crate::data::{Dataset, numbered_names};
+use crate::eval::{Scores, SplitFeatures, neighbors, tsne};
+use crate::train::{self, Model, Summary, checkpoint::Meta};
+use crate::{nets, plots};
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+pub const HTML_FILE: &str = "index.html";
+pub const METRICS_FILE: &str = "metrics.json";
+
+/// What goes into a report besides the run itself.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Test images in the t-SNE map (a random sample chosen with `seed`).
+    pub points: usize,
+    /// Rows (queries) and columns (neighbours) of the neighbour picture.
+    pub queries: usize,
+    pub k: usize,
+    pub seed: u64,
+}
+
+/// What `write` found.
+pub struct Report {
+    pub scores: Scores,
+    /// Feature extraction and scoring.
+    pub eval_seconds: f64,
+    pub neighbors: neighbors::Found,
+    pub embedded_points: usize,
+    pub tsne_seconds: f64,
+    /// The pretraining summary from `metrics.jsonl`, when an epoch was logged.
+    pub summary: Option<Summary>,
+    /// Parts that could not be made (the report is written without them).
+    pub warnings: Vec<String>,
+}
+
+/// The evaluation record of a run, as `eval.json` and `metrics.json` hold it.
+pub fn run_json(
+    cfg: &Config,
+    meta: &Meta,
+    encoder_parameters: i64,
+    scores: &Scores,
+) -> serde_json::Value {
+    json!({
+        "method": cfg.method, "data": cfg.data, "epochs": meta.epoch,
+        "pretrain_seconds": meta.wall_seconds, "encoder_parameters": encoder_parameters,
+        "scores": scores,
+    })
+}
+
+/// Evaluates the run in `run` (its config `cfg`, checkpoint `meta`, data `ds` and `model`)
+/// and writes the report files into `run`.
+pub fn write(
+    run: &Path,
+    cfg: &Config,
+    meta: &Meta,
+    ds: &Dataset,
+    model: &Model,
+    opts: &Options,
+    device: Device,
+) -> Result<Report> {
+    ds.require_labels()?;
+    let method = model.method.as_ref();
+    let t0 = Instant::now();
+    // One pass of the encoder serves the scores, the neighbours and the map.
+    let features = SplitFeatures::of_method(method, ds, device);
+    let scores = features.score(ds.num_classes as i64, cfg);
+    let eval_seconds = t0.elapsed().as_secs_f64();
+    let found = neighbors::write_picture(
+        &ds.train,
+        &ds.test,
+        &features.train.0,
+        &features.test.0,
+        opts.queries,
+        opts.k,
+        opts.seed,
+        &run.join(neighbors::FILE_NAME),
+    )?;
+
+    let t0 = Instant::now();
+    let sample = neighbors::choose_queries(ds.test.len(), opts.points, opts.seed);
+    let idx = Tensor::from_slice(&sample.iter().map(|&i| i as i64).collect::<Vec<_>>());
+    let embedded = features
+        .test
+        .0
+        .index_select(0, &idx.to_device(features.test.0.device()));
+    let tsne_opts = tsne::TsneOptions::default();
+    let map = tsne::embedding_map(&embedded, &tsne_opts);
+    let points: Vec<[f32; 2]> = Vec::<Vec<f32>>::try_from(map.to_kind(Kind::Float))?
+        .into_iter()
+        .map(|r| [r[0], r[1]])
+        .collect();
+    let labels: Vec<i64> = sample.iter().map(|&i| ds.test.labels[i]).collect();
+    let names = if ds.class_names.len() >= ds.num_classes {
+        ds.class_names.clone()
+    } else {
+        numbered_names(ds.num_classes)
+    };
+    let title = format!(
+        "{}: t-SNE of {} {} test embeddings (perplexity {})",
+        cfg.method,
+        points.len(),
+        ds.name,
+        tsne_opts.perplexity
+    );
+    plots::embedding_plot(
+        &points,
+        &labels,
+        &names,
+        &title,
+        &run.join(plots::EMBEDDING_FILE),
+    )?;
+    let tsne_seconds = t0.elapsed().as_secs_f64();
+
+    let mut warnings = Vec::new();
+    let summary = match train::write_loss_plot(run, &cfg.method, &ds.name) {
+        Ok(m) => m.summary(),
+        Err(e) => {
+            warnings.push(format!("no loss plot: {e:#}"));
+            None
+        }
+    };
+
+    let parameters = nets::parameter_count(&model.vs, "encoder.");
+    let mut record = run_json(cfg, meta, parameters, &scores);
+    record["pretraining"] = summary
+        .as_ref()
+        .map_or(serde_json::Value::Null, summary_json);
+    record["neighbors"] =
+        json!({"k": opts.k, "same_label": found.same_label, "total": found.total});
+    record["embedding"] = json!({"points": points.len(), "perplexity": tsne_opts.perplexity});
+    let p = run.join(METRICS_FILE);
+    std::fs::write(&p, serde_json::to_string_pretty(&record)?)
+        .with_context(|| format!("cannot write {}", p.display()))?;
+
+    let config = std::fs::read_to_string(run.join("config.toml"))
+        .or_else(|_| toml::to_string(&meta.config))
+        .unwrap_or_default();
+    let mut images = Vec::new();
+    if summary.is_some() || run.join(plots::LOSS_FILE).is_file() {
+        images.push((
+            plots::LOSS_FILE,
+            "Pretraining loss and learning rate".to_string(),
+        ));
+    }
+    images.push((plots::EMBEDDING_FILE, title));
+    images.push((
+        neighbors::FILE_NAME,
+        format!(
+            "Nearest training images of {} test images (cosine): query framed blue, same label green, other red; {}/{} share the query's label",
+            found.queries.len(),
+            found.same_label,
+            found.total
+        ),
+    ));
+    let page = Page {
+        title: format!("{} on {}", cfg.method, ds.name),
+        metrics: metric_rows(&scores, cfg, parameters, eval_seconds),
+        pretraining: summary.as_ref().map(summary_rows).unwrap_or_default(),
+        images,
+        notes: warnings.clone(),
+        config,
+    };
+    let p = run.join(HTML_FILE);
+    std::fs::write(&p, html(&page)).with_context(|| format!("cannot write {}", p.display()))?;
+    Ok(Report {
+        scores,
+        eval_seconds,
+        neighbors: found,
+        embedded_points: points.len(),
+        tsne_seconds,
+        summary,
+        warnings,
+    })
+}
+
+fn summary_json(s: &Summary) -> serde_json::Value {
+    json!({"epochs": s.epochs, "steps": s.steps, "final_loss": s.final_loss,
+           "images_per_sec": s.images_per_sec, "wall_seconds": s.wall_seconds})
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", 100.0 * x)
+}
+
+fn metric_rows(s: &Scores, cfg: &Config, parameters: i64, secs: f64) -> Vec<(String, String)> {
+    vec![
+        ("linear probe top-1".into(), pct(s.linear_top1)),
+        ("linear probe top-5".into(), pct(s.linear_top5)),
+        (
+            format!("kNN top-1 (k = {}, T = {})", cfg.knn_k, cfg.knn_temperature),
+            pct(s.knn_top1),
+        ),
+        ("feature dimension".into(), s.feature_dim.to_string()),
+        (
+            format!("{} parameters", cfg.encoder),
+            parameters.to_string(),
+        ),
+        ("evaluation time".into(), format!("{secs:.1} s")),
+    ]
+}
+
+fn summary_rows(s: &Summary) -> Vec<(String, String)> {
+    vec![
+        ("epochs".into(), s.epochs.to_string()),
+        ("steps".into(), s.steps.to_string()),
+        ("final loss".into(), format!("{:.5}", s.final_loss)),
+        (
+            "throughput".into(),
+            format!("{:.0} images/s", s.images_per_sec),
+        ),
+        ("wall time".into(), format!("{:.1} s", s.wall_seconds)),
+    ]
+}
+
+/// The content of `index.html`; every string is escaped when written.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub title: String,
+    /// Final metrics, (name, value).
+    pub metrics: Vec<(String, String)>,
+    /// The pretraining summary, (name, value); empty when none was logged.
+    pub pretraining: Vec<(String, String)>,
+    /// Images in the run folder, (file name, caption).
+    pub images: Vec<(&'static str, String)>,
+    pub notes: Vec<String>,
+    /// The run's config.toml.
+    pub config: String,
+}
+
+/// `s` with `&`, `<`, `>`, `"` and `'` escaped for HTML text and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn table(out: &mut String, rows: &[(String, String)]) {
+    out.push_str("<table>\n");
+    for (k, v) in rows {
+        let _ = writeln!(out, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(v));
+    }
+    out.push_str("</table>\n");
+}
+
+/// A static page: metrics, pretraining summary, images (relative links), config.
+pub fn html(page: &Page) -> String {
+    let title = escape(&page.title);
+    let mut out = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <title>selfsup report: {title}</title>\n<style>\n\
+         body {{ font-family: sans-serif; max-width: 1040px; margin: 2em auto; padding: 0 1em; color: #222; }}\n\
+         table {{ border-collapse: collapse; margin-bottom: 1em; }}\n\
+         th, td {{ border: 1px solid #ccc; padding: 4px 12px; }}\n\
+         th {{ text-align: left; font-weight: normal; background: #f6f6f6; }}\n\
+         td {{ text-align: right; font-variant-numeric: tabular-nums; }}\n\
+         figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}\n\
+         pre {{ background: #f6f6f6; padding: 1em; overflow: auto; }}\n\
+         .note {{ color: #a40; }}\n</style>\n</head>\n<body>\n<h1>{title}</h1>\n"
+    );
+    for n in &page.notes {
+        let _ = writeln!(out, "<p class=\"note\">{}</p>", escape(n));
+    }
+    out.push_str("<h2>Evaluation</h2>\n");
+    table(&mut out, &page.metrics);
+    out.push_str("<h2>Pretraining</h2>\n");
+    if page.pretraining.is_empty() {
+        out.push_str("<p>No finished epoch was logged.</p>\n");
+    } else {
+        table(&mut out, &page.pretraining);
+    }
+    for (file, caption) in &page.images {
+        let _ = writeln!(
+            out,
+            "<figure><img src=\"{}\" alt=\"{c}\"><figcaption>{c}</figcaption></figure>",
+            escape(file),
+            c = escape(caption)
+        );
+    }
+    let _ = write!(
+        out,
+        "<h2>Config</h2>\n<pre>{}</pre>\n</body>\n</html>\n",
+        escape(&page.config)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::tests::{quiet, tiny_config, tiny_dataset};
+
+    #[test]
+    fn html_shows_metrics_and_images_and_escapes_the_config() {
+        let page = Page {
+            title: "simclr on <data>".into(),
+            metrics: vec![("linear probe top-1".into(), "85.12%".into())],
+            pretraining: vec![("final loss".into(), "0.12345".into())],
+            images: vec![
+                ("loss.png", "loss & lr".into()),
+                ("embedding.png", "map".into()),
+            ],
+            notes: vec![],
+            config: "data = \"folder:/x/<a>&b\"\nmethod = \"simclr\"\n".into(),
+        };
+        let h = html(&page);
+        assert!(h.starts_with("<!DOCTYPE html>"));
+        assert!(
+            h.contains("<tr><th>linear probe top-1</th><td>85.12%</td></tr>"),
+            "{h}"
+        );
+        assert!(h.contains("<td>0.12345</td>"));
+        assert!(
+            h.contains("<img src=\"loss.png\" alt=\"loss &amp; lr\">"),
+            "{h}"
+        );
+        assert!(h.contains("<img src=\"embedding.png\""));
+        assert!(
+            h.contains("data = &quot;folder:/x/&lt;a&gt;&amp;b&quot;"),
+            "{h}"
+        );
+        assert!(!h.contains("<a>") && !h.contains("<data>"));
+        assert!(h.contains("<h1>simclr on &lt;data&gt;</h1>"));
+        let empty = html(&Page::default());
+        assert!(empty.contains("No finished epoch"));
+    }
+
+    #[test]
+    fn report_writes_every_file_of_a_tiny_run() {
+        let _rng = crate::torch_rng_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let ds = tiny_dataset();
+        let cfg = Config {
+            epochs: 2,
+            knn_k: 5,
+            probe_epochs: 3,
+            data: "tiny <&>".into(),
+            ..tiny_config("autoencoder")
+        };
+        train::pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
+        let ck = crate::train::checkpoint::load(dir.path()).unwrap();
+        let model = Model::build(&cfg, &train::data_info(&ds), Device::Cpu).unwrap();
+        crate::train::checkpoint::load_into(&model.vs, &ck.model).unwrap();
+        let o = Options {
+            points: 20,
+            queries: 3,
+            k: 4,
+            seed: 0,
+        };
+        let r = write(dir.path(), &cfg, &ck.meta, &ds, &model, &o, Device::Cpu).unwrap();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert_eq!(r.embedded_points, 20);
+        assert_eq!(r.neighbors.total, 12);
+        assert_eq!(r.summary.as_ref().unwrap().epochs, 2);
+        use crate::plots::tests::check_png;
+        check_png(&dir.path().join(plots::LOSS_FILE), plots::LOSS_SIZE);
+        check_png(
+            &dir.path().join(plots::EMBEDDING_FILE),
+            plots::EMBEDDING_SIZE,
+        );
+        assert!(dir.path().join(neighbors::FILE_NAME).is_file());
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(
+            m["scores"]["linear_top1"].as_f64().unwrap(),
+            r.scores.linear_top1
+        );
+        assert_eq!(m["pretraining"]["steps"], 12);
+        let h = std::fs::read_to_string(dir.path().join(HTML_FILE)).unwrap();
+        for needle in [
+            "src=\"loss.png\"",
+            "src=\"embedding.png\"",
+            "src=\"neighbors.png\"",
+            &pct(r.scores.linear_top1),
+            &pct(r.scores.knn_top1),
+            "data = &quot;tiny &lt;&amp;&gt;&quot;",
+        ] {
+            assert!(h.contains(needle), "{needle} not in {h}");
+        }
+    }
+}
