@@ -779,12 +779,12 @@ fn neighbors(
     }
     let LoadedRun { ds, model, .. } = load_run(run, &[], device)?;
     ds.require_labels()?;
-    let (train, test) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
-    let (ftr, _) = eval::method_features(model.method.as_ref(), &train, 512, device);
-    let (fte, _) = eval::method_features(model.method.as_ref(), &test, 512, device);
+    let f = eval::SplitFeatures::of_method(model.method.as_ref(), &ds, device);
     let out = out.unwrap_or_else(|| run.join(eval::neighbors::FILE_NAME));
-    let found = eval::neighbors::write_picture(&train, &test, &ftr, &fte, queries, k, seed, &out)?;
-    for line in found.lines(&train, &test, &ds.class_names) {
+    let (train, test) = (&ds.train, &ds.test);
+    let found =
+        eval::neighbors::write_picture(train, test, &f.train.0, &f.test.0, queries, k, seed, &out)?;
+    for line in found.lines(train, test, &ds.class_names) {
         println!("{line}");
     }
     println!(

@@ -208,11 +208,6 @@ fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     lo..hi
 }
 
-/// [`loss_plot`] of the metrics log at `metrics_path`; errors name the file.
-pub fn loss_plot_file(metrics_path: &Path, title: &str, out: &Path) -> Result<()> {
-    loss_plot(&Metrics::read(metrics_path)?, title, out)
-}
-
 /// Matplotlib's tab10 palette.
 const TAB10: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
@@ -388,16 +383,17 @@ pub(crate) mod tests {
     #[test]
     fn loss_plot_of_a_missing_or_garbled_log_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("metrics.jsonl");
+        let log = dir.path().join(crate::train::metrics::FILE_NAME);
         let out = dir.path().join(LOSS_FILE);
-        let e = format!("{:#}", loss_plot_file(&log, "t", &out).unwrap_err());
+        let plot = || crate::train::write_loss_plot(dir.path(), "m", "d").unwrap_err();
+        let e = format!("{:#}", plot());
         assert!(e.contains(&log.display().to_string()), "{e}");
         std::fs::write(
             &log,
             "{\"kind\": \"step\", \"step\": 1, \"loss\": 0.5, \"lr\": 1}\nnot json\n",
         )
         .unwrap();
-        let e = format!("{:#}", loss_plot_file(&log, "t", &out).unwrap_err());
+        let e = format!("{:#}", plot());
         assert!(
             e.contains(&log.display().to_string()) && e.contains("line 2"),
             "{e}"

@@ -205,8 +205,8 @@ pub fn pretrain(
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(out.join("metrics.jsonl"))
-        .with_context(|| format!("cannot open {}", out.join("metrics.jsonl").display()))?;
+        .open(out.join(metrics::FILE_NAME))
+        .with_context(|| format!("cannot open {}", out.join(metrics::FILE_NAME).display()))?;
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
