@@ -1,5 +1,6 @@
-//! Colorization on a synthetic colour data set, while the colour loaders are still to come:
-//! Fashion-MNIST coloured by class.
+//! Colorization on a synthetic colour data set whose colour says what the object is:
+//! Fashion-MNIST coloured by class. (On real colour data, use `selfsup pretrain --method
+//! colorization --data cifar10:DIR`.)
 //!
 //! Every image keeps its lightness (the Lab L of the grey image) and gets chroma
 //! C = 30 min(1, L / 50) at the hue 36° x class + U(-10°, 10°) (seeded), converted back to
@@ -13,13 +14,12 @@
 //! pretrains `colorization` with the given config overrides into OUT_DIR, then evaluates
 //! it as `selfsup eval` does (linear probe, kNN), next to raw RGB pixels and raw L pixels.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use rand::{Rng, SeedableRng};
-use selfsup::cli::report;
 use selfsup::config::Config;
-use selfsup::data::{DataOptions, DataSpec, Dataset, Split};
+use selfsup::data::{self, Dataset, Split};
 use selfsup::eval;
-use selfsup::methods::colorization::{lab_to_rgb, rgb_to_lab};
+use selfsup::nets::lab::{lab_to_rgb, rgb_to_lab};
 use selfsup::train::{self, Model, TrainOptions, checkpoint};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,11 +64,11 @@ fn main() -> Result<()> {
     };
     let mut sets = vec!["method=\"colorization\"".to_string()];
     sets.extend(args[1..].iter().cloned());
-    let cfg = Config::default().with_overrides(&sets)?;
-    cfg.validate()?;
-    let grey = DataSpec::parse(&cfg.data)
-        .context("option data")?
-        .load(&DataOptions::from_config(&cfg))?;
+    let (cfg, given) = Config::assemble(Config::default(), None, &sets)?;
+    for w in selfsup::methods::check_config(&cfg, &given)? {
+        eprintln!("warning: {w}");
+    }
+    let grey = data::load(&cfg)?;
     let t0 = Instant::now();
     let ds = Dataset {
         name: format!("{} coloured by class (synthetic)", grey.name),
@@ -100,18 +100,16 @@ fn main() -> Result<()> {
     checkpoint::load_into(&model.vs, &ck.model)?;
     let t = Instant::now();
     let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg, device);
-    report(
-        &format!("colorization ({} epochs, encoder on L)", ck.meta.epoch),
-        &ds,
-        &scores,
-        t.elapsed().as_secs_f64(),
+    let label = format!("colorization ({} epochs, encoder on L)", ck.meta.epoch);
+    println!(
+        "{}",
+        eval::describe(&label, &ds, &scores, t.elapsed().as_secs_f64())
     );
+    let params = selfsup::nets::parameter_count(&model.vs, "encoder.");
+    let json = eval::run_json(&cfg, &ck.meta, params, &scores);
     std::fs::write(
-        out.join("eval.json"),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "method": "colorization", "data": ds.name, "epochs": ck.meta.epoch,
-            "pretrain_seconds": ck.meta.wall_seconds, "scores": scores,
-        }))?,
+        out.join(eval::EVAL_FILE),
+        serde_json::to_string_pretty(&json)?,
     )?;
     let (tr, te) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
     let t = Instant::now();
@@ -121,7 +119,10 @@ fn main() -> Result<()> {
         ds.num_classes as i64,
         &cfg,
     );
-    report("raw RGB pixels", &ds, &rgb, t.elapsed().as_secs_f64());
+    println!(
+        "{}",
+        eval::describe("raw RGB pixels", &ds, &rgb, t.elapsed().as_secs_f64())
+    );
     let l_pixels = |split: &Arc<Split>| {
         eval::features_with(split, 1024, device, |x| {
             rgb_to_lab(x).narrow(1, 0, 1).flatten(1, -1) / 100.0
@@ -129,6 +130,9 @@ fn main() -> Result<()> {
     };
     let t = Instant::now();
     let l = eval::score(&l_pixels(&tr), &l_pixels(&te), ds.num_classes as i64, &cfg);
-    report("raw L pixels", &ds, &l, t.elapsed().as_secs_f64());
+    println!(
+        "{}",
+        eval::describe("raw L pixels", &ds, &l, t.elapsed().as_secs_f64())
+    );
     Ok(())
 }

@@ -1,13 +1,13 @@
-//! Subcommands. Parsing (clap) is kept apart from the validated settings (`Config`).
+//! The command line: argument parsing (clap) and printing. The work is done by the
+//! library modules each command calls.
 
 use crate::config::Config;
-use crate::data::{DataOptions, DataSpec, inspect};
-use crate::train::{self, Model, checkpoint};
-use crate::{eval, methods, nets};
-use anyhow::{Context, Result, bail};
+use crate::eval::{self, baselines::Baseline, compare};
+use crate::train::{self, run::LoadedRun};
+use crate::{augment, data, methods, nets, report, venv};
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Instant;
 use tch::Device;
 
@@ -133,7 +133,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE.png")]
         out: Option<PathBuf>,
     },
-    /// Evaluate a run and write a report into its folder: metrics.json, loss.png,
+    /// Evaluate a run and write a report into its folder: eval.json, loss.png,
     /// embedding.png (t-SNE of test embeddings coloured by class), neighbors.png and
     /// index.html, a static page showing them with the config.
     Report {
@@ -163,6 +163,11 @@ pub enum Command {
         preset: Option<String>,
         #[command(flatten)]
         cfg: ConfigArgs,
+        /// The baselines to add as rows: raw pixels, the random-init encoder, and the
+        /// supervised encoder (trained here with the first method's or run's config).
+        #[arg(long, value_delimiter = ',', value_name = "NAME,...",
+              value_parser = ["raw", "random", "supervised"], default_value = "raw,random,supervised")]
+        baselines: Vec<String>,
         /// Output folder for compare.md, compare.csv and the runs trained here.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -235,32 +240,17 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
-fn build_config(args: &ConfigArgs, base: Config) -> Result<Config> {
-    let base = match &args.config {
-        Some(p) => Config::from_toml_file(p)?,
-        None => base,
-    };
-    let cfg = base.with_overrides(&args.overrides())?;
+/// The config of a command without a run: defaults, `--config`, `--data` and `--set`.
+fn plain_config(args: &ConfigArgs) -> Result<Config> {
+    let (cfg, _) = Config::assemble(Config::default(), args.config.as_deref(), &args.overrides())?;
     cfg.validate()?;
     Ok(cfg)
 }
 
-fn load_data(cfg: &Config) -> Result<crate::data::Dataset> {
-    let spec = DataSpec::parse(&cfg.data).context("option data")?;
-    spec.load(&DataOptions::from_config(cfg))
-}
-
-fn data_inspect(args: &ConfigArgs, out: &Path) -> Result<()> {
-    let cfg = build_config(args, Config::default())?;
-    let ds = load_data(&cfg)?;
-    print!("{}", inspect::describe(&ds));
-    inspect::write_grid(&ds, out)?;
-    println!("sample grid -> {}", out.display());
-    Ok(())
-}
-
-fn pct(x: f64) -> String {
-    format!("{:.2}%", 100.0 * x)
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -280,41 +270,15 @@ pub fn run(cli: Cli) -> Result<()> {
             for m in methods::REGISTRY {
                 println!("{:<24} {}", m.name, m.summary);
             }
-            Ok(())
         }
-        Command::Export { run, out } => export(&run, &out, device),
-        Command::Compare {
-            runs,
-            methods,
-            preset,
-            cfg,
-            out,
-            quiet,
-        } => compare(
-            &runs,
-            &methods,
-            preset.as_deref(),
-            &cfg,
-            &out,
-            quiet,
-            device,
-        ),
-        Command::Embed { run, split, out } => embed(&run, &split, &out, device),
-        Command::Neighbors {
-            run,
-            queries,
-            k,
-            seed,
-            out,
-        } => neighbors(&run, queries, k, seed, out, device),
-        Command::Report { run, points, sets } => report_run(&run, points, &sets, device),
-        Command::BenchAugment { images, python } => bench_augment(images, python),
-        Command::Config { cfg } => {
-            print!(
-                "{}",
-                toml::to_string(&build_config(&cfg, Config::default())?)?
-            );
-            Ok(())
+        Command::Config { cfg } => print!("{}", toml::to_string(&plain_config(&cfg)?)?),
+        Command::Data {
+            command: DataCommand::Inspect { cfg, out },
+        } => {
+            let ds = data::load(&plain_config(&cfg)?)?;
+            print!("{}", data::inspect::describe(&ds));
+            data::inspect::write_grid(&ds, &out)?;
+            println!("sample grid -> {}", out.display());
         }
         Command::Pretrain {
             method,
@@ -322,536 +286,113 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
             resume,
             quiet,
-        } => pretrain(method, &cfg, &out, resume, quiet, device),
-        Command::Data {
-            command: DataCommand::Inspect { cfg, out },
-        } => data_inspect(&cfg, &out),
+        } => {
+            let (config, warnings) = train::run::pretrain_config(
+                method.as_deref(),
+                cfg.config.as_deref(),
+                &cfg.overrides(),
+                &out,
+                resume,
+            )?;
+            warn(&warnings);
+            let ds = data::load(&config)?;
+            eprintln!(
+                "pretrain {} on {} ({} images), encoder {}, {} epochs, device {device:?}",
+                config.method,
+                ds.name,
+                ds.pretrain_split().subset_len(config.train_subset),
+                config.encoder,
+                config.epochs,
+            );
+            let opts = train::TrainOptions {
+                resume,
+                quiet,
+                stop_after_epochs: None,
+            };
+            let s = train::pretrain(&config, &ds, &out, &opts, device)?;
+            println!("{}", s.describe(&config.method, &out));
+        }
         Command::Eval { run, baseline, cfg } => match (run, baseline) {
-            (Some(run), None) => eval_run(&run, &cfg, device),
-            (None, Some(b)) => eval_baseline(&b, &cfg, device),
+            (Some(run), None) => {
+                if cfg.config.is_some() || cfg.data.is_some() {
+                    bail!(
+                        "eval --run evaluates the run's own config and data; --config and --data apply to --baseline (use --set for the eval keys)"
+                    );
+                }
+                println!("{}", eval::for_run(&run, &cfg.sets, device)?);
+            }
+            (None, Some(b)) => {
+                let config = plain_config(&cfg)?;
+                let ds = data::load(&config)?;
+                ds.require_labels()?;
+                let b = Baseline::parse(&b)?;
+                let t0 = Instant::now();
+                let (scores, _) = b.evaluate(&config, &ds, device);
+                let secs = t0.elapsed().as_secs_f64();
+                println!("{}", eval::describe(&b.label(&config), &ds, &scores, secs));
+            }
             _ => bail!("eval needs exactly one of --run DIR or --baseline raw|random"),
         },
-    }
-}
-
-fn pretrain(
-    method: Option<String>,
-    args: &ConfigArgs,
-    out: &Path,
-    resume: bool,
-    quiet: bool,
-    device: Device,
-) -> Result<()> {
-    let cfg = if resume {
-        let saved = checkpoint::load(out).context("--resume")?.meta.config;
-        if let Some(m) = &method {
-            if *m != saved.method {
-                bail!(
-                    "--method {m} differs from the method '{}' of the run in {}",
-                    saved.method,
-                    out.display()
-                );
-            }
+        Command::Report { run, points, sets } => {
+            print!("{}", report::for_run(&run, points, &sets, device)?)
         }
-        let cfg = saved.with_overrides(&args.overrides())?;
-        cfg.validate()?;
-        cfg
-    } else {
-        // --method wins; otherwise the method named in the --config file.
-        let mut sets: Vec<String> = method.iter().map(|m| format!("method=\"{m}\"")).collect();
-        sets.extend(args.overrides());
-        let cfg = build_config(
-            &ConfigArgs {
-                config: args.config.clone(),
-                sets,
-                data: None,
-            },
-            Config::default(),
-        )?;
-        if cfg.method.is_empty() {
-            bail!(
-                "pretrain needs --method NAME (see `selfsup methods`) or a --config file that sets method"
-            );
-        }
-        methods::find(&cfg.method)?;
-        cfg
-    };
-    let ds = load_data(&cfg)?;
-    eprintln!(
-        "pretrain {} on {} ({} images{}), encoder {}, {} epochs, device {:?}",
-        cfg.method,
-        ds.name,
-        ds.pretrain_split().len().min(if cfg.train_subset == 0 {
-            usize::MAX
-        } else {
-            cfg.train_subset
-        }),
-        if cfg.train_subset == 0 {
-            ""
-        } else {
-            ", subset"
-        },
-        cfg.encoder,
-        cfg.epochs,
-        device
-    );
-    let opts = train::TrainOptions {
-        resume,
-        quiet,
-        stop_after_epochs: None,
-    };
-    let s = train::pretrain(&cfg, &ds, out, &opts, device)?;
-    println!("{}", s.describe(&cfg.method, out));
-    Ok(())
-}
-
-/// Keys that may be changed when evaluating a saved run.
-const EVAL_KEYS: &[&str] = &[
-    "probe_epochs",
-    "probe_lr",
-    "probe_batch_size",
-    "probe_weight_decay",
-    "knn_k",
-    "knn_temperature",
-];
-
-/// Fails unless every `--set` names one of the `EVAL_KEYS`.
-fn check_eval_sets(sets: &[String]) -> Result<()> {
-    for s in sets {
-        let key = s.split_once('=').map(|(k, _)| k.trim()).unwrap_or(s);
-        if !EVAL_KEYS.contains(&key) {
-            bail!("--set {s}: only the eval keys {EVAL_KEYS:?} can change when evaluating a run");
-        }
-    }
-    Ok(())
-}
-
-fn run_label(cfg: &Config, meta: &checkpoint::Meta) -> String {
-    format!("{} ({} epochs)", cfg.method, meta.epoch)
-}
-
-fn eval_run(run: &Path, args: &ConfigArgs, device: Device) -> Result<()> {
-    if args.config.is_some() {
-        bail!(
-            "eval --run takes its config from the run; use --set for the eval keys {EVAL_KEYS:?}"
-        );
-    }
-    if args.data.is_some() {
-        bail!(
-            "eval --run evaluates on the data of the run; --data applies to pretrain and --baseline"
-        );
-    }
-    check_eval_sets(&args.sets)?;
-    let LoadedRun {
-        cfg,
-        meta,
-        ds,
-        model,
-    } = load_run(run, &args.sets, device)?;
-    ds.require_labels()?;
-    let t0 = Instant::now();
-    let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg, device);
-    report(
-        &run_label(&cfg, &meta),
-        &ds,
-        &scores,
-        t0.elapsed().as_secs_f64(),
-    );
-    let params = nets::parameter_count(&model.vs, "encoder.");
-    let json = crate::report::run_json(&cfg, &meta, params, &scores);
-    std::fs::write(run.join("eval.json"), serde_json::to_string_pretty(&json)?)?;
-    Ok(())
-}
-
-fn report_run(run: &Path, points: usize, sets: &[String], device: Device) -> Result<()> {
-    if !(1..=10_000).contains(&points) {
-        bail!("--points {points}: must be in 1..=10000 (t-SNE takes O(N²) memory and time)");
-    }
-    check_eval_sets(sets)?;
-    let LoadedRun {
-        cfg,
-        meta,
-        ds,
-        model,
-    } = load_run(run, sets, device)?;
-    let opts = crate::report::Options {
-        points,
-        queries: 8,
-        k: 8,
-        seed: cfg.seed,
-    };
-    let r = crate::report::write(run, &cfg, &meta, &ds, &model, &opts, device)?;
-    report(&run_label(&cfg, &meta), &ds, &r.scores, r.eval_seconds);
-    println!(
-        "  neighbours     {}/{} share the query's label",
-        r.neighbors.same_label, r.neighbors.total
-    );
-    println!(
-        "  t-SNE map of {} test images ({:.1}s)",
-        r.embedded_points, r.tsne_seconds
-    );
-    if let Some(s) = &r.summary {
-        println!("  {}", s.describe(&cfg.method, run));
-    }
-    for w in &r.warnings {
-        eprintln!("warning: {w}");
-    }
-    println!("report -> {}", run.join(crate::report::HTML_FILE).display());
-    Ok(())
-}
-
-fn eval_baseline(which: &str, args: &ConfigArgs, device: Device) -> Result<()> {
-    let cfg = build_config(args, Config::default())?;
-    let ds = load_data(&cfg)?;
-    ds.require_labels()?;
-    let t0 = Instant::now();
-    let scores = baseline_scores(which, &cfg, &ds, device)?;
-    report(
-        &baseline_label(which, &cfg),
-        &ds,
-        &scores,
-        t0.elapsed().as_secs_f64(),
-    );
-    Ok(())
-}
-
-fn baseline_label(which: &str, cfg: &Config) -> String {
-    if which == "raw" {
-        "raw pixels".to_string()
-    } else {
-        format!("random-init {}", cfg.encoder)
-    }
-}
-
-/// Scores of raw pixels or of a randomly initialised encoder (seeded by `cfg.seed`).
-fn baseline_scores(
-    which: &str,
-    cfg: &Config,
-    ds: &crate::data::Dataset,
-    device: Device,
-) -> Result<eval::Scores> {
-    Ok(match which {
-        "raw" => {
-            let (tr, te) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
-            let ftr = eval::pixel_features(&tr, device);
-            let fte = eval::pixel_features(&te, device);
-            eval::score(&ftr, &fte, ds.num_classes as i64, cfg)
-        }
-        "random" => random_encoder_scores(cfg, ds, device)?.0,
-        other => bail!("--baseline '{other}' is not one of raw, random"),
-    })
-}
-
-/// Scores and parameter count of a randomly initialised encoder.
-fn random_encoder_scores(
-    cfg: &Config,
-    ds: &crate::data::Dataset,
-    device: Device,
-) -> Result<(eval::Scores, i64)> {
-    tch::manual_seed(cfg.seed as i64);
-    let vs = tch::nn::VarStore::new(device);
-    let enc = nets::build_encoder(&(vs.root() / "encoder"), cfg, ds.train.shape[0] as i64)?;
-    Ok((
-        eval::evaluate_encoder(&enc, ds, cfg, device),
-        nets::parameter_count(&vs, "encoder."),
-    ))
-}
-
-/// presets/PRESET-METHOD.toml, looked up in ./presets and then in the source tree.
-fn preset_path(preset: &str, method: &str) -> Option<PathBuf> {
-    let name = format!("{preset}-{method}.toml");
-    [
-        PathBuf::from("presets"),
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("presets"),
-    ]
-    .into_iter()
-    .map(|d| d.join(&name))
-    .find(|f| f.is_file())
-}
-
-/// The config of `method` for `compare --methods`: presets/PRESET-METHOD.toml when it
-/// exists, else --config or the defaults; then --data/--set.
-fn method_config(method: &str, preset: Option<&str>, args: &ConfigArgs) -> Result<Config> {
-    let mut base = match &args.config {
-        Some(p) => Config::from_toml_file(p)?,
-        None => Config::default(),
-    };
-    if let Some(path) = preset.and_then(|p| preset_path(p, method)) {
-        base = Config::from_toml_file(&path)?;
-    }
-    let mut sets = vec![format!("method=\"{method}\"")];
-    sets.extend(args.overrides());
-    let cfg = base.with_overrides(&sets)?;
-    cfg.validate()?;
-    Ok(cfg)
-}
-
-/// Pretrains `cfg` into `dir` unless a finished run is there; resumes an unfinished one.
-fn ensure_trained(cfg: &Config, dir: &Path, quiet: bool, device: Device) -> Result<()> {
-    let resume = match checkpoint::load(dir) {
-        Ok(ck) if ck.meta.config.method == cfg.method && ck.meta.epoch >= cfg.epochs => {
-            return Ok(());
-        }
-        Ok(ck) if ck.meta.config.method != cfg.method => {
-            bail!(
-                "{} holds a {} run, not {}",
-                dir.display(),
-                ck.meta.config.method,
-                cfg.method
-            )
-        }
-        Ok(_) => true,
-        Err(_) => false,
-    };
-    let ds = load_data(cfg)?;
-    eprintln!("compare: pretraining {} into {}", cfg.method, dir.display());
-    let opts = train::TrainOptions {
-        resume,
-        quiet,
-        stop_after_epochs: None,
-    };
-    train::pretrain(cfg, &ds, dir, &opts, device)?;
-    Ok(())
-}
-
-fn compare(
-    runs: &[PathBuf],
-    methods: &[String],
-    preset: Option<&str>,
-    args: &ConfigArgs,
-    out: &Path,
-    quiet: bool,
-    device: Device,
-) -> Result<()> {
-    if runs.is_empty() == methods.is_empty() {
-        bail!("compare needs either --runs DIR,... or --methods NAME,...");
-    }
-    for m in methods {
-        methods::find(m)?;
-    }
-    if let Some(p) = preset {
-        if !methods.iter().any(|m| preset_path(p, m).is_some()) {
-            bail!(
-                "--preset {p}: none of presets/{p}-METHOD.toml exists for the methods {methods:?}"
-            );
-        }
-    }
-    let mut run_dirs: Vec<PathBuf> = runs.to_vec();
-    let mut trained: Vec<(String, Config)> = methods
-        .iter()
-        .map(|m| Ok((m.clone(), method_config(m, preset, args)?)))
-        .collect::<Result<_>>()?;
-    // The supervised upper bound, with the config of the first method or run.
-    let has_supervised = methods.iter().any(|m| m == "supervised")
-        || runs
-            .iter()
-            .any(|r| checkpoint::load(r).is_ok_and(|c| c.meta.config.method == "supervised"));
-    let first = match trained.first() {
-        Some((_, c)) => c.clone(),
-        None => checkpoint::load(&runs[0])?.meta.config,
-    };
-    if !has_supervised {
-        trained.push((
-            "supervised".into(),
-            Config {
-                method: "supervised".into(),
-                ..first.clone()
-            },
-        ));
-    }
-    for (m, cfg) in &trained {
-        let dir = out.join(m);
-        ensure_trained(cfg, &dir, quiet, device)?;
-        run_dirs.push(dir);
-    }
-    let ds = load_data(&first)?;
-    ds.require_labels()?;
-    let mut rows = vec![eval::compare::Row {
-        method: "raw pixels".into(),
-        scores: baseline_scores("raw", &first, &ds, device)?,
-        pretrain_seconds: None,
-        parameters: 0,
-    }];
-    let (scores, parameters) = random_encoder_scores(&first, &ds, device)?;
-    rows.push(eval::compare::Row {
-        method: baseline_label("random", &first),
-        scores,
-        pretrain_seconds: None,
-        parameters,
-    });
-    for dir in &run_dirs {
-        let LoadedRun {
+        Command::Compare {
+            runs,
+            methods,
+            preset,
             cfg,
-            meta,
-            ds,
-            model,
-        } = load_run(dir, &[], device)?;
-        ds.require_labels()?;
-        eprintln!("compare: evaluating {} ({})", cfg.method, dir.display());
-        let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg, device);
-        rows.push(eval::compare::Row {
-            method: cfg.method.clone(),
-            scores,
-            pretrain_seconds: Some(meta.wall_seconds),
-            parameters: nets::parameter_count(&model.vs, "encoder."),
-        });
-    }
-    eval::compare::write(out, &rows)?;
-    print!("{}", eval::compare::markdown(&rows));
-    println!(
-        "-> {} and {}",
-        out.join("compare.md").display(),
-        out.join("compare.csv").display()
-    );
-    Ok(())
-}
-
-/// A saved run rebuilt: its config (with `sets` applied), its data, and its model holding
-/// the checkpoint's weights.
-struct LoadedRun {
-    cfg: Config,
-    meta: checkpoint::Meta,
-    ds: crate::data::Dataset,
-    model: Model,
-}
-
-fn load_run(run: &Path, sets: &[String], device: Device) -> Result<LoadedRun> {
-    let ck = checkpoint::load(run)?;
-    let cfg = ck.meta.config.with_overrides(sets)?;
-    cfg.validate()?;
-    let ds = load_data(&cfg)?;
-    let model = Model::build(&cfg, &train::data_info(&ds), device)?;
-    checkpoint::load_into(&model.vs, &ck.model)
-        .with_context(|| format!("{}", run.join(checkpoint::FILE_NAME).display()))?;
-    Ok(LoadedRun {
-        cfg,
-        meta: ck.meta,
-        ds,
-        model,
-    })
-}
-
-fn export(run: &Path, out: &Path, device: Device) -> Result<()> {
-    let LoadedRun { cfg, ds, model, .. } = load_run(run, &[], device)?;
-    nets::export::write_encoder(out, &model.vs.variables(), &cfg, ds.train.shape[0] as i64)?;
-    println!(
-        "wrote the {} encoder of {} ({} parameters) to {}",
-        cfg.encoder,
-        run.display(),
-        nets::parameter_count(&model.vs, "encoder."),
-        out.display()
-    );
-    Ok(())
-}
-
-fn embed(run: &Path, split: &str, out: &Path, device: Device) -> Result<()> {
-    let LoadedRun { ds, model, .. } = load_run(run, &[], device)?;
-    let data = Arc::new(match split {
-        "train" => ds.train.clone(),
-        "test" => ds.test.clone(),
-        other => bail!("--split '{other}' is not one of train, test"),
-    });
-    if data.is_empty() {
-        bail!("the {split} split of {} is empty", ds.name);
-    }
-    let (f, l) = eval::method_features(model.method.as_ref(), &data, 512, device);
-    let (fp, lp) = eval::embed::write_embeddings(out, split, &f, &l)?;
-    println!(
-        "wrote {} x {} embeddings to {} and labels to {}",
-        f.size()[0],
-        f.size()[1],
-        fp.display(),
-        lp.display()
-    );
-    Ok(())
-}
-
-fn neighbors(
-    run: &Path,
-    queries: usize,
-    k: usize,
-    seed: u64,
-    out: Option<PathBuf>,
-    device: Device,
-) -> Result<()> {
-    if queries == 0 || k == 0 || queries > 1000 || k > 100 {
-        bail!("--queries {queries} and --k {k} must be in 1..=1000 and 1..=100");
-    }
-    let LoadedRun { ds, model, .. } = load_run(run, &[], device)?;
-    ds.require_labels()?;
-    let f = eval::SplitFeatures::of_method(model.method.as_ref(), &ds, device);
-    let out = out.unwrap_or_else(|| run.join(eval::neighbors::FILE_NAME));
-    let (train, test) = (&ds.train, &ds.test);
-    let found =
-        eval::neighbors::write_picture(train, test, &f.train.0, &f.test.0, queries, k, seed, &out)?;
-    for line in found.lines(train, test, &ds.class_names) {
-        println!("{line}");
-    }
-    println!(
-        "{}/{} neighbours share the query's label; grid (query framed blue, same label green, other red) -> {}",
-        found.same_label,
-        found.total,
-        out.display()
-    );
-    Ok(())
-}
-
-fn bench_augment(images: usize, python: Option<PathBuf>) -> Result<()> {
-    use crate::augment::bench;
-    if images == 0 {
-        bail!("--images must be at least 1");
-    }
-    let all = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let threads: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
-    let sizes = [32, 96];
-    let home = std::env::var("HOME").unwrap_or_default();
-    let python = python
-        .unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/selfsup/torch-2.11.0/bin/python")));
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_augment_torchvision.py");
-    let tv = match bench::torchvision_throughput(&python, &script, images, &threads, &sizes) {
-        Ok(rows) => rows,
-        Err(e) => {
-            eprintln!("torchvision comparison skipped: {e:#}");
-            Vec::new()
-        }
-    };
-    println!(
-        "{:>7} {:>7} {:>15} {:>18} {:>7}",
-        "size", "threads", "selfsup img/s", "torchvision img/s", "ratio"
-    );
-    for &size in &sizes {
-        for &t in &threads {
-            let ours = bench::selfsup_throughput(size, images, t)?;
-            let theirs = tv.iter().find(|r| r.0 == size && r.1 == t).map(|r| r.2);
-            let (tv_s, ratio) = match theirs {
-                Some(x) => (format!("{x:.0}"), format!("{:.2}x", ours / x)),
-                None => ("-".into(), "-".into()),
+            baselines,
+            out,
+            quiet,
+        } => {
+            let plan = compare::Plan {
+                runs,
+                methods,
+                preset,
+                config: cfg.config.clone(),
+                sets: cfg.overrides(),
+                baselines: (baselines.iter().filter(|b| *b != "supervised"))
+                    .map(|b| Baseline::parse(b))
+                    .collect::<Result<_>>()?,
+                supervised: baselines.iter().any(|b| b == "supervised"),
+                out,
+                quiet,
             };
+            let rows = compare::run(&plan, device)?;
+            print!("{}", compare::markdown(&rows));
+            let (md, csv) = (plan.out.join("compare.md"), plan.out.join("compare.csv"));
+            println!("-> {} and {}", md.display(), csv.display());
+        }
+        Command::Export { run, out } => {
+            let r = LoadedRun::load(&run, &[], device)?;
+            let encoder = r.model.method.encoder();
+            nets::export::write_encoder(&out, &r.model.vs.variables(), &r.cfg, encoder)?;
             println!(
-                "{:>7} {t:>7} {ours:>15.0} {tv_s:>18} {ratio:>7}",
-                format!("{size}x{size}")
+                "wrote the {} encoder of {} ({} parameters, input {:?}) to {}",
+                r.cfg.encoder,
+                run.display(),
+                r.encoder_parameters(),
+                encoder.input,
+                out.display()
             );
         }
+        Command::Embed { run, split, out } => {
+            println!("{}", eval::embed::for_run(&run, &split, &out, device)?)
+        }
+        Command::Neighbors {
+            run,
+            queries,
+            k,
+            seed,
+            out,
+        } => print!(
+            "{}",
+            eval::neighbors::for_run(&run, queries, k, seed, out, device)?
+        ),
+        Command::BenchAugment { images, python } => {
+            let python = python.map_or_else(venv::python, Ok);
+            print!("{}", augment::bench::table(images, python)?);
+        }
     }
     Ok(())
-}
-
-/// Prints scores the way `selfsup eval` does.
-pub fn report(label: &str, ds: &crate::data::Dataset, s: &eval::Scores, secs: f64) {
-    println!(
-        "eval {label} on {}: {} train / {} test images, {}-d features ({secs:.1}s)",
-        ds.name,
-        ds.train.len(),
-        ds.test.len(),
-        s.feature_dim
-    );
-    println!(
-        "  linear probe   top-1 {:>7}   top-5 {:>7}",
-        pct(s.linear_top1),
-        pct(s.linear_top5)
-    );
-    println!("  kNN            top-1 {:>7}", pct(s.knn_top1));
 }

@@ -17,17 +17,17 @@ pub struct Config {
     /// Use only this many pretraining images (a seeded random subset); 0 means all.
     pub train_subset: usize,
     /// CIFAR-100 labels: `fine` (100 classes) or `coarse` (20 superclasses).
-    pub cifar100_labels: String,
+    pub cifar100_labels: Cifar100Labels,
     /// STL-10: pretrain on a seeded random subset of this many images of the 100k unlabeled
     /// split, read one by one from disk (0 = pretrain on the labeled train split instead).
     pub stl10_unlabeled: usize,
     /// Image folders: the central square of each image is scaled to this size.
     pub image_size: usize,
     /// Image folders: an image that cannot be decoded is an `error`, or is reported and `skip`ped.
-    pub bad_images: String,
+    pub bad_images: BadImages,
 
     /// Encoder: `cnn` (small CNN for 28x28-ish inputs) or `resnet18` (CIFAR-style ResNet-18).
-    pub encoder: String,
+    pub encoder: EncoderKind,
     /// Channel widths of the small CNN's stages; each stage after the first halves the size.
     pub cnn_widths: Vec<i64>,
     /// The small CNN's last feature map is average-pooled to a `cnn_pool` x `cnn_pool` grid
@@ -42,7 +42,7 @@ pub struct Config {
     pub epochs: usize,
     pub batch_size: usize,
     /// `sgd` (with momentum), `adam` or `adamw`.
-    pub optimizer: String,
+    pub optimizer: OptimizerKind,
     /// Peak learning rate, reached after the warm-up.
     pub lr: f64,
     /// Learning rate at the end of the cosine decay.
@@ -55,7 +55,7 @@ pub struct Config {
 
     /// Denoising autoencoder corruption: `gaussian` (additive N(0, noise_std^2), clipped to
     /// [0, 1]) or `masking` (each pixel set to 0 with probability mask_ratio).
-    pub noise: String,
+    pub noise: Noise,
     pub noise_std: f64,
     pub mask_ratio: f64,
 
@@ -96,7 +96,7 @@ pub struct Config {
     pub cpc_steps: i64,
     /// CPC context network: `masked-conv` (causal convolutions, PixelCNN style) or `gru`
     /// (a GRU running down each column).
-    pub cpc_context: String,
+    pub cpc_context: CpcContext,
     /// CPC: number of causal conv layers of the masked-conv context network.
     pub cpc_context_layers: i64,
     /// CPC: negatives per prediction step, drawn from all positions of all images in the batch.
@@ -105,7 +105,7 @@ pub struct Config {
     /// side), `random-blocks` (4 random squares of half that side, the union covering at
     /// most ce_hole^2 of the image) or `random-region` (a smooth random blob covering
     /// ce_hole^2 of the image).
-    pub ce_mask: String,
+    pub ce_mask: CeMask,
     /// Context encoder: hole size as a fraction of the image side (0.5 hides a quarter).
     pub ce_hole: f64,
     /// Context encoder: width in pixels of the visible ring around the hole that is also
@@ -124,7 +124,7 @@ pub struct Config {
     pub jigsaw_permutations: usize,
     /// Colorization: `classify` (cross-entropy over quantized ab bins with class
     /// rebalancing) or `regress` (L2 on ab).
-    pub colorization_loss: String,
+    pub colorization_loss: ColorizationLoss,
 
     /// Log a line to metrics.jsonl every this many steps (more often in runs shorter than
     /// 100 x log_every steps: see `train::log_interval`).
@@ -148,25 +148,25 @@ impl Default for Config {
             method: String::new(),
             data: "fashion-mnist".into(),
             train_subset: 0,
-            cifar100_labels: "fine".into(),
+            cifar100_labels: Cifar100Labels::Fine,
             stl10_unlabeled: 10_000,
             image_size: 32,
-            bad_images: "error".into(),
-            encoder: "cnn".into(),
+            bad_images: BadImages::Error,
+            encoder: EncoderKind::Cnn,
             cnn_widths: vec![32, 64, 128],
             cnn_pool: 1,
             resnet_width: 1.0,
             decoder_widths: vec![64, 32],
             epochs: 10,
             batch_size: 256,
-            optimizer: "adamw".into(),
+            optimizer: OptimizerKind::AdamW,
             lr: 2e-3,
             min_lr: 0.0,
             warmup_epochs: 1.0,
             momentum: 0.9,
             weight_decay: 1e-4,
             seed: 0,
-            noise: "gaussian".into(),
+            noise: Noise::Gaussian,
             noise_std: 0.4,
             mask_ratio: 0.5,
             aug_crop_size: 0,
@@ -189,10 +189,10 @@ impl Default for Config {
             cpc_patch: 8,
             cpc_stride: 4,
             cpc_steps: 2,
-            cpc_context: "masked-conv".into(),
+            cpc_context: CpcContext::MaskedConv,
             cpc_context_layers: 3,
             cpc_negatives: 1024,
-            ce_mask: "center".into(),
+            ce_mask: CeMask::Center,
             ce_hole: 0.5,
             ce_overlap: 1,
             ce_overlap_weight: 10.0,
@@ -200,7 +200,7 @@ impl Default for Config {
             ce_adv_weight: 0.001,
             tile_size: 7,
             jigsaw_permutations: 100,
-            colorization_loss: "classify".into(),
+            colorization_loss: ColorizationLoss::Classify,
             log_every: 20,
             prefetch: 4,
             probe_epochs: 30,
@@ -213,21 +213,254 @@ impl Default for Config {
     }
 }
 
-pub const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw"];
-pub const ENCODERS: &[&str] = &["cnn", "resnet18"];
-pub const NOISES: &[&str] = &["gaussian", "masking"];
-pub const CPC_CONTEXTS: &[&str] = &["masked-conv", "gru"];
-pub const CIFAR100_LABELS: &[&str] = &["fine", "coarse"];
-pub const BAD_IMAGES: &[&str] = &["error", "skip"];
-pub const CE_MASKS: &[&str] = &["center", "random-blocks", "random-region"];
-pub const COLORIZATION_LOSSES: &[&str] = &["classify", "regress"];
+/// A config choice: an enum whose variants are written in the TOML as the given
+/// kebab-case strings, spelled once here. A bad value is a serde error that lists the
+/// allowed ones ("unknown variant `lion`, expected one of `sgd`, `adam`, `adamw`").
+macro_rules! choice {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+        impl $name {
+            /// Every choice, in the order they are documented.
+            pub const ALL: &[$name] = &[$($name::$variant),+];
+            /// The name as written in a config.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+choice!(
+    /// The encoder network.
+    EncoderKind {
+        /// Small CNN for 28x28-ish inputs (`cnn_widths`, `cnn_pool`).
+        Cnn = "cnn",
+        /// CIFAR-style ResNet-18 (`resnet_width`).
+        Resnet18 = "resnet18",
+    }
+);
+choice!(
+    OptimizerKind {
+        /// SGD with momentum.
+        Sgd = "sgd",
+        /// Adam with L2 weight decay.
+        Adam = "adam",
+        /// Adam with decoupled weight decay.
+        AdamW = "adamw",
+    }
+);
+choice!(
+    /// Denoising autoencoder corruption.
+    Noise {
+        Gaussian = "gaussian",
+        Masking = "masking",
+    }
+);
+choice!(
+    /// CPC's context network.
+    CpcContext {
+        MaskedConv = "masked-conv",
+        Gru = "gru",
+    }
+);
+choice!(
+    Cifar100Labels {
+        Fine = "fine",
+        Coarse = "coarse",
+    }
+);
+choice!(
+    /// What loading an image folder does with an image it cannot decode.
+    BadImages {
+        Error = "error",
+        Skip = "skip",
+    }
+);
+choice!(
+    /// The context encoder's hole.
+    CeMask {
+        Center = "center",
+        RandomBlocks = "random-blocks",
+        RandomRegion = "random-region",
+    }
+);
+choice!(
+    ColorizationLoss {
+        /// Cross-entropy over quantized ab bins, with class rebalancing.
+        Classify = "classify",
+        /// L2 on ab.
+        Regress = "regress",
+    }
+);
+
+/// The keys every run reads, whatever its method: data, encoder and training loop, and
+/// the `EVAL_KEYS`. Each method names the other keys it reads in its `MethodSpec`.
+pub const GENERAL_KEYS: &[&str] = &[
+    "method",
+    "data",
+    "train_subset",
+    "cifar100_labels",
+    "stl10_unlabeled",
+    "image_size",
+    "bad_images",
+    "encoder",
+    "cnn_widths",
+    "cnn_pool",
+    "resnet_width",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "min_lr",
+    "warmup_epochs",
+    "momentum",
+    "weight_decay",
+    "seed",
+    "log_every",
+    "prefetch",
+];
+
+/// Keys that may change when a saved run is evaluated (`eval --run`, `report`).
+pub const EVAL_KEYS: &[&str] = &[
+    "probe_epochs",
+    "probe_lr",
+    "probe_batch_size",
+    "probe_weight_decay",
+    "knn_k",
+    "knn_temperature",
+];
+
+/// Whether every run reads `key` (one of `GENERAL_KEYS` or `EVAL_KEYS`).
+pub fn is_general(key: &str) -> bool {
+    GENERAL_KEYS.contains(&key) || EVAL_KEYS.contains(&key)
+}
+
+/// Checks for one option; each error names the option and what is wrong with it.
+pub mod check {
+    use anyhow::{Result, bail};
+    use std::fmt::Display;
+    use std::ops::RangeInclusive;
+
+    pub fn positive(key: &str, v: f64) -> Result<()> {
+        if !(v.is_finite() && v > 0.0) {
+            bail!("option {key} = {v} must be a positive number");
+        }
+        Ok(())
+    }
+
+    pub fn non_negative(key: &str, v: f64) -> Result<()> {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("option {key} = {v} must be zero or a positive number");
+        }
+        Ok(())
+    }
+
+    pub fn probability(key: &str, p: f64) -> Result<()> {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("option {key} = {p} is a probability and must be in [0, 1]");
+        }
+        Ok(())
+    }
+
+    /// `v` in [0, 1): momenta and other fractions that must stay below 1.
+    pub fn fraction_below_one(key: &str, v: f64) -> Result<()> {
+        if !(0.0..1.0).contains(&v) {
+            bail!("option {key} = {v} must be in [0, 1)");
+        }
+        Ok(())
+    }
+
+    pub fn in_range<T: PartialOrd + Display>(key: &str, v: T, r: RangeInclusive<T>) -> Result<()> {
+        if !r.contains(&v) {
+            bail!("option {key} = {v} must be in {}..={}", r.start(), r.end());
+        }
+        Ok(())
+    }
+
+    pub fn at_least<T: PartialOrd + Display>(key: &str, v: T, min: T) -> Result<()> {
+        if v < min {
+            bail!("option {key} = {v} must be at least {min}");
+        }
+        Ok(())
+    }
+
+    /// A non-empty list of layer widths in 1..=4096.
+    pub fn widths(key: &str, w: &[i64]) -> Result<()> {
+        if w.is_empty() || w.iter().any(|&x| !(1..=4096).contains(&x)) {
+            bail!("option {key} = {w:?} must be a non-empty list of widths in 1..=4096");
+        }
+        Ok(())
+    }
+
+    /// A range `[min, max]` with 0 < min <= max (and max <= `top` when given).
+    pub fn ordered_pair(key: &str, [a, b]: [f64; 2], top: Option<f64>) -> Result<()> {
+        if !(a > 0.0 && a <= b && b.is_finite() && top.is_none_or(|t| b <= t)) {
+            match top {
+                Some(t) => bail!(
+                    "option {key} = {:?} must satisfy 0 < min <= max <= {t}",
+                    [a, b]
+                ),
+                None => bail!("option {key} = {:?} must satisfy 0 < min <= max", [a, b]),
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Config {
     /// Reads a TOML file (keys as in this struct; unknown keys are an error).
     pub fn from_toml_file(path: &Path) -> Result<Config> {
+        Ok(Config::read_toml_file(path)?.0)
+    }
+
+    /// Reads a TOML file; also returns the keys it sets.
+    fn read_toml_file(path: &Path) -> Result<(Config, Vec<String>)> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+        let keys = toml::from_str::<toml::Table>(&text)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        let cfg = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok((cfg, keys))
+    }
+
+    /// The config of a command line: `base`, or the `file` when one is given, then the
+    /// `key=value` overrides. Returns it with the keys that the file and the overrides set
+    /// (the keys the user chose, as opposed to defaults), in that order.
+    pub fn assemble(
+        base: Config,
+        file: Option<&Path>,
+        sets: &[String],
+    ) -> Result<(Config, Vec<String>)> {
+        let (base, mut given) = match file {
+            Some(p) => Config::read_toml_file(p)?,
+            None => (base, Vec::new()),
+        };
+        let cfg = base.with_overrides(sets)?;
+        given.extend(
+            sets.iter()
+                .filter_map(|s| s.split_once('='))
+                .map(|(k, _)| k.trim().to_string()),
+        );
+        Ok((cfg, given))
+    }
+
+    /// Every key, in declaration order.
+    pub fn keys() -> Vec<String> {
+        let v = toml::Value::try_from(Config::default()).expect("the config serializes");
+        v.as_table()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Applies `key=value` overrides. The value is read as a TOML value (`0.1`, `[32, 64]`,
@@ -254,74 +487,28 @@ impl Config {
         Ok(Config::deserialize(toml::Value::Table(table))?)
     }
 
-    /// Checks every option; the error names the option and what is wrong with it.
+    /// The config as TOML, with only the `keys` (in declaration order).
+    pub fn to_toml_with(&self, keys: &[&str]) -> Result<String> {
+        let mut table = toml::Table::try_from(self).context("config does not serialize")?;
+        table.retain(|k, _| keys.contains(&k));
+        Ok(toml::to_string(&table)?)
+    }
+
+    /// Checks the general options (`GENERAL_KEYS`); each method checks its own keys
+    /// (`methods::MethodSpec::validate`).
     pub fn validate(&self) -> Result<()> {
-        fn one_of(key: &str, v: &str, allowed: &[&str]) -> Result<()> {
-            if !allowed.contains(&v) {
-                bail!("option {key} = '{v}' is not one of {allowed:?}");
-            }
-            Ok(())
-        }
-        fn positive(key: &str, v: f64) -> Result<()> {
-            if !(v.is_finite() && v > 0.0) {
-                bail!("option {key} = {v} must be a positive number");
-            }
-            Ok(())
-        }
-        fn non_negative(key: &str, v: f64) -> Result<()> {
-            if !(v.is_finite() && v >= 0.0) {
-                bail!("option {key} = {v} must be zero or a positive number");
-            }
-            Ok(())
-        }
-        one_of("encoder", &self.encoder, ENCODERS)?;
-        one_of("optimizer", &self.optimizer, OPTIMIZERS)?;
-        one_of("noise", &self.noise, NOISES)?;
-        one_of("cifar100_labels", &self.cifar100_labels, CIFAR100_LABELS)?;
-        one_of("bad_images", &self.bad_images, BAD_IMAGES)?;
-        if self.image_size == 0 || self.image_size > 1024 {
-            bail!(
-                "option image_size = {} must be in 1..=1024",
-                self.image_size
-            );
-        }
-        one_of("ce_mask", &self.ce_mask, CE_MASKS)?;
-        one_of(
-            "colorization_loss",
-            &self.colorization_loss,
-            COLORIZATION_LOSSES,
-        )?;
-        if self.cnn_widths.is_empty() || self.cnn_widths.iter().any(|&w| w < 1 || w > 4096) {
-            bail!(
-                "option cnn_widths = {:?} must be a non-empty list of widths in 1..=4096",
-                self.cnn_widths
-            );
-        }
-        if !(1..=8).contains(&self.cnn_pool) {
-            bail!("option cnn_pool = {} must be in 1..=8", self.cnn_pool);
-        }
-        if self.decoder_widths.is_empty() || self.decoder_widths.iter().any(|&w| w < 1 || w > 4096)
-        {
-            bail!(
-                "option decoder_widths = {:?} must be a non-empty list of widths in 1..=4096",
-                self.decoder_widths
-            );
-        }
-        if !(self.resnet_width.is_finite()
-            && self.resnet_width >= 0.125
-            && self.resnet_width <= 8.0)
-        {
+        use check::*;
+        in_range("image_size", self.image_size, 1..=1024)?;
+        widths("cnn_widths", &self.cnn_widths)?;
+        in_range("cnn_pool", self.cnn_pool, 1..=8)?;
+        if !(self.resnet_width.is_finite() && (0.125..=8.0).contains(&self.resnet_width)) {
             bail!(
                 "option resnet_width = {} must be between 0.125 and 8",
                 self.resnet_width
             );
         }
-        if self.epochs == 0 {
-            bail!("option epochs must be at least 1");
-        }
-        if self.batch_size < 2 {
-            bail!("option batch_size = {} must be at least 2", self.batch_size);
-        }
+        at_least("epochs", self.epochs, 1)?;
+        at_least("batch_size", self.batch_size, 2)?;
         positive("lr", self.lr)?;
         non_negative("min_lr", self.min_lr)?;
         if self.min_lr > self.lr {
@@ -339,151 +526,15 @@ impl Config {
                 self.epochs
             );
         }
-        if !(0.0..1.0).contains(&self.momentum) {
-            bail!("option momentum = {} must be in [0, 1)", self.momentum);
-        }
+        fraction_below_one("momentum", self.momentum)?;
         non_negative("weight_decay", self.weight_decay)?;
-        non_negative("noise_std", self.noise_std)?;
-        if !(0.0..1.0).contains(&self.mask_ratio) {
-            bail!("option mask_ratio = {} must be in [0, 1)", self.mask_ratio);
-        }
-        for (key, p) in [
-            ("aug_flip_p", self.aug_flip_p),
-            ("aug_jitter_p", self.aug_jitter_p),
-            ("aug_gray_p", self.aug_gray_p),
-            ("aug_blur_p", self.aug_blur_p),
-            ("aug_solarize_p", self.aug_solarize_p),
-        ] {
-            if !(0.0..=1.0).contains(&p) {
-                bail!("option {key} = {p} is a probability and must be in [0, 1]");
-            }
-        }
-        let [s0, s1] = self.aug_crop_scale;
-        if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
-            bail!(
-                "option aug_crop_scale = {:?} must satisfy 0 < min <= max <= 1",
-                self.aug_crop_scale
-            );
-        }
-        let [r0, r1] = self.aug_crop_ratio;
-        if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
-            bail!(
-                "option aug_crop_ratio = {:?} must satisfy 0 < min <= max",
-                self.aug_crop_ratio
-            );
-        }
-        let [b, c, s, h] = self.aug_jitter;
-        if [b, c, s].iter().any(|x| !(x.is_finite() && *x >= 0.0)) || !(0.0..=0.5).contains(&h) {
-            bail!(
-                "option aug_jitter = {:?}: strengths must be >= 0 and the hue shift in [0, 0.5]",
-                self.aug_jitter
-            );
-        }
-        let [g0, g1] = self.aug_blur_sigma;
-        if !(g0 > 0.0 && g0 <= g1 && g1.is_finite()) {
-            bail!(
-                "option aug_blur_sigma = {:?} must satisfy 0 < min <= max",
-                self.aug_blur_sigma
-            );
-        }
-        if self.aug_crop_size > 4096 {
-            bail!(
-                "option aug_crop_size = {} is too large (at most 4096)",
-                self.aug_crop_size
-            );
-        }
-        if self.proj_hidden_dim < 1 || self.proj_dim < 1 {
-            bail!(
-                "options proj_hidden_dim = {} and proj_dim = {} must be at least 1",
-                self.proj_hidden_dim,
-                self.proj_dim
-            );
-        }
-        positive("temperature", self.temperature)?;
-        if self.pred_hidden_dim < 1 {
-            bail!(
-                "option pred_hidden_dim = {} must be at least 1",
-                self.pred_hidden_dim
-            );
-        }
-        if !(0.0..1.0).contains(&self.ema_momentum) {
-            bail!(
-                "option ema_momentum = {} must be in [0, 1)",
-                self.ema_momentum
-            );
-        }
-        if self.moco_queue < 1 {
-            bail!("option moco_queue = {} must be at least 1", self.moco_queue);
-        }
-        if self.shuffle_bn_groups < 1 || self.batch_size as i64 % self.shuffle_bn_groups != 0 {
-            bail!(
-                "option shuffle_bn_groups = {} must be at least 1 and divide batch_size = {}",
-                self.shuffle_bn_groups,
-                self.batch_size
-            );
-        }
-        one_of("cpc_context", &self.cpc_context, CPC_CONTEXTS)?;
-        if self.cpc_patch < 1 || self.cpc_stride < 1 || self.cpc_stride > self.cpc_patch {
-            bail!(
-                "options cpc_patch = {} and cpc_stride = {} must satisfy 1 <= cpc_stride <= cpc_patch",
-                self.cpc_patch,
-                self.cpc_stride
-            );
-        }
-        if self.cpc_steps < 1 {
-            bail!("option cpc_steps = {} must be at least 1", self.cpc_steps);
-        }
-        if !(1..=64).contains(&self.cpc_context_layers) {
-            bail!(
-                "option cpc_context_layers = {} must be in 1..=64",
-                self.cpc_context_layers
-            );
-        }
-        if self.cpc_negatives < 1 {
-            bail!(
-                "option cpc_negatives = {} must be at least 1",
-                self.cpc_negatives
-            );
-        }
-        if !(self.ce_hole > 0.0 && self.ce_hole < 1.0) {
-            bail!("option ce_hole = {} must be in (0, 1)", self.ce_hole);
-        }
-        if !(0..=16).contains(&self.ce_overlap) {
-            bail!("option ce_overlap = {} must be in 0..=16", self.ce_overlap);
-        }
-        non_negative("ce_overlap_weight", self.ce_overlap_weight)?;
-        if !(0.0..1.0).contains(&self.ce_adv_weight) {
-            bail!(
-                "option ce_adv_weight = {} must be in [0, 1)",
-                self.ce_adv_weight
-            );
-        }
-        if self.tile_size < 1 {
-            bail!("option tile_size = {} must be at least 1", self.tile_size);
-        }
-        if !(2..=1000).contains(&self.jigsaw_permutations) {
-            bail!(
-                "option jigsaw_permutations = {} must be in 2..=1000",
-                self.jigsaw_permutations
-            );
-        }
-        if self.log_every == 0 {
-            bail!("option log_every must be at least 1");
-        }
-        if self.prefetch == 0 || self.prefetch > 64 {
-            bail!("option prefetch = {} must be in 1..=64", self.prefetch);
-        }
-        if self.probe_epochs == 0 {
-            bail!("option probe_epochs must be at least 1");
-        }
+        at_least("log_every", self.log_every, 1)?;
+        in_range("prefetch", self.prefetch, 1..=64)?;
+        at_least("probe_epochs", self.probe_epochs, 1)?;
         positive("probe_lr", self.probe_lr)?;
-        if self.probe_batch_size == 0 {
-            bail!("option probe_batch_size must be at least 1");
-        }
+        at_least("probe_batch_size", self.probe_batch_size, 1)?;
         non_negative("probe_weight_decay", self.probe_weight_decay)?;
-        if self.knn_k < 1 {
-            bail!("option knn_k = {} must be at least 1", self.knn_k);
-        }
+        at_least("knn_k", self.knn_k, 1)?;
         positive("knn_temperature", self.knn_temperature)?;
         Ok(())
     }
@@ -504,7 +555,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.lr, 0.5);
         assert_eq!(c.cnn_widths, vec![8, 16]);
-        assert_eq!(c.optimizer, "sgd");
+        assert_eq!(c.optimizer, OptimizerKind::Sgd);
         c.validate().unwrap();
     }
 
@@ -522,11 +573,61 @@ mod tests {
             .with_overrides(&["noequals".into()])
             .unwrap_err();
         assert!(e.to_string().contains("key=value"), "{e}");
-        let c = Config::default()
+        // A bad choice names the key and lists the allowed values, from their one spelling.
+        let e = Config::default()
             .with_overrides(&["optimizer=lion".into()])
-            .unwrap();
-        let e = c.validate().unwrap_err();
-        assert!(e.to_string().contains("optimizer"), "{e}");
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("optimizer=lion") && e.contains("`sgd`, `adam`, `adamw`"),
+            "{e}"
+        );
+        let e = Config::default()
+            .with_overrides(&["cnn_pool=0".into()])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "option cnn_pool = 0 must be in 1..=8");
+    }
+
+    #[test]
+    fn choices_round_trip_through_their_spelling() {
+        for e in CeMask::ALL {
+            let c = Config {
+                ce_mask: *e,
+                ..Config::default()
+            };
+            let back = Config::default()
+                .with_overrides(&[format!("ce_mask={}", e.as_str())])
+                .unwrap();
+            assert_eq!(back, c);
+        }
+        assert_eq!(OptimizerKind::AdamW.to_string(), "adamw");
+        assert_eq!(CpcContext::MaskedConv.to_string(), "masked-conv");
+    }
+
+    #[test]
+    fn assemble_reports_the_keys_the_user_chose() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "lr = 0.1\ntemperature = 0.3\n").unwrap();
+        let (c, given) =
+            Config::assemble(Config::default(), Some(&f), &["epochs=3".into()]).unwrap();
+        assert_eq!((c.lr, c.temperature, c.epochs), (0.1, 0.3, 3));
+        assert_eq!(given, vec!["lr", "temperature", "epochs"]);
+        let (c, given) = Config::assemble(Config::default(), None, &[]).unwrap();
+        assert_eq!((c, given.len()), (Config::default(), 0));
+    }
+
+    #[test]
+    fn general_and_eval_keys_are_config_keys() {
+        let keys = Config::keys();
+        for k in GENERAL_KEYS.iter().chain(EVAL_KEYS) {
+            assert!(keys.iter().any(|x| x == k), "{k} is not a config key");
+        }
+        let t = Config::default().to_toml_with(&["lr", "method"]).unwrap();
+        assert_eq!(t, "method = \"\"\nlr = 0.002\n");
     }
 
     #[test]
@@ -547,10 +648,12 @@ mod tests {
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            let cfg = Config::from_toml_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
-            cfg.validate()
+            let (cfg, given) = Config::assemble(Config::default(), Some(&path), &[])
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            // Valid, and every key it sets is read by its method.
+            let warnings = crate::methods::check_config(&cfg, &given)
                 .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-            crate::methods::find(&cfg.method).unwrap();
+            assert!(warnings.is_empty(), "{}: {warnings:?}", path.display());
             n += 1;
         }
         assert!(n >= 5, "{n} presets");

@@ -9,10 +9,14 @@ pub mod data;
 pub mod eval;
 pub mod losses;
 pub mod methods;
+pub mod metrics;
 pub mod nets;
 pub mod plots;
 pub mod report;
+pub mod schedule;
+pub mod tensor_io;
 pub mod train;
+pub mod venv;
 
 /// Tests that seed or draw from libtorch's global random generator hold this lock, so that
 /// tests running on parallel threads cannot interleave their draws (the exact-resume test

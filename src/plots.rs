@@ -3,7 +3,7 @@
 //! `ab_glyph` renderer in DejaVu Sans, which is compiled into the binary
 //! (`assets/fonts/`), so plotting needs no system font or font library.
 
-use crate::train::metrics::Metrics;
+use crate::metrics::Metrics;
 use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
@@ -307,7 +307,7 @@ pub fn embedding_plot(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::train::metrics::{EpochRecord, StepRecord};
+    use crate::metrics::{EpochRecord, StepRecord};
 
     /// Opens the PNG at `p`; checks its size and that it is not one flat colour; returns
     /// how many distinct colours it has.
@@ -383,7 +383,7 @@ pub(crate) mod tests {
     #[test]
     fn loss_plot_of_a_missing_or_garbled_log_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join(crate::train::metrics::FILE_NAME);
+        let log = dir.path().join(crate::metrics::FILE_NAME);
         let out = dir.path().join(LOSS_FILE);
         let plot = || crate::train::write_loss_plot(dir.path(), "m", "d").unwrap_err();
         let e = format!("{:#}", plot());

@@ -1,13 +1,15 @@
 //! `selfsup report --run R`: evaluates a run as `selfsup eval --run` does and writes into
-//! its folder `metrics.json`, `loss.png`, `embedding.png` (a t-SNE map of test
+//! its folder `eval.json` (the record `eval --run` writes), `loss.png`, `embedding.png` (a t-SNE map of test
 //! embeddings), `neighbors.png`, and `index.html`, one static page showing all of them.
 
 use crate::config::Config;
 use crate::data::{Dataset, numbered_names};
-use crate::eval::{Scores, SplitFeatures, neighbors, tsne};
-use crate::train::{self, Model, Summary, checkpoint::Meta};
+use crate::eval::{self, Scores, SplitFeatures, neighbors, tsne};
+use crate::metrics::Summary;
+use crate::train::run::LoadedRun;
+use crate::train::{self, Model, checkpoint::Meta};
 use crate::{nets, plots};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::fmt::Write;
 use std::path::Path;
@@ -15,7 +17,6 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 pub const HTML_FILE: &str = "index.html";
-pub const METRICS_FILE: &str = "metrics.json";
 
 /// What goes into a report besides the run itself.
 #[derive(Debug, Clone)]
@@ -42,18 +43,35 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-/// The evaluation record of a run, as `eval.json` and `metrics.json` hold it.
-pub fn run_json(
-    cfg: &Config,
-    meta: &Meta,
-    encoder_parameters: i64,
-    scores: &Scores,
-) -> serde_json::Value {
-    json!({
-        "method": cfg.method, "data": cfg.data, "epochs": meta.epoch,
-        "pretrain_seconds": meta.wall_seconds, "encoder_parameters": encoder_parameters,
-        "scores": scores,
-    })
+/// `selfsup report`: evaluates the run in `dir` (with eval-key overrides `sets`), writes
+/// its report with a t-SNE map of `points` test images, and returns what to print.
+pub fn for_run(dir: &Path, points: usize, sets: &[String], device: Device) -> Result<String> {
+    if !(1..=10_000).contains(&points) {
+        bail!("--points {points}: must be in 1..=10000 (t-SNE takes O(N²) memory and time)");
+    }
+    let r = LoadedRun::load(dir, sets, device)?;
+    let opts = Options {
+        points,
+        queries: 8,
+        k: 8,
+        seed: r.cfg.seed,
+    };
+    let rep = write(dir, &r.cfg, &r.meta, &r.ds, &r.model, &opts, device)?;
+    let mut text = eval::describe(&r.label(), &r.ds, &rep.scores, rep.eval_seconds);
+    let n = &rep.neighbors;
+    write!(
+        text,
+        "\n  neighbours     {}/{} share the query's label\n  t-SNE map of {} test images ({:.1}s)\n",
+        n.same_label, n.total, rep.embedded_points, rep.tsne_seconds
+    )?;
+    if let Some(s) = &rep.summary {
+        writeln!(text, "  {}", s.describe(&r.cfg.method, dir))?;
+    }
+    for w in &rep.warnings {
+        eprintln!("warning: {w}");
+    }
+    writeln!(text, "report -> {}", dir.join(HTML_FILE).display())?;
+    Ok(text)
 }
 
 /// Evaluates the run in `run` (its config `cfg`, checkpoint `meta`, data `ds` and `model`)
@@ -130,14 +148,14 @@ pub fn write(
     };
 
     let parameters = nets::parameter_count(&model.vs, "encoder.");
-    let mut record = run_json(cfg, meta, parameters, &scores);
+    let mut record = eval::run_json(cfg, meta, parameters, &scores);
     record["pretraining"] = summary
         .as_ref()
         .map_or(serde_json::Value::Null, summary_json);
     record["neighbors"] =
         json!({"k": opts.k, "same_label": found.same_label, "total": found.total});
     record["embedding"] = json!({"points": points.len(), "perplexity": tsne_opts.perplexity});
-    let p = run.join(METRICS_FILE);
+    let p = run.join(eval::EVAL_FILE);
     std::fs::write(&p, serde_json::to_string_pretty(&record)?)
         .with_context(|| format!("cannot write {}", p.display()))?;
 
@@ -376,9 +394,10 @@ mod tests {
             plots::EMBEDDING_SIZE,
         );
         assert!(dir.path().join(neighbors::FILE_NAME).is_file());
-        let m: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap())
-                .unwrap();
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(eval::EVAL_FILE)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             m["scores"]["linear_top1"].as_f64().unwrap(),
             r.scores.linear_top1

@@ -93,12 +93,27 @@ fn pretrain_then_eval_on_a_tiny_folder() {
         "epochs=2",
         "--set",
         "noise=masking",
+        "--set",
+        "temperature=0.3",
     ];
     args.extend(&common);
     let o = selfsup(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("2 epochs, 8 steps"), "{}", stdout(&o));
     assert!(run.join("checkpoint.safetensors").is_file() && run.join("metrics.jsonl").is_file());
+    // A key the method does not read is a warning, and config.toml holds only what it reads.
+    assert!(
+        stderr(&o).contains(
+            "warning: option temperature is not read by method denoising-autoencoder and is ignored"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("noise = \"masking\"") && !saved.contains("\ntemperature ="),
+        "{saved}"
+    );
 
     // Running into the same folder again needs --resume; resuming with more epochs continues.
     let o = selfsup(&args);
@@ -290,6 +305,33 @@ fn bad_options_get_clear_errors() {
         (
             &["eval", "--run", "/tmp/x", "--data", "mnist:/tmp"],
             "--data",
+        ),
+        (
+            &["eval", "--baseline", "raw", "--set", "optimizer=lion"],
+            "`sgd`, `adam`, `adamw`",
+        ),
+        (
+            &[
+                "pretrain",
+                "--method",
+                "moco-v2",
+                "--set",
+                "batch_size=6",
+                "--out",
+                "/tmp/x",
+            ],
+            "method moco-v2: option shuffle_bn_groups = 4 must be at least 1 and divide batch_size = 6",
+        ),
+        (
+            &[
+                "pretrain",
+                "--resume",
+                "--config",
+                "/tmp/c.toml",
+                "--out",
+                "/tmp/x",
+            ],
+            "--resume continues with the config saved in /tmp/x",
         ),
     ];
     for (args, want) in cases {
@@ -645,7 +687,7 @@ fn report_writes_metrics_plots_and_a_page_into_the_run() {
         assert!(img.pixels().any(|p| *p != first), "{file} is one colour");
     }
     let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
     let top1 = m["scores"]["linear_top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1), "{m}");
     assert_eq!(m["pretraining"]["epochs"], 2, "{m}");

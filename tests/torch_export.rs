@@ -1,47 +1,24 @@
 //! The exported encoder loads into the equivalent PyTorch module (torchvision's resnet18
-//! with the CIFAR stem, or the small CNN) and gives the same outputs to 1e-4. Runs the
-//! check script in the setup venv (the same one that provides libtorch).
+//! with the CIFAR stem, or the small CNN) and gives the same features as selfsup to 1e-4,
+//! for every registered method (colorization's lightness input and CPC's mean-pooled patch
+//! grid included). Runs the check script with the setup venv's Python.
 
-use selfsup::config::Config;
-use selfsup::nets::{self, export};
+use selfsup::config::{Config, EncoderKind};
+use selfsup::data::Split;
+use selfsup::methods::{DataInfo, REGISTRY};
+use selfsup::nets::{self, Encoder, export};
+use selfsup::{eval, train};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor, nn};
 
-fn python() -> PathBuf {
-    match std::env::var("SELFSUP_PYTHON") {
-        Ok(p) => p.into(),
-        Err(_) => PathBuf::from(std::env::var("HOME").unwrap())
-            .join(".cache/selfsup/torch-2.11.0/bin/python"),
-    }
-}
-
-fn check(cfg: &Config, shape: [i64; 4]) {
-    tch::manual_seed(4);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let enc = nets::build_encoder(&(vs.root() / "encoder"), cfg, shape[1]).unwrap();
-    // A few training-mode passes give BatchNorm non-trivial running statistics.
-    for _ in 0..3 {
-        let _ = tch::no_grad(|| {
-            enc.forward_t(
-                &(Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0),
-                true,
-            )
-        });
-    }
-    let x = Tensor::rand(shape, (Kind::Float, Device::Cpu));
-    let y = tch::no_grad(|| enc.forward_t(&x, false));
-    assert_eq!(y.size(), [shape[0], enc.dim]);
-    let dir = tempfile::tempdir().unwrap();
-    let weights = dir.path().join("encoder.safetensors");
-    export::write_encoder(&weights, &vs.variables(), cfg, shape[1]).unwrap();
-    let io = dir.path().join("io.safetensors");
-    Tensor::write_safetensors(&[("input", &x), ("output", &y)], &io).unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/check_torch_export.py");
-    let out = std::process::Command::new(python())
+/// Runs scripts/check_torch_export.py on (weights, io) pairs; returns what it printed.
+fn check_in_pytorch(pairs: &[(PathBuf, PathBuf)]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_torch_export.py");
+    let out = std::process::Command::new(selfsup::venv::python().unwrap())
         .arg(&script)
-        .arg(&weights)
-        .arg(&io)
+        .args(pairs.iter().flat_map(|(w, io)| [w, io]))
         .output()
         .unwrap();
     let text = format!(
@@ -50,22 +27,65 @@ fn check(cfg: &Config, shape: [i64; 4]) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("max |torch - selfsup|"), "{text}");
+    assert_eq!(
+        text.matches("max |torch - selfsup|").count(),
+        pairs.len(),
+        "{text}"
+    );
     eprintln!("{}", text.trim());
+    text
+}
+
+/// Exports `encoder` (whose variables are in `vs`) into `dir` with the input images `x` and
+/// the features `y` selfsup computed; returns the (weights, io) pair.
+fn export_pair(
+    dir: &Path,
+    name: &str,
+    vs: &nn::VarStore,
+    cfg: &Config,
+    encoder: &Encoder,
+    x: &Tensor,
+    y: &Tensor,
+) -> (PathBuf, PathBuf) {
+    assert_eq!(y.size(), [x.size()[0], encoder.dim], "{name}");
+    let weights = dir.join(format!("{name}.safetensors"));
+    export::write_encoder(&weights, &vs.variables(), cfg, encoder).unwrap();
+    let io = dir.join(format!("{name}-io.safetensors"));
+    Tensor::write_safetensors(&[("input", x), ("output", y)], &io).unwrap();
+    (weights, io)
+}
+
+/// A few training-mode passes give BatchNorm non-trivial running statistics.
+fn warm_up_batchnorm(encoder: &Encoder, shape: [i64; 4]) {
+    for _ in 0..3 {
+        let x = Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0;
+        let _ = tch::no_grad(|| encoder.forward_t(&x, true));
+    }
+}
+
+fn check_architecture(cfg: &Config, shape: [i64; 4]) {
+    tch::manual_seed(4);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let enc = nets::build_encoder(&(vs.root() / "encoder"), cfg, shape[1]);
+    warm_up_batchnorm(&enc, shape);
+    let x = Tensor::rand(shape, (Kind::Float, Device::Cpu));
+    let y = tch::no_grad(|| enc.forward_t(&x, false));
+    let dir = tempfile::tempdir().unwrap();
+    check_in_pytorch(&[export_pair(dir.path(), "encoder", &vs, cfg, &enc, &x, &y)]);
 }
 
 #[test]
 fn resnet18_export_matches_torchvision() {
     let cfg = Config {
-        encoder: "resnet18".into(),
+        encoder: EncoderKind::Resnet18,
         ..Config::default()
     };
-    check(&cfg, [2, 3, 32, 32]);
+    check_architecture(&cfg, [2, 3, 32, 32]);
 }
 
 #[test]
 fn small_cnn_export_matches_pytorch() {
-    check(&Config::default(), [3, 1, 28, 28]);
+    check_architecture(&Config::default(), [3, 1, 28, 28]);
 }
 
 #[test]
@@ -76,13 +96,64 @@ fn small_cnn_with_pooling_grid_export_matches_pytorch() {
         cnn_pool: 2,
         ..Config::default()
     };
-    check(&cfg, [3, 1, 28, 28]);
+    check_architecture(&cfg, [3, 1, 28, 28]);
+}
+
+/// For every registered method: the encoder `selfsup export` writes, loaded in PyTorch,
+/// gives the features `selfsup eval` extracts (through `eval::method_features`, the code
+/// the evaluation runs) from the same images.
+#[test]
+fn every_method_exports_what_its_evaluation_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3-channel 8x8 images, so that colorization, which needs colour, is built too.
+    let (n, shape) = (6usize, [3usize, 8, 8]);
+    let pixels: Vec<u8> = (0..n * 192).map(|i| (i * 37 % 251) as u8).collect();
+    let split = Arc::new(Split::new(pixels, vec![0; n], shape).unwrap());
+    let images = Tensor::from_slice(&split.images).view([n as i64, 3, 8, 8]) / 255.0;
+    let info = DataInfo {
+        shape: [3, 8, 8],
+        num_classes: 4,
+    };
+    let mut pairs = Vec::new();
+    for spec in REGISTRY {
+        let cfg = Config {
+            method: spec.name.into(),
+            cnn_widths: vec![4, 8],
+            cnn_pool: 2,
+            decoder_widths: vec![8, 4],
+            proj_hidden_dim: 16,
+            pred_hidden_dim: 8,
+            proj_dim: 8,
+            moco_queue: 32,
+            cpc_negatives: 16,
+            cpc_patch: 4,
+            cpc_stride: 2,
+            tile_size: 2,
+            ..Config::default()
+        };
+        let model = train::Model::build(&cfg, &info, Device::Cpu).unwrap();
+        let encoder = model.method.encoder();
+        warm_up_batchnorm(encoder, [8, 3, 8, 8]);
+        let (features, _) = eval::method_features(model.method.as_ref(), &split, 4, Device::Cpu);
+        pairs.push(export_pair(
+            dir.path(),
+            spec.name,
+            &model.vs,
+            &cfg,
+            encoder,
+            &images,
+            &features,
+        ));
+    }
+    let text = check_in_pytorch(&pairs);
+    assert!(text.contains("colorization: cnn on lightness"), "{text}");
+    assert!(text.contains("cpc: cnn on patch-mean"), "{text}");
 }
 
 #[test]
 fn export_renames_and_adds_batchnorm_counters() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let _ = nets::build_encoder(&(vs.root() / "encoder"), &Config::default(), 1).unwrap();
+    let _ = nets::build_encoder(&(vs.root() / "encoder"), &Config::default(), 1);
     let _ = vs
         .root()
         .sub("decoder")

@@ -5,7 +5,7 @@ use super::{Image, Op, Pipeline, Views};
 use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// SimCLR's pipeline at `size`, the one the torchvision script builds.
@@ -110,4 +110,40 @@ pub fn torchvision_throughput(
         ));
     }
     Ok(rows)
+}
+
+/// The `selfsup bench-augment` table: selfsup and torchvision (with `python`; the
+/// comparison is left out, with a note on stderr, when it cannot run) at 32x32 and
+/// 96x96, on 1 thread and on all of them.
+pub fn table(images: usize, python: Result<PathBuf>) -> Result<String> {
+    if images == 0 {
+        bail!("--images must be at least 1");
+    }
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
+    let sizes = [32, 96];
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_augment_torchvision.py");
+    let tv = python
+        .and_then(|py| torchvision_throughput(&py, &script, images, &threads, &sizes))
+        .unwrap_or_else(|e| {
+            eprintln!("torchvision comparison skipped: {e:#}");
+            Vec::new()
+        });
+    let mut out = format!(
+        "{:>7} {:>7} {:>15} {:>18} {:>7}\n",
+        "size", "threads", "selfsup img/s", "torchvision img/s", "ratio"
+    );
+    for &size in &sizes {
+        for &t in &threads {
+            let ours = selfsup_throughput(size, images, t)?;
+            let theirs = tv.iter().find(|r| r.0 == size && r.1 == t).map(|r| r.2);
+            let (tv_s, ratio) = match theirs {
+                Some(x) => (format!("{x:.0}"), format!("{:.2}x", ours / x)),
+                None => ("-".into(), "-".into()),
+            };
+            let dims = format!("{size}x{size}");
+            out += &format!("{dims:>7} {t:>7} {ours:>15.0} {tv_s:>18} {ratio:>7}\n");
+        }
+    }
+    Ok(out)
 }

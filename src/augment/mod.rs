@@ -114,54 +114,6 @@ pub fn random_crop_box(
     }
 }
 
-/// The contrastive view pipeline described by the `aug_*` config keys for `h` x `w` images.
-pub fn contrastive_pipeline(cfg: &crate::config::Config, h: usize, w: usize) -> Pipeline {
-    let size = if cfg.aug_crop_size == 0 {
-        (h, w)
-    } else {
-        (cfg.aug_crop_size, cfg.aug_crop_size)
-    };
-    let [brightness, contrast, saturation, hue] = cfg.aug_jitter;
-    Pipeline {
-        ops: vec![
-            Op::ResizedCrop {
-                size,
-                scale: cfg.aug_crop_scale.into(),
-                ratio: cfg.aug_crop_ratio.into(),
-            },
-            Op::HFlip { p: cfg.aug_flip_p },
-            Op::ColorJitter {
-                p: cfg.aug_jitter_p,
-                brightness,
-                contrast,
-                saturation,
-                hue,
-            },
-            Op::Grayscale { p: cfg.aug_gray_p },
-            Op::GaussianBlur {
-                p: cfg.aug_blur_p,
-                kernel_frac: 0.1,
-                sigma: cfg.aug_blur_sigma.into(),
-            },
-            Op::Solarize {
-                p: cfg.aug_solarize_p,
-                threshold: 128,
-            },
-        ],
-    }
-}
-
-/// Two views from the same `aug_*` pipeline (SimCLR, MoCo, SimSiam).
-pub fn two_views(
-    cfg: &crate::config::Config,
-    data: &crate::methods::DataInfo,
-) -> std::sync::Arc<Views> {
-    let p = contrastive_pipeline(cfg, data.shape[1] as usize, data.shape[2] as usize);
-    std::sync::Arc::new(Views {
-        pipelines: vec![p.clone(), p],
-    })
-}
-
 impl Pipeline {
     /// Output (h, w) for an input of (h, w).
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {

@@ -12,6 +12,7 @@ pub mod stl;
 
 pub use loader::{Batch, Loader, epoch_order};
 
+use crate::config::{BadImages, Cifar100Labels};
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -69,6 +70,14 @@ impl Split {
             images,
             labels,
             shape: self.shape,
+        }
+    }
+    /// The number of images `subset(n, _)` holds.
+    pub fn subset_len(&self, n: usize) -> usize {
+        if n == 0 {
+            self.len()
+        } else {
+            n.min(self.len())
         }
     }
     /// A seeded random subset of `n` images (all of them, in order, when `n` is 0 or too big).
@@ -185,15 +194,21 @@ impl Default for DataOptions {
 impl DataOptions {
     pub fn from_config(cfg: &crate::config::Config) -> DataOptions {
         DataOptions {
-            cifar100_fine: cfg.cifar100_labels != "coarse",
+            cifar100_fine: cfg.cifar100_labels == Cifar100Labels::Fine,
             stl10_unlabeled: cfg.stl10_unlabeled,
             folder: folder::FolderOptions {
                 size: cfg.image_size,
-                skip_bad: cfg.bad_images == "skip",
+                skip_bad: cfg.bad_images == BadImages::Skip,
             },
             seed: cfg.seed,
         }
     }
+}
+
+/// The data set a config names (`data`), read as its data keys say.
+pub fn load(cfg: &crate::config::Config) -> Result<Dataset> {
+    let spec = DataSpec::parse(&cfg.data).context("option data")?;
+    spec.load(&DataOptions::from_config(cfg))
 }
 
 impl DataSpec {

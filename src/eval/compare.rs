@@ -1,10 +1,136 @@
-//! The comparison table of `selfsup compare`: one row per method or baseline, written as
-//! Markdown and CSV.
+//! `selfsup compare`: methods (trained here, or runs trained before) in one table with the
+//! baselines, one row each, written as Markdown and CSV.
 
 use super::Scores;
-use anyhow::{Context, Result};
+use super::baselines::Baseline;
+use crate::config::Config;
+use crate::train::checkpoint;
+use crate::train::run::{LoadedRun, ensure_trained};
+use crate::{data, methods};
+use anyhow::{Context, Result, bail};
 use std::fmt::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// What to compare.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Run folders trained before.
+    pub runs: Vec<PathBuf>,
+    /// Methods to train here, into `out/METHOD` (a finished run there is reused).
+    pub methods: Vec<String>,
+    /// Take presets/PRESET-METHOD.toml where it exists.
+    pub preset: Option<String>,
+    /// A config file for the methods without a preset, and overrides for all of them.
+    pub config: Option<PathBuf>,
+    pub sets: Vec<String>,
+    /// The untrained baselines to add.
+    pub baselines: Vec<Baseline>,
+    /// Add the supervised baseline (trained with the first method's or run's config).
+    pub supervised: bool,
+    pub out: PathBuf,
+    pub quiet: bool,
+}
+
+/// presets/PRESET-METHOD.toml, looked up in ./presets and then in the source tree.
+pub fn preset_path(preset: &str, method: &str) -> Option<PathBuf> {
+    let name = format!("{preset}-{method}.toml");
+    [
+        PathBuf::from("presets"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("presets"),
+    ]
+    .into_iter()
+    .map(|d| d.join(&name))
+    .find(|f| f.is_file())
+}
+
+/// The config of `method` in `plan`: its preset when there is one, else the plan's config
+/// file or the defaults; then the plan's overrides. Warns of keys the method does not read.
+fn method_config(method: &str, plan: &Plan) -> Result<Config> {
+    let preset = plan.preset.as_deref().and_then(|p| preset_path(p, method));
+    let file = preset.as_deref().or(plan.config.as_deref());
+    let mut sets = vec![format!("method=\"{method}\"")];
+    sets.extend(plan.sets.iter().cloned());
+    let (cfg, mut given) = Config::assemble(Config::default(), file, &sets)?;
+    given.retain(|k| k != "method");
+    for w in methods::check_config(&cfg, &given)? {
+        eprintln!("warning: {w}");
+    }
+    Ok(cfg)
+}
+
+/// Trains what `plan` asks for and evaluates every row: the baselines first, then the
+/// runs, then the methods trained here. Writes compare.md and compare.csv into `plan.out`.
+pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
+    if plan.runs.is_empty() == plan.methods.is_empty() {
+        bail!("compare needs either --runs DIR,... or --methods NAME,...");
+    }
+    for m in &plan.methods {
+        methods::find(m)?;
+    }
+    if let Some(p) = &plan.preset
+        && !plan.methods.iter().any(|m| preset_path(p, m).is_some())
+    {
+        bail!(
+            "--preset {p}: none of presets/{p}-METHOD.toml exists for the methods {:?}",
+            plan.methods
+        );
+    }
+    let mut trained: Vec<Config> = plan
+        .methods
+        .iter()
+        .map(|m| method_config(m, plan))
+        .collect::<Result<_>>()?;
+    let first = match trained.first() {
+        Some(c) => c.clone(),
+        None => checkpoint::load(&plan.runs[0])?.meta.config,
+    };
+    let has_supervised = trained.iter().any(|c| c.method == "supervised")
+        || plan
+            .runs
+            .iter()
+            .any(|r| checkpoint::load(r).is_ok_and(|c| c.meta.config.method == "supervised"));
+    if plan.supervised && !has_supervised {
+        trained.push(Config {
+            method: "supervised".into(),
+            ..first.clone()
+        });
+    }
+    let mut run_dirs = plan.runs.clone();
+    for cfg in &trained {
+        let dir = plan.out.join(&cfg.method);
+        ensure_trained(cfg, &dir, plan.quiet, device)?;
+        run_dirs.push(dir);
+    }
+    let mut rows = Vec::new();
+    if !plan.baselines.is_empty() {
+        let ds = data::load(&first)?;
+        ds.require_labels()?;
+        for &b in &plan.baselines {
+            let (scores, parameters) = b.evaluate(&first, &ds, device);
+            rows.push(Row {
+                method: b.label(&first),
+                scores,
+                pretrain_seconds: None,
+                parameters,
+            });
+        }
+    }
+    for dir in &run_dirs {
+        let run = LoadedRun::load(dir, &[], device)?;
+        run.ds.require_labels()?;
+        eprintln!("compare: evaluating {} ({})", run.cfg.method, dir.display());
+        let scores = super::evaluate_method(run.model.method.as_ref(), &run.ds, &run.cfg, device);
+        rows.push(Row {
+            method: run.cfg.method.clone(),
+            scores,
+            pretrain_seconds: Some(run.meta.wall_seconds),
+            parameters: run.encoder_parameters(),
+        });
+    }
+    write(&plan.out, &rows)?;
+    Ok(rows)
+}
 
 #[derive(Debug, Clone)]
 pub struct Row {

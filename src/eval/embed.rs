@@ -1,10 +1,12 @@
 //! Embeddings as NumPy files (npyz): `embeddings_SPLIT.npy` (`[N, D]` float32) and
 //! `labels_SPLIT.npy` (`[N]` int64).
 
-use anyhow::{Context, Result};
+use crate::train::run::LoadedRun;
+use anyhow::{Context, Result, bail};
 use npyz::WriterBuilder;
 use std::path::{Path, PathBuf};
-use tch::Tensor;
+use std::sync::Arc;
+use tch::{Device, Tensor};
 
 fn write_npy<T: npyz::AutoSerialize + npyz::Serialize>(
     path: &Path,
@@ -45,6 +47,29 @@ pub fn write_embeddings(
     write_npy(&fp, &values, &[n, d])?;
     write_npy(&lp, &labels, &[n])?;
     Ok((fp, lp))
+}
+
+/// `selfsup embed`: the features of the `split` (train or test) of the run in `dir` as
+/// NumPy files in `out`; returns what to print.
+pub fn for_run(dir: &Path, split: &str, out: &Path, device: Device) -> Result<String> {
+    let r = LoadedRun::load(dir, &[], device)?;
+    let data = Arc::new(match split {
+        "train" => r.ds.train.clone(),
+        "test" => r.ds.test.clone(),
+        other => bail!("--split '{other}' is not one of train, test"),
+    });
+    if data.is_empty() {
+        bail!("the {split} split of {} is empty", r.ds.name);
+    }
+    let (f, l) = super::method_features(r.model.method.as_ref(), &data, 512, device);
+    let (fp, lp) = write_embeddings(out, split, &f, &l)?;
+    Ok(format!(
+        "wrote {} x {} embeddings to {} and labels to {}",
+        f.size()[0],
+        f.size()[1],
+        fp.display(),
+        lp.display()
+    ))
 }
 
 #[cfg(test)]

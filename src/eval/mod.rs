@@ -1,6 +1,7 @@
 //! Evaluation of frozen representations: feature extraction, a linear probe and a
 //! kNN classifier. The same code scores the baselines (raw pixels, a random encoder).
 
+pub mod baselines;
 pub mod compare;
 pub mod embed;
 pub mod knn;
@@ -12,8 +13,14 @@ use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
 use crate::methods::Method;
 use crate::nets::Encoder;
+use crate::train::checkpoint;
+use crate::train::run::LoadedRun;
+use anyhow::{Context, Result};
 use serde::Serialize;
+use serde_json::json;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// Features of every image of `split`, in order: `[N, D]` on `device`. The encoder runs in
@@ -58,6 +65,64 @@ pub struct Scores {
     pub feature_dim: i64,
 }
 
+impl std::fmt::Display for Scores {
+    /// The two lines `selfsup eval` prints under its header.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = |x: f64| format!("{:.2}%", 100.0 * x);
+        writeln!(
+            f,
+            "  linear probe   top-1 {:>7}   top-5 {:>7}",
+            pct(self.linear_top1),
+            pct(self.linear_top5)
+        )?;
+        write!(f, "  kNN            top-1 {:>7}", pct(self.knn_top1))
+    }
+}
+
+/// What `selfsup eval` prints: a header naming what was evaluated (`label`) on which data,
+/// then the scores.
+pub fn describe(label: &str, ds: &Dataset, scores: &Scores, seconds: f64) -> String {
+    format!(
+        "eval {label} on {}: {} train / {} test images, {}-d features ({seconds:.1}s)\n{scores}",
+        ds.name,
+        ds.train.len(),
+        ds.test.len(),
+        scores.feature_dim
+    )
+}
+
+/// The evaluation record of a run, written by `eval --run` (and, with more, by `report`).
+pub const EVAL_FILE: &str = "eval.json";
+
+/// The evaluation record of a run, as `eval.json` holds it.
+pub fn run_json(
+    cfg: &Config,
+    meta: &checkpoint::Meta,
+    encoder_parameters: i64,
+    scores: &Scores,
+) -> serde_json::Value {
+    json!({
+        "method": cfg.method, "data": cfg.data, "epochs": meta.epoch,
+        "pretrain_seconds": meta.wall_seconds, "encoder_parameters": encoder_parameters,
+        "scores": scores,
+    })
+}
+
+/// `selfsup eval --run`: evaluates the run in `dir` (with eval-key overrides `sets`),
+/// writes its `eval.json` and returns what to print.
+pub fn for_run(dir: &Path, sets: &[String], device: Device) -> Result<String> {
+    let r = LoadedRun::load(dir, sets, device)?;
+    r.ds.require_labels()?;
+    let t0 = Instant::now();
+    let scores = evaluate_method(r.model.method.as_ref(), &r.ds, &r.cfg, device);
+    let secs = t0.elapsed().as_secs_f64();
+    let json = run_json(&r.cfg, &r.meta, r.encoder_parameters(), &scores);
+    let p = dir.join(EVAL_FILE);
+    std::fs::write(&p, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("cannot write {}", p.display()))?;
+    Ok(describe(&r.label(), &r.ds, &scores, secs))
+}
+
 /// Linear probe and kNN on (train, test) features.
 pub fn score(
     train: &(Tensor, Tensor),
@@ -96,15 +161,9 @@ pub fn evaluate_encoder(encoder: &Encoder, ds: &Dataset, cfg: &Config, device: D
     evaluate_with(ds, cfg, device, |x| encoder.forward_t(x, false))
 }
 
-/// Scores what a pretrained method offers: its frozen encoder applied to
-/// `method.eval_input` of the images (the images themselves for most methods).
+/// Scores what a pretrained method offers: its frozen encoder (`Method::encoder`).
 pub fn evaluate_method(method: &dyn Method, ds: &Dataset, cfg: &Config, device: Device) -> Scores {
-    evaluate_with(ds, cfg, device, |x| method_forward(method, x))
-}
-
-/// The evaluated features of a method: its encoder (eval mode) on `eval_input(x)`.
-fn method_forward(method: &dyn Method, x: &Tensor) -> Tensor {
-    method.encoder().forward_t(&method.eval_input(x), false)
+    evaluate_encoder(method.encoder(), ds, cfg, device)
 }
 
 /// Features `[N, D]` and labels `[N]` of `split` as the method's evaluation sees them.
@@ -114,7 +173,7 @@ pub fn method_features(
     batch_size: usize,
     device: Device,
 ) -> (Tensor, Tensor) {
-    features_with(split, batch_size, device, |x| method_forward(method, x))
+    encoder_features(method.encoder(), split, batch_size, device)
 }
 
 /// (features, labels) of the train and of the test split of `ds` under `f` (batches of 512).
@@ -150,7 +209,7 @@ impl SplitFeatures {
     /// What a method's evaluation sees of both splits of `ds` (as `evaluate_method` scores
     /// them), to score and draw from the same features.
     pub fn of_method(method: &dyn Method, ds: &Dataset, device: Device) -> SplitFeatures {
-        split_features_with(ds, device, |x| method_forward(method, x))
+        split_features_with(ds, device, |x| method.encoder().forward_t(x, false))
     }
 
     /// Linear probe and kNN, as [`score`].

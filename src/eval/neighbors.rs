@@ -4,12 +4,14 @@
 
 use crate::data::Split;
 use crate::data::inspect::{Tile, tile_grid};
-use anyhow::{Context, Result};
+use crate::train::run::LoadedRun;
+use anyhow::{Context, Result, bail};
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use std::path::Path;
-use tch::Tensor;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
 
 /// The picture's name in a run folder.
 pub const FILE_NAME: &str = "neighbors.png";
@@ -140,6 +142,40 @@ impl Found {
             })
             .collect()
     }
+}
+
+/// `selfsup neighbors`: the picture of `queries` test images of the run in `dir` and their
+/// `k` nearest training images, written to `out` (default `dir/neighbors.png`); returns
+/// what to print.
+pub fn for_run(
+    dir: &Path,
+    queries: usize,
+    k: usize,
+    seed: u64,
+    out: Option<PathBuf>,
+    device: Device,
+) -> Result<String> {
+    if queries == 0 || k == 0 || queries > 1000 || k > 100 {
+        bail!("--queries {queries} and --k {k} must be in 1..=1000 and 1..=100");
+    }
+    let r = LoadedRun::load(dir, &[], device)?;
+    r.ds.require_labels()?;
+    let f = super::SplitFeatures::of_method(r.model.method.as_ref(), &r.ds, device);
+    let out = out.unwrap_or_else(|| dir.join(FILE_NAME));
+    let (train, test) = (&r.ds.train, &r.ds.test);
+    let found = write_picture(train, test, &f.train.0, &f.test.0, queries, k, seed, &out)?;
+    let mut text = String::new();
+    for line in found.lines(train, test, &r.ds.class_names) {
+        writeln!(text, "{line}")?;
+    }
+    writeln!(
+        text,
+        "{}/{} neighbours share the query's label; grid (query framed blue, same label green, other red) -> {}",
+        found.same_label,
+        found.total,
+        out.display()
+    )?;
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ use tch::{Tensor, nn};
 pub const SPEC: MethodSpec = MethodSpec {
     name: "autoencoder",
     summary: "reconstruct the image from its feature vector (L2 loss)",
+    keys: &[&["decoder_widths"]],
+    validate: super::no_own_keys,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Autoencoder::new(p, cfg, data, None)?)),
 };
 

@@ -6,12 +6,12 @@
 //! paper: blur always on the first view and with p = 0.1 on the second, solarization only
 //! on the second (p = 0.2); other ops follow the `aug_*` keys.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::augment::{self, Op, Views};
+use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use crate::augment::{Op, Views};
 use crate::config::Config;
 use crate::losses;
-use crate::nets::{Encoder, momentum::OnlineTarget};
-use crate::train::schedule::cosine_momentum;
+use crate::nets::{Encoder, MlpNorm, momentum::OnlineTarget};
+use crate::schedule::cosine_momentum;
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -20,8 +20,21 @@ use tch::nn;
 pub const SPEC: MethodSpec = MethodSpec {
     name: "byol",
     summary: "online network predicts an EMA target network's projection of the other view",
+    keys: KEYS,
+    validate: super::no_own_keys,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Byol::new(p, cfg, data)?)),
 };
+
+const KEYS: &[&[&str]] = &[
+    views::AUG_KEYS,
+    &[
+        "proj_hidden_dim",
+        "proj_dim",
+        "pred_hidden_dim",
+        "ema_momentum",
+    ],
+];
 
 pub struct Byol {
     nets: OnlineTarget,
@@ -31,7 +44,7 @@ pub struct Byol {
 
 /// BYOL's asymmetric pair of views built on the `aug_*` pipeline.
 pub fn byol_views(cfg: &Config, data: &DataInfo) -> Arc<Views> {
-    let base = augment::contrastive_pipeline(cfg, data.shape[1] as usize, data.shape[2] as usize);
+    let base = views::pipeline(cfg, data);
     let with = |blur_p: f64, solarize_p: f64| {
         let mut p = base.clone();
         for op in &mut p.ops {
@@ -50,7 +63,7 @@ pub fn byol_views(cfg: &Config, data: &DataInfo) -> Arc<Views> {
 
 impl Byol {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Byol> {
-        let nets = OnlineTarget::new(p, cfg, data.shape[0], false)?;
+        let nets = OnlineTarget::new(p, cfg, data.shape[0], MlpNorm::Hidden);
         Ok(Byol {
             nets,
             base_m: cfg.ema_momentum,

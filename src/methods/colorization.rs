@@ -4,7 +4,8 @@
 //! - The encoder (under `encoder`, the evaluated one) takes one channel, L / 100 in [0, 1],
 //!   and gives a vector; the decoder spreads it back to a `[16, H, W]` map, which, next to
 //!   L itself, goes through conv3x3(17 -> 64) -> ReLU -> conv1x1 to the per-pixel output.
-//!   Evaluation feeds the encoder the L channel of the data images (`eval_input`).
+//!   The evaluated encoder is the same network on the lightness of the data images
+//!   (`EncoderInput::Lightness`), and so is the PyTorch export.
 //! - `colorization_loss = classify` (the paper's): ab is quantized on a grid of 10 (centres
 //!   at multiples of 10 in [-110, 110]), keeping the bins that sRGB colours reach (a
 //!   64^3 sample of the gamut); every grid cell maps to its nearest kept bin. The loss is
@@ -16,9 +17,10 @@
 //!   method fails with an error naming it and the channel count.
 
 use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::Config;
+use crate::config::{ColorizationLoss, Config};
 use crate::losses;
-use crate::nets::{self, Decoder, Encoder};
+use crate::nets::lab::{lab_to_rgb, rgb_to_lab};
+use crate::nets::{self, Decoder, Encoder, EncoderInput};
 use anyhow::{Result, bail};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
@@ -26,99 +28,11 @@ use tch::{Device, Kind, Tensor};
 pub const SPEC: MethodSpec = MethodSpec {
     name: "colorization",
     summary: "predict the ab colour channels from the L channel (Lab; needs colour data)",
+    keys: &[&["decoder_widths", "colorization_loss"]],
+    validate: super::no_own_keys,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Colorization::new(p, cfg, data)?)),
 };
-
-// sRGB (D65) <-> CIE XYZ <-> CIE Lab.
-const RGB_TO_XYZ: [f32; 9] = [
-    0.412_456_4,
-    0.357_576_1,
-    0.180_437_5,
-    0.212_672_9,
-    0.715_152_2,
-    0.072_175,
-    0.019_333_9,
-    0.119_192,
-    0.950_304_1,
-];
-const XYZ_TO_RGB: [f32; 9] = [
-    3.240_454_2,
-    -1.537_138_5,
-    -0.498_531_4,
-    -0.969_266,
-    1.876_010_8,
-    0.041_556,
-    0.055_643_4,
-    -0.204_025_9,
-    1.057_225_2,
-];
-/// The D65 white point (X, Y, Z) with Y = 1.
-const WHITE: [f64; 3] = [0.950_47, 1.0, 1.088_83];
-const DELTA: f64 = 6.0 / 29.0;
-
-/// `[3, 3]` matrix applied to the channel dimension of `[B, 3, H, W]`.
-fn mix_channels(m: &[f32; 9], x: &Tensor) -> Tensor {
-    let m = Tensor::from_slice(m).view([3, 3]).to_device(x.device());
-    Tensor::einsum("ij,bjhw->bihw", &[m, x.to_kind(Kind::Float)], None::<i64>)
-}
-
-/// Elementwise `if cond { a } else { b }`.
-fn pick(cond: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
-    a.where_self(cond, b)
-}
-
-fn white(device: Device) -> Tensor {
-    Tensor::from_slice(&WHITE.map(|v| v as f32))
-        .view([1, 3, 1, 1])
-        .to_device(device)
-}
-
-/// sRGB in [0, 1] `[B, 3, H, W]` -> Lab `[B, 3, H, W]` (L in [0, 100], a and b roughly in
-/// [-110, 110]), D65 white.
-pub fn rgb_to_lab(rgb: &Tensor) -> Tensor {
-    let c = rgb.to_kind(Kind::Float).clamp(0.0, 1.0);
-    let linear = pick(
-        &c.le(0.04045),
-        &(&c / 12.92),
-        &((&c + 0.055) / 1.055).pow_tensor_scalar(2.4),
-    );
-    let xyz = mix_channels(&RGB_TO_XYZ, &linear) / white(rgb.device()); // [B, 3, H, W]
-    let f = pick(
-        &xyz.gt(DELTA.powi(3)),
-        &xyz.clamp_min(1e-12).pow_tensor_scalar(1.0 / 3.0),
-        &(&xyz / (3.0 * DELTA * DELTA) + 4.0 / 29.0),
-    );
-    let (fx, fy, fz) = (f.narrow(1, 0, 1), f.narrow(1, 1, 1), f.narrow(1, 2, 1));
-    Tensor::cat(
-        &[&fy * 116.0 - 16.0, (&fx - &fy) * 500.0, (&fy - &fz) * 200.0],
-        1,
-    )
-}
-
-/// Lab `[B, 3, H, W]` -> sRGB `[B, 3, H, W]`, clipped to [0, 1]; the inverse of `rgb_to_lab`
-/// on the sRGB gamut.
-pub fn lab_to_rgb(lab: &Tensor) -> Tensor {
-    let lab = lab.to_kind(Kind::Float);
-    let (l, a, b) = (
-        lab.narrow(1, 0, 1),
-        lab.narrow(1, 1, 1),
-        lab.narrow(1, 2, 1),
-    );
-    let fy = (l + 16.0) / 116.0;
-    let f = Tensor::cat(&[&fy + a / 500.0, fy.shallow_clone(), &fy - b / 200.0], 1);
-    let xyz = pick(
-        &f.gt(DELTA),
-        &f.pow_tensor_scalar(3.0),
-        &((&f - 4.0 / 29.0) * (3.0 * DELTA * DELTA)),
-    ) * white(lab.device());
-    let linear = mix_channels(&XYZ_TO_RGB, &xyz).clamp(0.0, 1.0);
-    pick(
-        &linear.le(0.0031308),
-        &(&linear * 12.92),
-        &(linear.pow_tensor_scalar(1.0 / 2.4) * 1.055 - 0.055),
-    )
-    .clamp(0.0, 1.0)
-}
 
 /// The ab quantization grid: centres at multiples of `STEP` in [-110, 110].
 const STEP: f64 = 10.0;
@@ -190,7 +104,10 @@ pub fn rebalancing_weights(counts: &Tensor, smooth: &Tensor) -> Tensor {
 }
 
 pub struct Colorization {
+    /// Trained on L / 100 `[B, 1, H, W]`.
     encoder: Encoder,
+    /// The same network on the lightness of RGB images, as evaluation sees it.
+    eval_encoder: Encoder,
     decoder: Decoder,
     head: nn::SequentialT,
     classify: bool,
@@ -212,14 +129,7 @@ impl Colorization {
                 "method colorization needs colour images (3 channels, RGB), but the data has {c} channel(s) of {h}x{w}; use a colour data set"
             );
         }
-        let classify = match cfg.colorization_loss.as_str() {
-            "classify" => true,
-            "regress" => false,
-            other => bail!(
-                "option colorization_loss = '{other}' is not one of {:?}",
-                crate::config::COLORIZATION_LOSSES
-            ),
-        };
+        let classify = cfg.colorization_loss == ColorizationLoss::Classify;
         let dev = p.device();
         let (centres, nearest) = ab_bins();
         let q = centres.len() as i64;
@@ -230,7 +140,7 @@ impl Colorization {
             .sum_dim_intlist(&[2i64][..], false, Kind::Float); // [Q, Q]
         let k = (d2 / (-2.0 * SMOOTH_SIGMA * SMOOTH_SIGMA)).exp();
         let smooth = &k / k.sum_dim_intlist(&[1i64][..], true, Kind::Float);
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, 1)?;
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, 1);
         let decoder = Decoder::new(
             &(p / "decoder"),
             encoder.dim,
@@ -247,6 +157,7 @@ impl Colorization {
             .add_fn(|x| x.relu())
             .add(nn::conv2d(p / "head2", 64, out, 1, conv(0)));
         Ok(Colorization {
+            eval_encoder: encoder.with_input(EncoderInput::Lightness),
             encoder,
             decoder,
             head,
@@ -308,11 +219,7 @@ impl Method for Colorization {
         losses::class_weighted_cross_entropy(&logits, &bins, &weights)
     }
     fn encoder(&self) -> &Encoder {
-        &self.encoder
-    }
-    /// The encoder sees L / 100 of the colour images.
-    fn eval_input(&self, images: &Tensor) -> Tensor {
-        rgb_to_lab(images).narrow(1, 0, 1) / 100.0
+        &self.eval_encoder
     }
     /// Rows of (the L channel as grey, the colourised image, the original).
     fn examples(&self, images: &Tensor) -> Option<Tensor> {
@@ -330,38 +237,6 @@ pub(crate) mod tests {
     use super::*;
     use crate::data::{Dataset, Split};
     use crate::train::tests::{tiny_config, train_losses};
-
-    #[test]
-    fn lab_matches_reference_values_and_round_trips() {
-        let _rng = crate::torch_rng_lock();
-        let px = |v: [f32; 3]| Tensor::from_slice(&v).view([1, 3, 1, 1]);
-        let lab = |v| Vec::<f32>::try_from(rgb_to_lab(&px(v)).flatten(0, -1)).unwrap();
-        let close = |a: Vec<f32>, b: [f32; 3]| {
-            assert!(
-                a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 0.02),
-                "{a:?} vs {b:?}"
-            )
-        };
-        // Reference values (sRGB, D65; e.g. Bruce Lindbloom's calculator).
-        close(lab([1.0, 1.0, 1.0]), [100.0, 0.0, 0.0]);
-        close(lab([0.0, 0.0, 0.0]), [0.0, 0.0, 0.0]);
-        close(lab([1.0, 0.0, 0.0]), [53.2408, 80.0925, 67.2032]);
-        close(lab([0.0, 1.0, 0.0]), [87.7347, -86.1827, 83.1793]);
-        close(lab([0.0, 0.0, 1.0]), [32.2970, 79.1875, -107.8602]);
-        close(lab([0.5, 0.5, 0.5]), [53.3889, 0.0, 0.0]);
-        // Round trip over random colours and a full grid of the gamut's edges.
-        tch::manual_seed(0);
-        let rgb = Tensor::cat(
-            &[
-                Tensor::rand([4, 3, 16, 16], (Kind::Float, Device::Cpu)),
-                Tensor::randint(2, [4, 3, 16, 16], (Kind::Float, Device::Cpu)),
-            ],
-            0,
-        );
-        let back = lab_to_rgb(&rgb_to_lab(&rgb));
-        let err = (back - &rgb).abs().max().double_value(&[]);
-        assert!(err < 1e-4, "round-trip error {err}");
-    }
 
     #[test]
     fn ab_bins_cover_the_gamut() {
@@ -432,9 +307,9 @@ pub(crate) mod tests {
     #[test]
     fn colorization_learns_on_colour_data_and_refuses_grey() {
         let _rng = crate::torch_rng_lock();
-        for loss in ["classify", "regress"] {
+        for &loss in ColorizationLoss::ALL {
             let cfg = Config {
-                colorization_loss: loss.into(),
+                colorization_loss: loss,
                 epochs: 10,
                 ..tiny_config("colorization")
             };
@@ -457,7 +332,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn eval_input_is_the_lightness() {
+    fn the_evaluated_encoder_sees_the_lightness() {
         let _rng = crate::torch_rng_lock();
         let vs = nn::VarStore::new(Device::Cpu);
         let info = DataInfo {
@@ -466,10 +341,12 @@ pub(crate) mod tests {
         };
         let c = Colorization::new(&vs.root(), &tiny_config("colorization"), &info).unwrap();
         let x = Tensor::rand([2, 3, 8, 8], (Kind::Float, Device::Cpu));
-        let l = c.eval_input(&x);
-        assert_eq!(l.size(), vec![2, 1, 8, 8]);
-        let want = rgb_to_lab(&x).narrow(1, 0, 1) / 100.0;
-        assert!(l.allclose(&want, 1e-6, 1e-6, false));
+        let l = rgb_to_lab(&x).narrow(1, 0, 1) / 100.0; // [2, 1, 8, 8]
+        let want = c.encoder.forward_t(&l, false);
+        let got = c.encoder().forward_t(&x, false);
+        assert_eq!(got.size(), vec![2, c.encoder().dim]);
+        assert!(got.allclose(&want, 1e-6, 1e-6, false));
+        assert_eq!(c.encoder().in_channels, 1);
         assert_eq!(c.examples(&x).unwrap().size(), vec![3, 18, 28]);
     }
 }

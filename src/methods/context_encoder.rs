@@ -28,7 +28,7 @@
 //! The evaluated encoder is the encoder half (under `encoder`), fed whole images.
 
 use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::Config;
+use crate::config::{CeMask, Config, check};
 use crate::losses;
 use crate::nets::{self, Decoder, Encoder};
 use anyhow::{Result, bail};
@@ -38,34 +38,23 @@ use tch::{Device, Kind, Tensor};
 pub const SPEC: MethodSpec = MethodSpec {
     name: "context-encoder",
     summary: "inpaint a hidden region from its context (L2 on the hole, optional adversarial loss)",
+    keys: &[&[
+        "decoder_widths",
+        "ce_mask",
+        "ce_hole",
+        "ce_overlap",
+        "ce_overlap_weight",
+        "ce_adversarial",
+        "ce_adv_weight",
+    ]],
+    validate: validate,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(ContextEncoder::new(p, cfg, data)?)),
 };
 
-/// Which pixels are hidden.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum MaskKind {
-    Center,
-    RandomBlocks,
-    RandomRegion,
-}
-
-impl MaskKind {
-    pub fn parse(s: &str) -> Result<MaskKind> {
-        Ok(match s {
-            "center" => MaskKind::Center,
-            "random-blocks" => MaskKind::RandomBlocks,
-            "random-region" => MaskKind::RandomRegion,
-            other => bail!(
-                "option ce_mask = '{other}' is not one of {:?}",
-                crate::config::CE_MASKS
-            ),
-        })
-    }
-}
-
 /// Holes of `b` images of `h` x `w` pixels: `[b, 1, h, w]` float, 1 inside the hole.
 /// `frac` is the hole's side as a fraction of the image side.
-pub fn hole_masks(kind: MaskKind, frac: f64, b: i64, h: i64, w: i64, device: Device) -> Tensor {
+pub fn hole_masks(kind: CeMask, frac: f64, b: i64, h: i64, w: i64, device: Device) -> Tensor {
     let opts = (Kind::Int64, device);
     let side = ((frac * h.min(w) as f64).round() as i64).clamp(1, h.min(w));
     // [b, n] indicator of the interval [start, start + len) along an axis of size n;
@@ -80,12 +69,12 @@ pub fn hole_masks(kind: MaskKind, frac: f64, b: i64, h: i64, w: i64, device: Dev
             .logical_and(&span(xs, s, w).unsqueeze(1)) // [b, h, w]
     };
     let m = match kind {
-        MaskKind::Center => {
+        CeMask::Center => {
             let ys = Tensor::full([b, 1], (h - side) / 2, opts);
             let xs = Tensor::full([b, 1], (w - side) / 2, opts);
             square(&ys, &xs, side)
         }
-        MaskKind::RandomBlocks => {
+        CeMask::RandomBlocks => {
             let s = (side / 2).max(1);
             let mut m = Tensor::zeros([b, h, w], (Kind::Bool, device));
             for _ in 0..4 {
@@ -95,7 +84,7 @@ pub fn hole_masks(kind: MaskKind, frac: f64, b: i64, h: i64, w: i64, device: Dev
             }
             m
         }
-        MaskKind::RandomRegion => {
+        CeMask::RandomRegion => {
             let n = ((frac * frac * (h * w) as f64).round() as i64).clamp(1, h * w);
             let fopts = (Kind::Float, device);
             let noise = Tensor::rand([b, 1, 4, 4], fopts)
@@ -126,16 +115,25 @@ pub struct ContextEncoder {
     encoder: Encoder,
     decoder: Decoder,
     discriminator: Option<nn::Sequential>,
-    kind: MaskKind,
+    kind: CeMask,
     hole: f64,
     overlap: i64,
     overlap_weight: f64,
     adv_weight: f64,
 }
 
+fn validate(cfg: &Config) -> Result<()> {
+    if !(cfg.ce_hole > 0.0 && cfg.ce_hole < 1.0) {
+        bail!("option ce_hole = {} must be in (0, 1)", cfg.ce_hole);
+    }
+    check::in_range("ce_overlap", cfg.ce_overlap, 0..=16)?;
+    check::non_negative("ce_overlap_weight", cfg.ce_overlap_weight)?;
+    check::fraction_below_one("ce_adv_weight", cfg.ce_adv_weight)
+}
+
 impl ContextEncoder {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<ContextEncoder> {
-        let kind = MaskKind::parse(&cfg.ce_mask)?;
+        let kind = cfg.ce_mask;
         let (encoder, decoder) = nets::encoder_decoder(p, cfg, data.shape)?;
         let discriminator = cfg
             .ce_adversarial
@@ -238,13 +236,13 @@ mod tests {
     #[test]
     fn center_mask_is_the_central_square() {
         let _rng = crate::torch_rng_lock();
-        let m = hole_masks(MaskKind::Center, 0.5, 2, 28, 28, Device::Cpu);
+        let m = hole_masks(CeMask::Center, 0.5, 2, 28, 28, Device::Cpu);
         assert_eq!(m.size(), vec![2, 1, 28, 28]);
         let want: Vec<(i64, i64)> = (7..21).flat_map(|y| (7..21).map(move |x| (y, x))).collect();
         assert_eq!(ones_at(&m, 0), want);
         assert_eq!(ones_at(&m, 1), want);
         // Odd sizes: a 3x3 hole in 7x8 starts at row 2, column 2.
-        let m = hole_masks(MaskKind::Center, 0.43, 1, 7, 8, Device::Cpu);
+        let m = hole_masks(CeMask::Center, 0.43, 1, 7, 8, Device::Cpu);
         assert_eq!(ones_at(&m, 0)[0], (2, 2));
         assert_eq!(m.sum(Kind::Float).double_value(&[]), 9.0);
     }
@@ -255,7 +253,7 @@ mod tests {
         tch::manual_seed(5);
         // random-region: exactly round(0.25 * 784) = 196 pixels per image, in one smooth blob
         // (most hidden pixels have a hidden 4-neighbour).
-        let m = hole_masks(MaskKind::RandomRegion, 0.5, 16, 28, 28, Device::Cpu);
+        let m = hole_masks(CeMask::RandomRegion, 0.5, 16, 28, 28, Device::Cpu);
         let per = m.sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float);
         assert_eq!(Vec::<f32>::try_from(per).unwrap(), vec![196.0; 16]);
         let right = m.narrow(3, 0, 27) * m.narrow(3, 1, 27);
@@ -265,7 +263,7 @@ mod tests {
         assert_ne!(a, ones_at(&m, 1));
         // random-blocks: a union of 4 squares of side 7: 49..=196 pixels, each one
         // inside a 7x7 square of hidden pixels.
-        let m = hole_masks(MaskKind::RandomBlocks, 0.5, 16, 28, 28, Device::Cpu);
+        let m = hole_masks(CeMask::RandomBlocks, 0.5, 16, 28, 28, Device::Cpu);
         let full7 = m
             .avg_pool2d([7, 7], [1, 1], [0, 0], false, true, None::<i64>)
             .eq(1.0);
@@ -283,7 +281,7 @@ mod tests {
     #[test]
     fn overlap_ring_surrounds_the_hole() {
         let _rng = crate::torch_rng_lock();
-        let m = hole_masks(MaskKind::Center, 0.5, 1, 8, 8, Device::Cpu); // rows/cols 2..6
+        let m = hole_masks(CeMask::Center, 0.5, 1, 8, 8, Device::Cpu); // rows/cols 2..6
         let w = overlap_weights(&m, 1, 10.0);
         for y in 0..8i64 {
             for x in 0..8i64 {

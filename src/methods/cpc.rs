@@ -12,59 +12,62 @@
 //! Evaluation (as in CPC v2) runs g_enc over the patch grid and mean-pools the codes.
 
 use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::Config;
+use crate::config::{Config, CpcContext, check};
 use crate::losses;
-use crate::nets::{self, Encoder};
+use crate::nets::{self, Encoder, EncoderInput};
 use anyhow::{Result, bail};
-use std::sync::{Arc, Mutex};
-use tch::nn::{self, Module, ModuleT, RNN};
+use tch::nn::{self, Module, RNN};
 use tch::{Kind, Tensor};
 
 pub const SPEC: MethodSpec = MethodSpec {
     name: "cpc",
     summary: "predict codes of patches further down the image from a causal context (InfoNCE)",
+    keys: &[&[
+        "cpc_patch",
+        "cpc_stride",
+        "cpc_steps",
+        "cpc_context",
+        "cpc_context_layers",
+        "cpc_negatives",
+    ]],
+    validate: validate,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Cpc::new(p, cfg, data)?)),
 };
 
+fn validate(cfg: &Config) -> Result<()> {
+    if cfg.cpc_patch < 1 || cfg.cpc_stride < 1 || cfg.cpc_stride > cfg.cpc_patch {
+        bail!(
+            "options cpc_patch = {} and cpc_stride = {} must satisfy 1 <= cpc_stride <= cpc_patch",
+            cfg.cpc_patch,
+            cfg.cpc_stride
+        );
+    }
+    check::at_least("cpc_steps", cfg.cpc_steps, 1)?;
+    check::in_range("cpc_context_layers", cfg.cpc_context_layers, 1..=64)?;
+    check::at_least("cpc_negatives", cfg.cpc_negatives, 1)
+}
+
 /// Geometry of the patch grid.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Grid {
+pub struct PatchGrid {
     pub patch: i64,
     pub stride: i64,
     pub rows: i64,
     pub cols: i64,
 }
 
-impl Grid {
-    pub fn new(h: i64, w: i64, patch: i64, stride: i64) -> Result<Grid> {
+impl PatchGrid {
+    pub fn new(h: i64, w: i64, patch: i64, stride: i64) -> Result<PatchGrid> {
         if patch > h || patch > w {
             bail!("option cpc_patch = {patch} is larger than the {h}x{w} images");
         }
-        Ok(Grid {
+        Ok(PatchGrid {
             patch,
             stride,
             rows: (h - patch) / stride + 1,
             cols: (w - patch) / stride + 1,
         })
-    }
-
-    /// `[B, C, H, W]` -> `[B, rows, cols, C, patch, patch]`; patch (r, c) starts at pixel
-    /// (r * stride, c * stride).
-    pub fn patches(&self, x: &Tensor) -> Tensor {
-        x.unfold(2, self.patch, self.stride) // [B, C, rows, W, p]
-            .unfold(3, self.patch, self.stride) // [B, C, rows, cols, p, p]
-            .permute([0, 2, 3, 1, 4, 5])
-    }
-
-    /// Codes of every patch: `[B, C, H, W]` -> `[B, D, rows, cols]`.
-    pub fn codes(&self, g_enc: &Encoder, x: &Tensor, train: bool) -> Tensor {
-        let p = self.patches(x); // [B, rows, cols, C, p, p]
-        let s = p.size();
-        let flat = p.reshape([s[0] * s[1] * s[2], s[3], s[4], s[5]]); // [B*rows*cols, C, p, p]
-        g_enc
-            .forward_t(&flat, train) // [B*rows*cols, D]
-            .view([s[0], s[1], s[2], g_enc.dim])
-            .permute([0, 3, 1, 2]) // [B, D, rows, cols]
     }
 }
 
@@ -78,19 +81,15 @@ pub enum Context {
 }
 
 impl Context {
-    pub fn new(p: &nn::Path, kind: &str, dim: i64, layers: i64) -> Result<Context> {
-        Ok(match kind {
-            "masked-conv" => Context::MaskedConv(
+    pub fn new(p: &nn::Path, kind: CpcContext, dim: i64, layers: i64) -> Context {
+        match kind {
+            CpcContext::MaskedConv => Context::MaskedConv(
                 (0..layers)
                     .map(|i| nn::conv2d(p / format!("conv{i}"), dim, dim, 3, Default::default()))
                     .collect(),
             ),
-            "gru" => Context::Gru(nn::gru(p / "gru", dim, dim, Default::default())),
-            other => bail!(
-                "option cpc_context = '{other}' is not one of {:?}",
-                crate::config::CPC_CONTEXTS
-            ),
-        })
+            CpcContext::Gru => Context::Gru(nn::gru(p / "gru", dim, dim, Default::default())),
+        }
     }
 
     pub fn forward(&self, z: &Tensor) -> Tensor {
@@ -126,36 +125,22 @@ pub fn prediction_pairs(pred: &Tensor, z: &Tensor, k: i64) -> (Tensor, Tensor) {
     )
 }
 
-/// The evaluation encoder: g_enc over the patch grid, codes mean-pooled: `[B, C, H, W]` -> `[B, D]`.
-#[derive(Debug)]
-struct PooledPatches {
-    // Shared with the training path; the Mutex only makes the pair Send as ModuleT requires.
-    g_enc: Arc<Mutex<Encoder>>,
-    grid: Grid,
-}
-
-impl ModuleT for PooledPatches {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.grid
-            .codes(&self.g_enc.lock().unwrap(), xs, train)
-            .mean_dim(&[2i64, 3][..], false, Kind::Float)
-    }
-}
-
 pub struct Cpc {
-    g_enc: Arc<Mutex<Encoder>>,
+    /// The patch encoder (the configured encoder, on single patches).
+    g_enc: Encoder,
     context: Context,
     /// W_k for k = 1..=K, each `[D] -> [D]` without bias.
     predictors: Vec<nn::Linear>,
-    grid: Grid,
+    grid: PatchGrid,
     negatives: i64,
+    /// g_enc over the patch grid, codes mean-pooled.
     eval_encoder: Encoder,
 }
 
 impl Cpc {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Cpc> {
         let [c, h, w] = data.shape;
-        let grid = Grid::new(h, w, cfg.cpc_patch, cfg.cpc_stride)?;
+        let grid = PatchGrid::new(h, w, cfg.cpc_patch, cfg.cpc_stride)?;
         if cfg.cpc_steps >= grid.rows {
             bail!(
                 "option cpc_steps = {} must be below the {} rows of the patch grid",
@@ -163,15 +148,9 @@ impl Cpc {
                 grid.rows
             );
         }
-        let g_enc = nets::build_encoder(&(p / "encoder"), cfg, c)?;
+        let g_enc = nets::build_encoder(&(p / "encoder"), cfg, c);
         let d = g_enc.dim;
-        let g_enc = Arc::new(Mutex::new(g_enc));
-        let context = Context::new(
-            &(p / "context"),
-            &cfg.cpc_context,
-            d,
-            cfg.cpc_context_layers,
-        )?;
+        let context = Context::new(&(p / "context"), cfg.cpc_context, d, cfg.cpc_context_layers);
         let lin = nn::LinearConfig {
             bias: false,
             ..Default::default()
@@ -179,11 +158,10 @@ impl Cpc {
         let predictors = (1..=cfg.cpc_steps)
             .map(|k| nn::linear(p / "predict" / format!("k{k}"), d, d, lin))
             .collect();
-        let eval_net = nn::seq_t().add(PooledPatches {
-            g_enc: g_enc.clone(),
-            grid,
+        let eval_encoder = g_enc.with_input(EncoderInput::PatchMean {
+            patch: grid.patch,
+            stride: grid.stride,
         });
-        let eval_encoder = Encoder::new(eval_net, d);
         Ok(Cpc {
             g_enc,
             context,
@@ -193,11 +171,17 @@ impl Cpc {
             eval_encoder,
         })
     }
+
+    /// Codes of every patch: `[B, C, H, W]` -> `[B, D, rows, cols]`.
+    fn codes(&self, images: &Tensor, train: bool) -> Tensor {
+        self.g_enc
+            .patch_codes(images, self.grid.patch, self.grid.stride, train)
+    }
 }
 
 impl Method for Cpc {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
-        let z = self.grid.codes(&self.g_enc.lock().unwrap(), images, true); // [B, D, rows, cols]
+        let z = self.codes(images, true); // [B, D, rows, cols]
         let c = self.context.forward(&z); // [B, D, rows, cols]
         let mut total = Tensor::zeros([], (Kind::Float, images.device()));
         for (i, w_k) in self.predictors.iter().enumerate() {
@@ -229,49 +213,29 @@ mod tests {
     #[test]
     fn grid_sizes_follow_patch_and_stride() {
         assert_eq!(
-            Grid::new(28, 28, 8, 4).unwrap(),
-            Grid {
+            PatchGrid::new(28, 28, 8, 4).unwrap(),
+            PatchGrid {
                 patch: 8,
                 stride: 4,
                 rows: 6,
                 cols: 6
             }
         );
-        assert_eq!(Grid::new(32, 32, 8, 4).unwrap().rows, 7);
+        assert_eq!(PatchGrid::new(32, 32, 8, 4).unwrap().rows, 7);
         assert!(
-            Grid::new(6, 28, 8, 4)
+            PatchGrid::new(6, 28, 8, 4)
                 .unwrap_err()
                 .to_string()
                 .contains("cpc_patch")
         );
     }
 
-    #[test]
-    fn non_overlapping_patches_rebuild_the_image() {
-        let x = Tensor::arange(2 * 3 * 8 * 12, (Kind::Float, Device::Cpu)).view([2, 3, 8, 12]);
-        let g = Grid::new(8, 12, 4, 4).unwrap();
-        let p = g.patches(&x); // [2, 2, 3, 3, 4, 4]
-        assert_eq!(p.size(), vec![2, 2, 3, 3, 4, 4]);
-        // [B, r, c, C, p, p] -> [B, C, r, p, c, p] -> [B, C, H, W]
-        let back = p.permute([0, 3, 1, 4, 2, 5]).reshape([2, 3, 8, 12]);
-        assert!(back.equal(&x));
-        // Overlapping: patch (1, 2) at stride 2 starts at pixel (2, 4).
-        let g = Grid::new(8, 12, 4, 2).unwrap();
-        let p = g.patches(&x);
-        assert!(
-            p.get(1)
-                .get(1)
-                .get(2)
-                .equal(&x.get(1).narrow(1, 2, 4).narrow(2, 4, 4))
-        );
-    }
-
     fn contexts() -> Vec<(nn::VarStore, Context)> {
-        ["masked-conv", "gru"]
+        CpcContext::ALL
             .iter()
-            .map(|kind| {
+            .map(|&kind| {
                 let vs = nn::VarStore::new(Device::Cpu);
-                let c = Context::new(&vs.root(), kind, 5, 3).unwrap();
+                let c = Context::new(&vs.root(), kind, 5, 3);
                 (vs, c)
             })
             .collect()
@@ -373,7 +337,7 @@ mod tests {
         let f = m.encoder().forward_t(&x, false);
         assert_eq!(f.size(), vec![3, 8]);
         // The pooled feature is the mean of the patch codes.
-        let codes = m.grid.codes(&m.g_enc.lock().unwrap(), &x, false);
+        let codes = m.codes(&x, false);
         assert!(f.allclose(
             &codes.mean_dim(&[2i64, 3][..], false, Kind::Float),
             1e-5,

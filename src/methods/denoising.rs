@@ -4,37 +4,41 @@
 
 use super::MethodSpec;
 use super::autoencoder::{Autoencoder, Corruption};
-use crate::config::Config;
-use anyhow::{Result, bail};
+use crate::config::{Config, Noise, check};
+use anyhow::Result;
 use tch::{Kind, Tensor};
 
 pub const SPEC: MethodSpec = MethodSpec {
     name: "denoising-autoencoder",
     summary: "reconstruct the clean image from a noisy one (gaussian or masking noise)",
+    keys: &[&["decoder_widths", "noise", "noise_std", "mask_ratio"]],
+    validate: validate,
+    uses_labels: false,
     build: |p, cfg, data| {
         Ok(Box::new(Autoencoder::new(
             p,
             cfg,
             data,
-            Some(corruption(cfg)?),
+            Some(corruption(cfg)),
         )?))
     },
 };
 
-pub fn corruption(cfg: &Config) -> Result<Corruption> {
+fn validate(cfg: &Config) -> Result<()> {
+    check::non_negative("noise_std", cfg.noise_std)?;
+    check::fraction_below_one("mask_ratio", cfg.mask_ratio)
+}
+
+pub fn corruption(cfg: &Config) -> Corruption {
     let (std, ratio) = (cfg.noise_std, cfg.mask_ratio);
-    Ok(match cfg.noise.as_str() {
-        "gaussian" => Box::new(move |x: &Tensor| (x + x.randn_like() * std).clamp(0.0, 1.0)),
-        "masking" => Box::new(move |x: &Tensor| {
+    match cfg.noise {
+        Noise::Gaussian => Box::new(move |x: &Tensor| (x + x.randn_like() * std).clamp(0.0, 1.0)),
+        Noise::Masking => Box::new(move |x: &Tensor| {
             let s = x.size(); // [B, C, H, W]
             let keep = Tensor::rand([s[0], 1, s[2], s[3]], (Kind::Float, x.device())).ge(ratio);
             x * keep.to_kind(Kind::Float)
         }),
-        other => bail!(
-            "option noise = '{other}' is not one of {:?}",
-            crate::config::NOISES
-        ),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -46,12 +50,12 @@ mod tests {
         let _rng = crate::torch_rng_lock();
         tch::manual_seed(0);
         let cfg = Config {
-            noise: "masking".into(),
+            noise: Noise::Masking,
             mask_ratio: 0.3,
             ..Config::default()
         };
         let x = Tensor::ones([8, 3, 16, 16], (Kind::Float, tch::Device::Cpu)) * 0.5;
-        let y = corruption(&cfg).unwrap()(&x);
+        let y = corruption(&cfg)(&x);
         let zero = y.eq(0.0).to_kind(Kind::Float);
         let frac = zero.mean(Kind::Float).double_value(&[]);
         assert!((frac - 0.3).abs() < 0.03, "masked fraction {frac}");
@@ -72,12 +76,12 @@ mod tests {
         let _rng = crate::torch_rng_lock();
         tch::manual_seed(1);
         let cfg = Config {
-            noise: "gaussian".into(),
+            noise: Noise::Gaussian,
             noise_std: 0.1,
             ..Config::default()
         };
         let x = Tensor::ones([4, 1, 64, 64], (Kind::Float, tch::Device::Cpu)) * 0.5;
-        let y = corruption(&cfg).unwrap()(&x);
+        let y = corruption(&cfg)(&x);
         let std = (&y - &x).std(true).double_value(&[]);
         assert!((std - 0.1).abs() < 0.005, "std {std}");
         assert!(y.min().double_value(&[]) >= 0.0 && y.max().double_value(&[]) <= 1.0);

@@ -9,12 +9,13 @@
 //!   vector; the 9 vectors, concatenated in the shuffled order, go through
 //!   linear(9D -> 512) -> ReLU -> linear(512 -> P).
 //! - Tiles (`tile_size`, default 7 on 28x28: cells of 9 pixels, jitter 0..=2, gaps 0..=4).
-//!   The small CNN ends in global average pooling, so the same encoder takes whole images
-//!   at evaluation time.
+//!   The encoder ends in adaptive average pooling (to a `cnn_pool` grid, or globally for the
+//!   ResNet), so the same encoder, with the same feature size, takes whole images at
+//!   evaluation time.
 
-use super::patches::{Grid, TileClassifier};
+use super::patches::{TileClassifier, TileGrid};
 use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::Config;
+use crate::config::{Config, check};
 use crate::losses;
 use crate::nets::{self, Encoder};
 use anyhow::Result;
@@ -24,8 +25,15 @@ use tch::{Kind, Tensor};
 pub const SPEC: MethodSpec = MethodSpec {
     name: "jigsaw",
     summary: "classify which of P permutations shuffled the 9 tiles of a 3x3 grid",
+    keys: &[&["tile_size", "jigsaw_permutations"]],
+    validate: validate,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Jigsaw::new(p, cfg, data)?)),
 };
+
+fn validate(cfg: &Config) -> Result<()> {
+    check::in_range("jigsaw_permutations", cfg.jigsaw_permutations, 2..=1000)
+}
 
 /// Number of positions where two permutations differ.
 pub fn hamming(a: &[u8; 9], b: &[u8; 9]) -> u32 {
@@ -74,15 +82,15 @@ pub fn max_hamming_permutations(n: usize) -> Vec<[u8; 9]> {
 pub struct Jigsaw {
     encoder: Encoder,
     head: TileClassifier,
-    grid: Grid,
+    grid: TileGrid,
     /// `[P, 9]` int64: permutation k puts the tile of cell `perms[k][i]` at position i.
     perms: Tensor,
 }
 
 impl Jigsaw {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Jigsaw> {
-        let grid = Grid::new("jigsaw", data.shape, cfg.tile_size)?;
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
+        let grid = TileGrid::new("jigsaw", data.shape, cfg.tile_size)?;
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
         let n = cfg.jigsaw_permutations as i64;
         let flat: Vec<i64> = max_hamming_permutations(cfg.jigsaw_permutations)
             .iter()

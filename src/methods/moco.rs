@@ -5,12 +5,12 @@
 //! BatchNorm runs on `shuffle_bn_groups` sub-batches, the key encoder's on shuffled ones,
 //! as the paper's shuffling BN across GPUs.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::augment::{self, Views};
-use crate::config::Config;
+use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use crate::augment::Views;
+use crate::config::{Config, check};
 use crate::losses;
-use crate::nets::{self, Encoder, momentum::MomentumPairs};
-use anyhow::Result;
+use crate::nets::{self, Encoder, MlpNorm, momentum::MomentumPairs};
+use anyhow::{Result, bail};
 use std::sync::Arc;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
@@ -18,14 +18,43 @@ use tch::{Kind, Tensor};
 pub const SPEC_V1: MethodSpec = MethodSpec {
     name: "moco-v1",
     summary: "momentum key encoder and a queue of negative keys, linear head (InfoNCE)",
+    keys: KEYS_V1,
+    validate: validate,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Moco::new(p, cfg, data, false)?)),
 };
 
 pub const SPEC_V2: MethodSpec = MethodSpec {
     name: "moco-v2",
     summary: "MoCo with an MLP head (use with blur and the cosine schedule)",
+    keys: KEYS_V2,
+    validate: validate,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Moco::new(p, cfg, data, true)?)),
 };
+
+/// MoCo's keys: v1's head is linear (`proj_dim`), v2's an MLP (`proj_hidden_dim` too).
+const MOCO_KEYS: &[&str] = &[
+    "proj_dim",
+    "temperature",
+    "ema_momentum",
+    "moco_queue",
+    "shuffle_bn_groups",
+];
+const KEYS_V1: &[&[&str]] = &[views::AUG_KEYS, MOCO_KEYS];
+const KEYS_V2: &[&[&str]] = &[views::AUG_KEYS, MOCO_KEYS, &["proj_hidden_dim"]];
+
+fn validate(cfg: &Config) -> Result<()> {
+    check::at_least("moco_queue", cfg.moco_queue, 1)?;
+    if cfg.shuffle_bn_groups < 1 || cfg.batch_size as i64 % cfg.shuffle_bn_groups != 0 {
+        bail!(
+            "option shuffle_bn_groups = {} must be at least 1 and divide batch_size = {}",
+            cfg.shuffle_bn_groups,
+            cfg.batch_size
+        );
+    }
+    Ok(())
+}
 
 pub struct Moco {
     encoder: Encoder,
@@ -52,15 +81,14 @@ impl Moco {
                 vec![d, cfg.proj_dim]
             }
         };
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
-        let head = nets::mlp(&(p / "projector"), &head_dims(encoder.dim), false, false);
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
+        let head = nets::mlp(&(p / "projector"), &head_dims(encoder.dim), MlpNorm::None);
         let t = p / "target";
-        let key_encoder = nets::build_encoder(&(&t / "encoder"), cfg, data.shape[0])?;
+        let key_encoder = nets::build_encoder(&(&t / "encoder"), cfg, data.shape[0]);
         let key_head = nets::mlp(
             &(&t / "projector"),
             &head_dims(key_encoder.dim),
-            false,
-            false,
+            MlpNorm::None,
         );
         let init = losses::l2_normalize(&Tensor::randn(
             [cfg.moco_queue, cfg.proj_dim],
@@ -84,7 +112,7 @@ impl Moco {
             m: cfg.ema_momentum,
             temperature: cfg.temperature,
             groups: cfg.shuffle_bn_groups,
-            views: augment::two_views(cfg, data),
+            views: views::two_views(cfg, data),
         })
     }
 }

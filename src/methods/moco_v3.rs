@@ -3,12 +3,12 @@
 //! over the batch, each direction scaled by 2T as in the paper. The momentum rises from
 //! `ema_momentum` to 1 along a cosine.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::augment::{self, Views};
+use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use crate::augment::Views;
 use crate::config::Config;
 use crate::losses;
-use crate::nets::{Encoder, momentum::OnlineTarget};
-use crate::train::schedule::cosine_momentum;
+use crate::nets::{Encoder, MlpNorm, momentum::OnlineTarget};
+use crate::schedule::cosine_momentum;
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -17,8 +17,22 @@ use tch::nn;
 pub const SPEC: MethodSpec = MethodSpec {
     name: "moco-v3",
     summary: "momentum encoder and predictor, symmetric in-batch InfoNCE, no queue",
+    keys: KEYS,
+    validate: super::no_own_keys,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(MocoV3::new(p, cfg, data)?)),
 };
+
+const KEYS: &[&[&str]] = &[
+    views::AUG_KEYS,
+    &[
+        "proj_hidden_dim",
+        "proj_dim",
+        "pred_hidden_dim",
+        "temperature",
+        "ema_momentum",
+    ],
+];
 
 pub struct MocoV3 {
     nets: OnlineTarget,
@@ -29,12 +43,12 @@ pub struct MocoV3 {
 
 impl MocoV3 {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<MocoV3> {
-        let nets = OnlineTarget::new(p, cfg, data.shape[0], true)?;
+        let nets = OnlineTarget::new(p, cfg, data.shape[0], MlpNorm::All);
         Ok(MocoV3 {
             nets,
             base_m: cfg.ema_momentum,
             temperature: cfg.temperature,
-            views: augment::two_views(cfg, data),
+            views: views::two_views(cfg, data),
         })
     }
 }

@@ -16,11 +16,12 @@ pub mod rotation;
 pub mod simclr;
 pub mod simsiam;
 pub mod supervised;
+pub mod views;
 
 use crate::augment::Views;
-use crate::config::Config;
+use crate::config::{self, Config, check};
 use crate::nets::Encoder;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 use tch::{Kind, Tensor, nn};
 
@@ -44,7 +45,10 @@ pub trait Method {
     /// The scalar training loss for a batch. `images`: `[B, C, H, W]` in [0, 1];
     /// `labels`: `[B]` (only the supervised baseline may look at them).
     fn loss(&mut self, images: &Tensor, labels: &Tensor, ctx: &StepCtx) -> Tensor;
-    /// The encoder whose frozen features are evaluated.
+    /// The encoder that evaluation, embeddings and the PyTorch export see: for most methods
+    /// the trained encoder on whole images; for colorization the same network on the
+    /// images' lightness, for CPC on a grid of patches whose codes are mean-pooled (see
+    /// `nets::EncoderInput`).
     fn encoder(&self) -> &Encoder;
     /// Runs after each optimizer step, without gradients (momentum updates, queues).
     fn after_step(&mut self, _ctx: &StepCtx) {}
@@ -53,21 +57,10 @@ pub trait Method {
     fn bind(&mut self, _vs: &nn::VarStore) -> Result<()> {
         Ok(())
     }
-    /// Whether `loss` uses the labels (only the supervised baseline): training then takes
-    /// the labelled training split instead of the pretraining split.
-    fn uses_labels(&self) -> bool {
-        false
-    }
     /// Random views the loader should make of each image. With V views, `loss` receives
     /// `[V * B, C, h, w]`: all first views, then all second views, and so on.
     fn views(&self) -> Option<Arc<Views>> {
         None
-    }
-    /// What the evaluated encoder sees of a batch of data images `[B, C, H, W]` in [0, 1].
-    /// The identity, except for methods whose encoder takes another input (colorization
-    /// encodes the L channel of colour images).
-    fn eval_input(&self, images: &Tensor) -> Tensor {
-        images.shallow_clone()
     }
     /// A picture of the method at work on a few images `[N, C, H, W]`, as an image
     /// `[C', H', W']` in [0, 1] (for example inpaintings next to their input and
@@ -83,7 +76,82 @@ pub trait Method {
 pub struct MethodSpec {
     pub name: &'static str,
     pub summary: &'static str,
+    /// The config keys the method reads besides the general ones (`config::is_general`), in groups (such as
+    /// `views::AUG_KEYS`). A key that several methods share is checked by `shared_check`;
+    /// the `aug_*` keys by `views::validate`.
+    pub keys: &'static [&'static [&'static str]],
+    /// Checks the method's own keys (those no other method reads).
+    pub validate: fn(&Config) -> Result<()>,
+    /// `loss` uses the labels (only the supervised baseline): training then takes the
+    /// labelled training split instead of the pretraining split.
+    pub uses_labels: bool,
     pub build: fn(&nn::Path, &Config, &DataInfo) -> Result<Box<dyn Method>>,
+}
+
+/// `MethodSpec::validate` of a method without keys of its own.
+pub fn no_own_keys(_: &Config) -> Result<()> {
+    Ok(())
+}
+
+/// The checks of the keys that several methods read.
+fn shared_check(cfg: &Config, key: &str) -> Result<()> {
+    match key {
+        "proj_hidden_dim" => check::at_least(key, cfg.proj_hidden_dim, 1),
+        "proj_dim" => check::at_least(key, cfg.proj_dim, 1),
+        "pred_hidden_dim" => check::at_least(key, cfg.pred_hidden_dim, 1),
+        "temperature" => check::positive(key, cfg.temperature),
+        "ema_momentum" => check::fraction_below_one(key, cfg.ema_momentum),
+        "decoder_widths" => check::widths(key, &cfg.decoder_widths),
+        "tile_size" => check::at_least(key, cfg.tile_size, 1),
+        _ => Ok(()),
+    }
+}
+
+/// Checks `cfg` for its method: the general keys, then the method's (shared and own).
+/// Returns a warning for each key in `given` (the keys the user set) that the method
+/// does not read.
+pub fn check_config(cfg: &Config, given: &[String]) -> Result<Vec<String>> {
+    if cfg.method.is_empty() {
+        bail!(
+            "no method: pass --method NAME (see `selfsup methods`) or set method in a --config file"
+        );
+    }
+    let spec = find(&cfg.method)?;
+    cfg.validate()?;
+    for key in spec.keys() {
+        shared_check(cfg, key)?;
+    }
+    if spec.reads(views::AUG_KEYS[0]) {
+        views::validate(cfg)?;
+    }
+    (spec.validate)(cfg).with_context(|| format!("method {}", spec.name))?;
+    let mut warnings = Vec::new();
+    for key in given {
+        if !config::is_general(key) && !spec.reads(key) {
+            warnings.push(format!(
+                "option {key} is not read by method {} and is ignored",
+                spec.name
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+impl MethodSpec {
+    /// The keys the method reads besides the general ones.
+    pub fn keys(&self) -> impl Iterator<Item = &'static str> {
+        self.keys.iter().flat_map(|g| g.iter().copied())
+    }
+
+    pub fn reads(&self, key: &str) -> bool {
+        self.keys().any(|k| k == key)
+    }
+
+    /// Every key a run of this method reads: the general ones and the method's.
+    pub fn keys_read(&self) -> Vec<&'static str> {
+        let general = config::GENERAL_KEYS.iter().chain(config::EVAL_KEYS);
+        general.copied().chain(self.keys()).collect()
+    }
 }
 
 pub const REGISTRY: &[MethodSpec] = &[
@@ -138,5 +206,157 @@ pub fn find(name: &str) -> Result<&'static MethodSpec> {
             let names: Vec<&str> = REGISTRY.iter().map(|m| m.name).collect();
             bail!("unknown method '{name}'; available: {}", names.join(", "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::Model;
+    use tch::{Device, Kind};
+
+    /// Another valid value for every key that some method reads and others do not.
+    fn other_value(key: &str) -> &'static str {
+        match key {
+            "decoder_widths" => "[16, 8]",
+            "noise" => "masking",
+            "noise_std" => "0.2",
+            "mask_ratio" => "0.3",
+            "aug_crop_size" => "6",
+            "aug_crop_scale" => "[0.3, 0.9]",
+            "aug_crop_ratio" => "[0.5, 2.0]",
+            "aug_flip_p" => "0.1",
+            "aug_jitter_p" => "0.3",
+            "aug_jitter" => "[0.1, 0.2, 0.3, 0.05]",
+            "aug_gray_p" => "0.5",
+            "aug_blur_p" => "0.5",
+            "aug_blur_sigma" => "[0.5, 1.0]",
+            "aug_solarize_p" => "0.5",
+            "proj_hidden_dim" => "24",
+            "proj_dim" => "12",
+            "temperature" => "0.3",
+            "pred_hidden_dim" => "20",
+            "ema_momentum" => "0.9",
+            "moco_queue" => "64",
+            "shuffle_bn_groups" => "4",
+            "cpc_patch" => "5",
+            "cpc_stride" => "1",
+            "cpc_steps" => "1",
+            "cpc_context" => "gru",
+            "cpc_context_layers" => "2",
+            "cpc_negatives" => "8",
+            "ce_mask" => "random-blocks",
+            "ce_hole" => "0.4",
+            "ce_overlap" => "2",
+            "ce_overlap_weight" => "5.0",
+            "ce_adversarial" => "true",
+            "ce_adv_weight" => "0.01",
+            "tile_size" => "1",
+            "jigsaw_permutations" => "50",
+            "colorization_loss" => "regress",
+            other => panic!("no other value for key {other}: add one here"),
+        }
+    }
+
+    /// The variables, the views and one loss of `cfg`'s method on fixed images.
+    fn fingerprint(cfg: &Config) -> (Vec<(String, Tensor)>, Option<Arc<Views>>, f64) {
+        let info = DataInfo {
+            shape: [3, 8, 8],
+            num_classes: 4,
+        };
+        let mut model = Model::build(cfg, &info, Device::Cpu).unwrap();
+        let mut vars: Vec<_> = model.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let views = model.method.views();
+        let v = views.as_ref().map_or(1, |v| v.pipelines.len() as i64);
+        tch::manual_seed(7);
+        let x = Tensor::rand([v * 8, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let labels = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(4);
+        let ctx = StepCtx {
+            epoch: 0,
+            step: 0,
+            total_steps: 10,
+        };
+        let loss = model.method.loss(&x, &labels, &ctx).double_value(&[]);
+        (vars, views, loss)
+    }
+
+    /// `MethodSpec::keys` is complete: changing any key outside a method's keys (and the
+    /// general ones) changes neither its variables, nor its views, nor its loss.
+    #[test]
+    fn methods_read_no_key_beyond_the_ones_they_name() {
+        let _rng = crate::torch_rng_lock();
+        let all = Config::keys();
+        for spec in REGISTRY {
+            for k in spec.keys() {
+                assert!(all.iter().any(|a| a == k), "{}: unknown key {k}", spec.name);
+            }
+            let base = Config {
+                method: spec.name.into(),
+                cnn_widths: vec![4, 8],
+                decoder_widths: vec![8, 4],
+                batch_size: 8,
+                proj_hidden_dim: 16,
+                proj_dim: 8,
+                pred_hidden_dim: 8,
+                moco_queue: 32,
+                shuffle_bn_groups: 2,
+                cpc_patch: 4,
+                cpc_stride: 2,
+                cpc_negatives: 16,
+                tile_size: 2,
+                ..Config::default()
+            };
+            let (vars, views, loss) = fingerprint(&base);
+            for key in all
+                .iter()
+                .filter(|k| !config::is_general(k) && !spec.reads(k))
+            {
+                let set = format!("{key}={}", other_value(key));
+                let changed = base.with_overrides(std::slice::from_ref(&set)).unwrap();
+                assert_ne!(changed, base, "{set} changes nothing");
+                let (vars2, views2, loss2) = fingerprint(&changed);
+                let what = format!("{}: {set}", spec.name);
+                assert_eq!(vars.len(), vars2.len(), "{what} changes the variables");
+                for ((n1, t1), (n2, t2)) in vars.iter().zip(&vars2) {
+                    assert!(n1 == n2 && t1.equal(t2), "{what} changes variable {n1}");
+                }
+                assert_eq!(views, views2, "{what} changes the views");
+                assert_eq!(loss, loss2, "{what} changes the loss");
+            }
+        }
+    }
+
+    #[test]
+    fn check_config_validates_method_keys_and_warns_of_unread_ones() {
+        let cfg = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::assemble(Config::default(), None, &sets).unwrap()
+        };
+        // MoCo's split BatchNorm must divide the batch; SimCLR does not read it.
+        let (c, given) = cfg(&["method=moco-v2", "batch_size=6"]);
+        let e = check_config(&c, &given).unwrap_err();
+        assert!(format!("{e:#}").contains("shuffle_bn_groups = 4"), "{e:#}");
+        let (c, given) = cfg(&["method=simclr", "batch_size=6", "moco_queue=9"]);
+        let w = check_config(&c, &given).unwrap();
+        assert_eq!(
+            w,
+            vec!["option moco_queue is not read by method simclr and is ignored"]
+        );
+        // A shared key is checked for the methods that read it...
+        let (c, given) = cfg(&["method=simclr", "temperature=0"]);
+        assert!(check_config(&c, &given).is_err());
+        // ...and so are the view keys.
+        let (c, given) = cfg(&["method=byol", "aug_flip_p=2"]);
+        assert!(format!("{:#}", check_config(&c, &given).unwrap_err()).contains("aug_flip_p"));
+        let (c, given) = cfg(&["method=autoencoder", "aug_flip_p=2"]);
+        assert_eq!(check_config(&c, &given).unwrap().len(), 1);
+        let (c, given) = cfg(&[]);
+        assert!(
+            check_config(&c, &given)
+                .unwrap_err()
+                .to_string()
+                .contains("no method")
+        );
     }
 }

@@ -32,7 +32,7 @@ pub fn crops(images: &Tensor, ys: &Tensor, xs: &Tensor, size: i64) -> Tensor {
 
 /// The 3x3 tile grid of an image size.
 #[derive(Debug, Clone, Copy)]
-pub struct Grid {
+pub struct TileGrid {
     /// Side of a cell, `min(H, W) / 3`.
     pub cell: i64,
     /// Side of a tile.
@@ -41,10 +41,10 @@ pub struct Grid {
     slack: (i64, i64),
 }
 
-impl Grid {
+impl TileGrid {
     /// The grid of `[C, H, W]` images with tiles of side `tile` (the `tile_size` option);
     /// `method` names the method in the error.
-    pub fn new(method: &str, shape: [i64; 3], tile: i64) -> Result<Grid> {
+    pub fn new(method: &str, shape: [i64; 3], tile: i64) -> Result<TileGrid> {
         let [_, h, w] = shape;
         let cell = h.min(w) / 3;
         if tile > cell {
@@ -52,7 +52,7 @@ impl Grid {
                 "method {method}: option tile_size = {tile} does not fit the cells of a 3x3 grid on {h}x{w} images, which are {cell} pixels wide"
             );
         }
-        Ok(Grid {
+        Ok(TileGrid {
             cell,
             tile,
             slack: (h - 3 * cell, w - 3 * cell),
@@ -152,7 +152,7 @@ pub(crate) mod tests {
     fn tiles_stay_inside_their_cells_with_jitter_and_gaps() {
         let _rng = crate::torch_rng_lock();
         tch::manual_seed(3);
-        let g = Grid::new("jigsaw", [1, 28, 28], 7).unwrap();
+        let g = TileGrid::new("jigsaw", [1, 28, 28], 7).unwrap();
         assert_eq!(g.cell, 9);
         let (ys, xs) = g.tile_corners(500, Device::Cpu);
         let ys = Vec::<i64>::try_from(ys.flatten(0, -1)).unwrap();
@@ -176,7 +176,7 @@ pub(crate) mod tests {
         }
         assert!(offsets.iter().all(|&n| n > 0), "{offsets:?}");
         assert!(gaps.iter().all(|&n| n > 0), "{gaps:?}");
-        let e = Grid::new("relative-patch", [1, 28, 28], 10)
+        let e = TileGrid::new("relative-patch", [1, 28, 28], 10)
             .unwrap_err()
             .to_string();
         assert!(

@@ -7,10 +7,11 @@
 //! patches; their concatenated vectors go through linear(2D -> 512) -> ReLU ->
 //! linear(512 -> 8). Patches: `tile_size`, default 7 on 28x28 (cells of 9 pixels, jitter
 //! 0..=2, gaps 0..=4 pixels; the paper's gap is half a patch, which 28x28 images cannot
-//! afford). The small CNN ends in global average pooling, so the same encoder takes whole
-//! images at evaluation time.
+//! afford). The encoder ends in adaptive average pooling (to a `cnn_pool` grid, or globally
+//! for the ResNet), so the same encoder, with the same feature size, takes whole images at
+//! evaluation time.
 
-use super::patches::{Grid, TileClassifier};
+use super::patches::{TileClassifier, TileGrid};
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::Config;
 use crate::losses;
@@ -22,19 +23,22 @@ use tch::{Kind, Tensor};
 pub const SPEC: MethodSpec = MethodSpec {
     name: "relative-patch",
     summary: "classify where one of the 8 neighbouring patches sits relative to the centre patch",
+    keys: &[&["tile_size"]],
+    validate: super::no_own_keys,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(RelativePatch::new(p, cfg, data)?)),
 };
 
 pub struct RelativePatch {
     encoder: Encoder,
     head: TileClassifier,
-    grid: Grid,
+    grid: TileGrid,
 }
 
 impl RelativePatch {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<RelativePatch> {
-        let grid = Grid::new("relative-patch", data.shape, cfg.tile_size)?;
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
+        let grid = TileGrid::new("relative-patch", data.shape, cfg.tile_size)?;
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
         let head = TileClassifier::new(p, 2, encoder.dim, 8);
         Ok(RelativePatch {
             encoder,

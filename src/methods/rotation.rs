@@ -14,6 +14,9 @@ use tch::{Kind, Tensor};
 pub const SPEC: MethodSpec = MethodSpec {
     name: "rotation",
     summary: "predict which of 4 rotations (0/90/180/270 degrees) an image shows",
+    keys: &[],
+    validate: super::no_own_keys,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Rotation::new(p, cfg, data)?)),
 };
 
@@ -28,7 +31,7 @@ impl Rotation {
         if h != w {
             bail!("method rotation needs square images, but the data is {h}x{w}");
         }
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, c)?;
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, c);
         let head = nn::linear(p / "head", encoder.dim, 4, Default::default());
         Ok(Rotation { encoder, head })
     }

@@ -3,11 +3,11 @@
 //! Views come from the `aug_*` config keys (see presets/ for the paper's settings adapted
 //! to each resolution).
 
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::augment::{self, Views};
+use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use crate::augment::Views;
 use crate::config::Config;
 use crate::losses;
-use crate::nets::{self, Encoder};
+use crate::nets::{self, Encoder, MlpNorm};
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -16,8 +16,16 @@ use tch::nn::{self, ModuleT};
 pub const SPEC: MethodSpec = MethodSpec {
     name: "simclr",
     summary: "two augmented views, MLP projection head, NT-Xent with in-batch negatives",
+    keys: KEYS,
+    validate: super::no_own_keys,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(SimClr::new(p, cfg, data)?)),
 };
+
+const KEYS: &[&[&str]] = &[
+    views::AUG_KEYS,
+    &["proj_hidden_dim", "proj_dim", "temperature"],
+];
 
 pub struct SimClr {
     encoder: Encoder,
@@ -28,24 +36,18 @@ pub struct SimClr {
 
 impl SimClr {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<SimClr> {
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
         // SimCLR v1's head: Linear -> ReLU -> Linear.
         let projector = nets::mlp(
             &(p / "projector"),
             &[encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim],
-            false,
-            false,
+            MlpNorm::None,
         );
-        let pipeline =
-            augment::contrastive_pipeline(cfg, data.shape[1] as usize, data.shape[2] as usize);
-        let views = Arc::new(Views {
-            pipelines: vec![pipeline.clone(), pipeline],
-        });
         Ok(SimClr {
             encoder,
             projector,
             temperature: cfg.temperature,
-            views,
+            views: views::two_views(cfg, data),
         })
     }
 }

@@ -3,11 +3,11 @@
 //! layer); loss 1/2 D(p1, stopgrad(z2)) + 1/2 D(p2, stopgrad(z1)) with D the negative
 //! cosine similarity. No momentum encoder, no negatives.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::augment::{self, Views};
+use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use crate::augment::Views;
 use crate::config::Config;
 use crate::losses;
-use crate::nets::{self, Encoder};
+use crate::nets::{self, Encoder, MlpNorm};
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -16,8 +16,16 @@ use tch::nn::{self, ModuleT};
 pub const SPEC: MethodSpec = MethodSpec {
     name: "simsiam",
     summary: "siamese views, predictor and stop-gradient (negative cosine), no negatives",
+    keys: KEYS,
+    validate: super::no_own_keys,
+    uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(SimSiam::new(p, cfg, data)?)),
 };
+
+const KEYS: &[&[&str]] = &[
+    views::AUG_KEYS,
+    &["proj_hidden_dim", "proj_dim", "pred_hidden_dim"],
+];
 
 pub struct SimSiam {
     encoder: Encoder,
@@ -28,25 +36,24 @@ pub struct SimSiam {
 
 impl SimSiam {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<SimSiam> {
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
         let proj = [
             encoder.dim,
             cfg.proj_hidden_dim,
             cfg.proj_hidden_dim,
             cfg.proj_dim,
         ];
-        let projector = nets::mlp(&(p / "projector"), &proj, true, true);
+        let projector = nets::mlp(&(p / "projector"), &proj, MlpNorm::All);
         let predictor = nets::mlp(
             &(p / "predictor"),
             &[cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim],
-            true,
-            false,
+            MlpNorm::Hidden,
         );
         Ok(SimSiam {
             encoder,
             projector,
             predictor,
-            views: augment::two_views(cfg, data),
+            views: views::two_views(cfg, data),
         })
     }
 }

@@ -13,6 +13,9 @@ use tch::nn::{self, Module};
 pub const SPEC: MethodSpec = MethodSpec {
     name: "supervised",
     summary: "baseline: the same encoder trained with the labels (cross-entropy), the upper bound",
+    keys: &[],
+    validate: super::no_own_keys,
+    uses_labels: true,
     build: |p, cfg, data| Ok(Box::new(Supervised::new(p, cfg, data)?)),
 };
 
@@ -29,7 +32,7 @@ impl Supervised {
                 data.num_classes
             );
         }
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0])?;
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
         let classifier = nn::linear(
             p / "classifier",
             encoder.dim,
@@ -52,8 +55,5 @@ impl Method for Supervised {
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder
-    }
-    fn uses_labels(&self) -> bool {
-        true
     }
 }

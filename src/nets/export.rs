@@ -10,9 +10,15 @@
 //!
 //! BatchNorm layers get the `num_batches_tracked` counter PyTorch expects (set to 0: it is
 //! only read when momentum is None).
+//!
+//! The metadata's `input` says what the network is applied to, as selfsup's evaluation
+//! does it: `image`; `lightness` (colorization: the Lab L / 100 of sRGB images, a
+//! 1-channel network); `patch-mean` (CPC: every `patch` x `patch` patch at `stride`
+//! encoded on its own, the codes averaged). scripts/check_torch_export.py builds each.
 
+use super::{Encoder, EncoderInput};
 use crate::config::Config;
-use crate::train::checkpoint;
+use crate::tensor_io::write_safetensors_atomic;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,18 +46,20 @@ pub fn encoder_state_dict(vars: &HashMap<String, Tensor>) -> Result<Vec<(String,
     Ok(out)
 }
 
-/// Writes the encoder of `vars` to `path`; the metadata names the architecture.
+/// Writes the encoder of `vars` to `path`; the metadata names the architecture and what
+/// the network is applied to (`EncoderInput`), which the PyTorch side must reproduce to get
+/// the features that selfsup's evaluation extracts.
 pub fn write_encoder(
     path: &Path,
     vars: &HashMap<String, Tensor>,
     cfg: &Config,
-    in_channels: i64,
+    encoder: &Encoder,
 ) -> Result<()> {
     let tensors = encoder_state_dict(vars)?;
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("encoder".to_string(), cfg.encoder.clone()),
-        ("in_channels".to_string(), in_channels.to_string()),
+        ("encoder".to_string(), cfg.encoder.to_string()),
+        ("in_channels".to_string(), encoder.in_channels.to_string()),
         (
             "cnn_widths".to_string(),
             serde_json::to_string(&cfg.cnn_widths)?,
@@ -60,5 +68,15 @@ pub fn write_encoder(
         ("resnet_width".to_string(), cfg.resnet_width.to_string()),
         ("method".to_string(), cfg.method.clone()),
     ]);
-    checkpoint::write_safetensors_atomic(path, &tensors, meta)
+    let input = match encoder.input {
+        EncoderInput::Image => "image",
+        EncoderInput::Lightness => "lightness",
+        EncoderInput::PatchMean { patch, stride } => {
+            meta.insert("patch".into(), patch.to_string());
+            meta.insert("stride".into(), stride.to_string());
+            "patch-mean"
+        }
+    };
+    meta.insert("input".into(), input.into());
+    write_safetensors_atomic(path, &tensors, meta)
 }

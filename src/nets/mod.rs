@@ -4,58 +4,107 @@
 pub mod cnn;
 pub mod decoder;
 pub mod export;
+pub mod lab;
 pub mod momentum;
 pub mod resnet;
 
 pub use decoder::Decoder;
 
-use crate::config::Config;
-use anyhow::{Result, bail};
-use tch::Tensor;
+use crate::config::{Config, EncoderKind};
+use anyhow::Result;
+use std::rc::Rc;
 use tch::nn::{self, ModuleT};
+use tch::{Kind, Tensor};
 
-/// An encoder network with its output feature dimension.
+/// What an encoder's network is applied to when the encoder is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EncoderInput {
+    /// The images themselves.
+    Image,
+    /// The Lab lightness L / 100 of sRGB images (colorization's encoder).
+    Lightness,
+    /// Every `patch` x `patch` patch of the image at `stride`, each encoded on its own,
+    /// the codes averaged (CPC's encoder, as CPC v2 evaluates it).
+    PatchMean { patch: i64, stride: i64 },
+}
+
+/// An encoder network with its output feature dimension and what it is applied to.
 #[derive(Debug)]
 pub struct Encoder {
-    net: nn::SequentialT,
+    /// Shared by the encoders that differ only in their `input`.
+    net: Rc<nn::SequentialT>,
     /// Length of the feature vector it produces.
     pub dim: i64,
+    /// Channels the network takes (1 for colorization's lightness on RGB data).
+    pub in_channels: i64,
+    pub input: EncoderInput,
 }
 
 impl Encoder {
-    /// Wraps a network that maps `[B, C, H, W]` to `[B, dim]`.
-    pub fn new(net: nn::SequentialT, dim: i64) -> Encoder {
-        Encoder { net, dim }
+    /// Wraps a network that maps `[B, in_channels, H, W]` to `[B, dim]`.
+    pub fn new(net: nn::SequentialT, dim: i64, in_channels: i64) -> Encoder {
+        Encoder {
+            net: Rc::new(net),
+            dim,
+            in_channels,
+            input: EncoderInput::Image,
+        }
     }
 
-    /// `[B, C, H, W]` -> `[B, dim]`
+    /// The same network, with the same variables, applied to `input`.
+    pub fn with_input(&self, input: EncoderInput) -> Encoder {
+        Encoder {
+            net: self.net.clone(),
+            input,
+            ..*self
+        }
+    }
+
+    /// `[B, C, H, W]` -> `[B, dim]`, the network applied as `input` says.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.net.forward_t(xs, train)
+        match self.input {
+            EncoderInput::Image => self.net.forward_t(xs, train),
+            EncoderInput::Lightness => self.net.forward_t(&lab::lightness(xs), train),
+            EncoderInput::PatchMean { patch, stride } => self
+                .patch_codes(xs, patch, stride, train) // [B, D, rows, cols]
+                .mean_dim(&[2i64, 3][..], false, Kind::Float),
+        }
+    }
+
+    /// The network's code of every patch of a grid: `[B, C, H, W]` -> `[B, dim, rows,
+    /// cols]`, where patch (r, c) is the `patch` x `patch` square at pixel (r stride, c stride).
+    pub fn patch_codes(&self, xs: &Tensor, patch: i64, stride: i64, train: bool) -> Tensor {
+        let p = patches(xs, patch, stride); // [B, rows, cols, C, p, p]
+        let s = p.size();
+        let flat = p.reshape([s[0] * s[1] * s[2], s[3], s[4], s[5]]); // [B*rows*cols, C, p, p]
+        self.net
+            .forward_t(&flat, train) // [B*rows*cols, D]
+            .view([s[0], s[1], s[2], self.dim])
+            .permute([0, 3, 1, 2])
     }
 }
 
+/// The patches of a grid: `[B, C, H, W]` -> `[B, rows, cols, C, patch, patch]`, patch (r, c)
+/// starting at pixel (r * stride, c * stride); rows = (H - patch) / stride + 1.
+pub fn patches(x: &Tensor, patch: i64, stride: i64) -> Tensor {
+    x.unfold(2, patch, stride) // [B, C, rows, W, p]
+        .unfold(3, patch, stride) // [B, C, rows, cols, p, p]
+        .permute([0, 2, 3, 1, 4, 5])
+}
+
 /// Builds the encoder named in `cfg.encoder` for images with `in_channels` channels.
-pub fn build_encoder(p: &nn::Path, cfg: &Config, in_channels: i64) -> Result<Encoder> {
-    match cfg.encoder.as_str() {
-        "cnn" => {
-            let (net, dim) = cnn::small_cnn(p, in_channels, &cfg.cnn_widths, cfg.cnn_pool);
-            Ok(Encoder { net, dim })
-        }
-        "resnet18" => {
-            let (net, dim) = resnet::resnet18_cifar(p, in_channels, cfg.resnet_width);
-            Ok(Encoder { net, dim })
-        }
-        other => bail!(
-            "option encoder = '{other}' is not one of {:?}",
-            crate::config::ENCODERS
-        ),
-    }
+pub fn build_encoder(p: &nn::Path, cfg: &Config, in_channels: i64) -> Encoder {
+    let (net, dim) = match cfg.encoder {
+        EncoderKind::Cnn => cnn::small_cnn(p, in_channels, &cfg.cnn_widths, cfg.cnn_pool),
+        EncoderKind::Resnet18 => resnet::resnet18_cifar(p, in_channels, cfg.resnet_width),
+    };
+    Encoder::new(net, dim, in_channels)
 }
 
 /// An encoder under `encoder` and a decoder back to `shape` `[C, H, W]` under `decoder`, as
 /// the reconstruction methods (autoencoders, context encoder) use them.
 pub fn encoder_decoder(p: &nn::Path, cfg: &Config, shape: [i64; 3]) -> Result<(Encoder, Decoder)> {
-    let encoder = build_encoder(&(p / "encoder"), cfg, shape[0])?;
+    let encoder = build_encoder(&(p / "encoder"), cfg, shape[0]);
     let decoder = Decoder::new(&(p / "decoder"), encoder.dim, &cfg.decoder_widths, shape)?;
     Ok((encoder, decoder))
 }
@@ -69,14 +118,29 @@ pub fn parameter_count(vs: &nn::VarStore, prefix: &str) -> i64 {
         .sum()
 }
 
-/// An MLP head. `dims` = [input, hidden..., output]. Hidden layers are Linear -> (BatchNorm
-/// if `bn`) -> ReLU; the last is a Linear, followed by a BatchNorm if `bn_last` (SimSiam's
-/// projector). Linear layers followed by BatchNorm have no bias.
-pub fn mlp(p: &nn::Path, dims: &[i64], bn: bool, bn_last: bool) -> nn::SequentialT {
+/// Where an MLP head has BatchNorm layers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MlpNorm {
+    /// Nowhere (SimCLR's and MoCo's heads).
+    None,
+    /// After each hidden Linear (BYOL's projector, the predictors).
+    Hidden,
+    /// After every Linear, the output one too (SimSiam's and MoCo v3's projectors).
+    All,
+}
+
+/// An MLP head. `dims` = [input, hidden..., output]. Hidden layers are Linear ->
+/// (BatchNorm) -> ReLU; the last is a Linear (-> BatchNorm with `MlpNorm::All`). Linear
+/// layers followed by BatchNorm have no bias.
+pub fn mlp(p: &nn::Path, dims: &[i64], norm: MlpNorm) -> nn::SequentialT {
     let mut net = nn::seq_t();
     for i in 0..dims.len() - 1 {
         let last = i == dims.len() - 2;
-        let with_bn = if last { bn_last } else { bn };
+        let with_bn = match norm {
+            MlpNorm::None => false,
+            MlpNorm::Hidden => !last,
+            MlpNorm::All => true,
+        };
         let lin = nn::LinearConfig {
             bias: !with_bn,
             ..Default::default()
@@ -147,7 +211,7 @@ mod tests {
 
     fn encoder(cfg: &Config, cin: i64) -> (nn::VarStore, Encoder) {
         let vs = nn::VarStore::new(Device::Cpu);
-        let e = build_encoder(&(vs.root() / "encoder"), cfg, cin).unwrap();
+        let e = build_encoder(&(vs.root() / "encoder"), cfg, cin);
         (vs, e)
     }
 
@@ -157,7 +221,7 @@ mod tests {
         // CIFAR ResNet-18 (3x3 stem, no max-pool) without its 10-way classifier:
         // 11,173,962 parameters in total minus 512*10 + 10 for the classifier.
         let cfg = Config {
-            encoder: "resnet18".into(),
+            encoder: EncoderKind::Resnet18,
             ..Config::default()
         };
         let (vs, e) = encoder(&cfg, 3);
@@ -181,7 +245,7 @@ mod tests {
         let (_, cnn) = encoder(&Config::default(), 1);
         assert_eq!(cnn.forward_t(&x, true).size(), vec![2, 128]);
         let cfg = Config {
-            encoder: "resnet18".into(),
+            encoder: EncoderKind::Resnet18,
             resnet_width: 0.25,
             ..Config::default()
         };
@@ -220,5 +284,23 @@ mod tests {
         tch::manual_seed(1);
         let y = split_bn_forward(|t: &Tensor| t * 2.0, &x, 4, true);
         assert!(y.equal(&(&x * 2.0)));
+    }
+
+    #[test]
+    fn non_overlapping_patches_rebuild_the_image() {
+        let x = Tensor::arange(2 * 3 * 8 * 12, (Kind::Float, Device::Cpu)).view([2, 3, 8, 12]);
+        let p = patches(&x, 4, 4); // [2, 2, 3, 3, 4, 4]
+        assert_eq!(p.size(), vec![2, 2, 3, 3, 4, 4]);
+        // [B, r, c, C, p, p] -> [B, C, r, p, c, p] -> [B, C, H, W]
+        let back = p.permute([0, 3, 1, 4, 2, 5]).reshape([2, 3, 8, 12]);
+        assert!(back.equal(&x));
+        // Overlapping: patch (1, 2) at stride 2 starts at pixel (2, 4).
+        let p = patches(&x, 4, 2);
+        assert!(
+            p.get(1)
+                .get(1)
+                .get(2)
+                .equal(&x.get(1).narrow(1, 2, 4).narrow(2, 4, 4))
+        );
     }
 }

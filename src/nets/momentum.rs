@@ -3,7 +3,7 @@
 //! target <- m * target + (1 - m) * online. Only parameters are averaged; each BatchNorm
 //! of the target keeps its own running statistics, as in the reference implementations.
 
-use super::{Encoder, build_encoder, mlp};
+use super::{Encoder, MlpNorm, build_encoder, mlp};
 use crate::config::Config;
 use anyhow::{Result, bail};
 use tch::nn::ModuleT;
@@ -67,7 +67,7 @@ impl MomentumPairs {
 
 /// An online network (encoder -> projector -> predictor) and its EMA target (encoder ->
 /// projector), as BYOL and MoCo v3 use them. Projector and predictor are BatchNorm MLPs;
-/// `projector_bn_last` adds a BatchNorm on the projector's output (MoCo v3).
+/// MoCo v3's projector also normalises its output (`MlpNorm::All`).
 pub struct OnlineTarget {
     pub encoder: Encoder,
     projector: nn::SequentialT,
@@ -82,20 +82,20 @@ impl OnlineTarget {
         p: &nn::Path,
         cfg: &Config,
         in_channels: i64,
-        projector_bn_last: bool,
-    ) -> Result<OnlineTarget> {
-        let encoder = build_encoder(&(p / "encoder"), cfg, in_channels)?;
+        projector_norm: MlpNorm,
+    ) -> OnlineTarget {
+        let encoder = build_encoder(&(p / "encoder"), cfg, in_channels);
         let proj = [encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim];
         let pred = [cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim];
         let t = p / "target";
-        Ok(OnlineTarget {
-            projector: mlp(&(p / "projector"), &proj, true, projector_bn_last),
-            predictor: mlp(&(p / "predictor"), &pred, true, false),
-            target_encoder: build_encoder(&(&t / "encoder"), cfg, in_channels)?,
-            target_projector: mlp(&(&t / "projector"), &proj, true, projector_bn_last),
+        OnlineTarget {
+            projector: mlp(&(p / "projector"), &proj, projector_norm),
+            predictor: mlp(&(p / "predictor"), &pred, MlpNorm::Hidden),
+            target_encoder: build_encoder(&(&t / "encoder"), cfg, in_channels),
+            target_projector: mlp(&(&t / "projector"), &proj, projector_norm),
             encoder,
             pairs: MomentumPairs::default(),
-        })
+        }
     }
 
     /// Pairs the online encoder and projector with their targets (see `MomentumPairs::bind`).

@@ -2,6 +2,7 @@
 //! buffers, moment estimates, step count) can be saved in a checkpoint and a resumed run
 //! continues exactly. Update rules follow torch.optim (SGD: dampening 0, not Nesterov).
 
+use crate::config::OptimizerKind;
 use anyhow::{Result, bail};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor, nn};
@@ -30,18 +31,14 @@ pub struct Optimizer {
 impl Optimizer {
     pub fn new(
         vs: &nn::VarStore,
-        name: &str,
+        kind: OptimizerKind,
         momentum: f64,
         weight_decay: f64,
-    ) -> Result<Optimizer> {
-        let kind = match name {
-            "sgd" => OptKind::Sgd { momentum },
-            "adam" => OptKind::Adam,
-            "adamw" => OptKind::AdamW,
-            other => bail!(
-                "option optimizer = '{other}' is not one of {:?}",
-                crate::config::OPTIMIZERS
-            ),
+    ) -> Optimizer {
+        let kind = match kind {
+            OptimizerKind::Sgd => OptKind::Sgd { momentum },
+            OptimizerKind::Adam => OptKind::Adam,
+            OptimizerKind::AdamW => OptKind::AdamW,
         };
         let mut params: Vec<(String, Tensor)> = vs
             .variables()
@@ -49,13 +46,13 @@ impl Optimizer {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Optimizer {
+        Optimizer {
             kind,
             weight_decay,
             params,
             state: BTreeMap::new(),
             steps_taken: 0,
-        })
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -184,10 +181,10 @@ mod tests {
     use tch::Device;
 
     /// One parameter p = [1, -2] with loss sum(p^2) / 2, so the gradient is p.
-    fn setup(name: &str, wd: f64) -> (nn::VarStore, Optimizer, Tensor) {
+    fn setup(kind: OptimizerKind, wd: f64) -> (nn::VarStore, Optimizer, Tensor) {
         let vs = nn::VarStore::new(Device::Cpu);
         let p = vs.root().var_copy("p", &Tensor::from_slice(&[1f32, -2.0]));
-        let opt = Optimizer::new(&vs, name, 0.9, wd).unwrap();
+        let opt = Optimizer::new(&vs, kind, 0.9, wd);
         (vs, opt, p)
     }
 
@@ -204,7 +201,7 @@ mod tests {
     #[test]
     fn sgd_momentum_matches_hand_computation() {
         let _rng = crate::torch_rng_lock();
-        let (_vs, mut opt, p) = setup("sgd", 0.0);
+        let (_vs, mut opt, p) = setup(OptimizerKind::Sgd, 0.0);
         step(&mut opt, &p, 0.1); // buf = g = p0; p1 = 0.9 p0
         step(&mut opt, &p, 0.1); // buf = 0.9 p0 + 0.9 p0 = 1.8 p0; p2 = 0.9 p0 - 0.18 p0 = 0.72 p0
         let v = vals(&p);
@@ -218,7 +215,7 @@ mod tests {
     fn adam_first_step_moves_by_lr() {
         let _rng = crate::torch_rng_lock();
         // Adam's first update is lr * sign(g) (bias-corrected m/sqrt(v) = g/|g|).
-        let (_vs, mut opt, p) = setup("adam", 0.0);
+        let (_vs, mut opt, p) = setup(OptimizerKind::Adam, 0.0);
         step(&mut opt, &p, 0.01);
         let v = vals(&p);
         assert!(
@@ -231,7 +228,7 @@ mod tests {
     fn adamw_decays_weights_decoupled() {
         let _rng = crate::torch_rng_lock();
         // p <- p (1 - lr wd) - lr sign(g)
-        let (_vs, mut opt, p) = setup("adamw", 0.5);
+        let (_vs, mut opt, p) = setup(OptimizerKind::AdamW, 0.5);
         step(&mut opt, &p, 0.1);
         let v = vals(&p);
         assert!(
@@ -243,9 +240,9 @@ mod tests {
     #[test]
     fn state_round_trip_continues_identically() {
         let _rng = crate::torch_rng_lock();
-        let (_vs, mut a, pa) = setup("adam", 0.01);
+        let (_vs, mut a, pa) = setup(OptimizerKind::Adam, 0.01);
         step(&mut a, &pa, 0.05);
-        let (_vs2, mut b, pb) = setup("adam", 0.01);
+        let (_vs2, mut b, pb) = setup(OptimizerKind::Adam, 0.01);
         tch::no_grad(|| pb.shallow_clone().copy_(&pa));
         b.load_state(a.state_tensors()).unwrap();
         step(&mut a, &pa, 0.05);

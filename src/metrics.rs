@@ -1,7 +1,7 @@
-//! Reading back `metrics.jsonl`, the log the training loop appends to: one JSON object per
-//! logged step (`"kind": "step"`) and per epoch (`"kind": "epoch"`).
+//! `metrics.jsonl`, the log the training loop appends to: one JSON object per logged step
+//! (`"kind": "step"`) and per epoch (`"kind": "epoch"`), read back here for the loss
+//! plot and the run's summary. A leaf: it imports nothing from the rest of selfsup.
 
-use super::Summary;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -9,6 +9,32 @@ use std::path::Path;
 
 /// The log's name in a run folder.
 pub const FILE_NAME: &str = "metrics.jsonl";
+
+/// What a finished pretraining run reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub epochs: usize,
+    pub steps: usize,
+    pub final_loss: f64,
+    /// Training throughput over this invocation (not counting resumed epochs).
+    pub images_per_sec: f64,
+    pub wall_seconds: f64,
+}
+
+impl Summary {
+    /// The line printed after pretraining `what` into `out`.
+    pub fn describe(&self, what: &str, out: &Path) -> String {
+        format!(
+            "pretrained {what}: {} epochs, {} steps, final loss {:.5}, {:.0} images/s, wall {:.1}s -> {}",
+            self.epochs,
+            self.steps,
+            self.final_loss,
+            self.images_per_sec,
+            self.wall_seconds,
+            out.display()
+        )
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepRecord {

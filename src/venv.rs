@@ -1,0 +1,48 @@
+//! The setup venv's Python (the one `scripts/setup.sh` makes and whose torch wheel provides
+//! libtorch), found the way the build found libtorch: `build.rs` records the libtorch it
+//! linked, `<venv>/lib/pythonX.Y/site-packages/torch/lib`. Reference scripts (the
+//! torchvision and PyTorch comparisons, the export check) run with it. A leaf.
+
+use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+/// The libtorch `lib` folder this binary was built against.
+pub const LIBTORCH_LIB: &str = env!("SELFSUP_LIBTORCH_LIB");
+
+/// `SELFSUP_PYTHON` when set, else `bin/python` of the venv that holds the linked libtorch.
+pub fn python() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SELFSUP_PYTHON") {
+        return Ok(p.into());
+    }
+    // torch/lib -> torch -> site-packages -> pythonX.Y -> lib -> the venv
+    let lib = PathBuf::from(LIBTORCH_LIB);
+    let found = lib.ancestors().nth(5).map(|venv| venv.join("bin/python"));
+    match found {
+        Some(p) if p.is_file() => Ok(p),
+        _ => bail!(
+            "no Python next to the libtorch this binary was built with ({LIBTORCH_LIB}); \
+             run scripts/setup.sh, or set SELFSUP_PYTHON"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_setup_venv_python_with_torch() {
+        let py = super::python().unwrap();
+        let out = std::process::Command::new(&py)
+            .args(["-c", "import torch; print(torch.__version__)"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("2.11.0"),
+            "{py:?}"
+        );
+    }
+}
