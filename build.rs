@@ -1,6 +1,6 @@
 //! Embeds an rpath to the libtorch that torch-sys linked against, so the binary and the
 //! test executables run without LD_LIBRARY_PATH, and compiles selfsup's native shim
-//! (`src/native/shim.cpp`: PyTorch's c10d) against that libtorch.
+//! (`src/native/shim.cpp`: PyTorch's c10d and libtorch's autocast) against that libtorch.
 use std::path::{Path, PathBuf};
 
 fn main() {

@@ -1,7 +1,8 @@
 //! selfsup: self-supervised visual representation learning on libtorch.
 //!
 //! data -> method (one file each, behind `methods::Method`) -> training loop -> evaluation.
-//! `dist` (PyTorch's c10d) sits over `native`, the one C++ shim.
+//! `dist` (PyTorch's c10d) and `precision` (libtorch's autocast) sit over `native`, the one
+//! C++ shim.
 
 pub mod augment;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod methods;
 mod native;
 pub mod nets;
 pub mod plots;
+pub mod precision;
 pub mod report;
 pub mod train;
 

@@ -1,5 +1,5 @@
 //! The C ABI of `shim.cpp` (compiled by build.rs) and its error strings. The safe API over
-//! it is `crate::dist` (c10d process groups).
+//! it is `crate::dist` (c10d process groups) and `crate::precision` (autocast).
 //!
 //! Each fallible function returns null on success or an error message allocated by the shim,
 //! which `check` turns into an `anyhow::Error` and frees.
@@ -49,6 +49,18 @@ unsafe extern "C" {
         t: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    pub(crate) fn selfsup_autocast_enter(
+        device_type: c_int,
+        dtype: c_int,
+        prev_enabled: *mut c_int,
+        prev_dtype: *mut c_int,
+    ) -> *mut c_char;
+    pub(crate) fn selfsup_autocast_exit(
+        device_type: c_int,
+        prev_enabled: c_int,
+        prev_dtype: c_int,
+    ) -> *mut c_char;
+    pub(crate) safe fn selfsup_autocast_is_enabled(device_type: c_int) -> c_int;
 }
 
 /// The result of a shim call: Ok for null, else its message (which is freed here).

@@ -1,8 +1,9 @@
 // selfsup's one native module: PyTorch's own c10d (TCPStore, Gloo, NCCL, the functional
-// collectives), behind a small C ABI for src/native/mod.rs.
+// collectives) and libtorch's autocast switches, behind a small C ABI for src/native/mod.rs.
 //
 // Tensors cross as tch's `torch::Tensor*`. Every entry point returns NULL on success or a
 // malloc'ed error message (freed by selfsup_free_error): no C++ exception crosses into Rust.
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -305,6 +306,33 @@ char* selfsup_pg_all_gather_autograd(SelfsupGroup* g, const at::Tensor* t, at::T
       gathered.register_hook([](const at::Tensor& grad) { return grad.contiguous(); });
     *out = new at::Tensor(std::move(gathered));
   });
+}
+
+// Autocast for device_type (0 = CPU, 1 = CUDA) in `dtype` (a c10::ScalarType), as
+// torch.autocast.__enter__ does; the previous state comes back for selfsup_autocast_exit.
+char* selfsup_autocast_enter(int device_type, int dtype, int* prev_enabled, int* prev_dtype) {
+  return guarded([&] {
+    const auto device = static_cast<at::DeviceType>(device_type);
+    *prev_enabled = at::autocast::is_autocast_enabled(device);
+    *prev_dtype = static_cast<int>(at::autocast::get_autocast_dtype(device));
+    at::autocast::set_autocast_enabled(device, true);
+    at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(dtype));
+    at::autocast::increment_nesting();
+  });
+}
+
+// As torch.autocast.__exit__: the outermost exit drops the cached casts of the weights.
+char* selfsup_autocast_exit(int device_type, int prev_enabled, int prev_dtype) {
+  return guarded([&] {
+    const auto device = static_cast<at::DeviceType>(device_type);
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device, prev_enabled != 0);
+    at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(prev_dtype));
+  });
+}
+
+int selfsup_autocast_is_enabled(int device_type) {
+  return at::autocast::is_autocast_enabled(static_cast<at::DeviceType>(device_type));
 }
 
 }  // extern "C"
