@@ -27,21 +27,22 @@ namespace {
 using Ms = std::chrono::milliseconds;
 using BackendType = c10d::ProcessGroup::BackendType;
 
-char* error(const std::string& message) { return strdup(message.c_str()); }
+// An exception's message; a c10 error's without its C++ backtrace, which would bury the cause.
+std::string message(const std::exception& e) {
+  auto c10_error = dynamic_cast<const c10::Error*>(&e);
+  return c10_error ? c10_error->what_without_backtrace() : e.what();
+}
 
-// Runs `f`, turning any exception into an error message (c10 errors without their C++
-// backtrace, which would bury the cause).
+// Runs `f`, turning any exception into a malloc'ed error message.
 template <class F>
 char* guarded(F&& f) {
   try {
     f();
     return nullptr;
-  } catch (const c10::Error& e) {
-    return error(e.what_without_backtrace());
   } catch (const std::exception& e) {
-    return error(e.what());
+    return strdup(message(e).c_str());
   } catch (...) {
-    return error("unknown C++ exception");
+    return strdup("unknown C++ exception");
   }
 }
 
@@ -54,7 +55,7 @@ constexpr Ms kHeartbeatWindow{2000};
 struct SelfsupGroup {
   int rank, world;
   std::string name;
-  c10::intrusive_ptr<c10d::Store> store;  // this group's keys
+  c10::intrusive_ptr<c10d::Store> store;  // this group's keys; outlives `pg`
   c10::intrusive_ptr<c10d::ProcessGroup> pg;
   // After a failed collective the peers are out of step: teardown skips its barrier.
   bool broken = false;
@@ -107,11 +108,8 @@ struct SelfsupGroup {
         return "every rank's heartbeat is still alive: a rank is slow or stuck, or the timeout is too short";
       return "lost rank " + lost + ": no heartbeat for " + std::to_string(kHeartbeatWindow.count()) +
              " ms (exited, killed or unreachable)";
-    } catch (const c10::Error& e) {
-      return std::string("the store is unreachable too (rank 0 or the launcher that hosts it is gone?): ") +
-             e.what_without_backtrace();
     } catch (const std::exception& e) {
-      return std::string("the store is unreachable too: ") + e.what();
+      return "the store is unreachable too (rank 0 or the launcher that hosts it is gone?): " + message(e);
     }
   }
 
@@ -119,10 +117,8 @@ struct SelfsupGroup {
   void wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
     try {
       work->wait();
-    } catch (const c10::Error& e) {
-      fail(what, e.what_without_backtrace());
     } catch (const std::exception& e) {
-      fail(what, e.what());
+      fail(what, message(e));
     }
   }
 
@@ -227,21 +223,13 @@ char* selfsup_pg_create(int rank, int world, const char* master, int port, const
 // Without the barrier, a rank could tear down while a peer's last collective (e.g. the
 // reduce-scatter of a backward) still needs it: that crashed the probe.
 char* selfsup_pg_destroy(SelfsupGroup* g) {
-  std::unique_ptr<SelfsupGroup> owned(g);
-  return guarded([&] {
-    g->stop_heartbeat();
-    std::string barrier_error;
-    if (!g->broken) {
-      if (char* e = guarded([&] { g->wait(g->pg->barrier(), "barrier"); })) {
-        barrier_error = e;
-        free(e);
-      }
-    }
-    c10d::unregister_process_group(g->name);
-    g->pg.reset();
-    g->store.reset();
-    if (!barrier_error.empty()) throw std::runtime_error(barrier_error);
-  });
+  std::unique_ptr<SelfsupGroup> owned(g);  // frees the group (the backend, then the store)
+  g->stop_heartbeat();
+  char* barrier_error = g->broken ? nullptr : guarded([&] { g->wait(g->pg->barrier(), "barrier"); });
+  char* unregister_error = guarded([&] { c10d::unregister_process_group(g->name); });
+  if (!barrier_error) return unregister_error;
+  free(unregister_error);
+  return barrier_error;
 }
 
 // The plain collectives work on the data of their tensors, outside autograd (as PyTorch's
@@ -296,8 +284,8 @@ char* selfsup_pg_all_gather_autograd(SelfsupGroup* g, const at::Tensor* t, at::T
     try {
       gathered = op.call(t->contiguous(), g->world, g->name);  // [world * B, ...]
       c10d::wait_tensor(gathered);
-    } catch (const c10::Error& e) {
-      g->fail("all-gather", e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      g->fail("all-gather", message(e));
     }
     // The backward's reduce-scatter rejects a non-contiguous gradient ("Expected
     // input.is_contiguous()", pytorch #120386), e.g. when the gathered tensor is used
