@@ -1,5 +1,5 @@
 //! The C ABI of `shim.cpp` (compiled by build.rs) and its error strings. The safe API over
-//! it is `crate::dist` (c10d process groups) and `crate::precision` (autocast).
+//! it is `dist` (c10d process groups) and `precision` (autocast), the modules above it.
 //!
 //! Each fallible function returns null on success or an error message allocated by the shim,
 //! which `check` turns into an `anyhow::Error` and frees.
