@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod faults;
 pub mod losses;
 pub mod methods;
 pub mod metrics;

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
         "metrics",
         "tensor_io",
         "venv",
+        "faults",
     ],
     &["augment", "plots"],
     &["data"],
