@@ -111,21 +111,9 @@ impl LoadedRun {
         })
     }
 
-    /// Where an output named `name` (such as `eval.json`) of this run goes in `dir`: under
-    /// that name for the run's last checkpoint, else with the checkpoint's name added
-    /// (`eval-checkpoint-epoch3.json`), so that an earlier checkpoint's outputs never
-    /// replace the run's own.
+    /// Where an output named `name` (such as `eval.json`) of this run goes in `dir`.
     pub fn output(&self, dir: &Path, name: &str) -> PathBuf {
-        let Some(ck) = &self.checkpoint else {
-            return dir.join(name);
-        };
-        let stem = ck.file_stem().unwrap_or_default().to_string_lossy();
-        let p = Path::new(name);
-        let base = p.file_stem().unwrap_or_default().to_string_lossy();
-        match p.extension() {
-            Some(ext) => dir.join(format!("{base}-{stem}.{}", ext.to_string_lossy())),
-            None => dir.join(format!("{base}-{stem}")),
-        }
+        output_path(dir, self.checkpoint.as_deref(), name)
     }
 
     /// "METHOD (E epochs)", as the evaluation prints it.
@@ -136,6 +124,23 @@ impl LoadedRun {
     /// Trainable encoder parameters.
     pub fn encoder_parameters(&self) -> i64 {
         crate::nets::parameter_count(&self.model.vs, "encoder.")
+    }
+}
+
+/// Where an output named `name` (such as `eval.json`) of the run in `dir` goes: under that
+/// name for the run's last checkpoint, else with the name of the `checkpoint` it comes from
+/// added (`eval-checkpoint-epoch3.json`), so that an earlier checkpoint's outputs never
+/// replace the run's own.
+pub fn output_path(dir: &Path, checkpoint: Option<&Path>, name: &str) -> PathBuf {
+    let Some(ck) = checkpoint else {
+        return dir.join(name);
+    };
+    let stem = ck.file_stem().unwrap_or_default().to_string_lossy();
+    let p = Path::new(name);
+    let base = p.file_stem().unwrap_or_default().to_string_lossy();
+    match p.extension() {
+        Some(ext) => dir.join(format!("{base}-{stem}.{}", ext.to_string_lossy())),
+        None => dir.join(format!("{base}-{stem}")),
     }
 }
 
@@ -162,4 +167,30 @@ pub fn ensure_trained(cfg: &Config, dir: &Path, quiet: bool, device: Device) -> 
     };
     pretrain(cfg, &ds, dir, &opts, device)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_of_an_earlier_checkpoint_carry_its_name() {
+        let (dir, ck) = (
+            Path::new("runs/a"),
+            Path::new("runs/a/checkpoint-epoch3.safetensors"),
+        );
+        assert_eq!(output_path(dir, None, "eval.json"), dir.join("eval.json"));
+        assert_eq!(
+            output_path(dir, Some(ck), "eval.json"),
+            dir.join("eval-checkpoint-epoch3.json")
+        );
+        assert_eq!(
+            output_path(dir, Some(ck), "neighbors.png"),
+            dir.join("neighbors-checkpoint-epoch3.png")
+        );
+        assert_eq!(
+            output_path(dir, Some(ck), "log"),
+            dir.join("log-checkpoint-epoch3")
+        );
+    }
 }
