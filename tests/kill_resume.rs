@@ -119,8 +119,12 @@ fn assert_same_tensors(a: &Path, b: &Path) {
     );
 }
 
-/// (step, loss, lr) of every step record and (epoch, loss) of every epoch record.
-fn records(run: &Path) -> (Vec<(u64, f64, f64)>, Vec<(u64, f64)>) {
+/// (step, loss, lr) of every step record.
+type StepRows = Vec<(u64, f64, f64)>;
+/// (epoch, mean loss) of every epoch record.
+type EpochRows = Vec<(u64, f64)>;
+
+fn records(run: &Path) -> (StepRows, EpochRows) {
     let m = Metrics::read(&run.join("metrics.jsonl")).unwrap();
     (
         m.steps.iter().map(|s| (s.step, s.loss, s.lr)).collect(),

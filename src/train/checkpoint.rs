@@ -143,9 +143,9 @@ pub fn save(dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], meta: &Me
     save_file(&dir.join(FILE_NAME), vs, optim, meta)
 }
 
-/// Writes the checkpoint of the end of epoch `meta.epoch`: the rolling one and, with `keep`
-/// > 0, `checkpoint-epochE.safetensors` (the same file under a second name), deleting the
-/// kept ones older than the last `keep` epochs.
+/// Writes the checkpoint of the end of epoch `meta.epoch`: the rolling one and, when `keep`
+/// is not 0, `checkpoint-epochE.safetensors` (the same file under a second name), deleting
+/// the kept ones older than the last `keep` epochs.
 pub fn save_epoch(
     dir: &Path,
     vs: &nn::VarStore,
@@ -267,7 +267,7 @@ impl Interval {
     /// Whether a checkpoint is due after `step` steps of the run, at `now`.
     pub fn due(&self, step: usize, now: Instant) -> bool {
         match self.every {
-            CheckpointEvery::Steps(n) => step % n == 0,
+            CheckpointEvery::Steps(n) => step.is_multiple_of(n),
             CheckpointEvery::Time(t) => now.duration_since(self.last) >= t,
             CheckpointEvery::Epoch => false,
         }
