@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod dist;
 pub mod eval;
+pub mod faults;
 pub mod losses;
 pub mod methods;
 pub mod metrics;

@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
         "native",
         "dist",
         "precision",
+        "faults",
     ],
     &["augment", "plots"],
     &["data"],

@@ -117,7 +117,7 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
         }
     }
     for dir in &run_dirs {
-        let run = LoadedRun::load(dir, &[], device)?;
+        let run = LoadedRun::load(dir, None, &[], device)?;
         run.ds.require_labels()?;
         eprintln!("compare: evaluating {} ({})", run.cfg.method, dir.display());
         let scores = super::evaluate_method(run.model.method.as_ref(), &run.ds, &run.cfg, device);
