@@ -7,7 +7,7 @@ pub mod optim;
 pub mod run;
 
 use crate::config::Config;
-use crate::data::{self, Dataset, Loader, loader::ViewSpec};
+use crate::data::{self, Batch, Dataset, Loader, loader::ViewSpec};
 use crate::methods::{self, DataInfo, Method, StepCtx};
 use crate::metrics::{self, Summary};
 use crate::{faults, schedule};
@@ -121,6 +121,35 @@ fn epoch_order_from(n: usize, cfg: &Config, epoch: usize, skip: usize) -> Vec<us
     let mut order = data::epoch_order(n, cfg.seed, epoch);
     order.drain(..(skip * cfg.batch_size).min(n));
     order
+}
+
+/// One optimizer step of `model` on `batch` with learning rate `lr`: libtorch's RNG seeded
+/// for the step (so that a resumed run draws the same), the loss, its gradients, the update
+/// and the method's after-step hook (momentum targets, queues). Returns the loss, which
+/// must be finite.
+pub fn train_step(
+    model: &mut Model,
+    opt: &mut optim::Optimizer,
+    batch: &Batch,
+    ctx: &StepCtx,
+    lr: f64,
+    seed: u64,
+) -> Result<f64> {
+    tch::manual_seed(checkpoint::step_seed(seed, ctx.step));
+    opt.zero_grad();
+    let loss = model.method.loss(&batch.images, &batch.labels, ctx);
+    loss.backward();
+    opt.step(lr);
+    tch::no_grad(|| model.method.after_step(ctx));
+    let l = loss.double_value(&[]);
+    if !l.is_finite() {
+        bail!(
+            "loss became {l} at step {} (epoch {}); try a lower lr",
+            ctx.step,
+            ctx.epoch + 1
+        );
+    }
+    Ok(l)
 }
 
 /// Pretrains `cfg.method` on `ds`, writing metrics and checkpoints into `out`.
@@ -242,19 +271,7 @@ pub fn pretrain(
                 total_steps,
             };
             let lr = schedule::cosine_with_warmup(step, total_steps, warmup, cfg.lr, cfg.min_lr);
-            tch::manual_seed(checkpoint::step_seed(cfg.seed, step));
-            opt.zero_grad();
-            let loss = model.method.loss(&batch.images, &batch.labels, &ctx);
-            loss.backward();
-            opt.step(lr);
-            tch::no_grad(|| model.method.after_step(&ctx));
-            let l = loss.double_value(&[]);
-            if !l.is_finite() {
-                bail!(
-                    "loss became {l} at step {step} (epoch {}); try a lower lr",
-                    epoch + 1
-                );
-            }
+            let l = train_step(&mut model, &mut opt, &batch, &ctx, lr, cfg.seed)?;
             let b = batch.indices.len();
             (sums.loss_sum, images_seen) = (sums.loss_sum + l, images_seen + b);
             window.1 += b;
