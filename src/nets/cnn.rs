@@ -25,7 +25,7 @@ pub fn small_cnn(
     }
     let net = if pool == 1 {
         // [B, W, h, w] -> [B, W]
-        net.add_fn(|x| x.mean_dim(&[-2i64, -1][..], false, tch::Kind::Float))
+        net.add_fn(|x| x.mean_dim(&[-2i64, -1][..], false, super::float_kind(x.kind())))
     } else {
         // [B, W, h, w] -> [B, W, pool, pool] -> [B, W * pool * pool]
         net.add_fn(move |x| x.adaptive_avg_pool2d([pool, pool]).flatten(1, -1))
