@@ -305,6 +305,22 @@ fn rank_device(device_arg: &str, device: Device, env: &DistEnv) -> Result<Device
         .with_context(|| format!("LOCAL_RANK={}", env.local_rank))
 }
 
+/// A rank started by a launcher shares the machine with the others: its data pipeline
+/// (rayon) takes as many threads as libtorch, `OMP_NUM_THREADS` (which torchrun sets to 1
+/// and `selfsup launch` to cores / N), unless `RAYON_NUM_THREADS` says otherwise.
+fn follow_omp_num_threads() {
+    let omp = std::env::var("OMP_NUM_THREADS").ok();
+    if let Some(n) = omp.and_then(|v| v.trim().parse::<usize>().ok())
+        && n > 0
+        && std::env::var_os("RAYON_NUM_THREADS").is_none()
+    {
+        // Ignore the error if a pool already exists (only in tests).
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+}
+
 /// The forwarded arguments of `launch`, checked: a `pretrain` command.
 fn launch_args(cli: &Cli, command: &[String]) -> Result<Vec<String>> {
     let mut args = vec!["--device".to_string(), cli.device.clone()];
@@ -388,6 +404,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 Some(env) => rank_device(&cli.device, device, env)?,
                 None => device,
             };
+            if dist.is_some() && cli.threads.is_none() {
+                follow_omp_num_threads();
+            }
             let writer = dist.as_ref().is_none_or(|env| env.rank == 0);
             if writer {
                 // Fail at once when another process is training into `out`.

@@ -1,7 +1,7 @@
 //! `selfsup launch`: N ranks of one command on this machine, for users without torchrun.
 //! Each rank gets the variables torchrun would give it (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`,
 //! `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`) and, unless already set, a share of
-//! the cores (`OMP_NUM_THREADS` and `RAYON_NUM_THREADS` = cores / N). Rank 0 keeps the
+//! the cores, `OMP_NUM_THREADS` = cores / N (which a rank's data pipeline follows too). Rank 0 keeps the
 //! terminal (its progress bar); the others' output is forwarded line by line with a
 //! `[rank N]` prefix. When a rank fails, the others get a grace period to notice on their
 //! own (their collectives fail and name the lost rank), then are stopped.
@@ -22,7 +22,8 @@ const GRACE: Duration = Duration::from_secs(20);
 const TERM_WAIT: Duration = Duration::from_secs(5);
 
 /// The environment of rank `rank` of `nproc` on this machine, with the rendezvous at
-/// 127.0.0.1:`port`; `threads` per rank unless the caller's environment sets them.
+/// 127.0.0.1:`port`; `threads` per rank unless the caller's environment sets
+/// `OMP_NUM_THREADS`.
 pub fn rank_env(
     rank: usize,
     nproc: usize,
@@ -41,10 +42,8 @@ pub fn rank_env(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    for var in ["OMP_NUM_THREADS", "RAYON_NUM_THREADS"] {
-        if inherited(var).is_none() {
-            env.push((var.to_string(), threads.to_string()));
-        }
+    if inherited("OMP_NUM_THREADS").is_none() {
+        env.push(("OMP_NUM_THREADS".to_string(), threads.to_string()));
     }
     env
 }
@@ -233,14 +232,9 @@ mod tests {
         assert_eq!(get("MASTER_ADDR"), Some("127.0.0.1"));
         assert_eq!(get("MASTER_PORT"), Some("29400"));
         assert_eq!(get("OMP_NUM_THREADS"), Some("3"));
-        assert_eq!(get("RAYON_NUM_THREADS"), Some("3"));
-        // The caller's own thread settings win.
+        // The caller's own setting wins.
         let env = rank_env(0, 2, 1, 3, |k| (k == "OMP_NUM_THREADS").then(|| "8".into()));
         assert!(!env.iter().any(|(k, _)| k == "OMP_NUM_THREADS"));
-        assert!(
-            env.iter()
-                .any(|(k, v)| k == "RAYON_NUM_THREADS" && v == "3")
-        );
     }
 
     #[test]
