@@ -351,30 +351,21 @@ mod tests {
                 .fold(Tensor::zeros([], opts), |acc, l| acc + l)
                 / world as f64
         };
-        let grads = |loss: Tensor, leaves: &[&Tensor]| -> Vec<Tensor> {
-            Tensor::run_backward(&[loss], leaves, false, false)
+        // The same value and the same gradients for `leaves`.
+        let agree = |split: Tensor, whole: Tensor, leaves: &[&Tensor]| {
+            assert!((split.double_value(&[]) - whole.double_value(&[])).abs() < 1e-12);
+            let grads = |loss: Tensor| Tensor::run_backward(&[loss], leaves, false, false);
+            for (g, h) in grads(split).iter().zip(grads(whole)) {
+                assert!(g.allclose(&h, 1e-12, 1e-12, false), "{g} vs {h}");
+            }
         };
         let t = 0.4;
         let split = mean_over_ranks(&|r| {
             nt_xent_global(&slice(&a1, r), &slice(&a2, r), &a1, &a2, r * b, t)
         });
-        let whole = nt_xent(&a1, &a2, t);
-        assert!((split.double_value(&[]) - whole.double_value(&[])).abs() < 1e-12);
-        for (g, h) in grads(split, &[&a1, &a2])
-            .iter()
-            .zip(grads(whole, &[&a1, &a2]))
-        {
-            assert!(g.allclose(&h, 1e-12, 1e-12, false), "{g} vs {h}");
-        }
+        agree(split, nt_xent(&a1, &a2, t), &[&a1, &a2]);
         let split = mean_over_ranks(&|r| info_nce_global(&slice(&a1, r), &k, r * b, t));
-        let whole = info_nce_batch(&a1, &k, t);
-        assert!((split.double_value(&[]) - whole.double_value(&[])).abs() < 1e-12);
-        for (g, h) in grads(split, &[&a1, &k])
-            .iter()
-            .zip(grads(whole, &[&a1, &k]))
-        {
-            assert!(g.allclose(&h, 1e-12, 1e-12, false), "{g} vs {h}");
-        }
+        agree(split, info_nce_batch(&a1, &k, t), &[&a1, &k]);
     }
 
     #[test]

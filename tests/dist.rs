@@ -58,11 +58,7 @@ fn run_ranks(name: &str) -> Vec<Rank> {
 
 /// `run_ranks` with more variables for the children.
 fn run_ranks_with(name: &str, env: &[(&str, &str)]) -> Vec<Rank> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = selfsup::launch::free_port().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut children: Vec<_> = (0..2)
         .map(|rank| {
@@ -71,13 +67,7 @@ fn run_ranks_with(name: &str, env: &[(&str, &str)]) -> Vec<Rank> {
             let child = Command::new(std::env::current_exe().unwrap())
                 .args([name, "--exact", "--nocapture"])
                 .env(WORKER, "1")
-                .envs([("RANK", rank.to_string()), ("LOCAL_RANK", rank.to_string())])
-                .envs([
-                    ("WORLD_SIZE", "2"),
-                    ("MASTER_ADDR", "127.0.0.1"),
-                    ("OMP_NUM_THREADS", "1"),
-                ])
-                .env("MASTER_PORT", port.to_string())
+                .envs(selfsup::launch::rank_env(rank, 2, port, 1, |_| None))
                 .envs(env.iter().copied())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)

@@ -213,14 +213,7 @@ fn start_rank(
     .arg(run)
     .args(run_args(data, 50))
     .args(["--set", "checkpoint_every=1"])
-    .envs([("RANK", rank.to_string()), ("LOCAL_RANK", rank.to_string())])
-    .envs([
-        ("WORLD_SIZE", "2"),
-        ("MASTER_ADDR", "127.0.0.1"),
-        ("OMP_NUM_THREADS", "1"),
-    ])
-    .env("MASTER_PORT", port.to_string())
-    .env("RAYON_NUM_THREADS", "1")
+    .envs(selfsup::launch::rank_env(rank, 2, port, 1, |_| None))
     .env_remove(selfsup::faults::ENV)
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
