@@ -302,11 +302,13 @@ impl ProcessGroup {
     /// group broken and names the ranks whose heartbeat stopped, as the collectives here do.
     pub fn failure(&self, what: &str, cause: &str) -> anyhow::Error {
         let c = |s: &str| CString::new(s.replace('\0', " ")).expect("no NUL left");
-        let (what, cause) = (c(what), c(cause));
-        match check(unsafe { native::selfsup_pg_fail(self.raw, what.as_ptr(), cause.as_ptr()) }) {
-            Err(e) => e,
-            Ok(()) => anyhow!("{cause:?}"),
-        }
+        let (c_what, c_cause) = (c(what), c(cause));
+        // SAFETY: valid C strings for the call's duration; the shim always returns an error.
+        let result =
+            check(unsafe { native::selfsup_pg_fail(self.raw, c_what.as_ptr(), c_cause.as_ptr()) });
+        result
+            .err()
+            .unwrap_or_else(|| anyhow!("{what} failed on rank {}: {cause}", self.rank))
     }
 
     /// Tears the group down after a barrier, reporting what failed.

@@ -594,3 +594,22 @@ fn data_parallel_training_equals_one_process() {
         "sync_bn = false should differ from one process: {rel:.3e}"
     );
 }
+
+/// A collective that failed outside the shim (a backward's reduce-scatter) is reported with
+/// the same diagnosis as the shim's own failures.
+#[test]
+fn a_failure_outside_the_shim_names_the_lost_ranks_too() {
+    if let Some(pg) = worker_group(Duration::from_secs(20)) {
+        let e = pg.failure("the backward pass", "Connection closed by peer");
+        println!("RESULT {e}");
+        return; // the group is marked broken: no barrier at teardown
+    }
+    let ranks = run_ranks("a_failure_outside_the_shim_names_the_lost_ranks_too");
+    for (r, rank) in ranks.iter().enumerate() {
+        rank.assert_success(r);
+        let want = format!(
+            "the backward pass failed on rank {r}: Connection closed by peer; every rank's heartbeat is still alive"
+        );
+        assert!(rank.results()[0].starts_with(&want), "{:?}", rank.results());
+    }
+}
