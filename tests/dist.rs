@@ -7,7 +7,7 @@ use selfsup::data::loader::{Batch, Loader, ViewSpec, epoch_order};
 use selfsup::dist::{Backend, DistEnv, ProcessGroup};
 use selfsup::methods::{DataInfo, StepCtx};
 use selfsup::schedule::cosine_with_warmup;
-use selfsup::train::dist::{DataParallel, rank_order};
+use selfsup::train::data_parallel::{DataParallel, rank_order};
 use selfsup::train::optim::Optimizer;
 use selfsup::train::{Model, train_step};
 use std::os::unix::process::ExitStatusExt;

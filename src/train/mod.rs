@@ -2,7 +2,7 @@
 //! epoch and every `checkpoint_every`, and `--resume` from any of them (mid-epoch too).
 
 pub mod checkpoint;
-pub mod dist;
+pub mod data_parallel;
 pub mod lock;
 pub mod optim;
 pub mod run;
@@ -15,7 +15,7 @@ use crate::metrics::{self, Summary};
 use crate::{faults, schedule};
 use anyhow::{Context, Result, bail};
 use checkpoint::EpochSums;
-use dist::DataParallel;
+use data_parallel::DataParallel;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -128,7 +128,7 @@ pub struct TrainOptions {
     /// `DistEnv::from_env`); None: one process.
     pub dist: Option<DistEnv>,
     /// How long a collective waits for the other ranks before the run fails (default
-    /// `dist::DEFAULT_TIMEOUT`).
+    /// `data_parallel::DEFAULT_TIMEOUT`).
     pub dist_timeout: Option<Duration>,
 }
 
@@ -154,7 +154,10 @@ pub fn train_step(
     seed: u64,
 ) -> Result<f64> {
     let rank = model.dist.as_ref().map_or(0, DataParallel::rank);
-    tch::manual_seed(dist::rank_seed(checkpoint::step_seed(seed, ctx.step), rank));
+    tch::manual_seed(data_parallel::rank_seed(
+        checkpoint::step_seed(seed, ctx.step),
+        rank,
+    ));
     opt.zero_grad();
     let mut forward = || model.method.loss(&batch.images, &batch.labels, ctx);
     let loss = match &model.dist {
@@ -198,13 +201,13 @@ pub fn pretrain(
     let (resume, quiet) = (opts.resume, opts.quiet);
     let stop_at = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
     // Joined first: a rank that fails after this is seen by the others at once.
-    let timeout = opts.dist_timeout.unwrap_or(dist::DEFAULT_TIMEOUT);
+    let timeout = opts.dist_timeout.unwrap_or(data_parallel::DEFAULT_TIMEOUT);
     let dp = (opts.dist.as_ref())
         .map(|env| DataParallel::join(env, device, timeout, cfg.sync_bn))
         .transpose()?;
     let (rank, world) = dp.as_ref().map_or((0, 1), |d| (d.rank(), d.world_size()));
     let writer = rank == 0;
-    dist::check_batch(cfg.batch_size, world)?;
+    data_parallel::check_batch(cfg.batch_size, world)?;
     // Built first, so that a method refusing the data (colorization on grey images) leaves
     // no run folder behind.
     let mut model = Model::build(cfg, &data_info(ds), device)?;
@@ -306,7 +309,7 @@ pub fn pretrain(
     while epoch < stop_at {
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let order = epoch_order_from(train.len(), cfg, epoch, skip);
-        let order = dist::rank_order(&order, cfg.batch_size, world, rank);
+        let order = data_parallel::rank_order(&order, cfg.batch_size, world, rank);
         let spec = views.as_ref().map(|v| ViewSpec {
             views: v.clone(),
             seed: cfg.seed,
