@@ -323,7 +323,12 @@ fn follow_omp_num_threads() {
 
 /// The forwarded arguments of `launch`, checked: a `pretrain` command.
 fn launch_args(cli: &Cli, command: &[String]) -> Result<Vec<String>> {
-    let mut args = vec!["--device".to_string(), cli.device.clone()];
+    // The global options given to launch itself (--device's default, auto, goes without
+    // saying), so that the command after `--` may carry its own.
+    let mut args = Vec::new();
+    if cli.device != "auto" {
+        args.extend(["--device".to_string(), cli.device.clone()]);
+    }
     if let Some(n) = cli.threads {
         args.extend(["--threads".to_string(), n.to_string()]);
     }
