@@ -96,9 +96,9 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
         /// Data-parallel runs: how long a rank waits for the others in a collective before
-        /// the run fails naming the ranks it lost, e.g. 90s, 5m.
-        #[arg(long, value_name = "TIME", default_value = "5m", value_parser = parse_timeout)]
-        dist_timeout: Duration,
+        /// the run fails naming the ranks it lost, e.g. 90s, 10m (default: 5m).
+        #[arg(long, value_name = "TIME", value_parser = parse_timeout)]
+        dist_timeout: Option<Duration>,
     },
     /// Run `selfsup pretrain` data-parallel as N processes on this machine (torchrun's
     /// variables for each; rank 0 keeps the terminal, the others' output is prefixed).
@@ -452,7 +452,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 quiet,
                 stop_after_epochs: None,
                 dist,
-                dist_timeout: Some(dist_timeout),
+                dist_timeout,
             };
             let s = train::pretrain(&config, &ds, &out, &opts, device)?;
             if writer {

@@ -13,7 +13,8 @@ use std::rc::Rc;
 use std::time::Duration;
 use tch::{Device, Tensor, nn};
 
-/// How long a collective waits for the other ranks by default before the run fails.
+/// How long a collective waits for the other ranks by default before the run fails (the
+/// default of `pretrain --dist-timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// This process's part in a data-parallel run.
