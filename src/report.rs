@@ -189,7 +189,7 @@ pub fn write(
                 images.push((
                     segment::picture::FILE_NAME,
                     format!(
-                        "Segmentation of test images by {}: image, true mask, predicted masks (PASCAL VOC palette)",
+                        "Segmentation of test images by {}: image, true mask, and the masks each protocol predicted",
                         rec.label
                     ),
                 ));

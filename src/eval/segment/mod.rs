@@ -552,3 +552,104 @@ pub fn ensure(
     eprintln!("segmenting with {} ({})", subject.label, out.display());
     segment(subject, &ds, cfg, &missing, out, device, quiet)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SegHead;
+    use crate::data::Split;
+
+    /// 8x8 grey images with a bright 4x4 square in one quadrant (class 1 + quadrant), the
+    /// rest dark (class 0) but for the top-left pixel, which is ignored.
+    fn quadrants(n: usize, offset: usize) -> SegSplit {
+        let (mut images, mut masks) = (vec![20u8; n * 64], vec![0u8; n * 64]);
+        for i in 0..n {
+            let k = (i + offset) % 4;
+            let (r, c) = [(0, 0), (0, 4), (4, 0), (4, 4)][k];
+            for y in r..r + 4 {
+                for x in c..c + 4 {
+                    images[i * 64 + y * 8 + x] = 200 + (i % 50) as u8;
+                    masks[i * 64 + y * 8 + x] = 1 + k as u8;
+                }
+            }
+            masks[i * 64] = IGNORE;
+        }
+        SegSplit::new(Split::new(images, vec![-1; n], [1, 8, 8]).unwrap(), masks).unwrap()
+    }
+
+    fn toy() -> SegDataset {
+        SegDataset {
+            name: "quadrants".into(),
+            train: quadrants(128, 0),
+            test: quadrants(32, 1),
+            num_classes: 5,
+            class_names: crate::data::numbered_names(5),
+        }
+    }
+
+    fn encoder_vars(s: &Subject) -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> =
+            s.vs.variables()
+                .into_iter()
+                .map(|(k, t)| (k, t.copy()))
+                .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn both_protocols_learn_an_easy_task_and_only_finetuning_moves_the_encoder() {
+        let _rng = crate::torch_rng_lock();
+        let cfg = Config {
+            cnn_widths: vec![8, 16],
+            seg_head: SegHead::Fcn,
+            seg_epochs: 15,
+            seg_batch_size: 16,
+            seg_lr: 3e-2,
+            ..Config::default()
+        };
+        let ds = toy();
+        let subject = Subject::random(&cfg, 1, Device::Cpu);
+        let before = encoder_vars(&subject);
+        let frozen =
+            train_protocol(&subject, &ds, &cfg, Protocol::Frozen, Device::Cpu, true).unwrap();
+        let after = encoder_vars(&subject);
+        for ((k, a), (_, b)) in before.iter().zip(&after) {
+            assert!(a.equal(b), "{k} changed under the frozen protocol");
+        }
+        let tuned =
+            train_protocol(&subject, &ds, &cfg, Protocol::Finetune, Device::Cpu, true).unwrap();
+        let moved = before
+            .iter()
+            .zip(&encoder_vars(&subject))
+            .filter(|((_, a), (_, b))| !a.equal(b))
+            .count();
+        assert!(
+            moved > before.len() / 2,
+            "fine-tuning moved {moved} of {} variables",
+            before.len()
+        );
+        // The frozen random encoder's head gets most pixels (0.86 mIoU when written);
+        // fine-tuning gets them all (1.0).
+        for (t, min_iou) in [(&frozen, 0.75), (&tuned, 0.95)] {
+            let o = &t.outcome;
+            assert!(o.mean_iou > min_iou && o.pixel_accuracy > 0.9, "{o:?}");
+            assert_eq!(o.iou.len(), 5);
+            assert_eq!(t.shown.len(), SHOWN);
+            assert_eq!(t.shown[0].len(), 64);
+        }
+        assert_eq!(frozen.outcome.settings.encoder_lr_scale, None);
+        assert_eq!(tuned.outcome.settings.encoder_lr_scale, Some(0.1));
+        assert!(tuned.outcome.trainable_parameters > frozen.outcome.trainable_parameters);
+        // A batch larger than the training set is refused, naming the option.
+        let big = Config {
+            seg_batch_size: 500,
+            ..cfg
+        };
+        let e = train_protocol(&subject, &ds, &big, Protocol::Frozen, Device::Cpu, true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("seg_batch_size = 500"), "{e}");
+    }
+}

@@ -1,6 +1,9 @@
 //! `segmentation.png`: for the first few test images, one row each: the image, its true
-//! mask and the mask each protocol predicted, masks in PASCAL VOC's fixed palette (class 0,
-//! the background, black; 255, ignored, cream), with a legend of the class colours.
+//! mask and the mask each protocol predicted, with a legend of the class colours. Masks
+//! are drawn in a fixed palette: class 0 (the background) black, 255 (ignored) VOC's
+//! cream, the other classes in the colours of the embedding plots (tab10 for up to 10 of
+//! them, evenly spaced hues for more), which are brighter and further apart than VOC's
+//! own palette (whose dark reds and greens are hard to tell from each other and from black).
 
 use super::{Protocol, SHOWN};
 use crate::data::Split;
@@ -8,15 +11,28 @@ use crate::data::seg::{IGNORE, SegDataset, voc_colour};
 use crate::plots;
 use anyhow::Result;
 use image::{Rgb, RgbImage};
+use plotters::style::RGBColor;
 use std::path::Path;
 
 /// The picture's name in a run folder.
 pub const FILE_NAME: &str = "segmentation.png";
 
-/// A `side` x `side` mask of class indices in the VOC palette.
-pub fn colour_mask(mask: &[u8], side: u32) -> RgbImage {
+/// The colour of class `c` of `num_classes` (background 0 included).
+pub fn class_colour(c: u8, num_classes: usize) -> [u8; 3] {
+    match c {
+        0 => [0, 0, 0],
+        IGNORE => voc_colour(IGNORE),
+        c => {
+            let RGBColor(r, g, b) = plots::class_colour(c as i64 - 1, num_classes.max(2) - 1);
+            [r, g, b]
+        }
+    }
+}
+
+/// A `side` x `side` mask of class indices in the palette of `num_classes` classes.
+pub fn colour_mask(mask: &[u8], side: u32, num_classes: usize) -> RgbImage {
     RgbImage::from_fn(side, side, |x, y| {
-        Rgb(voc_colour(mask[(y * side + x) as usize]))
+        Rgb(class_colour(mask[(y * side + x) as usize], num_classes))
     })
 }
 
@@ -42,16 +58,17 @@ pub fn write(
 ) -> Result<()> {
     let side = ds.test.images.shape[2] as u32;
     let n = SHOWN.min(ds.test.len());
+    let k = ds.num_classes;
     let rows: Vec<Vec<RgbImage>> = (0..n)
         .map(|i| {
             let mut row = vec![
                 rgb_image(&ds.test.images, i),
-                colour_mask(ds.test.mask(i), side),
+                colour_mask(ds.test.mask(i), side, k),
             ];
             row.extend(
                 columns
                     .iter()
-                    .map(|(_, shown)| colour_mask(&shown[i], side)),
+                    .map(|(_, shown)| colour_mask(&shown[i], side, k)),
             );
             row
         })
@@ -62,7 +79,7 @@ pub fn write(
         .class_names
         .iter()
         .enumerate()
-        .map(|(c, name)| (name.clone(), voc_colour(c as u8)))
+        .map(|(c, name)| (name.clone(), class_colour(c as u8, k)))
         .collect();
     if (0..n).any(|i| ds.test.mask(i).contains(&IGNORE)) {
         legend.push(("ignored".to_string(), voc_colour(IGNORE)));
@@ -102,10 +119,13 @@ mod tests {
                 .0
         };
         assert_eq!(cell(0, 0, 0, 0), [100, 100, 100]);
-        assert_eq!(cell(0, 1, 0, 0), voc_colour(1));
-        assert_eq!(cell(0, 1, 3, 0), voc_colour(2));
+        let (a, b) = (class_colour(1, 3), class_colour(2, 3));
+        assert_eq!(a, [31, 119, 180], "tab10 blue for the first class");
+        assert_ne!(a, b);
+        assert_eq!(cell(0, 1, 0, 0), a);
+        assert_eq!(cell(0, 1, 3, 0), b);
         assert_eq!(cell(0, 1, 1, 1), voc_colour(IGNORE));
-        assert_eq!(cell(0, 2, 2, 2), voc_colour(0));
-        assert_eq!(cell(1, 2, 0, 3), voc_colour(2));
+        assert_eq!(cell(0, 2, 2, 2), [0, 0, 0]);
+        assert_eq!(cell(1, 2, 0, 3), b);
     }
 }
