@@ -73,6 +73,32 @@ fn tiny_mnist_in_temp_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     (tmp, data)
 }
 
+/// Pretrains the tiny autoencoder for `epochs` on `root/data` (from
+/// `tiny_mnist_in_temp_dir`) into `root/run`, which it returns.
+fn tiny_autoencoder_run(root: &Path, epochs: usize) -> std::path::PathBuf {
+    let run = root.join("run");
+    let data_arg = format!("data=\"mnist:{}\"", root.join("data").display());
+    let epochs = format!("epochs={epochs}");
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "pretrain",
+        "--quiet",
+        "--method",
+        "autoencoder",
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        &data_arg,
+        "--set",
+        &epochs,
+    ];
+    args.extend(TINY_NET);
+    let o = selfsup(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    run
+}
+
 #[test]
 fn pretrain_then_eval_on_a_tiny_folder() {
     let (tmp, data) = tiny_mnist_in_temp_dir();
@@ -627,26 +653,8 @@ fn compare_trains_methods_and_adds_the_three_baselines() {
 
 #[test]
 fn report_writes_metrics_plots_and_a_page_into_the_run() {
-    let (tmp, data) = tiny_mnist_in_temp_dir();
-    let run = tmp.path().join("run");
-    let data_arg = format!("data=\"mnist:{}\"", data.display());
-    let mut args = vec![
-        "--device",
-        "cpu",
-        "pretrain",
-        "--quiet",
-        "--method",
-        "autoencoder",
-        "--out",
-        run.to_str().unwrap(),
-        "--set",
-        &data_arg,
-        "--set",
-        "epochs=2",
-    ];
-    args.extend(TINY_NET);
-    let o = selfsup(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (tmp, _) = tiny_mnist_in_temp_dir();
+    let run = tiny_autoencoder_run(tmp.path(), 2);
     // Pretraining draws the loss curve itself.
     assert!(run.join("loss.png").is_file());
     std::fs::remove_file(run.join("loss.png")).unwrap();
@@ -720,25 +728,7 @@ fn report_writes_metrics_plots_and_a_page_into_the_run() {
 #[test]
 fn segment_a_run_and_a_random_encoder_then_report_and_compare_them() {
     let (tmp, data) = tiny_mnist_in_temp_dir();
-    let run = tmp.path().join("run");
-    let data_arg = format!("data=\"mnist:{}\"", data.display());
-    let mut args = vec![
-        "--device",
-        "cpu",
-        "pretrain",
-        "--quiet",
-        "--method",
-        "autoencoder",
-        "--out",
-        run.to_str().unwrap(),
-        "--set",
-        &data_arg,
-        "--set",
-        "epochs=1",
-    ];
-    args.extend(TINY_NET);
-    let o = selfsup(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let run = tiny_autoencoder_run(tmp.path(), 1);
 
     // Scenes of the tiny 8x8 "garments" on a 16x16 canvas.
     let scenes = format!("fashion-scenes:{}", data.display());
