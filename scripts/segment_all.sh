@@ -11,7 +11,7 @@ B=${SELFSUP:-./target/release/selfsup}
 L=${SELFSUP_LOCK:+flock $SELFSUP_LOCK}
 O=runs/seg
 BUDGET="--set epochs=3 --set train_subset=20000"
-SEG="--set seg_image_size=56 --set seg_train_scenes=4000 --set seg_test_scenes=1000 --set seg_epochs=3"
+SEG="--set seg_image_size=56 --set seg_train_scenes=2000 --set seg_test_scenes=1000 --set seg_frozen_epochs=20 --set seg_finetune_epochs=4"
 METHODS="supervised autoencoder context-encoder rotation simclr moco-v2 byol"
 mkdir -p $O
 for m in $METHODS; do

@@ -169,7 +169,7 @@ pub enum Command {
         /// fashion-scenes:DIR, seg-folder:DIR (images/ and masks/, or PASCAL VOC).
         #[arg(long, value_name = "KIND:PATH")]
         seg_data: Option<String>,
-        /// Config for a baseline, or eval-key overrides (seg_epochs, seg_head, ...) for a run.
+        /// Config for a baseline, or eval-key overrides (seg_frozen_epochs, seg_head, ...) for a run.
         #[command(flatten)]
         cfg: ConfigArgs,
         /// Folder for segment.json and segmentation.png (default: the run folder).

@@ -154,8 +154,10 @@ pub struct Config {
     /// upsampled bilinearly) or `fcn` (one such scoring layer on every stage's map, their
     /// upsampled logits summed, as FCN-8s).
     pub seg_head: SegHead,
-    /// Segmentation training: epochs, batch size, AdamW learning rate and weight decay.
-    pub seg_epochs: usize,
+    /// Segmentation training: epochs of the frozen protocol (over features extracted once,
+    /// so they are cheap) and of fine-tuning, batch size, AdamW learning rate and decay.
+    pub seg_frozen_epochs: usize,
+    pub seg_finetune_epochs: usize,
     pub seg_batch_size: usize,
     pub seg_lr: f64,
     pub seg_weight_decay: f64,
@@ -235,9 +237,10 @@ impl Default for Config {
             seg_train_scenes: 10_000,
             seg_test_scenes: 2_000,
             seg_head: SegHead::Linear,
-            seg_epochs: 5,
+            seg_frozen_epochs: 20,
+            seg_finetune_epochs: 5,
             seg_batch_size: 64,
-            seg_lr: 3e-3,
+            seg_lr: 1e-2,
             seg_weight_decay: 1e-4,
             seg_encoder_lr_scale: 0.1,
         }
@@ -382,7 +385,8 @@ pub const EVAL_KEYS: &[&str] = &[
     "seg_train_scenes",
     "seg_test_scenes",
     "seg_head",
-    "seg_epochs",
+    "seg_frozen_epochs",
+    "seg_finetune_epochs",
     "seg_batch_size",
     "seg_lr",
     "seg_weight_decay",
@@ -589,7 +593,8 @@ impl Config {
         in_range("seg_image_size", self.seg_image_size, 8..=1024)?;
         at_least("seg_train_scenes", self.seg_train_scenes, 1)?;
         at_least("seg_test_scenes", self.seg_test_scenes, 1)?;
-        at_least("seg_epochs", self.seg_epochs, 1)?;
+        at_least("seg_frozen_epochs", self.seg_frozen_epochs, 1)?;
+        at_least("seg_finetune_epochs", self.seg_finetune_epochs, 1)?;
         at_least("seg_batch_size", self.seg_batch_size, 1)?;
         positive("seg_lr", self.seg_lr)?;
         non_negative("seg_weight_decay", self.seg_weight_decay)?;

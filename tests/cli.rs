@@ -740,7 +740,9 @@ fn segment_a_run_and_a_random_encoder_then_report_and_compare_them() {
         "--set",
         "seg_test_scenes=16",
         "--set",
-        "seg_epochs=2",
+        "seg_frozen_epochs=2",
+        "--set",
+        "seg_finetune_epochs=2",
         "--set",
         "seg_batch_size=16",
     ];

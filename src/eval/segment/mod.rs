@@ -22,16 +22,19 @@
 //! for 64x64 images with 8x8 patches at stride 4), upsampled like any other.
 //!
 //! Training: AdamW (`seg_lr`, `seg_weight_decay`), a linear warm-up over the first tenth
-//! of the steps then a cosine decay, `seg_epochs` passes over the training images in a
-//! seeded order, batches of `seg_batch_size`, cross-entropy per pixel with 255 ignored. No
-//! augmentation. The results go to `segment.json` and `segmentation.png` in the run folder.
+//! of the steps then a cosine decay, passes over the training images in a seeded order
+//! (`seg_frozen_epochs` of them frozen, `seg_finetune_epochs` fine-tuning), batches of
+//! `seg_batch_size`, cross-entropy per pixel with 255 ignored. No augmentation. The frozen
+//! protocol extracts the maps its head reads once (as the linear probe extracts its
+//! features once) and keeps them in half precision when they fit in `FROZEN_CACHE_BYTES`,
+//! so that its many epochs cost little more than one pass of the encoder. The results go to `segment.json` and `segmentation.png` in the run folder.
 
 pub mod confusion;
 pub mod picture;
 
-use crate::config::{Config, OptimizerKind};
+use crate::config::{Config, OptimizerKind, SegHead};
 use crate::data::seg::{self, IGNORE, SegDataset, SegSplit};
-use crate::data::{Loader, epoch_order};
+use crate::data::{Loader, Split, epoch_order};
 use crate::losses;
 use crate::nets::{self, Encoder, EncoderInput};
 use crate::schedule::cosine_with_warmup;
@@ -111,7 +114,10 @@ impl Settings {
             train_scenes: cfg.seg_train_scenes,
             test_scenes: cfg.seg_test_scenes,
             head: cfg.seg_head.to_string(),
-            epochs: cfg.seg_epochs,
+            epochs: match protocol {
+                Protocol::Frozen => cfg.seg_frozen_epochs,
+                Protocol::Finetune => cfg.seg_finetune_epochs,
+            },
             batch_size: cfg.seg_batch_size,
             lr: cfg.seg_lr,
             weight_decay: cfg.seg_weight_decay,
@@ -168,45 +174,80 @@ impl Record {
 
 /// The scoring layers: for each map used, BatchNorm then a 1x1 convolution to the classes.
 struct Head {
-    scorers: Vec<(usize, nn::BatchNorm, nn::Conv2D)>,
+    /// The indices of the maps it scores.
+    used: Vec<usize>,
+    scorers: Vec<(nn::BatchNorm, nn::Conv2D)>,
 }
 
 impl Head {
     /// A head for maps of `channels` (finest first): on the last only (`linear`) or on all (`fcn`).
-    fn new(p: &nn::Path, channels: &[i64], num_classes: i64, kind: crate::config::SegHead) -> Head {
+    fn new(p: &nn::Path, channels: &[i64], num_classes: i64, kind: SegHead) -> Head {
         let used: Vec<usize> = match kind {
-            crate::config::SegHead::Linear => vec![channels.len() - 1],
-            crate::config::SegHead::Fcn => (0..channels.len()).collect(),
+            SegHead::Linear => vec![channels.len() - 1],
+            SegHead::Fcn => (0..channels.len()).collect(),
         };
         let scorers = used
-            .into_iter()
-            .map(|i| {
+            .iter()
+            .map(|&i| {
                 let q = p / format!("map{i}");
-                let bn = nn::batch_norm2d(&q / "bn", channels[i], Default::default());
-                let conv = nn::conv2d(
-                    &q / "score",
-                    channels[i],
-                    num_classes,
-                    1,
-                    Default::default(),
-                );
-                (i, bn, conv)
+                let c = channels[i];
+                let bn = nn::batch_norm2d(&q / "bn", c, Default::default());
+                let conv = nn::conv2d(&q / "score", c, num_classes, 1, Default::default());
+                (bn, conv)
             })
             .collect();
-        Head { scorers }
+        Head { used, scorers }
     }
 
-    /// Logits `[B, K, h, w]`: the maps' scores upsampled bilinearly to `size` and summed.
-    fn forward_t(&self, maps: &[Tensor], size: [i64; 2], train: bool) -> Tensor {
-        let mut scores = self.scorers.iter().map(|(i, bn, conv)| {
-            maps[*i]
-                .apply_t(bn, train)
+    /// The maps it scores, of all the encoder's `maps`.
+    fn pick(&self, maps: Vec<Tensor>) -> Vec<Tensor> {
+        self.used.iter().map(|&i| maps[i].shallow_clone()).collect()
+    }
+
+    /// Logits `[B, K, H, W]` from the `pick`ed maps: their scores upsampled bilinearly to
+    /// `size` and summed.
+    fn forward_t(&self, picked: &[Tensor], size: [i64; 2], train: bool) -> Tensor {
+        let mut scores = self.scorers.iter().zip(picked).map(|((bn, conv), m)| {
+            m.apply_t(bn, train)
                 .apply(conv) // [B, K, h_i, w_i]
                 .upsample_bilinear2d(size, false, None, None)
         });
         let first = scores.next().expect("a head scores at least one map");
         scores.fold(first, |acc, s| acc + s)
     }
+}
+
+/// The frozen protocol extracts the maps its head uses once, and keeps them in half
+/// precision, when they take at most this many bytes (else it runs the encoder every epoch).
+pub const FROZEN_CACHE_BYTES: i64 = 1 << 30;
+
+/// The maps `head` uses of every image of `split`, in order, from `encoder` in evaluation
+/// mode, in half precision: one `[N, C_i, h_i, w_i]` tensor per map; None when they would
+/// take more than `limit` bytes.
+fn frozen_maps(
+    encoder: &Encoder,
+    head: &Head,
+    split: &Arc<Split>,
+    batch: usize,
+    limit: i64,
+    device: Device,
+) -> Option<Vec<Tensor>> {
+    let maps = |x: &Tensor| tch::no_grad(|| head.pick(encoder.feature_maps(x, false)));
+    let one = Loader::new(split.clone(), vec![0], 1, false, 1, device).next()?;
+    let per_image: i64 = maps(&one.images).iter().map(|m| m.numel() as i64).sum();
+    if 2 * per_image * split.len() as i64 > limit {
+        return None;
+    }
+    let order: Vec<usize> = (0..split.len()).collect();
+    let mut parts: Vec<Vec<Tensor>> = Vec::new();
+    for b in Loader::new(split.clone(), order, batch, false, 2, device) {
+        let m = maps(&b.images);
+        parts.resize_with(m.len(), Vec::new);
+        for (p, t) in parts.iter_mut().zip(m) {
+            p.push(t.to_kind(Kind::Half));
+        }
+    }
+    Some(parts.iter().map(|p| Tensor::cat(p, 0)).collect())
 }
 
 /// An encoder to segment with: the variables it lives in and the network as its
@@ -338,20 +379,43 @@ pub fn train_protocol(
             ds.name
         );
     }
-    let total = spe * cfg.seg_epochs;
+    let epochs = if finetune {
+        cfg.seg_finetune_epochs
+    } else {
+        cfg.seg_frozen_epochs
+    };
+    let total = spe * epochs;
     let warmup = total / 10;
     let t0 = Instant::now();
+    let cache = if finetune {
+        None
+    } else {
+        frozen_maps(
+            encoder,
+            &head,
+            &train,
+            cfg.seg_batch_size,
+            FROZEN_CACHE_BYTES,
+            device,
+        )
+    };
     let (mut step, mut final_loss) = (0usize, f64::NAN);
-    for epoch in 0..cfg.seg_epochs {
+    for epoch in 0..epochs {
         let order = epoch_order(n, cfg.seed, epoch);
         let (mut sum, mut count) = (0f64, 0usize);
         let t_epoch = Instant::now();
         for batch in Loader::new(train.clone(), order, cfg.seg_batch_size, true, 2, device) {
             let masks = mask_batch(&ds.train, &batch.indices, device); // [B, H, W]
-            let maps = if finetune {
-                encoder.feature_maps(&batch.images, true)
-            } else {
-                tch::no_grad(|| encoder.feature_maps(&batch.images, false))
+            let maps = match &cache {
+                Some(c) => {
+                    let idx: Vec<i64> = batch.indices.iter().map(|&i| i as i64).collect();
+                    let idx = Tensor::from_slice(&idx).to_device(device);
+                    c.iter()
+                        .map(|m| m.index_select(0, &idx).to_kind(Kind::Float))
+                        .collect()
+                }
+                None if finetune => head.pick(encoder.feature_maps(&batch.images, true)),
+                None => tch::no_grad(|| head.pick(encoder.feature_maps(&batch.images, false))),
             };
             let logits = head.forward_t(&maps, size, true); // [B, K, H, W]
             let loss = losses::pixel_cross_entropy(&logits, &masks, IGNORE as i64);
@@ -377,7 +441,7 @@ pub fn train_protocol(
                 "  {} epoch {}/{}: loss {final_loss:.4}, {:.1}s",
                 protocol.as_str(),
                 epoch + 1,
-                cfg.seg_epochs,
+                epochs,
                 t_epoch.elapsed().as_secs_f64()
             );
         }
@@ -392,7 +456,7 @@ pub fn train_protocol(
     tch::no_grad(|| -> Result<()> {
         for batch in Loader::new(test, order, cfg.seg_batch_size, false, 2, device) {
             let masks = mask_batch(&ds.test, &batch.indices, device);
-            let maps = encoder.feature_maps(&batch.images, false);
+            let maps = head.pick(encoder.feature_maps(&batch.images, false));
             let predicted = head.forward_t(&maps, size, false).argmax(1, false); // [B, H, W]
             confusion.add(&predicted, &masks)?;
             for (j, &i) in batch.indices.iter().enumerate() {
@@ -603,7 +667,8 @@ mod tests {
         let cfg = Config {
             cnn_widths: vec![8, 16],
             seg_head: SegHead::Fcn,
-            seg_epochs: 15,
+            seg_frozen_epochs: 15,
+            seg_finetune_epochs: 15,
             seg_batch_size: 16,
             seg_lr: 3e-2,
             ..Config::default()
@@ -651,5 +716,55 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("seg_batch_size = 500"), "{e}");
+    }
+
+    #[test]
+    fn frozen_maps_are_the_live_maps_in_half_precision_when_they_fit() {
+        let _rng = crate::torch_rng_lock();
+        let cfg = Config {
+            cnn_widths: vec![4, 8],
+            ..Config::default()
+        };
+        let subject = Subject::random(&cfg, 1, Device::Cpu);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let head = Head::new(&vs.root(), &[4, 8], 5, SegHead::Fcn);
+        let ds = toy();
+        let split = Arc::new(ds.test.images.clone());
+        // 32 images of 4x8x8 + 8x4x4 halves: 32 * 384 * 2 bytes.
+        let cached = frozen_maps(
+            &subject.encoder,
+            &head,
+            &split,
+            5,
+            32 * 384 * 2,
+            Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(cached[0].size(), vec![32, 4, 8, 8]);
+        assert_eq!(cached[1].size(), vec![32, 8, 4, 4]);
+        assert_eq!(cached[1].kind(), Kind::Half);
+        let x = Tensor::from_slice(split.image(7))
+            .view([1, 1, 8, 8])
+            .to_kind(Kind::Float)
+            / 255.0;
+        let live = tch::no_grad(|| subject.encoder.feature_maps(&x, false));
+        for (c, l) in cached.iter().zip(&live) {
+            assert!(
+                c.get(7)
+                    .to_kind(Kind::Float)
+                    .allclose(&l.get(0), 1e-2, 1e-3, false)
+            );
+        }
+        assert!(
+            frozen_maps(
+                &subject.encoder,
+                &head,
+                &split,
+                5,
+                32 * 384 * 2 - 1,
+                Device::Cpu
+            )
+            .is_none()
+        );
     }
 }
