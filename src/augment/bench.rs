@@ -1,4 +1,4 @@
-//! Augmentation throughput: two SimCLR views per image, at given sizes and thread counts,
+//! Augmentation throughput: two SimCLR views per image, at given shapes and thread counts,
 //! next to the same pipeline in torchvision (scripts/bench_augment_torchvision.py).
 
 use super::{Image, Op, Pipeline, Views};
@@ -35,16 +35,39 @@ pub fn simclr_pipeline(size: usize) -> Pipeline {
     }
 }
 
+/// Random images of `channels` x `size` x `size`: the script's `CxS` shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shape {
+    pub channels: usize,
+    pub size: usize,
+}
+
+impl Shape {
+    /// The script's spelling, e.g. `1x28`.
+    pub fn arg(&self) -> String {
+        format!("{}x{}", self.channels, self.size)
+    }
+}
+
+/// One measurement: images per second (each giving two views) of `shape` on `threads`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Row {
+    pub shape: Shape,
+    pub threads: usize,
+    pub images_per_sec: f64,
+}
+
 /// Images per second (each giving two views) of the selfsup pipeline on `threads` threads.
-pub fn selfsup_throughput(size: usize, images: usize, threads: usize) -> Result<f64> {
+pub fn selfsup_throughput(shape: Shape, images: usize, threads: usize) -> Result<f64> {
+    let Shape { channels, size } = shape;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let imgs: Vec<Image> = (0..images)
         .map(|_| {
             Image::new(
-                3,
+                channels,
                 size,
                 size,
-                (0..3 * size * size).map(|_| rng.random()).collect(),
+                (0..channels * size * size).map(|_| rng.random()).collect(),
             )
         })
         .collect();
@@ -69,22 +92,22 @@ pub fn selfsup_throughput(size: usize, images: usize, threads: usize) -> Result<
     Ok(images as f64 / secs)
 }
 
-/// Runs the torchvision script with `python`; returns (size, threads) -> images/s.
+/// Runs the torchvision script with `python`: one row per (shape, threads).
 pub fn torchvision_throughput(
     python: &Path,
     script: &Path,
     images: usize,
     threads: &[usize],
-    sizes: &[usize],
-) -> Result<Vec<(usize, usize, f64)>> {
+    shapes: &[Shape],
+) -> Result<Vec<Row>> {
     let out = std::process::Command::new(python)
         .arg(script)
         .arg("--images")
         .arg(images.to_string())
         .arg("--threads")
         .args(threads.iter().map(|t| t.to_string()))
-        .arg("--sizes")
-        .args(sizes.iter().map(|s| s.to_string()))
+        .arg("--shapes")
+        .args(shapes.iter().map(Shape::arg))
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
     if !out.status.success() {
@@ -103,11 +126,14 @@ pub fn torchvision_throughput(
             v[k].as_f64()
                 .with_context(|| format!("no '{k}' in '{line}'"))
         };
-        rows.push((
-            get("size")? as usize,
-            get("threads")? as usize,
-            get("images_per_sec")?,
-        ));
+        rows.push(Row {
+            shape: Shape {
+                channels: get("channels")? as usize,
+                size: get("size")? as usize,
+            },
+            threads: get("threads")? as usize,
+            images_per_sec: get("images_per_sec")?,
+        });
     }
     Ok(rows)
 }
