@@ -36,8 +36,17 @@ impl Image {
     }
 }
 
+/// Rounds to nearest, halves away from zero, and saturates: `v.round().clamp(0, 255)`
+/// without `f32::round`, which baseline x86-64 (no SSE4.1) compiles to a `roundf` call per
+/// value, a sixth of the benchmark's time. On [0, 255] the fraction `v - trunc(v)` is exact,
+/// so comparing it with 0.5 rounds as `round` does; this form also vectorises. NaN gives 0.
 fn to_u8(v: f32) -> u8 {
-    v.round().clamp(0.0, 255.0) as u8
+    // max/min (unlike clamp) turn NaN into 0
+    let v = v.max(0.0).min(255.0);
+    // SAFETY: v is finite and in [0, 255], so it fits an i32. This cast, unlike `as`, has
+    // no saturation and NaN checks, which kept the compiler from vectorising it.
+    let t = unsafe { v.to_int_unchecked::<i32>() };
+    (t + (v - t as f32 >= 0.5) as i32) as u8
 }
 
 /// A crop rectangle in pixels.
@@ -250,6 +259,9 @@ pub fn solarize(img: &Image, threshold: u8) -> Image {
 }
 
 #[cfg(test)]
+mod reference;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -370,5 +382,25 @@ mod tests {
         assert_eq!(b.at(0, 2, 2), to_u8(255.0 * w0 * w0));
         assert_eq!(b.at(0, 2, 3), to_u8(255.0 * w0 * w0 * (-0.5f32).exp()));
         assert_eq!(b.at(0, 0, 0), 0);
+    }
+
+    #[test]
+    fn to_u8_rounds_like_round_then_clamp() {
+        let mut values = vec![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -1e30,
+            1e30,
+            -0.0,
+        ];
+        // every multiple of 1/8 (so every .5 tie) from -64 to 260, and its float neighbours
+        for k in -512..=260 * 8 {
+            let v = k as f32 / 8.0;
+            values.extend([v, v.next_up(), v.next_down()]);
+        }
+        for v in values {
+            assert_eq!(to_u8(v), reference::to_u8(v), "{v}");
+        }
     }
 }
