@@ -1,10 +1,46 @@
 //! The straightforward float implementations the fast ops in `ops` replaced, kept for the
 //! tests to compare against: every pixel computed on its own, in f32, from the formulas.
 
-use super::Image;
+use super::{CropBox, Image};
 
 pub fn to_u8(v: f32) -> u8 {
     v.round().clamp(0.0, 255.0) as u8
+}
+
+pub fn resized_crop(img: &Image, b: CropBox, out_h: usize, out_w: usize) -> Image {
+    let (sy, sx) = (
+        b.height as f32 / out_h as f32,
+        b.width as f32 / out_w as f32,
+    );
+    let taps = |n_out: usize, scale: f32, n_in: usize, offset: usize| -> Vec<(usize, usize, f32)> {
+        (0..n_out)
+            .map(|o| {
+                let s = ((o as f32 + 0.5) * scale - 0.5).clamp(0.0, (n_in - 1) as f32);
+                let i0 = s.floor() as usize;
+                let i1 = (i0 + 1).min(n_in - 1);
+                (offset + i0, offset + i1, s - i0 as f32)
+            })
+            .collect()
+    };
+    let ys = taps(out_h, sy, b.height, b.top);
+    let xs = taps(out_w, sx, b.width, b.left);
+    let mut data = Vec::with_capacity(img.c * out_h * out_w);
+    for c in 0..img.c {
+        for &(y0, y1, wy) in &ys {
+            for &(x0, x1, wx) in &xs {
+                let p = |y, x| img.at(c, y, x) as f32;
+                let top = p(y0, x0) * (1.0 - wx) + p(y0, x1) * wx;
+                let bot = p(y1, x0) * (1.0 - wx) + p(y1, x1) * wx;
+                data.push(to_u8(top * (1.0 - wy) + bot * wy));
+            }
+        }
+    }
+    Image {
+        c: img.c,
+        h: out_h,
+        w: out_w,
+        data,
+    }
 }
 
 pub fn gaussian_blur(img: &Image, kernel: usize, sigma: f32) -> Image {
