@@ -27,15 +27,11 @@ impl Image {
     fn plane(&self) -> usize {
         self.h * self.w
     }
-    fn map_f32(&self, f: impl Fn(usize, usize, f32) -> f32) -> Image {
-        let plane = self.h * self.w;
-        let data = self
-            .data
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| to_u8(f(i / plane, i % plane, v as f32)))
-            .collect();
-        Image { data, ..*self }
+    /// The R, G and B planes `[H*W]` of a 3-channel image.
+    fn rgb(&self) -> [&[u8]; 3] {
+        debug_assert_eq!(self.c, 3);
+        let p = self.plane();
+        [0, 1, 2].map(|c| &self.data[c * p..(c + 1) * p])
     }
 }
 
@@ -50,6 +46,16 @@ fn to_u8(v: f32) -> u8 {
     // no saturation and NaN checks, which kept the compiler from vectorising it.
     let t = unsafe { v.to_int_unchecked::<i32>() };
     (t + (v - t as f32 >= 0.5) as i32) as u8
+}
+
+/// A per-value op through a table: the result depends only on the u8 value, so `f` runs 256
+/// times instead of once per value, and the pass over the image is one lookup per value.
+fn map_values(img: &Image, f: impl Fn(f32) -> f32) -> Image {
+    let lut: [u8; 256] = std::array::from_fn(|v| to_u8(f(v as f32)));
+    Image {
+        data: img.data.iter().map(|&v| lut[v as usize]).collect(),
+        ..*img
+    }
 }
 
 /// A crop rectangle in pixels.
@@ -126,19 +132,35 @@ pub fn hflip(img: &Image) -> Image {
     Image { data, ..*img }
 }
 
-/// Luma as torchvision's rgb_to_grayscale: 0.2989 R + 0.587 G + 0.114 B, per pixel `[H*W]`.
+/// torchvision's rgb_to_grayscale weights for R, G, B.
+const LUMA: [f32; 3] = [0.2989, 0.587, 0.114];
+
+/// Luma per pixel `[H*W]` of a 3-channel image.
 fn luma(img: &Image) -> Vec<f32> {
-    let plane = img.h * img.w;
-    if img.c != 3 {
-        return img.data[..plane].iter().map(|&v| v as f32).collect();
-    }
-    (0..plane)
-        .map(|i| {
-            0.2989 * img.data[i] as f32
-                + 0.587 * img.data[plane + i] as f32
-                + 0.114 * img.data[2 * plane + i] as f32
-        })
+    let [r, g, b] = img.rgb();
+    r.iter()
+        .zip(g)
+        .zip(b)
+        .map(|((&r, &g), &b)| LUMA[0] * r as f32 + LUMA[1] * g as f32 + LUMA[2] * b as f32)
         .collect()
+}
+
+/// Mean luma of the image (the plane itself for gray), from exact integer sums per channel:
+/// cheaper than summing per-pixel lumas, and without the drift of a long f32 running sum.
+fn mean_luma(img: &Image) -> f32 {
+    let p = img.plane();
+    let sum = |c: usize| {
+        img.data[c * p..(c + 1) * p]
+            .iter()
+            .map(|&v| v as u64)
+            .sum::<u64>()
+    };
+    let total = if img.c == 3 {
+        (0..3).map(|c| LUMA[c] as f64 * sum(c) as f64).sum()
+    } else {
+        sum(0) as f64
+    };
+    (total / p as f64) as f32
 }
 
 /// Gray version with the same number of channels; a 1-channel image is returned unchanged.
@@ -147,19 +169,24 @@ pub fn grayscale(img: &Image) -> Image {
         return img.clone();
     }
     let l = luma(img);
-    img.map_f32(|_, i, _| l[i])
+    let mut data = vec![0u8; img.data.len()];
+    for out in data.chunks_exact_mut(img.plane()) {
+        for (o, &l) in out.iter_mut().zip(&l) {
+            *o = to_u8(l);
+        }
+    }
+    Image { data, ..*img }
 }
 
 /// Multiplies every pixel by `factor` (blend with black).
 pub fn adjust_brightness(img: &Image, factor: f32) -> Image {
-    img.map_f32(|_, _, v| v * factor)
+    map_values(img, |v| v * factor)
 }
 
 /// Blends with the mean luma of the image: factor 0 gives a flat gray image.
 pub fn adjust_contrast(img: &Image, factor: f32) -> Image {
-    let l = luma(img);
-    let mean = l.iter().sum::<f32>() / l.len() as f32;
-    img.map_f32(|_, _, v| factor * v + (1.0 - factor) * mean)
+    let mean = mean_luma(img);
+    map_values(img, |v| factor * v + (1.0 - factor) * mean)
 }
 
 /// Blends with the grayscale image: factor 0 gives gray, 1 the original. No-op on gray input.
@@ -167,8 +194,18 @@ pub fn adjust_saturation(img: &Image, factor: f32) -> Image {
     if img.c != 3 {
         return img.clone();
     }
-    let l = luma(img);
-    img.map_f32(|_, i, v| factor * v + (1.0 - factor) * l[i])
+    // (1 - factor) * luma per pixel, shared by the three channels
+    let gray: Vec<f32> = luma(img).iter().map(|l| (1.0 - factor) * l).collect();
+    let mut data = vec![0u8; img.data.len()];
+    for (out, src) in data
+        .chunks_exact_mut(img.plane())
+        .zip(img.data.chunks_exact(img.plane()))
+    {
+        for ((o, &v), &g) in out.iter_mut().zip(src).zip(&gray) {
+            *o = to_u8(factor * v as f32 + g);
+        }
+    }
+    Image { data, ..*img }
 }
 
 /// Rotates the hue by `shift` turns (in [-0.5, 0.5]) in HSV space. No-op on gray input.
@@ -335,6 +372,14 @@ mod tests {
             imgs.push(Image::new(c, h, w, ramp));
         }
         imgs
+    }
+
+    /// Largest and mean absolute difference between two images of one shape.
+    fn diff(a: &Image, b: &Image) -> (u8, f64) {
+        assert_eq!((a.c, a.h, a.w), (b.c, b.h, b.w));
+        let d = a.data.iter().zip(&b.data).map(|(&x, &y)| x.abs_diff(y));
+        let max = d.clone().max().unwrap_or(0);
+        (max, d.map(f64::from).sum::<f64>() / a.data.len() as f64)
     }
 
     fn rgb(pixels: &[[u8; 3]], h: usize, w: usize) -> Image {
@@ -526,5 +571,58 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn table_and_plane_ops_equal_the_float_formulas() {
+        for img in test_images() {
+            for f in [0.0, 0.37, 0.6, 1.0, 1.4, 2.5] {
+                assert_eq!(
+                    adjust_brightness(&img, f),
+                    reference::adjust_brightness(&img, f)
+                );
+                assert_eq!(
+                    adjust_saturation(&img, f),
+                    reference::adjust_saturation(&img, f)
+                );
+            }
+            assert_eq!(grayscale(&img), reference::grayscale(&img));
+        }
+    }
+
+    #[test]
+    fn contrast_is_the_formula_at_the_exact_mean() {
+        let (mut worst, mut mean_diff) = (0, 0.0);
+        let imgs = test_images();
+        for img in &imgs {
+            let p = img.plane();
+            // the mean of f64 lumas, pixel by pixel
+            let lumas = (0..p).map(|i| match img.c {
+                3 => (0..3)
+                    .map(|c| LUMA[c] as f64 * img.data[c * p + i] as f64)
+                    .sum(),
+                _ => img.data[i] as f64,
+            });
+            let mean = lumas.sum::<f64>() / p as f64;
+            assert!((mean_luma(img) as f64 - mean).abs() < 1e-4, "{mean}");
+            for f in [0.0, 0.6, 1.0, 1.4] {
+                let fast = adjust_contrast(img, f);
+                let formula = img
+                    .data
+                    .iter()
+                    .map(|&v| reference::to_u8(f * v as f32 + (1.0 - f) * mean_luma(img)))
+                    .collect::<Vec<_>>();
+                assert_eq!(fast.data, formula);
+                // the reference's mean is a running f32 sum of f32 lumas, off by ~1e-4 levels
+                let (max, mean) = diff(&fast, &reference::adjust_contrast(img, f));
+                worst = worst.max(max);
+                mean_diff += mean / (4 * imgs.len()) as f64;
+            }
+        }
+        eprintln!("contrast vs reference: max {worst}, mean {mean_diff:e}");
+        assert!(
+            worst <= 1 && mean_diff < 1e-3,
+            "max {worst} mean {mean_diff}"
+        );
     }
 }

@@ -7,6 +7,17 @@ pub fn to_u8(v: f32) -> u8 {
     v.round().clamp(0.0, 255.0) as u8
 }
 
+fn map_f32(img: &Image, f: impl Fn(usize, usize, f32) -> f32) -> Image {
+    let plane = img.h * img.w;
+    let data = img
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| to_u8(f(i / plane, i % plane, v as f32)))
+        .collect();
+    Image { data, ..*img }
+}
+
 pub fn resized_crop(img: &Image, b: CropBox, out_h: usize, out_w: usize) -> Image {
     let (sy, sx) = (
         b.height as f32 / out_h as f32,
@@ -41,6 +52,46 @@ pub fn resized_crop(img: &Image, b: CropBox, out_h: usize, out_w: usize) -> Imag
         w: out_w,
         data,
     }
+}
+
+fn luma(img: &Image) -> Vec<f32> {
+    let plane = img.h * img.w;
+    if img.c != 3 {
+        return img.data[..plane].iter().map(|&v| v as f32).collect();
+    }
+    (0..plane)
+        .map(|i| {
+            0.2989 * img.data[i] as f32
+                + 0.587 * img.data[plane + i] as f32
+                + 0.114 * img.data[2 * plane + i] as f32
+        })
+        .collect()
+}
+
+pub fn grayscale(img: &Image) -> Image {
+    if img.c != 3 {
+        return img.clone();
+    }
+    let l = luma(img);
+    map_f32(img, |_, i, _| l[i])
+}
+
+pub fn adjust_brightness(img: &Image, factor: f32) -> Image {
+    map_f32(img, |_, _, v| v * factor)
+}
+
+pub fn adjust_contrast(img: &Image, factor: f32) -> Image {
+    let l = luma(img);
+    let mean = l.iter().sum::<f32>() / l.len() as f32;
+    map_f32(img, |_, _, v| factor * v + (1.0 - factor) * mean)
+}
+
+pub fn adjust_saturation(img: &Image, factor: f32) -> Image {
+    if img.c != 3 {
+        return img.clone();
+    }
+    let l = luma(img);
+    map_f32(img, |_, i, v| factor * v + (1.0 - factor) * l[i])
 }
 
 pub fn gaussian_blur(img: &Image, kernel: usize, sigma: f32) -> Image {
