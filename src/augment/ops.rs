@@ -2,6 +2,11 @@
 //! tensor implementations. Each op computes in f32 and rounds back to u8 (torchvision
 //! truncates; rounding is the unbiased choice). On 1-channel images the colour-only ops
 //! (saturation, hue, grayscale conversion) return the image unchanged, as torchvision does.
+//!
+//! The ops are written for speed (separable passes, tables, loops that vectorise) and the
+//! tests hold them to the per-pixel float formulas in `reference`: the same bytes, except
+//! hue (at most one level apart where a value lies within float error of a .5 tie) and
+//! contrast (its mean comes from exact integer sums, not a running f32 sum).
 
 /// An image stored channel-major: `data[c * h * w + y * w + x]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -208,55 +213,57 @@ pub fn adjust_saturation(img: &Image, factor: f32) -> Image {
     Image { data, ..*img }
 }
 
+/// `x` in [-6, 12) brought into [0, 6).
+fn wrap6(x: f32) -> f32 {
+    if x >= 6.0 {
+        x - 6.0
+    } else if x < 0.0 {
+        x + 6.0
+    } else {
+        x
+    }
+}
+
+/// Rotates the hue of one pixel by `shift6` sextants (sixths of a turn, in [0, 6)): the
+/// HSV round trip of torchvision, with the normalisation by 255 and by the max cancelled.
+/// Value (the max) and saturation (so max - min) stay; channel n of (R 5, G 3, B 1) is
+/// max - d * clamp(min(k, 4 - k), 0, 1) at k = (n + hue) mod 6: HSV-to-RGB's six cases
+/// without branches, so that the loop over pixels vectorises.
+fn rotate_hue([r, g, b]: [f32; 3], shift6: f32) -> [f32; 3] {
+    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+    let d = max - min;
+    // hue in sextants: red at 0, green at 2, blue at 4
+    let (num, base) = if max == r {
+        (g - b, 0.0)
+    } else if max == g {
+        (b - r, 2.0)
+    } else {
+        (r - g, 4.0)
+    };
+    // a gray pixel (d = 0, num = 0) gets some hue, and stays gray whatever it is
+    let hue = wrap6(base + num / d.max(1.0) + shift6);
+    [5.0, 3.0, 1.0].map(|n| {
+        let k = wrap6(n + hue);
+        max - d * k.min(4.0 - k).clamp(0.0, 1.0)
+    })
+}
+
 /// Rotates the hue by `shift` turns (in [-0.5, 0.5]) in HSV space. No-op on gray input.
 pub fn adjust_hue(img: &Image, shift: f32) -> Image {
     if img.c != 3 {
         return img.clone();
     }
-    let plane = img.h * img.w;
-    let mut data = img.data.clone();
-    for i in 0..plane {
-        let rgb =
-            [img.data[i], img.data[plane + i], img.data[2 * plane + i]].map(|v| v as f32 / 255.0);
-        let (h, s, v) = rgb_to_hsv(rgb);
-        let out = hsv_to_rgb((h + shift).rem_euclid(1.0), s, v);
-        for c in 0..3 {
-            data[c * plane + i] = to_u8(out[c] * 255.0);
-        }
+    let p = img.plane();
+    let shift6 = shift.rem_euclid(1.0) * 6.0; // in [0, 6), as `rotate_hue` expects
+    let [r, g, b] = img.rgb();
+    let mut data = vec![0u8; img.data.len()];
+    let (out_r, gb) = data.split_at_mut(p);
+    let (out_g, out_b) = gb.split_at_mut(p);
+    for i in 0..p {
+        let out = rotate_hue([r[i], g[i], b[i]].map(|v| v as f32), shift6);
+        [out_r[i], out_g[i], out_b[i]] = out.map(to_u8);
     }
     Image { data, ..*img }
-}
-
-pub fn rgb_to_hsv([r, g, b]: [f32; 3]) -> (f32, f32, f32) {
-    let max = r.max(g).max(b);
-    let min = r.min(g).min(b);
-    let d = max - min;
-    let s = if max > 0.0 { d / max } else { 0.0 };
-    let h = if d == 0.0 {
-        0.0
-    } else if max == r {
-        ((g - b) / d).rem_euclid(6.0) / 6.0
-    } else if max == g {
-        ((b - r) / d + 2.0) / 6.0
-    } else {
-        ((r - g) / d + 4.0) / 6.0
-    };
-    (h, s, max)
-}
-
-pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
-    let h6 = h * 6.0;
-    let i = h6.floor();
-    let f = h6 - i;
-    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
-    match (i as i64).rem_euclid(6) {
-        0 => [v, t, p],
-        1 => [q, v, p],
-        2 => [p, v, t],
-        3 => [p, q, v],
-        4 => [t, p, v],
-        _ => [v, p, q],
-    }
 }
 
 /// torchvision's 1-D Gaussian for an odd `kernel` (an even one is rounded up):
@@ -477,8 +484,8 @@ mod tests {
             for g in (0..=255).step_by(51) {
                 for b in (0..=255).step_by(85) {
                     let c = [r as f32 / 255.0, g as f32 / 255.0, b as f32 / 255.0];
-                    let (h, s, v) = rgb_to_hsv(c);
-                    let back = hsv_to_rgb(h, s, v);
+                    let (h, s, v) = reference::rgb_to_hsv(c);
+                    let back = reference::hsv_to_rgb(h, s, v);
                     for i in 0..3 {
                         assert!((back[i] - c[i]).abs() < 1e-5, "{c:?} -> {back:?}");
                     }
@@ -624,5 +631,40 @@ mod tests {
             worst <= 1 && mean_diff < 1e-3,
             "max {worst} mean {mean_diff}"
         );
+    }
+
+    #[test]
+    fn hue_is_within_one_level_of_the_hsv_round_trip() {
+        // every colour on a grid of step 15, beside the noise and gradient images
+        let grid: Vec<[u8; 3]> = (0..18 * 18 * 18)
+            .map(|i| [i / 324, i / 18 % 18, i % 18].map(|v| (v * 15) as u8))
+            .collect();
+        let mut imgs = test_images();
+        imgs.push(rgb(&grid, 18, 324));
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let (mut worst, mut changed, mut total) = (0, 0, 0);
+        for img in &imgs {
+            assert_eq!(&adjust_hue(img, 0.0), img, "no shift, no change");
+            // Round shifts put many exact values within float error of a .5 tie (0.05 turns
+            // a difference of 10 into 3.5 exactly); random ones, as the pipeline draws, rarely.
+            let round = [-0.5, -0.3, -0.1, -0.01, 0.01, 0.05, 1.0 / 3.0, 0.5];
+            let random: Vec<f32> = (0..8).map(|_| rng.random_range(-0.5..=0.5)).collect();
+            for (k, &shift) in round.iter().chain(&random).enumerate() {
+                let (fast, slow) = (adjust_hue(img, shift), reference::adjust_hue(img, shift));
+                worst = worst.max(diff(&fast, &slow).0);
+                if k >= round.len() {
+                    changed += fast
+                        .data
+                        .iter()
+                        .zip(&slow.data)
+                        .filter(|(a, b)| a != b)
+                        .count();
+                    total += fast.data.len();
+                }
+            }
+        }
+        let frac = changed as f64 / total as f64;
+        eprintln!("hue vs reference: max {worst}, {changed} of {total} values differ ({frac:e})");
+        assert!(worst <= 1 && frac < 1e-4, "max {worst}, fraction {frac}");
     }
 }

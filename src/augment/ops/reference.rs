@@ -94,6 +94,56 @@ pub fn adjust_saturation(img: &Image, factor: f32) -> Image {
     map_f32(img, |_, i, v| factor * v + (1.0 - factor) * l[i])
 }
 
+pub fn adjust_hue(img: &Image, shift: f32) -> Image {
+    if img.c != 3 {
+        return img.clone();
+    }
+    let plane = img.h * img.w;
+    let mut data = img.data.clone();
+    for i in 0..plane {
+        let rgb =
+            [img.data[i], img.data[plane + i], img.data[2 * plane + i]].map(|v| v as f32 / 255.0);
+        let (h, s, v) = rgb_to_hsv(rgb);
+        let out = hsv_to_rgb((h + shift).rem_euclid(1.0), s, v);
+        for c in 0..3 {
+            data[c * plane + i] = to_u8(out[c] * 255.0);
+        }
+    }
+    Image { data, ..*img }
+}
+
+pub fn rgb_to_hsv([r, g, b]: [f32; 3]) -> (f32, f32, f32) {
+    let max = r.max(g).max(b);
+    let min = r.min(g).min(b);
+    let d = max - min;
+    let s = if max > 0.0 { d / max } else { 0.0 };
+    let h = if d == 0.0 {
+        0.0
+    } else if max == r {
+        ((g - b) / d).rem_euclid(6.0) / 6.0
+    } else if max == g {
+        ((b - r) / d + 2.0) / 6.0
+    } else {
+        ((r - g) / d + 4.0) / 6.0
+    };
+    (h, s, max)
+}
+
+pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
+    let h6 = h * 6.0;
+    let i = h6.floor();
+    let f = h6 - i;
+    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    match (i as i64).rem_euclid(6) {
+        0 => [v, t, p],
+        1 => [q, v, p],
+        2 => [p, v, t],
+        3 => [p, q, v],
+        4 => [t, p, v],
+        _ => [v, p, q],
+    }
+}
+
 pub fn gaussian_blur(img: &Image, kernel: usize, sigma: f32) -> Image {
     let k = kernel.max(1) | 1;
     let r = (k / 2) as i64;
