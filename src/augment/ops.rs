@@ -553,21 +553,23 @@ mod tests {
         }
     }
 
+    /// (kernel, sigma): even and zero kernels round up; 11 on the small images reflects more
+    /// than once.
+    const BLUR_PARAMS: [(usize, f32); 8] = [
+        (0, 1.0),
+        (1, 0.5),
+        (3, 0.1),
+        (3, 1.0),
+        (4, 1.3),
+        (5, 2.0),
+        (11, 0.7),
+        (11, 2.0),
+    ];
+
     #[test]
     fn separable_blur_equals_the_reference() {
-        // even and zero kernels round up; 11 on the small images reflects more than once
-        let params = [
-            (0, 1.0),
-            (1, 0.5),
-            (3, 0.1),
-            (3, 1.0),
-            (4, 1.3),
-            (5, 2.0),
-            (11, 0.7),
-            (11, 2.0),
-        ];
         for img in test_images() {
-            for (k, sigma) in params {
+            for (k, sigma) in BLUR_PARAMS {
                 assert_eq!(
                     gaussian_blur(&img, k, sigma),
                     reference::gaussian_blur(&img, k, sigma),
@@ -578,6 +580,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn separable_blur_is_within_one_level_of_the_2d_convolution() {
+        let (mut worst, mut changed, mut total) = (0, 0, 0);
+        for img in test_images() {
+            for (k, sigma) in BLUR_PARAMS {
+                let (fast, exact) = (
+                    gaussian_blur(&img, k, sigma),
+                    reference::gaussian_blur_2d(&img, k, sigma),
+                );
+                worst = worst.max(diff(&fast, &exact).0);
+                changed += fast
+                    .data
+                    .iter()
+                    .zip(&exact.data)
+                    .filter(|(a, b)| a != b)
+                    .count();
+                total += fast.data.len();
+            }
+        }
+        let frac = changed as f64 / total as f64;
+        eprintln!("blur vs 2-D: max {worst}, {changed} of {total} values differ ({frac:e})");
+        assert!(worst <= 1 && frac < 1e-3, "max {worst}, fraction {frac}");
     }
 
     #[test]

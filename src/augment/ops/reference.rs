@@ -144,6 +144,17 @@ pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
     }
 }
 
+/// Index `i` of an axis of `n` samples under reflect padding (the edge is not repeated).
+fn reflect(i: i64, n: usize) -> usize {
+    let n = n as i64;
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n - 1);
+    let m = i.rem_euclid(period);
+    (if m < n { m } else { period - m }) as usize
+}
+
 pub fn gaussian_blur(img: &Image, kernel: usize, sigma: f32) -> Image {
     let k = kernel.max(1) | 1;
     let r = (k / 2) as i64;
@@ -152,15 +163,6 @@ pub fn gaussian_blur(img: &Image, kernel: usize, sigma: f32) -> Image {
         .collect();
     let total: f32 = weights.iter().sum();
     let weights: Vec<f32> = weights.iter().map(|w| w / total).collect();
-    let reflect = |i: i64, n: usize| -> usize {
-        let n = n as i64;
-        if n == 1 {
-            return 0;
-        }
-        let period = 2 * (n - 1);
-        let m = i.rem_euclid(period);
-        (if m < n { m } else { period - m }) as usize
-    };
     let (h, w) = (img.h, img.w);
     let mut tmp = vec![0f32; img.data.len()];
     let mut out = vec![0u8; img.data.len()];
@@ -186,4 +188,31 @@ pub fn gaussian_blur(img: &Image, kernel: usize, sigma: f32) -> Image {
         }
     }
     Image { data: out, ..*img }
+}
+
+/// torchvision's blur as it is defined: one 2-D convolution with the outer product of the
+/// 1-D Gaussian over the reflect-padded image, here in f64, so the exact value that the
+/// separable f32 passes approximate.
+pub fn gaussian_blur_2d(img: &Image, kernel: usize, sigma: f32) -> Image {
+    let r = (kernel / 2) as i64;
+    let g: Vec<f64> = (-r..=r)
+        .map(|x| (-(x * x) as f64 / (2.0 * sigma as f64 * sigma as f64)).exp())
+        .collect();
+    let norm = g.iter().sum::<f64>().powi(2);
+    let mut data = Vec::with_capacity(img.data.len());
+    for c in 0..img.c {
+        for y in 0..img.h as i64 {
+            for x in 0..img.w as i64 {
+                let mut acc = 0.0;
+                for (i, gy) in (-r..=r).zip(&g) {
+                    for (j, gx) in (-r..=r).zip(&g) {
+                        let v = img.at(c, reflect(y + i, img.h), reflect(x + j, img.w));
+                        acc += gy * gx * v as f64;
+                    }
+                }
+                data.push(to_u8((acc / norm) as f32));
+            }
+        }
+    }
+    Image { data, ..*img }
 }
