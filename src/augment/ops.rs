@@ -381,12 +381,36 @@ mod tests {
         imgs
     }
 
-    /// Largest and mean absolute difference between two images of one shape.
-    fn diff(a: &Image, b: &Image) -> (u8, f64) {
-        assert_eq!((a.c, a.h, a.w), (b.c, b.h, b.w));
-        let d = a.data.iter().zip(&b.data).map(|(&x, &y)| x.abs_diff(y));
-        let max = d.clone().max().unwrap_or(0);
-        (max, d.map(f64::from).sum::<f64>() / a.data.len() as f64)
+    /// The largest difference and the count of differing values over pairs of images.
+    #[derive(Default)]
+    struct Tally {
+        worst: u8,
+        differing: usize,
+        total: usize,
+    }
+
+    impl Tally {
+        fn add(&mut self, a: &Image, b: &Image) {
+            assert_eq!((a.c, a.h, a.w), (b.c, b.h, b.w));
+            for (&x, &y) in a.data.iter().zip(&b.data) {
+                self.worst = self.worst.max(x.abs_diff(y));
+                self.differing += (x != y) as usize;
+            }
+            self.total += a.data.len();
+        }
+        /// The share of differing values: the mean absolute difference when `worst` <= 1.
+        fn fraction(&self) -> f64 {
+            self.differing as f64 / self.total as f64
+        }
+        /// Asserts at most one level apart anywhere and at most `fraction` values apart.
+        fn check(&self, what: &str, fraction: f64) {
+            let (worst, differing, total) = (self.worst, self.differing, self.total);
+            eprintln!("{what}: max {worst}, {differing} of {total} values differ");
+            assert!(
+                worst <= 1 && self.fraction() <= fraction,
+                "{what}: max {worst}, {differing} of {total}"
+            );
+        }
     }
 
     fn rgb(pixels: &[[u8; 3]], h: usize, w: usize) -> Image {
@@ -584,26 +608,14 @@ mod tests {
 
     #[test]
     fn separable_blur_is_within_one_level_of_the_2d_convolution() {
-        let (mut worst, mut changed, mut total) = (0, 0, 0);
+        let mut tally = Tally::default();
         for img in test_images() {
             for (k, sigma) in BLUR_PARAMS {
-                let (fast, exact) = (
-                    gaussian_blur(&img, k, sigma),
-                    reference::gaussian_blur_2d(&img, k, sigma),
-                );
-                worst = worst.max(diff(&fast, &exact).0);
-                changed += fast
-                    .data
-                    .iter()
-                    .zip(&exact.data)
-                    .filter(|(a, b)| a != b)
-                    .count();
-                total += fast.data.len();
+                let exact = reference::gaussian_blur_2d(&img, k, sigma);
+                tally.add(&gaussian_blur(&img, k, sigma), &exact);
             }
         }
-        let frac = changed as f64 / total as f64;
-        eprintln!("blur vs 2-D: max {worst}, {changed} of {total} values differ ({frac:e})");
-        assert!(worst <= 1 && frac < 1e-3, "max {worst}, fraction {frac}");
+        tally.check("blur vs 2-D convolution", 1e-3);
     }
 
     #[test]
@@ -625,9 +637,8 @@ mod tests {
 
     #[test]
     fn contrast_is_the_formula_at_the_exact_mean() {
-        let (mut worst, mut mean_diff) = (0, 0.0);
-        let imgs = test_images();
-        for img in &imgs {
+        let mut tally = Tally::default();
+        for img in &test_images() {
             let p = img.plane();
             // the mean of f64 lumas, pixel by pixel
             let lumas = (0..p).map(|i| match img.c {
@@ -646,17 +657,12 @@ mod tests {
                     .map(|&v| reference::to_u8(f * v as f32 + (1.0 - f) * mean_luma(img)))
                     .collect::<Vec<_>>();
                 assert_eq!(fast.data, formula);
-                // the reference's mean is a running f32 sum of f32 lumas, off by ~1e-4 levels
-                let (max, mean) = diff(&fast, &reference::adjust_contrast(img, f));
-                worst = worst.max(max);
-                mean_diff += mean / (4 * imgs.len()) as f64;
+                // the reference's mean is a running f32 sum of f32 lumas, which drifts by
+                // up to ~5e-4 levels on 96x96 noise
+                tally.add(&fast, &reference::adjust_contrast(img, f));
             }
         }
-        eprintln!("contrast vs reference: max {worst}, mean {mean_diff:e}");
-        assert!(
-            worst <= 1 && mean_diff < 1e-3,
-            "max {worst} mean {mean_diff}"
-        );
+        tally.check("contrast vs reference", 1e-3);
     }
 
     #[test]
@@ -668,29 +674,20 @@ mod tests {
         let mut imgs = test_images();
         imgs.push(rgb(&grid, 18, 324));
         let mut rng = ChaCha8Rng::seed_from_u64(2);
-        let (mut worst, mut changed, mut total) = (0, 0, 0);
+        let (mut round_shifts, mut random_shifts) = (Tally::default(), Tally::default());
         for img in &imgs {
             assert_eq!(&adjust_hue(img, 0.0), img, "no shift, no change");
             // Round shifts put many exact values within float error of a .5 tie (0.05 turns
             // a difference of 10 into 3.5 exactly); random ones, as the pipeline draws, rarely.
-            let round = [-0.5, -0.3, -0.1, -0.01, 0.01, 0.05, 1.0 / 3.0, 0.5];
-            let random: Vec<f32> = (0..8).map(|_| rng.random_range(-0.5..=0.5)).collect();
-            for (k, &shift) in round.iter().chain(&random).enumerate() {
-                let (fast, slow) = (adjust_hue(img, shift), reference::adjust_hue(img, shift));
-                worst = worst.max(diff(&fast, &slow).0);
-                if k >= round.len() {
-                    changed += fast
-                        .data
-                        .iter()
-                        .zip(&slow.data)
-                        .filter(|(a, b)| a != b)
-                        .count();
-                    total += fast.data.len();
-                }
+            for shift in [-0.5, -0.3, -0.1, -0.01, 0.01, 0.05, 1.0 / 3.0, 0.5] {
+                round_shifts.add(&adjust_hue(img, shift), &reference::adjust_hue(img, shift));
+            }
+            for _ in 0..8 {
+                let shift = rng.random_range(-0.5..=0.5);
+                random_shifts.add(&adjust_hue(img, shift), &reference::adjust_hue(img, shift));
             }
         }
-        let frac = changed as f64 / total as f64;
-        eprintln!("hue vs reference: max {worst}, {changed} of {total} values differ ({frac:e})");
-        assert!(worst <= 1 && frac < 1e-4, "max {worst}, fraction {frac}");
+        round_shifts.check("hue vs reference, round shifts", 1e-2);
+        random_shifts.check("hue vs reference, random shifts", 1e-4);
     }
 }
