@@ -228,7 +228,7 @@ fn wrap6(x: f32) -> f32 {
     }
 }
 
-/// Rotates the hue of one pixel by `shift6` sextants (sixths of a turn, in [0, 6)): the
+/// Rotates the hue of one pixel by `shift6` sextants (sixths of a turn, in [0, 6]): the
 /// HSV round trip of torchvision, with the normalisation by 255 and by the max cancelled.
 /// Value (the max) and saturation (so max - min) stay; channel n of (R 5, G 3, B 1) is
 /// max - d * clamp(min(k, 4 - k), 0, 1) at k = (n + hue) mod 6: HSV-to-RGB's six cases
@@ -258,7 +258,7 @@ pub fn adjust_hue(img: &Image, shift: f32) -> Image {
         return img.clone();
     }
     let p = img.plane();
-    let shift6 = shift.rem_euclid(1.0) * 6.0; // in [0, 6), as `rotate_hue` expects
+    let shift6 = shift.rem_euclid(1.0) * 6.0; // [0, 6]: 6 where a tiny negative rounds up
     let [r, g, b] = img.rgb();
     let mut data = vec![0u8; img.data.len()];
     let (out_r, gb) = data.split_at_mut(p);
