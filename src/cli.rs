@@ -198,8 +198,8 @@ pub enum Command {
     },
     /// List the pretraining methods.
     Methods,
-    /// Benchmark: augmentation throughput (two SimCLR views per image) at 32x32 and 96x96,
-    /// on 1 thread and on all threads, next to torchvision's in the setup venv.
+    /// Benchmark: augmentation throughput (two SimCLR views per image) at 28x28 gray, 32x32
+    /// and 96x96 RGB, on 1 thread and on all threads, next to torchvision's in the setup venv.
     BenchAugment {
         /// Images per measurement.
         #[arg(long, default_value_t = 2000)]
