@@ -59,6 +59,18 @@ impl ConfigArgs {
     }
 }
 
+/// A saved run, at its last checkpoint or an earlier one.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// A run folder written by `pretrain`.
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Use this checkpoint instead of the run's last one, e.g. checkpoint-epoch3.safetensors
+    /// (kept with keep_checkpoints; a bare name is looked up in the run folder).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Pretrain an encoder with a self-supervised method; writes checkpoints and metrics to --out.
@@ -75,6 +87,10 @@ pub enum Command {
         /// --set may still change keys such as epochs).
         #[arg(long)]
         resume: bool,
+        /// With --resume: continue from this checkpoint instead of the last one, e.g. a kept
+        /// checkpoint-epoch3.safetensors (a bare name is looked up in --out).
+        #[arg(long, value_name = "FILE", requires = "resume")]
+        checkpoint: Option<PathBuf>,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -89,6 +105,11 @@ pub enum Command {
             required_unless_present = "baseline"
         )]
         run: Option<PathBuf>,
+        /// With --run: evaluate this checkpoint instead of the run's last one, e.g.
+        /// checkpoint-epoch3.safetensors (a bare name is looked up in the run folder); the
+        /// scores go to eval-CHECKPOINT.json.
+        #[arg(long, value_name = "FILE", requires = "run")]
+        checkpoint: Option<PathBuf>,
         /// A baseline instead of a run: `raw` (pixels) or `random` (randomly initialised encoder).
         #[arg(long, value_parser = ["raw", "random"])]
         baseline: Option<String>,
@@ -99,9 +120,8 @@ pub enum Command {
     /// Export a run's encoder for PyTorch: safetensors with torchvision-style names
     /// (see src/nets/export.rs for the differences from torchvision's resnet18).
     Export {
-        /// A run folder written by `pretrain`.
-        #[arg(long, value_name = "DIR")]
-        run: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
         /// Output file (.safetensors).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -109,8 +129,8 @@ pub enum Command {
     /// Write a run's encoder features of one split as NumPy files (embeddings_SPLIT.npy
     /// [N, D] float32, labels_SPLIT.npy [N] int64).
     Embed {
-        #[arg(long, value_name = "DIR")]
-        run: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
         #[arg(long, value_parser = ["train", "test"], default_value = "test")]
         split: String,
         /// Output folder.
@@ -120,8 +140,8 @@ pub enum Command {
     /// Nearest-neighbour picture: each row a test image and its k nearest training images
     /// in the representation space (cosine), framed green when the label matches.
     Neighbors {
-        #[arg(long, value_name = "DIR")]
-        run: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
         /// Number of query images (rows), chosen with --seed.
         #[arg(long, default_value_t = 8)]
         queries: usize,
@@ -129,7 +149,8 @@ pub enum Command {
         k: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// PNG to write (default: RUN/neighbors.png).
+        /// PNG to write (default: RUN/neighbors.png, with --checkpoint
+        /// RUN/neighbors-CHECKPOINT.png).
         #[arg(long, value_name = "FILE.png")]
         out: Option<PathBuf>,
     },
@@ -214,8 +235,8 @@ pub enum Command {
     },
     /// List the pretraining methods.
     Methods,
-    /// Benchmark: augmentation throughput (two SimCLR views per image) at 32x32 and 96x96,
-    /// on 1 thread and on all threads, next to torchvision's in the setup venv.
+    /// Benchmark: augmentation throughput (two SimCLR views per image) at 28x28 gray, 32x32
+    /// and 96x96 RGB, on 1 thread and on all threads, next to torchvision's in the setup venv.
     BenchAugment {
         /// Images per measurement.
         #[arg(long, default_value_t = 2000)]
@@ -322,14 +343,17 @@ pub fn run(cli: Cli) -> Result<()> {
             cfg,
             out,
             resume,
+            checkpoint,
             quiet,
         } => {
+            let checkpoint = checkpoint.map(|f| train::checkpoint::resolve(&out, &f));
             let (config, warnings) = train::run::pretrain_config(
                 method.as_deref(),
                 cfg.config.as_deref(),
                 &cfg.overrides(),
                 &out,
                 resume,
+                checkpoint.as_deref(),
             )?;
             warn(&warnings);
             let ds = data::load(&config)?;
@@ -343,20 +367,29 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             let opts = train::TrainOptions {
                 resume,
+                checkpoint,
                 quiet,
                 stop_after_epochs: None,
             };
             let s = train::pretrain(&config, &ds, &out, &opts, device)?;
             println!("{}", s.describe(&config.method, &out));
         }
-        Command::Eval { run, baseline, cfg } => match (run, baseline) {
+        Command::Eval {
+            run,
+            checkpoint,
+            baseline,
+            cfg,
+        } => match (run, baseline) {
             (Some(run), None) => {
                 if cfg.config.is_some() || cfg.data.is_some() {
                     bail!(
                         "eval --run evaluates the run's own config and data; --config and --data apply to --baseline (use --set for the eval keys)"
                     );
                 }
-                println!("{}", eval::for_run(&run, &cfg.sets, device)?);
+                println!(
+                    "{}",
+                    eval::for_run(&run, checkpoint.as_deref(), &cfg.sets, device)?
+                );
             }
             (None, Some(b)) => {
                 let config = plain_config(&cfg)?;
@@ -391,7 +424,7 @@ pub fn run(cli: Cli) -> Result<()> {
                             "segment --run uses the run's own config; --config and --data apply to --baseline (use --set for the seg_* keys)"
                         );
                     }
-                    segment::for_run(&run, &cfg.sets, &protocols, out.as_deref(), device, quiet)?
+                    segment::for_run(&run, None, &cfg.sets, &protocols, out.as_deref(), device, quiet)?
                 }
                 (None, Some(_)) => {
                     let out = out.expect("clap requires --out with --baseline");
@@ -434,20 +467,24 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("-> {} and {}", md.display(), csv.display());
         }
         Command::Export { run, out } => {
-            let r = LoadedRun::load(&run, &[], device)?;
+            let r = LoadedRun::load(&run.run, run.checkpoint.as_deref(), &[], device)?;
             let encoder = r.model.method.encoder();
             nets::export::write_encoder(&out, &r.model.vs.variables(), &r.cfg, encoder)?;
             println!(
                 "wrote the {} encoder of {} ({} parameters, input {:?}) to {}",
                 r.cfg.encoder,
-                run.display(),
+                run.run.display(),
                 r.encoder_parameters(),
                 encoder.input,
                 out.display()
             );
         }
         Command::Embed { run, split, out } => {
-            println!("{}", eval::embed::for_run(&run, &split, &out, device)?)
+            let ck = run.checkpoint.as_deref();
+            println!(
+                "{}",
+                eval::embed::for_run(&run.run, ck, &split, &out, device)?
+            )
         }
         Command::Neighbors {
             run,
@@ -457,7 +494,15 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
         } => print!(
             "{}",
-            eval::neighbors::for_run(&run, queries, k, seed, out, device)?
+            eval::neighbors::for_run(
+                &run.run,
+                run.checkpoint.as_deref(),
+                queries,
+                k,
+                seed,
+                out,
+                device
+            )?
         ),
         Command::BenchAugment { images, python } => {
             let python = python.map_or_else(venv::python, Ok);

@@ -5,6 +5,7 @@
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::time::Duration;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -131,6 +132,13 @@ pub struct Config {
     pub log_every: usize,
     /// Batches prepared ahead of the training step.
     pub prefetch: usize,
+    /// A checkpoint is written at every epoch's end and, within an epoch, every this many
+    /// steps (`500`), after this much time (`"90s"`, `"10m"`, `"2h"`), or never (`"epoch"`).
+    /// A kill loses at most this much work.
+    pub checkpoint_every: CheckpointEvery,
+    /// Keep the checkpoints of the last this many epochs as `checkpoint-epochE.safetensors`
+    /// besides the rolling `checkpoint.safetensors` (0: none are kept, none deleted).
+    pub keep_checkpoints: usize,
 
     /// Linear probe: epochs over the frozen features, Adam learning rate, batch size, decay.
     pub probe_epochs: usize,
@@ -226,6 +234,8 @@ impl Default for Config {
             colorization_loss: ColorizationLoss::Classify,
             log_every: 20,
             prefetch: 4,
+            checkpoint_every: CheckpointEvery::Time(Duration::from_secs(600)),
+            keep_checkpoints: 0,
             probe_epochs: 30,
             probe_lr: 2e-3,
             probe_batch_size: 512,
@@ -345,6 +355,103 @@ choice!(
     }
 );
 
+/// When the training loop writes a checkpoint within an epoch (it always writes one at an
+/// epoch's end). Written as a number of steps (`500`), a time with its unit (`"90s"`,
+/// `"10m"`, `"1.5h"`) or `"epoch"`.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq)]
+#[serde(try_from = "CheckpointEverySpelled")]
+pub enum CheckpointEvery {
+    /// After every step that is a multiple of this (counted over the whole run).
+    Steps(usize),
+    /// Once this much time has passed since the last checkpoint (or the start).
+    Time(Duration),
+    /// Only at epoch ends.
+    Epoch,
+}
+
+const CHECKPOINT_EVERY_FORMS: &str =
+    "a number of steps (500), a time (\"90s\", \"10m\", \"2h\") or \"epoch\"";
+
+/// `checkpoint_every` as a config spells it: an integer, a string, or something else (an
+/// error naming the key, rather than serde's "did not match any variant").
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CheckpointEverySpelled {
+    Steps(i64),
+    Text(String),
+    Other(serde::de::IgnoredAny),
+}
+
+impl std::str::FromStr for CheckpointEvery {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("option checkpoint_every = {s:?}: expected {CHECKPOINT_EVERY_FORMS}");
+        let s = s.trim();
+        if s == "epoch" {
+            return Ok(CheckpointEvery::Epoch);
+        }
+        if let Ok(n) = s.parse::<i64>() {
+            return CheckpointEvery::try_from(CheckpointEverySpelled::Steps(n));
+        }
+        let unit = match s.chars().last() {
+            Some('s') => 1.0,
+            Some('m') => 60.0,
+            Some('h') => 3600.0,
+            _ => return Err(bad()),
+        };
+        let n: f64 = s[..s.len() - 1].trim().parse().map_err(|_| bad())?;
+        match Duration::try_from_secs_f64(n * unit) {
+            Ok(d) if !d.is_zero() => Ok(CheckpointEvery::Time(d)),
+            _ => Err(format!(
+                "option checkpoint_every = {s:?}: the time must be positive"
+            )),
+        }
+    }
+}
+
+impl TryFrom<CheckpointEverySpelled> for CheckpointEvery {
+    type Error = String;
+    fn try_from(v: CheckpointEverySpelled) -> Result<Self, String> {
+        match v {
+            CheckpointEverySpelled::Steps(n) if n >= 1 => Ok(CheckpointEvery::Steps(n as usize)),
+            CheckpointEverySpelled::Steps(n) => Err(format!(
+                "option checkpoint_every = {n}: a number of steps must be at least 1 (\"epoch\" checkpoints only at epoch ends)"
+            )),
+            CheckpointEverySpelled::Text(s) => s.parse(),
+            CheckpointEverySpelled::Other(_) => Err(format!(
+                "option checkpoint_every: expected {CHECKPOINT_EVERY_FORMS}"
+            )),
+        }
+    }
+}
+
+/// As it is written in a config: `500`, `"10m"`, `"epoch"`; parses back to the same value.
+impl std::fmt::Display for CheckpointEvery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            CheckpointEvery::Steps(n) => write!(f, "{n}"),
+            CheckpointEvery::Epoch => f.write_str("epoch"),
+            CheckpointEvery::Time(d) => {
+                let s = d.as_secs_f64();
+                match d.as_secs() {
+                    t if d.subsec_nanos() == 0 && t % 3600 == 0 => write!(f, "{}h", t / 3600),
+                    t if d.subsec_nanos() == 0 && t % 60 == 0 => write!(f, "{}m", t / 60),
+                    _ => write!(f, "{s}s"),
+                }
+            }
+        }
+    }
+}
+
+impl Serialize for CheckpointEvery {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            CheckpointEvery::Steps(n) => s.serialize_u64(n as u64),
+            _ => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
 /// The keys every run reads, whatever its method: data, encoder and training loop, and
 /// the `EVAL_KEYS`. Each method names the other keys it reads in its `MethodSpec`.
 pub const GENERAL_KEYS: &[&str] = &[
@@ -370,6 +477,8 @@ pub const GENERAL_KEYS: &[&str] = &[
     "seed",
     "log_every",
     "prefetch",
+    "checkpoint_every",
+    "keep_checkpoints",
 ];
 
 /// Keys that may change when a saved run is evaluated (`eval --run`, `report`).
@@ -691,6 +800,63 @@ mod tests {
         }
         let t = Config::default().to_toml_with(&["lr", "method"]).unwrap();
         assert_eq!(t, "method = \"\"\nlr = 0.002\n");
+    }
+
+    #[test]
+    fn checkpoint_every_takes_steps_times_or_epoch_and_names_bad_values() {
+        let every = |v: &str| {
+            Config::default()
+                .with_overrides(&[format!("checkpoint_every={v}")])
+                .map(|c| c.checkpoint_every)
+        };
+        let min = |m: u64| CheckpointEvery::Time(Duration::from_secs(60 * m));
+        assert_eq!(Config::default().checkpoint_every, min(10));
+        assert_eq!(every("500").unwrap(), CheckpointEvery::Steps(500));
+        assert_eq!(every("\"500\"").unwrap(), CheckpointEvery::Steps(500));
+        assert_eq!(every("10m").unwrap(), min(10));
+        assert_eq!(every("1.5h").unwrap(), min(90));
+        assert_eq!(
+            every("90s").unwrap(),
+            CheckpointEvery::Time(Duration::from_secs(90))
+        );
+        assert_eq!(every("epoch").unwrap(), CheckpointEvery::Epoch);
+        for (bad, says) in [
+            ("0", "at least 1"),
+            ("-3", "at least 1"),
+            ("10x", "expected a number of steps"),
+            ("5ms", "expected a number of steps"),
+            ("0m", "must be positive"),
+            ("-2h", "must be positive"),
+            ("1.5", "expected a number of steps"),
+            ("[1]", "expected a number of steps"),
+        ] {
+            let e = every(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("checkpoint_every={bad}")) && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
+        // Written back as it is spelled, in TOML and in the checkpoint's JSON.
+        for (v, text) in [
+            (CheckpointEvery::Steps(7), "7"),
+            (min(10), "\"10m\""),
+            (min(120), "\"2h\""),
+            (
+                CheckpointEvery::Time(Duration::from_millis(2500)),
+                "\"2.5s\"",
+            ),
+            (CheckpointEvery::Epoch, "\"epoch\""),
+        ] {
+            let c = Config {
+                checkpoint_every: v,
+                ..Config::default()
+            };
+            let toml = c.to_toml_with(&["checkpoint_every"]).unwrap();
+            assert_eq!(toml, format!("checkpoint_every = {text}\n"));
+            assert_eq!(toml::from_str::<Config>(&toml).unwrap(), c);
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(serde_json::from_str::<Config>(&json).unwrap(), c);
+        }
     }
 
     #[test]

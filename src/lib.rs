@@ -1,17 +1,23 @@
 //! selfsup: self-supervised visual representation learning on libtorch.
 //!
 //! data -> method (one file each, behind `methods::Method`) -> training loop -> evaluation.
+//! `dist` (PyTorch's c10d) and `precision` (libtorch's autocast) sit over `native`, the one
+//! C++ shim.
 
 pub mod augment;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod eval;
+pub mod faults;
 pub mod losses;
 pub mod methods;
 pub mod metrics;
+mod native;
 pub mod nets;
 pub mod plots;
+pub mod precision;
 pub mod report;
 pub mod schedule;
 pub mod tensor_io;

@@ -434,6 +434,7 @@ pub(crate) mod tests {
                     time: e as f64,
                 })
                 .collect(),
+            notes: vec![],
         }
     }
 

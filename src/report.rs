@@ -50,7 +50,7 @@ pub fn for_run(dir: &Path, points: usize, sets: &[String], device: Device) -> Re
     if !(1..=10_000).contains(&points) {
         bail!("--points {points}: must be in 1..=10000 (t-SNE takes O(N²) memory and time)");
     }
-    let r = LoadedRun::load(dir, sets, device)?;
+    let r = LoadedRun::load(dir, None, sets, device)?;
     let opts = Options {
         points,
         queries: 8,
@@ -141,7 +141,10 @@ pub fn write(
 
     let mut warnings = Vec::new();
     let summary = match train::write_loss_plot(run, &cfg.method, &ds.name) {
-        Ok(m) => m.summary(),
+        Ok(m) => {
+            warnings.extend(m.notes.iter().cloned());
+            m.summary()
+        }
         Err(e) => {
             warnings.push(format!("no loss plot: {e:#}"));
             None

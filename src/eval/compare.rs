@@ -144,7 +144,7 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
         }
     }
     for dir in &run_dirs {
-        let run = LoadedRun::load(dir, &eval_sets, device)?;
+        let run = LoadedRun::load(dir, None, &eval_sets, device)?;
         run.ds.require_labels()?;
         eprintln!("compare: evaluating {} ({})", run.cfg.method, dir.display());
         let scores = super::evaluate_method(run.model.method.as_ref(), &run.ds, &run.cfg, device);

@@ -49,10 +49,16 @@ pub fn write_embeddings(
     Ok((fp, lp))
 }
 
-/// `selfsup embed`: the features of the `split` (train or test) of the run in `dir` as
-/// NumPy files in `out`; returns what to print.
-pub fn for_run(dir: &Path, split: &str, out: &Path, device: Device) -> Result<String> {
-    let r = LoadedRun::load(dir, &[], device)?;
+/// `selfsup embed`: the features of the `split` (train or test) of the run in `dir` (at
+/// its last checkpoint, or at `checkpoint`) as NumPy files in `out`; returns what to print.
+pub fn for_run(
+    dir: &Path,
+    checkpoint: Option<&Path>,
+    split: &str,
+    out: &Path,
+    device: Device,
+) -> Result<String> {
+    let r = LoadedRun::load(dir, checkpoint, &[], device)?;
     let data = Arc::new(match split {
         "train" => r.ds.train.clone(),
         "test" => r.ds.test.clone(),

@@ -109,16 +109,22 @@ pub fn run_json(
     })
 }
 
-/// `selfsup eval --run`: evaluates the run in `dir` (with eval-key overrides `sets`),
+/// `selfsup eval --run`: evaluates the run in `dir` at its last checkpoint (or at
+/// `checkpoint`, then writing `eval-CHECKPOINT.json`), with eval-key overrides `sets`;
 /// writes its `eval.json` and returns what to print.
-pub fn for_run(dir: &Path, sets: &[String], device: Device) -> Result<String> {
-    let r = LoadedRun::load(dir, sets, device)?;
+pub fn for_run(
+    dir: &Path,
+    checkpoint: Option<&Path>,
+    sets: &[String],
+    device: Device,
+) -> Result<String> {
+    let r = LoadedRun::load(dir, checkpoint, sets, device)?;
     r.ds.require_labels()?;
     let t0 = Instant::now();
     let scores = evaluate_method(r.model.method.as_ref(), &r.ds, &r.cfg, device);
     let secs = t0.elapsed().as_secs_f64();
     let json = run_json(&r.cfg, &r.meta, r.encoder_parameters(), &scores);
-    let p = dir.join(EVAL_FILE);
+    let p = r.output(dir, EVAL_FILE);
     std::fs::write(&p, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("cannot write {}", p.display()))?;
     Ok(describe(&r.label(), &r.ds, &scores, secs))

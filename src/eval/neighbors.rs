@@ -144,11 +144,13 @@ impl Found {
     }
 }
 
-/// `selfsup neighbors`: the picture of `queries` test images of the run in `dir` and their
-/// `k` nearest training images, written to `out` (default `dir/neighbors.png`); returns
-/// what to print.
+/// `selfsup neighbors`: the picture of `queries` test images of the run in `dir` (at its
+/// last checkpoint, or at `checkpoint`) and their `k` nearest training images, written to
+/// `out` (default `dir/neighbors.png`, or `dir/neighbors-CHECKPOINT.png`); returns what to
+/// print.
 pub fn for_run(
     dir: &Path,
+    checkpoint: Option<&Path>,
     queries: usize,
     k: usize,
     seed: u64,
@@ -158,10 +160,10 @@ pub fn for_run(
     if queries == 0 || k == 0 || queries > 1000 || k > 100 {
         bail!("--queries {queries} and --k {k} must be in 1..=1000 and 1..=100");
     }
-    let r = LoadedRun::load(dir, &[], device)?;
+    let r = LoadedRun::load(dir, checkpoint, &[], device)?;
     r.ds.require_labels()?;
     let f = super::SplitFeatures::of_method(r.model.method.as_ref(), &r.ds, device);
-    let out = out.unwrap_or_else(|| dir.join(FILE_NAME));
+    let out = out.unwrap_or_else(|| r.output(dir, FILE_NAME));
     let (train, test) = (&r.ds.train, &r.ds.test);
     let found = write_picture(train, test, &f.train.0, &f.test.0, queries, k, seed, &out)?;
     let mut text = String::new();

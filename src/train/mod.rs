@@ -1,20 +1,21 @@
 //! The training loop: schedule, optimizer, progress bar, metrics.jsonl, a checkpoint every
-//! epoch, and `--resume`.
+//! epoch and every `checkpoint_every`, and `--resume` from any of them (mid-epoch too).
 
 pub mod checkpoint;
+pub mod lock;
 pub mod optim;
 pub mod run;
 
 use crate::config::Config;
-use crate::data::{self, Dataset, Loader, loader::ViewSpec};
+use crate::data::{self, Batch, Dataset, Loader, loader::ViewSpec};
 use crate::methods::{self, DataInfo, Method, StepCtx};
 use crate::metrics::{self, Summary};
-use crate::schedule;
+use crate::{faults, schedule};
 use anyhow::{Context, Result, bail};
+use checkpoint::EpochSums;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor, nn};
@@ -105,11 +106,50 @@ pub fn steps_per_epoch(n: usize, batch_size: usize) -> usize {
 pub struct TrainOptions {
     /// Continue from the checkpoint in the run folder.
     pub resume: bool,
+    /// With `resume`: continue from this checkpoint file instead of the run's last one (a
+    /// kept `checkpoint-epochE.safetensors`).
+    pub checkpoint: Option<PathBuf>,
     /// No progress bar or per-epoch lines.
     pub quiet: bool,
     /// Stop (after checkpointing) once this many epochs of the run are complete, leaving the
     /// rest for a later `resume`.
     pub stop_after_epochs: Option<usize>,
+}
+
+/// The data order of `epoch` without its first `skip` batches (done before a resume).
+fn epoch_order_from(n: usize, cfg: &Config, epoch: usize, skip: usize) -> Vec<usize> {
+    let mut order = data::epoch_order(n, cfg.seed, epoch);
+    order.drain(..(skip * cfg.batch_size).min(n));
+    order
+}
+
+/// One optimizer step of `model` on `batch` with learning rate `lr`: libtorch's RNG seeded
+/// for the step (so that a resumed run draws the same), the loss, its gradients, the update
+/// and the method's after-step hook (momentum targets, queues). Returns the loss, which
+/// must be finite.
+pub fn train_step(
+    model: &mut Model,
+    opt: &mut optim::Optimizer,
+    batch: &Batch,
+    ctx: &StepCtx,
+    lr: f64,
+    seed: u64,
+) -> Result<f64> {
+    tch::manual_seed(checkpoint::step_seed(seed, ctx.step));
+    opt.zero_grad();
+    let loss = model.method.loss(&batch.images, &batch.labels, ctx);
+    loss.backward();
+    opt.step(lr);
+    tch::no_grad(|| model.method.after_step(ctx));
+    let l = loss.double_value(&[]);
+    if !l.is_finite() {
+        bail!(
+            "loss became {l} at step {} (epoch {}); try a lower lr",
+            ctx.step,
+            ctx.epoch + 1
+        );
+    }
+    Ok(l)
 }
 
 /// Pretrains `cfg.method` on `ds`, writing metrics and checkpoints into `out`.
@@ -127,6 +167,9 @@ pub fn pretrain(
     let mut model = Model::build(cfg, &data_info(ds), device)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run folder {}", out.display()))?;
+    // Held until training ends: one writer per run folder.
+    let _lock = lock::RunLock::acquire(out)?;
+    checkpoint::remove_temp_files(out)?;
     let ckpt_path = out.join(checkpoint::FILE_NAME);
     // Self-supervised methods train on the pretraining split (which may be unlabeled);
     // the supervised baseline needs the labelled training split.
@@ -156,20 +199,21 @@ pub fn pretrain(
     }
     let mut opt = optim::Optimizer::new(&model.vs, cfg.optimizer, cfg.momentum, cfg.weight_decay);
     let (mut epoch, mut step, mut wall_before) = (0usize, 0usize, 0f64);
+    // The batches of the first epoch already done, and that epoch's sums so far.
+    let (mut skip, mut sums) = (0usize, EpochSums::default());
     if resume {
-        let ck = checkpoint::load(out)?;
+        let path = opts.checkpoint.clone().unwrap_or_else(|| ckpt_path.clone());
+        let ck = checkpoint::load_file(&path)?;
         checkpoint::load_into(&model.vs, &ck.model)
-            .with_context(|| format!("{}", ckpt_path.display()))?;
+            .with_context(|| format!("{}", path.display()))?;
         opt.load_state(ck.optim)
-            .with_context(|| format!("{}", ckpt_path.display()))?;
+            .with_context(|| format!("{}", path.display()))?;
         (epoch, step, wall_before) = (ck.meta.epoch, ck.meta.step, ck.meta.wall_seconds);
-        if step != epoch * spe {
-            bail!(
-                "{}: step {} does not match epoch {epoch} x {spe} steps per epoch; was the data or batch size changed?",
-                ckpt_path.display(),
-                step
-            );
-        }
+        skip = ck
+            .meta
+            .batches_done(spe)
+            .with_context(|| format!("{}", path.display()))?;
+        sums = ck.meta.in_epoch;
     } else if ckpt_path.exists() {
         bail!(
             "{} already holds a run; pass --resume to continue it or choose another --out",
@@ -182,11 +226,10 @@ pub fn pretrain(
         cfg.to_toml_with(&model.spec.keys_read())?,
     )?;
 
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out.join(metrics::FILE_NAME))
-        .with_context(|| format!("cannot open {}", out.join(metrics::FILE_NAME).display()))?;
+    let (mut log, note) = metrics::Log::open(&out.join(metrics::FILE_NAME), !resume)?;
+    if let Some(n) = note {
+        eprintln!("note: {n}");
+    }
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -199,10 +242,11 @@ pub fn pretrain(
     );
     bar.set_position(step as u64);
     let started = Instant::now();
+    let mut interval = checkpoint::Interval::new(cfg.checkpoint_every);
     let (mut images_seen, mut final_loss) = (0usize, f64::NAN);
     while epoch < stop_at {
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
-        let order = data::epoch_order(train.len(), cfg.seed, epoch);
+        let order = epoch_order_from(train.len(), cfg, epoch, skip);
         let spec = views.as_ref().map(|v| ViewSpec {
             views: v.clone(),
             seed: cfg.seed,
@@ -217,8 +261,8 @@ pub fn pretrain(
             device,
             spec,
         );
-        let (mut loss_sum, mut loss_n) = (0f64, 0usize);
         let epoch_start = Instant::now();
+        let epoch_seconds = |sums: &EpochSums| sums.seconds + epoch_start.elapsed().as_secs_f64();
         let mut window = (Instant::now(), 0usize);
         for batch in loader {
             let ctx = StepCtx {
@@ -227,53 +271,64 @@ pub fn pretrain(
                 total_steps,
             };
             let lr = schedule::cosine_with_warmup(step, total_steps, warmup, cfg.lr, cfg.min_lr);
-            tch::manual_seed(checkpoint::step_seed(cfg.seed, step));
-            opt.zero_grad();
-            let loss = model.method.loss(&batch.images, &batch.labels, &ctx);
-            loss.backward();
-            opt.step(lr);
-            tch::no_grad(|| model.method.after_step(&ctx));
-            let l = loss.double_value(&[]);
-            if !l.is_finite() {
-                bail!(
-                    "loss became {l} at step {step} (epoch {}); try a lower lr",
-                    epoch + 1
-                );
-            }
+            let l = train_step(&mut model, &mut opt, &batch, &ctx, lr, cfg.seed)?;
             let b = batch.indices.len();
-            (loss_sum, loss_n, images_seen) = (loss_sum + l, loss_n + 1, images_seen + b);
+            (sums.loss_sum, images_seen) = (sums.loss_sum + l, images_seen + b);
             window.1 += b;
             step += 1;
             final_loss = l;
             let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("loss {l:.4} lr {lr:.2e} {ips:.0} img/s"));
             bar.inc(1);
+            let wall = wall_before + started.elapsed().as_secs_f64();
             if step % log_every == 0 {
-                let rec = json!({"kind": "step", "epoch": epoch + 1, "step": step, "loss": l, "lr": lr, "images_per_sec": ips,
-                                 "time": wall_before + started.elapsed().as_secs_f64()});
-                writeln!(metrics, "{rec}")?;
+                log.record(
+                    &json!({"kind": "step", "epoch": epoch + 1, "step": step, "loss": l, "lr": lr,
+                                   "images_per_sec": ips, "time": wall}),
+                )?;
                 window = (Instant::now(), 0);
             }
+            // The epoch's end writes its own checkpoint below.
+            if step % spe != 0 && interval.due(step, Instant::now()) {
+                let now_sums = EpochSums {
+                    seconds: epoch_seconds(&sums),
+                    ..sums
+                };
+                log.sync()?;
+                checkpoint::save(
+                    out,
+                    &model.vs,
+                    &opt.state_tensors(),
+                    &checkpoint::Meta::new(cfg, epoch, step, wall, now_sums),
+                )?;
+                interval.saved(Instant::now());
+            }
+            faults::point("step");
         }
         epoch += 1;
-        let secs = epoch_start.elapsed().as_secs_f64();
-        let mean_loss = loss_sum / loss_n.max(1) as f64;
+        let secs = epoch_seconds(&sums);
+        let mean_loss = sums.loss_sum / spe as f64;
+        let ips = (spe * cfg.batch_size) as f64 / secs;
         let wall = wall_before + started.elapsed().as_secs_f64();
-        let rec = json!({"kind": "epoch", "epoch": epoch, "step": step, "loss": mean_loss,
-                         "images_per_sec": (loss_n * cfg.batch_size) as f64 / secs, "epoch_seconds": secs, "time": wall});
-        writeln!(metrics, "{rec}")?;
-        metrics.flush()?;
-        checkpoint::save(
+        log.record(
+            &json!({"kind": "epoch", "epoch": epoch, "step": step, "loss": mean_loss,
+                           "images_per_sec": ips, "epoch_seconds": secs, "time": wall}),
+        )?;
+        log.sync()?;
+        let meta = checkpoint::Meta::new(cfg, epoch, step, wall, EpochSums::default());
+        checkpoint::save_epoch(
             out,
             &model.vs,
             &opt.state_tensors(),
-            &checkpoint::Meta::new(cfg, epoch, step, wall),
+            &meta,
+            cfg.keep_checkpoints,
         )?;
+        interval.saved(Instant::now());
+        (skip, sums) = (0, EpochSums::default());
         if !quiet {
             bar.println(format!(
-                "epoch {epoch}/{}: mean loss {mean_loss:.5}, {:.0} img/s, {secs:.1}s; checkpoint saved",
+                "epoch {epoch}/{}: mean loss {mean_loss:.5}, {ips:.0} img/s, {secs:.1}s; checkpoint saved",
                 cfg.epochs,
-                (loss_n * cfg.batch_size) as f64 / secs
             ));
         }
     }
@@ -288,8 +343,9 @@ pub fn pretrain(
         )?;
     }
     // The curve is a by-product: a failure to draw it does not fail the training.
-    if let Err(e) = write_loss_plot(out, &cfg.method, &ds.name) {
-        eprintln!("warning: {e:#}");
+    match write_loss_plot(out, &cfg.method, &ds.name) {
+        Ok(m) => m.notes.iter().for_each(|n| eprintln!("note: {n}")),
+        Err(e) => eprintln!("warning: {e:#}"),
     }
     Ok(Summary {
         epochs: epoch,
@@ -431,8 +487,16 @@ pub(crate) mod tests {
         // Optimizer state travelled too: AdamW moments for every trainable parameter.
         let n_trainable = before.iter().filter(|(_, t)| t.requires_grad()).count();
         assert_eq!(ck.optim.len(), 2 * n_trainable + 1);
-        // No temporary file is left behind.
-        assert!(!dir.path().join("checkpoint.safetensors.tmp").exists());
+        // No temporary file is left behind; the lock file is empty once training ended.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(lock::FILE_NAME)).unwrap(),
+            ""
+        );
     }
 
     #[test]
@@ -512,7 +576,7 @@ pub(crate) mod tests {
         {
             assert_eq!(ka, kb);
             assert!(
-                ta.allclose(tb, 1e-5, 1e-6, false),
+                ta.equal(tb),
                 "{ka} differs between the straight and the resumed run"
             );
         }

@@ -263,8 +263,13 @@ pub struct Subject {
 
 impl Subject {
     /// The encoder of the run in `dir` and the run's config with `sets` (eval keys) applied.
-    pub fn from_run(dir: &Path, sets: &[String], device: Device) -> Result<(Subject, Config)> {
-        Ok(Subject::from_loaded(LoadedRun::load(dir, sets, device)?))
+    pub fn from_run(
+        dir: &Path,
+        checkpoint: Option<&Path>,
+        sets: &[String],
+        device: Device,
+    ) -> Result<(Subject, Config)> {
+        Ok(Subject::from_loaded(LoadedRun::load(dir, checkpoint, sets, device)?))
     }
 
     /// The encoder of a loaded run, and the run's config.
@@ -549,18 +554,19 @@ pub fn describe(record: &Record, ds: &SegDataset, cfg: &Config) -> String {
     s
 }
 
-/// `selfsup segment --run DIR`: segments with the run's encoder (eval-key overrides `sets`,
-/// which may name the `seg_*` keys), writes the results into `out` (default: the run
-/// folder) and returns what to print.
+/// `selfsup segment --run DIR`: segments with the run's encoder (at `checkpoint`, default
+/// the last one; eval-key overrides `sets`, which may name the `seg_*` keys), writes the
+/// results into `out` (default: the run folder) and returns what to print.
 pub fn for_run(
     dir: &Path,
+    checkpoint: Option<&Path>,
     sets: &[String],
     protocols: &[Protocol],
     out: Option<&Path>,
     device: Device,
     quiet: bool,
 ) -> Result<String> {
-    let (subject, cfg) = Subject::from_run(dir, sets, device)?;
+    let (subject, cfg) = Subject::from_run(dir, checkpoint, sets, device)?;
     let ds = seg::load(&cfg)?;
     let out = out.unwrap_or(dir);
     let record = segment(&subject, &ds, &cfg, protocols, out, device, quiet)?;

@@ -1,0 +1,77 @@
+//! The C ABI of `shim.cpp` (compiled by build.rs) and its error strings. The safe API over
+//! it is `dist` (c10d process groups) and `precision` (autocast), the modules above it.
+//!
+//! Each fallible function returns null on success or an error message allocated by the shim,
+//! which `check` turns into an `anyhow::Error` and frees.
+use anyhow::{Result, anyhow};
+use std::ffi::{CStr, c_char, c_int};
+use torch_sys::C_tensor;
+
+/// A c10d process group (the shim's `SelfsupGroup`), only ever behind a pointer.
+#[repr(C)]
+pub(crate) struct Group {
+    _opaque: [u8; 0],
+}
+
+/// The shape of the two all-gathers: (group, input, out: the gathered tensor) -> error.
+pub(crate) type GatherFn =
+    unsafe extern "C" fn(*mut Group, *const C_tensor, *mut *mut C_tensor) -> *mut c_char;
+
+unsafe extern "C" {
+    fn selfsup_free_error(error: *mut c_char);
+    pub(crate) safe fn selfsup_has_nccl() -> c_int;
+    pub(crate) fn selfsup_pg_create(
+        rank: c_int,
+        world: c_int,
+        master_addr: *const c_char,
+        master_port: c_int,
+        store_prefix: *const c_char,
+        timeout_ms: i64,
+        backend: c_int,
+        cuda_device: c_int,
+        out: *mut *mut Group,
+    ) -> *mut c_char;
+    pub(crate) fn selfsup_pg_destroy(group: *mut Group) -> *mut c_char;
+    pub(crate) fn selfsup_pg_all_reduce_sum(group: *mut Group, t: *const C_tensor) -> *mut c_char;
+    pub(crate) fn selfsup_pg_broadcast(
+        group: *mut Group,
+        t: *const C_tensor,
+        root: c_int,
+    ) -> *mut c_char;
+    pub(crate) fn selfsup_pg_barrier(group: *mut Group) -> *mut c_char;
+    pub(crate) fn selfsup_pg_all_gather(
+        group: *mut Group,
+        t: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    pub(crate) fn selfsup_pg_all_gather_autograd(
+        group: *mut Group,
+        t: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    pub(crate) fn selfsup_autocast_enter(
+        device_type: c_int,
+        dtype: c_int,
+        prev_enabled: *mut c_int,
+        prev_dtype: *mut c_int,
+    ) -> *mut c_char;
+    pub(crate) fn selfsup_autocast_exit(
+        device_type: c_int,
+        prev_enabled: c_int,
+        prev_dtype: c_int,
+    ) -> *mut c_char;
+    pub(crate) safe fn selfsup_autocast_is_enabled(device_type: c_int) -> c_int;
+}
+
+/// The result of a shim call: Ok for null, else its message (which is freed here).
+pub(crate) fn check(error: *mut c_char) -> Result<()> {
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null result is a NUL-terminated string from the shim's strdup, ours to free.
+    let message = unsafe { CStr::from_ptr(error) }
+        .to_string_lossy()
+        .into_owned();
+    unsafe { selfsup_free_error(error) };
+    Err(anyhow!(message))
+}

@@ -1,0 +1,326 @@
+// selfsup's one native module: PyTorch's own c10d (TCPStore, Gloo, NCCL, the functional
+// collectives) and libtorch's autocast switches, behind a small C ABI for src/native/mod.rs.
+//
+// Tensors cross as tch's `torch::Tensor*`. Every entry point returns NULL on success or a
+// malloc'ed error message (freed by selfsup_free_error): no C++ exception crosses into Rust.
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace {
+
+using Ms = std::chrono::milliseconds;
+using BackendType = c10d::ProcessGroup::BackendType;
+
+// An exception's message; a c10 error's without its C++ backtrace, which would bury the cause.
+std::string message(const std::exception& e) {
+  auto c10_error = dynamic_cast<const c10::Error*>(&e);
+  return c10_error ? c10_error->what_without_backtrace() : e.what();
+}
+
+// Runs `f`, turning any exception into a malloc'ed error message.
+template <class F>
+char* guarded(F&& f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(message(e).c_str());
+  } catch (...) {
+    return strdup("unknown C++ exception");
+  }
+}
+
+constexpr Ms kHeartbeatEvery{500};
+constexpr Ms kHeartbeatWindow{2000};
+
+}  // namespace
+
+// A process group, as Rust holds it (an opaque pointer).
+struct SelfsupGroup {
+  int rank, world;
+  std::string name;
+  c10::intrusive_ptr<c10d::Store> store;  // this group's keys; outlives `pg`
+  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  // After a failed collective the peers are out of step: teardown skips its barrier.
+  bool broken = false;
+  // Each rank bumps `heartbeat/<rank>` in the store every kHeartbeatEvery on its own
+  // connection, so that a failed collective can name the ranks that are gone.
+  std::thread heartbeat;
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool stop = false;
+
+  ~SelfsupGroup() { stop_heartbeat(); }
+
+  void beat(c10::intrusive_ptr<c10d::Store> own) {
+    std::unique_lock<std::mutex> lock(mutex);
+    const auto key = "heartbeat/" + std::to_string(rank);
+    while (!stop) {
+      try {
+        own->add(key, 1);
+      } catch (...) {
+        return;  // the store is gone; the next collective reports the failure
+      }
+      wake.wait_for(lock, kHeartbeatEvery, [&] { return stop; });
+    }
+  }
+
+  void stop_heartbeat() {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      stop = true;
+    }
+    wake.notify_all();
+    if (heartbeat.joinable()) heartbeat.join();
+  }
+
+  // Which peers stopped beating: reads every counter twice, kHeartbeatWindow apart.
+  std::string diagnose() {
+    try {
+      auto read = [&] {
+        std::vector<int64_t> beats;
+        for (int r = 0; r < world; r++) beats.push_back(store->add("heartbeat/" + std::to_string(r), 0));
+        return beats;
+      };
+      auto before = read();
+      std::this_thread::sleep_for(kHeartbeatWindow);
+      auto after = read();
+      std::string lost;
+      for (int r = 0; r < world; r++)
+        if (r != rank && before[r] == after[r]) lost += (lost.empty() ? "" : ", ") + std::to_string(r);
+      if (lost.empty())
+        return "every rank's heartbeat is still alive: a rank is slow or stuck, or the timeout is too short";
+      return "lost rank " + lost + ": no heartbeat for " + std::to_string(kHeartbeatWindow.count()) +
+             " ms (exited, killed or unreachable)";
+    } catch (const std::exception& e) {
+      return "the store is unreachable too (rank 0 or the launcher that hosts it is gone?): " + message(e);
+    }
+  }
+
+  // Waits for a collective; on failure marks the group broken and says who is lost.
+  void wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
+    try {
+      work->wait();
+    } catch (const std::exception& e) {
+      fail(what, message(e));
+    }
+  }
+
+  [[noreturn]] void fail(const char* what, const std::string& cause) {
+    broken = true;
+    throw std::runtime_error(std::string(what) + " failed on rank " + std::to_string(rank) + ": " + cause +
+                             "; " + diagnose());
+  }
+};
+
+namespace {
+
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+// Gloo binds each rank to a local address that the other ranks must reach. With every rank on
+// this host (a loopback master) that is 127.0.0.1; otherwise PyTorch's default: the
+// interfaces in GLOO_SOCKET_IFNAME, else the address this machine's hostname resolves to.
+c10::intrusive_ptr<c10d::ProcessGroupGloo::Options> gloo_options(const std::string& master, Ms timeout) {
+  const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+  if ((ifname && *ifname) || !is_loopback(master)) return c10d::ProcessGroupGloo::Options::create_default(timeout);
+  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+  return options;
+}
+
+#ifdef USE_C10D_NCCL
+void set_nccl_backend(SelfsupGroup& g, int cuda_device, Ms timeout) {
+  auto options = c10d::ProcessGroupNCCL::Options::create();
+  options->timeout = timeout;
+  g.pg->setBoundDeviceId(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_device)));
+  auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(g.store, g.rank, g.world, options);
+  g.pg->setDefaultBackend(BackendType::NCCL);
+  g.pg->setBackend(c10::DeviceType::CUDA, BackendType::NCCL, nccl);
+}
+#endif
+
+}  // namespace
+
+extern "C" {
+
+void selfsup_free_error(char* e) { free(e); }
+
+int selfsup_has_nccl() {
+#ifdef USE_C10D_NCCL
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// A process group of `world` ranks over the TCPStore at master:port, which rank 0 hosts unless
+// `store_prefix` is non-empty (torchrun's agent hosts it and each restart has its own prefix).
+// backend: 0 = Gloo (CPU tensors), 1 = NCCL (CUDA tensors of device `cuda_device`).
+char* selfsup_pg_create(int rank, int world, const char* master, int port, const char* store_prefix,
+                        int64_t timeout_ms, int backend, int cuda_device, SelfsupGroup** out) {
+  *out = nullptr;
+  return guarded([&] {
+    TORCH_CHECK(backend != 1 || selfsup_has_nccl(),
+                "this selfsup build has no NCCL support (built without the CUDA headers that "
+                "ProcessGroupNCCL.hpp needs: nccl.h, cuda_runtime_api.h, crt/host_config.h, nv/target; "
+                "see build.rs)");
+    static std::atomic<int> groups{0};
+    const Ms timeout(timeout_ms);
+    const std::string prefix(store_prefix);
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<uint16_t>(port);
+    so.isServer = prefix.empty() && rank == 0;
+    so.numWorkers = world;
+    so.timeout = timeout;
+    so.multiTenant = true;  // as PyTorch: several groups of one process may share the port
+    c10::intrusive_ptr<c10d::Store> base = c10::make_intrusive<c10d::TCPStore>(master, so);
+    if (!prefix.empty()) base = c10::make_intrusive<c10d::PrefixStore>(prefix, base);
+
+    // Every rank creates its groups in the same order, so the names agree across ranks.
+    auto g = std::make_unique<SelfsupGroup>();
+    g->rank = rank;
+    g->world = world;
+    g->name = "selfsup_pg_" + std::to_string(groups++);
+    g->store = c10::make_intrusive<c10d::PrefixStore>(g->name + "/", base);
+    g->pg = c10::make_intrusive<c10d::ProcessGroup>(g->store, rank, world);
+    if (backend == 1) {
+#ifdef USE_C10D_NCCL
+      set_nccl_backend(*g, cuda_device, timeout);
+#else
+      (void)cuda_device;  // refused above
+#endif
+    } else {
+      auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(g->store, rank, world, gloo_options(master, timeout));
+      g->pg->setDefaultBackend(BackendType::GLOO);
+      g->pg->setBackend(c10::DeviceType::CPU, BackendType::GLOO, gloo);
+    }
+    g->pg->setGroupName(g->name);
+    c10d::register_process_group(g->name, g->pg);  // the functional collectives look it up by name
+    g->heartbeat = std::thread(&SelfsupGroup::beat, g.get(), g->store->clone());
+    *out = g.release();
+  });
+}
+
+// Barrier (skipped once a collective failed), unregister, free. `g` is freed even on error.
+// Without the barrier, a rank could tear down while a peer's last collective (e.g. the
+// reduce-scatter of a backward) still needs it: that crashed the probe.
+char* selfsup_pg_destroy(SelfsupGroup* g) {
+  std::unique_ptr<SelfsupGroup> owned(g);  // frees the group (the backend, then the store)
+  g->stop_heartbeat();
+  char* barrier_error = g->broken ? nullptr : guarded([&] { g->wait(g->pg->barrier(), "barrier"); });
+  char* unregister_error = guarded([&] { c10d::unregister_process_group(g->name); });
+  if (!barrier_error) return unregister_error;
+  free(unregister_error);
+  return barrier_error;
+}
+
+// The plain collectives work on the data of their tensors, outside autograd (as PyTorch's
+// `dist.all_reduce(p.data)`): grad mode off, so that a parameter may be updated in place.
+char* selfsup_pg_all_reduce_sum(SelfsupGroup* g, const at::Tensor* t) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> ts{*t};
+    g->wait(g->pg->allreduce(ts), "all-reduce");
+  });
+}
+
+char* selfsup_pg_broadcast(SelfsupGroup* g, const at::Tensor* t, int root) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> ts{*t};
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    g->wait(g->pg->broadcast(ts, options), "broadcast");
+  });
+}
+
+char* selfsup_pg_barrier(SelfsupGroup* g) {
+  return guarded([&] { g->wait(g->pg->barrier(), "barrier"); });
+}
+
+// [B, ...] -> [world * B, ...], rank r's rows at [r * B, (r + 1) * B).
+char* selfsup_pg_all_gather(SelfsupGroup* g, const at::Tensor* t, at::Tensor** out) {
+  *out = nullptr;
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    auto input = t->contiguous();
+    auto sizes = input.sizes().vec();
+    TORCH_CHECK(!sizes.empty(), "all-gather needs a tensor with a batch dimension");
+    sizes[0] *= g->world;
+    auto gathered = at::empty(sizes, input.options());
+    g->wait(g->pg->_allgather_base(gathered, input), "all-gather");
+    *out = new at::Tensor(std::move(gathered));
+  });
+}
+
+// The same gather, differentiable: its backward is a reduce-scatter with SUM, so each rank
+// receives the summed gradient of its own rows from every rank's loss.
+char* selfsup_pg_all_gather_autograd(SelfsupGroup* g, const at::Tensor* t, at::Tensor** out) {
+  *out = nullptr;
+  return guarded([&] {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("_c10d_functional_autograd::all_gather_into_tensor", "")
+                         .typed<at::Tensor(const at::Tensor&, int64_t, const std::string&)>();
+    TORCH_CHECK(t->dim() > 0, "all-gather needs a tensor with a batch dimension");
+    at::Tensor gathered;
+    try {
+      gathered = op.call(t->contiguous(), g->world, g->name);  // [world * B, ...]
+      c10d::wait_tensor(gathered);
+    } catch (const std::exception& e) {
+      g->fail("all-gather", message(e));
+    }
+    // The backward's reduce-scatter rejects a non-contiguous gradient ("Expected
+    // input.is_contiguous()", pytorch #120386), e.g. when the gathered tensor is used
+    // through a transpose: hand it a contiguous one.
+    if (gathered.requires_grad())
+      gathered.register_hook([](const at::Tensor& grad) { return grad.contiguous(); });
+    *out = new at::Tensor(std::move(gathered));
+  });
+}
+
+// Autocast for device_type (0 = CPU, 1 = CUDA) in `dtype` (a c10::ScalarType), as
+// torch.autocast.__enter__ does; the previous state comes back for selfsup_autocast_exit.
+char* selfsup_autocast_enter(int device_type, int dtype, int* prev_enabled, int* prev_dtype) {
+  return guarded([&] {
+    const auto device = static_cast<at::DeviceType>(device_type);
+    *prev_enabled = at::autocast::is_autocast_enabled(device);
+    *prev_dtype = static_cast<int>(at::autocast::get_autocast_dtype(device));
+    at::autocast::set_autocast_enabled(device, true);
+    at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(dtype));
+    at::autocast::increment_nesting();
+  });
+}
+
+// As torch.autocast.__exit__: the outermost exit drops the cached casts of the weights.
+char* selfsup_autocast_exit(int device_type, int prev_enabled, int prev_dtype) {
+  return guarded([&] {
+    const auto device = static_cast<at::DeviceType>(device_type);
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device, prev_enabled != 0);
+    at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(prev_dtype));
+  });
+}
+
+int selfsup_autocast_is_enabled(int device_type) {
+  return at::autocast::is_autocast_enabled(static_cast<at::DeviceType>(device_type));
+}
+
+}  // extern "C"

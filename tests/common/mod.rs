@@ -1,0 +1,75 @@
+//! Helpers of the end-to-end tests: running the `selfsup` binary, and a tiny MNIST-format
+//! data set. Each test file uses part of them.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn selfsup(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_selfsup"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("the selfsup binary runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A small CNN and decoder with batches that fit the tiny data sets below.
+pub const TINY_NET: [&str; 6] = [
+    "--set",
+    "cnn_widths=[4, 8]",
+    "--set",
+    "decoder_widths=[8, 4]",
+    "--set",
+    "batch_size=32",
+];
+
+pub fn idx(dims: &[usize], data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 8, dims.len() as u8];
+    for &d in dims {
+        out.extend_from_slice(&(d as u32).to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+/// An MNIST-format folder of 8x8 images: class k has a bright 4x4 square in quadrant k.
+pub fn write_tiny_mnist(dir: &Path) {
+    let make = |n: usize| {
+        let mut imgs = vec![0u8; n * 64];
+        let mut labels = vec![0u8; n];
+        for i in 0..n {
+            let k = i % 4;
+            let (r, c) = [(0, 0), (0, 4), (4, 0), (4, 4)][k];
+            for y in r..r + 4 {
+                for x in c..c + 4 {
+                    imgs[i * 64 + y * 8 + x] = 180 + (i % 70) as u8;
+                }
+            }
+            labels[i] = k as u8;
+        }
+        (imgs, labels)
+    };
+    let (ti, tl) = make(128);
+    let (vi, vl) = make(40);
+    std::fs::write(dir.join("train-images-idx3-ubyte"), idx(&[128, 8, 8], &ti)).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), idx(&[128], &tl)).unwrap();
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), idx(&[40, 8, 8], &vi)).unwrap();
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), idx(&[40], &vl)).unwrap();
+}
+
+/// A temporary folder holding `data/`, a tiny MNIST-format data set.
+pub fn tiny_mnist_in_temp_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_tiny_mnist(&data);
+    (tmp, data)
+}

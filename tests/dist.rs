@@ -1,0 +1,360 @@
+//! Process groups of two ranks over Gloo on loopback. Each test runs this test binary twice
+//! more, only itself (`--exact`), as rank 0 and rank 1 with the launcher's variables set; those
+//! children do the worker part and print `RESULT` lines, which the test checks.
+use selfsup::dist::{Backend, DistEnv, ProcessGroup};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor, nn};
+
+const WORKER: &str = "SELFSUP_DIST_TEST_WORKER";
+
+/// In a child: this rank's group, joined with `timeout`. In the test itself: None.
+fn worker_group(timeout: Duration) -> Option<ProcessGroup> {
+    std::env::var_os(WORKER)?;
+    let env = DistEnv::from_env()
+        .unwrap()
+        .expect("the launcher's variables are set");
+    Some(ProcessGroup::new(&env, Backend::Gloo, timeout).unwrap())
+}
+
+struct Rank {
+    status: ExitStatus,
+    output: String,
+}
+
+impl Rank {
+    fn results(&self) -> Vec<&str> {
+        self.output
+            .lines()
+            .filter_map(|l| l.strip_prefix("RESULT "))
+            .collect()
+    }
+
+    fn assert_success(&self, rank: usize) {
+        assert!(
+            self.status.success(),
+            "rank {rank} failed ({}):\n{}",
+            self.status,
+            self.output
+        );
+    }
+}
+
+/// Runs the test `name` as ranks 0 and 1 on a free port and waits for both (60 s at most).
+fn run_ranks(name: &str) -> Vec<Rank> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut children: Vec<_> = (0..2)
+        .map(|rank| {
+            let log_path = dir.path().join(format!("rank{rank}.log"));
+            let log = std::fs::File::create(&log_path).unwrap();
+            let child = Command::new(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--nocapture"])
+                .env(WORKER, "1")
+                .envs([("RANK", rank.to_string()), ("LOCAL_RANK", rank.to_string())])
+                .envs([
+                    ("WORLD_SIZE", "2"),
+                    ("MASTER_ADDR", "127.0.0.1"),
+                    ("OMP_NUM_THREADS", "1"),
+                ])
+                .env("MASTER_PORT", port.to_string())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            (child, log_path)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut statuses = vec![None; children.len()];
+    while statuses.iter().any(Option::is_none) {
+        for ((child, _), status) in children.iter_mut().zip(&mut statuses) {
+            if status.is_none() {
+                *status = child.try_wait().unwrap();
+            }
+        }
+        if Instant::now() > deadline {
+            children
+                .iter_mut()
+                .for_each(|(child, _)| drop(child.kill()));
+            let logs: Vec<_> = children
+                .iter()
+                .map(|(_, log)| std::fs::read_to_string(log).unwrap())
+                .collect();
+            panic!(
+                "the ranks did not finish within 60 s:\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let logs = children
+        .iter()
+        .map(|(_, log)| std::fs::read_to_string(log).unwrap());
+    statuses
+        .into_iter()
+        .zip(logs)
+        .map(|(status, output)| Rank {
+            status: status.unwrap(),
+            output,
+        })
+        .collect()
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+#[test]
+fn collectives() {
+    if let Some(pg) = worker_group(Duration::from_secs(30)) {
+        let r = pg.rank() as f64;
+        let t = Tensor::from_slice(&[1f32, 2., 3.]) * (r + 1.);
+        pg.all_reduce_sum_(&t).unwrap();
+        println!("RESULT all-reduce {:?}", values(&t));
+
+        let t = Tensor::full([2], 10. * r + 5., (Kind::Float, Device::Cpu));
+        pg.broadcast_(&t, 1).unwrap();
+        println!("RESULT broadcast {:?}", values(&t));
+
+        let x = Tensor::arange(6, (Kind::Float, Device::Cpu)).view([2, 3]) + 100. * r; // [B, D] = [2, 3]
+        let gathered = pg.all_gather(&x).unwrap(); // [2B, D]
+        println!(
+            "RESULT all-gather {:?} {:?}",
+            gathered.size(),
+            values(&gathered)
+        );
+        pg.barrier().unwrap();
+
+        // Different weights and buffers on each rank; rank 0's everywhere after the broadcast.
+        tch::manual_seed(pg.rank() as i64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _linear = nn::linear(vs.root() / "fc", 3, 2, Default::default());
+        let _bn = nn::batch_norm1d(vs.root() / "bn", 2, Default::default());
+        let running_mean = &vs.variables()["bn.running_mean"];
+        tch::no_grad(|| drop(running_mean.shallow_clone().fill_(r + 1.)));
+        pg.broadcast_var_store(&vs).unwrap();
+        let mut names: Vec<_> = vs.variables().into_iter().collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        let flat = Tensor::cat(
+            &names
+                .iter()
+                .map(|(_, t)| t.reshape([1, -1]))
+                .collect::<Vec<_>>(),
+            1,
+        ); // [1, P]
+        let both = pg.all_gather(&flat).unwrap(); // [2, P]
+        let same = values(&both.get(0)) == values(&both.get(1));
+        println!(
+            "RESULT var store equal on both ranks: {same}, running mean {:?}",
+            values(running_mean)
+        );
+        pg.shutdown().unwrap();
+        return;
+    }
+    let ranks = run_ranks("collectives");
+    let gathered =
+        "[4, 3] [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 100.0, 101.0, 102.0, 103.0, 104.0, 105.0]";
+    for (r, rank) in ranks.iter().enumerate() {
+        rank.assert_success(r);
+        assert_eq!(
+            rank.results(),
+            [
+                "all-reduce [3.0, 6.0, 9.0]".to_string(),
+                "broadcast [15.0, 15.0]".into(),
+                format!("all-gather {gathered}"),
+                "var store equal on both ranks: true, running mean [1.0, 1.0]".into(),
+            ],
+            "rank {r}"
+        );
+    }
+}
+
+#[test]
+fn gradients() {
+    if let Some(pg) = worker_group(Duration::from_secs(30)) {
+        let r = pg.rank() as f64;
+        // Bucketed averaging (16-byte buckets: several per dtype, the [3, 4] alone) against one
+        // all-reduce per tensor and against the mean computed here.
+        let grads_of = |r: f64| {
+            let cpu = |kind| (kind, Device::Cpu);
+            vec![
+                Tensor::arange(12, cpu(Kind::Float)).view([3, 4]) * (r + 1.),
+                Tensor::full([2], r + 0.5, cpu(Kind::Float)),
+                Tensor::full([2, 2], 3. * r, cpu(Kind::Double)),
+                Tensor::arange(3, cpu(Kind::Float)) + r,
+            ]
+        };
+        let bucketed = grads_of(r);
+        pg.average_gradients(&bucketed, 16).unwrap();
+        let per_tensor = grads_of(r);
+        for t in &per_tensor {
+            pg.all_reduce_sum_(t).unwrap();
+        }
+        let per_tensor: Vec<Tensor> = per_tensor.iter().map(|t| t / 2.).collect();
+        let by_hand: Vec<Tensor> = grads_of(0.)
+            .iter()
+            .zip(grads_of(1.))
+            .map(|(a, b)| (a + b) / 2.)
+            .collect();
+        let all = |other: &[Tensor]| {
+            bucketed
+                .iter()
+                .zip(other)
+                .all(|(a, b)| a.kind() == b.kind() && values(a) == values(b))
+        };
+        println!(
+            "RESULT bucketed = per-tensor: {}, = by hand: {}",
+            all(&per_tensor),
+            all(&by_hand)
+        );
+
+        // loss_r = sum(gathered * w_r) with w_r = (r + 1) * base, base = 1..=12 as [4, 3]. The
+        // gradient of rank s's rows over both ranks' losses is (1 + 2) * base[2s..2s + 2].
+        let base = Tensor::arange_start(1, 13, (Kind::Float, Device::Cpu)).view([4, 3]);
+        let w = &base * (r + 1.); // [2B, D]
+        let x = (Tensor::arange(6, (Kind::Float, Device::Cpu)).view([2, 3]) + 10. * r)
+            .set_requires_grad(true); // [B, D]
+        let gathered = pg.all_gather_autograd(&x).unwrap(); // [2B, D]
+        let forward_same = values(&gathered) == values(&pg.all_gather(&x.detach()).unwrap());
+        (&gathered * &w).sum(Kind::Float).backward();
+        println!(
+            "RESULT forward = all_gather: {forward_same}, grad {:?}",
+            values(&x.grad())
+        );
+        // The same loss through a transpose: the gradient reaching the gather is non-contiguous.
+        let x = x.detach().set_requires_grad(true);
+        let gathered = pg.all_gather_autograd(&x).unwrap(); // [2B, D]
+        (gathered.tr() * w.tr().contiguous())
+            .sum(Kind::Float)
+            .backward(); // [D, 2B] inside
+        println!("RESULT transposed grad {:?}", values(&x.grad()));
+        return;
+    }
+    let ranks = run_ranks("gradients");
+    // The classic bug, keeping only the gradient of the local loss for the local rows, gives
+    // rank 0 [1, 2, 3, 4, 5, 6] and rank 1 [14, 16, 18, 20, 22, 24] instead.
+    let grads = [
+        "[3.0, 6.0, 9.0, 12.0, 15.0, 18.0]",
+        "[21.0, 24.0, 27.0, 30.0, 33.0, 36.0]",
+    ];
+    for (r, rank) in ranks.iter().enumerate() {
+        rank.assert_success(r);
+        assert_eq!(
+            rank.results(),
+            [
+                "bucketed = per-tensor: true, = by hand: true".to_string(),
+                format!("forward = all_gather: true, grad {}", grads[r]),
+                format!("transposed grad {}", grads[r]),
+            ],
+            "rank {r}"
+        );
+    }
+}
+
+/// Runs an all-reduce that must fail and prints its error and time for `error_and_seconds`.
+fn print_failed_all_reduce(pg: &ProcessGroup) {
+    let start = Instant::now();
+    let e = pg
+        .all_reduce_sum_(&Tensor::ones([4], (Kind::Float, Device::Cpu)))
+        .unwrap_err();
+    let seconds = start.elapsed().as_secs_f64();
+    println!("RESULT error after {seconds:.2}s: {e}");
+}
+
+/// A rank's all-reduce error and its time in seconds, from its RESULT line.
+fn error_and_seconds(rank: &Rank) -> (String, f64) {
+    let line = rank
+        .results()
+        .into_iter()
+        .find_map(|l| l.strip_prefix("error after "))
+        .expect("an error line");
+    let (seconds, error) = line.split_once("s: ").unwrap();
+    (error.to_string(), seconds.parse().unwrap())
+}
+
+#[test]
+fn killed_peer_is_an_error_not_a_hang() {
+    if let Some(pg) = worker_group(Duration::from_secs(20)) {
+        if pg.rank() == 1 {
+            std::thread::sleep(Duration::from_secs(1)); // rank 0 is waiting in its all-reduce
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        print_failed_all_reduce(&pg);
+        return;
+    }
+    let ranks = run_ranks("killed_peer_is_an_error_not_a_hang");
+    assert_eq!(
+        ranks[1].status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        ranks[1].output
+    );
+    ranks[0].assert_success(0);
+    let (error, seconds) = error_and_seconds(&ranks[0]);
+    // Rank 1 dies 1 s into the all-reduce; Gloo sees the closed connection at once, and the
+    // heartbeat check takes 2 s more: about 3 s in all.
+    println!("rank 0's all-reduce, rank 1 killed after 1 s: error after {seconds} s: {error}");
+    assert!(error.contains("all-reduce failed on rank 0"), "{error}");
+    assert!(error.contains("lost rank 1: no heartbeat"), "{error}");
+    assert!(seconds < 10., "{seconds} s, with a 20 s timeout");
+}
+
+#[test]
+fn stuck_peer_times_out() {
+    if let Some(pg) = worker_group(Duration::from_secs(2)) {
+        if pg.rank() == 1 {
+            // Alive but elsewhere until rank 0 has given up and left; then too late itself.
+            std::thread::sleep(Duration::from_secs(6));
+        }
+        print_failed_all_reduce(&pg);
+        return;
+    }
+    let ranks = run_ranks("stuck_peer_times_out");
+    ranks
+        .iter()
+        .enumerate()
+        .for_each(|(r, rank)| rank.assert_success(r));
+    let (error, seconds) = error_and_seconds(&ranks[0]);
+    // The 2 s timeout, then the 2 s heartbeat check.
+    println!("rank 0's all-reduce, rank 1 alive elsewhere: error after {seconds} s: {error}");
+    assert!(error.contains("Timed out"), "{error}");
+    assert!(
+        error.contains("every rank's heartbeat is still alive"),
+        "{error}"
+    );
+    assert!((2.0..10.).contains(&seconds), "{seconds} s");
+    let (late, _) = error_and_seconds(&ranks[1]);
+    assert!(late.contains("all-reduce failed on rank 1"), "{late}");
+}
+
+#[test]
+fn nccl_without_cuda_headers_is_a_clear_error() {
+    if selfsup::dist::nccl_compiled() {
+        return; // this build has NCCL; creating a group needs a GPU
+    }
+    let env = DistEnv {
+        rank: 0,
+        world_size: 2,
+        local_rank: 0,
+        master_addr: "127.0.0.1".into(),
+        master_port: 1,
+        agent_store_prefix: None,
+    };
+    let e = ProcessGroup::new(
+        &env,
+        Backend::Nccl { cuda_device: 0 },
+        Duration::from_secs(1),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        format!("{e:#}").contains("this selfsup build has no NCCL support"),
+        "{e:#}"
+    );
+}

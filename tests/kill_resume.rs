@@ -1,0 +1,318 @@
+//! Runs that survive kills: the real binary is SIGKILLed at chosen points (after a step,
+//! in the middle of a metrics record, in the middle of writing a checkpoint; the hidden
+//! `SELFSUP_FAULT` variable makes it kill itself there) and at a random moment from
+//! outside, then resumed until done; the result must be bit-identical to an uninterrupted
+//! run. And one writer per run folder: a second `pretrain` fails at once naming the pid of
+//! the first, and the lock is free again once the first is killed.
+
+mod common;
+
+use common::*;
+use selfsup::metrics::Metrics;
+use selfsup::train::checkpoint;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// MoCo v2 (views, a queue, a momentum encoder, shuffled BatchNorm: the most state of any
+/// method) on the tiny data: 128 images in batches of 8 are 16 steps per epoch, 48 in all,
+/// with a checkpoint every 5 steps and the last 2 epochs' checkpoints kept.
+fn run_args(data: &Path) -> Vec<String> {
+    [
+        "method=\"moco-v2\"",
+        &format!("data=\"mnist:{}\"", data.display()),
+        "cnn_widths=[4, 8]",
+        "batch_size=8",
+        "epochs=3",
+        "proj_hidden_dim=16",
+        "proj_dim=8",
+        "moco_queue=32",
+        "shuffle_bn_groups=2",
+        "checkpoint_every=5",
+        "keep_checkpoints=2",
+    ]
+    .iter()
+    .flat_map(|s| ["--set".to_string(), s.to_string()])
+    .collect()
+}
+
+/// `selfsup pretrain --quiet --out RUN` (with `--resume` or the run's `--set`s), with the
+/// fault `fault` armed.
+fn pretrain(run: &Path, data: &Path, resume: bool, fault: Option<&str>) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_selfsup"));
+    c.args(["--device", "cpu", "pretrain", "--quiet", "--out"])
+        .arg(run)
+        .env("RAYON_NUM_THREADS", "2")
+        .env_remove(selfsup::faults::ENV)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if resume {
+        c.arg("--resume");
+    } else {
+        c.args(run_args(data));
+    }
+    if let Some(f) = fault {
+        c.env(selfsup::faults::ENV, f);
+    }
+    c
+}
+
+/// Runs `c` to its end; returns how it ended and its stderr.
+fn finish(c: &mut Command) -> (ExitStatus, String) {
+    let o = c.output().expect("the selfsup binary runs");
+    (o.status, stderr(&o))
+}
+
+fn assert_killed(status: ExitStatus, err: &str, what: &str) {
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{what}: {status:?}\n{err}"
+    );
+}
+
+/// Steps done at the run's last checkpoint.
+fn checkpoint_step(run: &Path) -> usize {
+    checkpoint::load(run).unwrap().meta.step
+}
+
+/// The temporary files in `run` (left by a write that was killed).
+fn temp_files(run: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(run)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect()
+}
+
+/// A safetensors file's tensor table (names, dtypes, shapes, offsets; the metadata, which
+/// holds the wall time, left out) and its data bytes: two files with equal parts hold
+/// bit-identical tensors.
+fn tensors_of(path: &Path) -> (serde_json::Value, Vec<u8>) {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    header.as_object_mut().unwrap().remove("__metadata__");
+    (header, b[8 + n..].to_vec())
+}
+
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let ((ha, da), (hb, db)) = (tensors_of(a), tensors_of(b));
+    assert_eq!(
+        ha,
+        hb,
+        "{} and {} hold different tensors",
+        a.display(),
+        b.display()
+    );
+    let names = ha.as_object().unwrap();
+    assert!(
+        names.keys().any(|k| k.starts_with("model."))
+            && names.keys().any(|k| k.starts_with("optim."))
+    );
+    assert!(
+        da == db,
+        "{} and {} differ in their values",
+        a.display(),
+        b.display()
+    );
+}
+
+/// (step, loss, lr) of every step record.
+type StepRows = Vec<(u64, f64, f64)>;
+/// (epoch, mean loss) of every epoch record.
+type EpochRows = Vec<(u64, f64)>;
+
+fn records(run: &Path) -> (StepRows, EpochRows) {
+    let m = Metrics::read(&run.join("metrics.jsonl")).unwrap();
+    (
+        m.steps.iter().map(|s| (s.step, s.loss, s.lr)).collect(),
+        m.epochs.iter().map(|e| (e.epoch, e.loss)).collect(),
+    )
+}
+
+/// Every line of the run's metrics.jsonl is a JSON object, and the file ends its last line.
+fn assert_clean_log(run: &Path) {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(text.ends_with('\n'));
+    for (i, line) in text.lines().enumerate() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "line {}: {line}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn killed_anywhere_and_resumed_a_run_ends_bit_identical_to_an_uninterrupted_one() {
+    let (tmp, data) = tiny_mnist_in_temp_dir();
+    let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    let (status, err) = finish(&mut pretrain(&straight, &data, false, None));
+    assert!(status.success(), "{err}");
+
+    // After step 7 of epoch 1: the checkpoint of step 5 is there, mid-epoch.
+    let (status, err) = finish(&mut pretrain(&killed, &data, false, Some("step:7")));
+    assert_killed(status, &err, "step:7");
+    let ck = checkpoint::load(&killed).unwrap();
+    assert_eq!((ck.meta.epoch, ck.meta.step), (0, 5));
+    assert!(ck.meta.in_epoch.loss_sum > 0.0);
+
+    // Half-way through the record of step 8 (resumed at 5: records 6, 7, 8): the log's
+    // last line is cut, and the reader skips it with a note.
+    let (status, err) = finish(&mut pretrain(&killed, &data, true, Some("metrics-line:3")));
+    assert_killed(status, &err, "metrics-line:3");
+    let text = std::fs::read_to_string(killed.join("metrics.jsonl")).unwrap();
+    assert!(!text.ends_with('\n'), "{text}");
+    let m = Metrics::read(&killed.join("metrics.jsonl")).unwrap();
+    assert_eq!((m.steps.len(), m.notes.len()), (7, 1), "{:?}", m.notes);
+
+    // Half-way through the second checkpoint (step 15): the one of step 10 stays, the cut
+    // log line was dropped on resume, and a temporary file is left behind.
+    let (status, err) = finish(&mut pretrain(&killed, &data, true, Some("atomic-write:2")));
+    assert_killed(status, &err, "atomic-write:2");
+    assert!(err.contains("dropped a record cut short"), "{err}");
+    assert_eq!(checkpoint_step(&killed), 10);
+    assert_eq!(temp_files(&killed).len(), 1);
+    assert_clean_log(&killed);
+
+    // Through the end of epoch 1 (its checkpoint kept) to step 22.
+    let (status, err) = finish(&mut pretrain(&killed, &data, true, Some("step:12")));
+    assert_killed(status, &err, "step:12");
+    assert_eq!(checkpoint_step(&killed), 20);
+    assert!(temp_files(&killed).is_empty(), "{:?}", temp_files(&killed));
+    assert!(killed.join("checkpoint-epoch1.safetensors").is_file());
+
+    // From outside, at a moment the test does not choose.
+    let mut child = pretrain(&killed, &data, true, None).spawn().unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    std::thread::sleep(Duration::from_millis(200 + (nanos % 1500) as u64));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (status, err) = finish(&mut pretrain(&killed, &data, true, None));
+    assert!(status.success(), "{err}");
+    let (a, b) = (
+        straight.join("checkpoint.safetensors"),
+        killed.join("checkpoint.safetensors"),
+    );
+    assert_same_tensors(&a, &b);
+    assert_eq!(checkpoint_step(&killed), 48);
+    // The log parses and holds what the uninterrupted run logged: every step once, and the
+    // epochs' mean losses exactly (the sums of an epoch travel in its mid-epoch checkpoints).
+    assert_clean_log(&killed);
+    let (steps, epochs) = records(&killed);
+    assert_eq!((steps.clone(), epochs.clone()), records(&straight));
+    assert_eq!(
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (1..=48).collect::<Vec<_>>()
+    );
+    assert_eq!(epochs.len(), 3);
+    assert!(killed.join("loss.png").is_file());
+
+    // The last 2 epochs' checkpoints are kept; the last is the rolling one.
+    assert!(!killed.join("checkpoint-epoch1.safetensors").exists());
+    assert_same_tensors(&killed.join("checkpoint-epoch3.safetensors"), &b);
+    let epoch2 = killed.join("checkpoint-epoch2.safetensors");
+    assert_eq!(checkpoint::load_file(&epoch2).unwrap().meta.step, 32);
+    let o = selfsup(&[
+        "eval",
+        "--run",
+        killed.to_str().unwrap(),
+        "--checkpoint",
+        "checkpoint-epoch2.safetensors",
+        "--set",
+        "probe_epochs=2",
+        "--set",
+        "knn_k=5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("moco-v2 (2 epochs)"), "{}", stdout(&o));
+    assert!(killed.join("eval-checkpoint-epoch2.json").is_file());
+    assert!(!killed.join("eval.json").exists());
+}
+
+/// The state of process `pid` in /proc (`T` when stopped).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[test]
+fn a_second_writer_fails_at_once_and_a_killed_writer_leaves_no_lock() {
+    let (tmp, data) = tiny_mnist_in_temp_dir();
+    let run = tmp.path().join("run");
+    // The first writer stops itself after step 7 (a checkpoint at step 5), holding the lock.
+    let mut first = pretrain(&run, &data, false, Some("step:7:stop"))
+        .spawn()
+        .unwrap();
+    let pid = first.id();
+    let t0 = Instant::now();
+    while process_state(pid) != Some('T') {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "the first writer never stopped"
+        );
+        if let Some(status) = first.try_wait().unwrap() {
+            panic!("the first writer ended: {status:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lock = std::fs::read_to_string(run.join("pretrain.lock")).unwrap();
+    assert_eq!(lock.trim(), pid.to_string());
+
+    // Readers read the last whole checkpoint while training goes on.
+    let o = selfsup(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--set",
+        "probe_epochs=1",
+        "--set",
+        "knn_k=5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A second writer, resuming or starting over, is refused and told who holds the folder.
+    for resume in [true, false] {
+        let (status, err) = finish(&mut pretrain(&run, &data, resume, None));
+        assert!(
+            !status.success()
+                && err.contains(&run.display().to_string())
+                && err.contains(&format!("pid {pid}")),
+            "resume {resume}: {err}"
+        );
+    }
+
+    // SIGKILL frees the lock (a stopped process dies of it too).
+    first.kill().unwrap();
+    assert_eq!(first.wait().unwrap().signal(), Some(libc::SIGKILL));
+    let (status, err) = finish(&mut pretrain(&run, &data, true, None));
+    assert!(status.success(), "{err}");
+    assert_eq!(checkpoint_step(&run), 48);
+    assert_eq!(
+        std::fs::read_to_string(run.join("pretrain.lock")).unwrap(),
+        ""
+    );
+}
+
+#[test]
+fn a_cut_last_metrics_line_is_dropped_on_resume_and_the_loss_plot_drawn() {
+    let (tmp, data) = tiny_mnist_in_temp_dir();
+    let run = tmp.path().join("run");
+    let (status, err) = finish(&mut pretrain(&run, &data, false, Some("metrics-line:9")));
+    assert_killed(status, &err, "metrics-line:9");
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(!text.ends_with('\n') && text.lines().count() == 9, "{text}");
+    let (status, err) = finish(&mut pretrain(&run, &data, true, None));
+    assert!(status.success(), "{err}");
+    assert!(err.contains("note:") && !err.contains("warning"), "{err}");
+    assert!(run.join("loss.png").is_file());
+    assert_clean_log(&run);
+    let (steps, epochs) = records(&run);
+    assert_eq!((steps.len(), epochs.len()), (48, 3));
+}
