@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::dist::DistEnv;
-use crate::eval::{self, baselines::Baseline, compare};
+use crate::eval::{self, baselines::Baseline, compare, segment};
 use crate::train::{self, run::LoadedRun};
 use crate::{augment, data, launch, methods, nets, report, venv};
 use anyhow::{Context, Result, bail};
@@ -191,6 +191,38 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// Segmentation transfer: train a head on an encoder's feature maps, frozen and
+    /// fine-tuned, and score pixel accuracy, per-class IoU and mean IoU on the test split;
+    /// writes segment.json and segmentation.png (test images, true and predicted masks).
+    Segment {
+        /// A run folder written by `pretrain`.
+        #[arg(
+            long,
+            value_name = "DIR",
+            conflicts_with = "baseline",
+            required_unless_present = "baseline"
+        )]
+        run: Option<PathBuf>,
+        /// A baseline instead of a run: `random` (the randomly initialised encoder).
+        #[arg(long, value_parser = ["random"], requires = "out")]
+        baseline: Option<String>,
+        /// `frozen` (only the head is trained), `finetune` (the encoder too) or `both`.
+        #[arg(long, value_parser = ["frozen", "finetune", "both"], default_value = "both")]
+        protocol: String,
+        /// Segmentation data, as the `seg_data` key: fashion-scenes (default),
+        /// fashion-scenes:DIR, seg-folder:DIR (images/ and masks/, or PASCAL VOC).
+        #[arg(long, value_name = "KIND:PATH")]
+        seg_data: Option<String>,
+        /// Config for a baseline, or eval-key overrides (seg_frozen_epochs, seg_head, ...) for a run.
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Folder for segment.json and segmentation.png (default: the run folder).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// No per-epoch lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Compare methods in one table (Markdown and CSV): linear top-1/top-5, kNN top-1,
     /// pretraining time and parameters, always with the raw-pixel, random-init and
     /// supervised baselines. Either over existing --runs, or training --methods here.
@@ -215,14 +247,19 @@ pub enum Command {
         /// Output folder for compare.md, compare.csv and the runs trained here.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Add segmentation mIoU columns (frozen and fine-tuned, with their wall times), as
+        /// `selfsup segment` with the seg_* keys; results in a run's segment.json whose
+        /// settings match are reused.
+        #[arg(long)]
+        segmentation: bool,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
     },
     /// List the pretraining methods.
     Methods,
-    /// Benchmark: augmentation throughput (two SimCLR views per image) at 32x32 and 96x96,
-    /// on 1 thread and on all threads, next to torchvision's in the setup venv.
+    /// Benchmark: augmentation throughput (two SimCLR views per image) at 28x28 gray, 32x32
+    /// and 96x96 RGB, on 1 thread and on all threads, next to torchvision's in the setup venv.
     BenchAugment {
         /// Images per measurement.
         #[arg(long, default_value_t = 2000)]
@@ -488,6 +525,37 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             _ => bail!("eval needs exactly one of --run DIR or --baseline raw|random"),
         },
+        Command::Segment {
+            run,
+            baseline,
+            protocol,
+            seg_data,
+            mut cfg,
+            out,
+            quiet,
+        } => {
+            let protocols = segment::Protocol::parse(&protocol)?;
+            if let Some(d) = seg_data {
+                let quoted = toml::Value::String(d).to_string();
+                cfg.sets.insert(0, format!("seg_data={quoted}"));
+            }
+            let text = match (run, baseline) {
+                (Some(run), None) => {
+                    if cfg.config.is_some() || cfg.data.is_some() {
+                        bail!(
+                            "segment --run uses the run's own config; --config and --data apply to --baseline (use --set for the seg_* keys)"
+                        );
+                    }
+                    segment::for_run(&run, None, &cfg.sets, &protocols, out.as_deref(), device, quiet)?
+                }
+                (None, Some(_)) => {
+                    let out = out.expect("clap requires --out with --baseline");
+                    segment::for_random(&plain_config(&cfg)?, &protocols, &out, device, quiet)?
+                }
+                _ => bail!("segment needs exactly one of --run DIR or --baseline random"),
+            };
+            print!("{text}");
+        }
         Command::Report { run, points, sets } => {
             print!("{}", report::for_run(&run, points, &sets, device)?)
         }
@@ -498,6 +566,7 @@ pub fn run(cli: Cli) -> Result<()> {
             cfg,
             baselines,
             out,
+            segmentation,
             quiet,
         } => {
             let plan = compare::Plan {
@@ -511,6 +580,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     .collect::<Result<_>>()?,
                 supervised: baselines.iter().any(|b| b == "supervised"),
                 out,
+                segmentation,
                 quiet,
             };
             let rows = compare::run(&plan, device)?;

@@ -152,6 +152,29 @@ pub struct Config {
     /// kNN classifier: neighbours and temperature of the exp(sim / T) vote weights.
     pub knn_k: i64,
     pub knn_temperature: f64,
+
+    /// Segmentation transfer (`selfsup segment`): the data, `fashion-scenes` (built from
+    /// Fashion-MNIST), `fashion-scenes:DIR` or `seg-folder:DIR` (images with PNG masks, or
+    /// the PASCAL VOC layout).
+    pub seg_data: String,
+    /// Segmentation: side of the square images and masks (the canvas of fashion-scenes).
+    pub seg_image_size: usize,
+    /// fashion-scenes: number of training and test scenes.
+    pub seg_train_scenes: usize,
+    pub seg_test_scenes: usize,
+    /// Segmentation head: `linear` (a 1x1 convolution on the last feature map, logits
+    /// upsampled bilinearly) or `fcn` (one such scoring layer on every stage's map, their
+    /// upsampled logits summed, as FCN-8s).
+    pub seg_head: SegHead,
+    /// Segmentation training: epochs of the frozen protocol (over features extracted once,
+    /// so they are cheap) and of fine-tuning, batch size, AdamW learning rate and decay.
+    pub seg_frozen_epochs: usize,
+    pub seg_finetune_epochs: usize,
+    pub seg_batch_size: usize,
+    pub seg_lr: f64,
+    pub seg_weight_decay: f64,
+    /// Fine-tuning: the encoder's learning rate is seg_lr times this.
+    pub seg_encoder_lr_scale: f64,
 }
 
 impl Default for Config {
@@ -224,6 +247,17 @@ impl Default for Config {
             probe_weight_decay: 1e-4,
             knn_k: 200,
             knn_temperature: 0.1,
+            seg_data: "fashion-scenes".into(),
+            seg_image_size: 64,
+            seg_train_scenes: 10_000,
+            seg_test_scenes: 2_000,
+            seg_head: SegHead::Linear,
+            seg_frozen_epochs: 20,
+            seg_finetune_epochs: 5,
+            seg_batch_size: 64,
+            seg_lr: 1e-2,
+            seg_weight_decay: 1e-4,
+            seg_encoder_lr_scale: 0.1,
         }
     }
 }
@@ -306,6 +340,15 @@ choice!(
         Center = "center",
         RandomBlocks = "random-blocks",
         RandomRegion = "random-region",
+    }
+);
+choice!(
+    /// The segmentation head.
+    SegHead {
+        /// A 1x1 convolution on the last feature map.
+        Linear = "linear",
+        /// 1x1 convolutions on every stage's map, their upsampled logits summed.
+        Fcn = "fcn",
     }
 );
 choice!(
@@ -460,6 +503,17 @@ pub const EVAL_KEYS: &[&str] = &[
     "probe_weight_decay",
     "knn_k",
     "knn_temperature",
+    "seg_data",
+    "seg_image_size",
+    "seg_train_scenes",
+    "seg_test_scenes",
+    "seg_head",
+    "seg_frozen_epochs",
+    "seg_finetune_epochs",
+    "seg_batch_size",
+    "seg_lr",
+    "seg_weight_decay",
+    "seg_encoder_lr_scale",
 ];
 
 /// Whether every run reads `key` (one of `GENERAL_KEYS` or `EVAL_KEYS`).
@@ -659,6 +713,15 @@ impl Config {
         non_negative("probe_weight_decay", self.probe_weight_decay)?;
         at_least("knn_k", self.knn_k, 1)?;
         positive("knn_temperature", self.knn_temperature)?;
+        in_range("seg_image_size", self.seg_image_size, 8..=1024)?;
+        at_least("seg_train_scenes", self.seg_train_scenes, 1)?;
+        at_least("seg_test_scenes", self.seg_test_scenes, 1)?;
+        at_least("seg_frozen_epochs", self.seg_frozen_epochs, 1)?;
+        at_least("seg_finetune_epochs", self.seg_finetune_epochs, 1)?;
+        at_least("seg_batch_size", self.seg_batch_size, 1)?;
+        positive("seg_lr", self.seg_lr)?;
+        non_negative("seg_weight_decay", self.seg_weight_decay)?;
+        positive("seg_encoder_lr_scale", self.seg_encoder_lr_scale)?;
         Ok(())
     }
 }

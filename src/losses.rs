@@ -159,6 +159,15 @@ pub fn class_weighted_cross_entropy(
     (ce * class_weight.index_select(0, targets)).mean(Kind::Float)
 }
 
+/// Mean cross-entropy per pixel of `logits` `[B, K, H, W]` against class indices `target`
+/// `[B, H, W]`, over the pixels whose target is not `ignore` (0 when every pixel is
+/// ignored, where torch's mean would give NaN).
+pub fn pixel_cross_entropy(logits: &Tensor, target: &Tensor, ignore: i64) -> Tensor {
+    let sum = logits.cross_entropy_loss::<&Tensor>(target, None, Reduction::Sum, ignore, 0.0);
+    let counted = target.ne(ignore).sum(Kind::Float).clamp_min(1.0);
+    sum / counted
+}
+
 /// Mean binary cross-entropy of `logits` (any shape) against one constant `target` in [0, 1].
 pub fn bce_with_logits(logits: &Tensor, target: f64) -> Tensor {
     logits.binary_cross_entropy_with_logits::<&Tensor>(
@@ -391,6 +400,22 @@ mod tests {
         let l = class_weighted_cross_entropy(&logits, &Tensor::from_slice(&[0i64, 1]), &w);
         let want = (3.0 * 2f64.ln() + 0.5 * (4.0f64 / 3.0).ln()) / 2.0;
         assert!((l.double_value(&[]) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pixel_cross_entropy_averages_over_the_pixels_not_ignored() {
+        // One image of 1x3 pixels, 2 classes: logits [0, 0] (ln 2), [0, ln 3] with target 1
+        // (ln 4/3), and an ignored pixel whose logits would cost a lot.
+        let logits = Tensor::from_slice(&[0f32, 0.0, -9.0, 0.0, 3f32.ln(), 9.0]).view([1, 2, 1, 3]);
+        let target = Tensor::from_slice(&[0i64, 1, 255]).view([1, 1, 3]);
+        let l = pixel_cross_entropy(&logits, &target, 255);
+        let want = (2f64.ln() + (4.0f64 / 3.0).ln()) / 2.0;
+        assert!((l.double_value(&[]) - want).abs() < 1e-6);
+        let none = Tensor::from_slice(&[255i64, 255, 255]).view([1, 1, 3]);
+        assert_eq!(
+            pixel_cross_entropy(&logits, &none, 255).double_value(&[]),
+            0.0
+        );
     }
 
     #[test]

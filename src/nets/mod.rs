@@ -1,5 +1,7 @@
 //! Encoders, decoders and heads, configured by data (lists of widths, a width multiplier).
-//! Every encoder maps `[B, C, H, W]` images to `[B, D]` feature vectors.
+//! Every encoder maps `[B, C, H, W]` images to `[B, D]` feature vectors, and can also give
+//! the spatial feature maps of its stages before pooling (for dense tasks such as
+//! segmentation), from the same variables.
 
 pub mod cnn;
 pub mod decoder;
@@ -30,11 +32,74 @@ pub enum EncoderInput {
     PatchMean { patch: i64, stride: i64 },
 }
 
+/// A convolutional network built as stages (each keeps or halves the resolution) and the
+/// average pooling that turns the last stage's map into the feature vector. Classification
+/// evaluation sees only the pooled vector (`forward_t`); dense tasks read the maps of every
+/// stage (`maps`). Both run the same modules, so the variables and their names are the
+/// same either way.
+#[derive(Debug)]
+pub struct Backbone {
+    stages: Vec<nn::SequentialT>,
+    /// Output channels of each stage.
+    widths: Vec<i64>,
+    /// The last map is average-pooled to a `pool` x `pool` grid and flattened (1: global).
+    pool: i64,
+}
+
+impl Backbone {
+    pub fn new(stages: Vec<nn::SequentialT>, widths: Vec<i64>, pool: i64) -> Backbone {
+        assert_eq!(stages.len(), widths.len(), "one width per stage");
+        assert!(!stages.is_empty(), "a backbone has at least one stage");
+        Backbone {
+            stages,
+            widths,
+            pool,
+        }
+    }
+
+    /// Length of the pooled feature vector.
+    pub fn dim(&self) -> i64 {
+        self.widths[self.widths.len() - 1] * self.pool * self.pool
+    }
+
+    /// The output `[B, widths[i], H_i, W_i]` of every stage, first (finest) to last.
+    pub fn maps(&self, xs: &Tensor, train: bool) -> Vec<Tensor> {
+        let mut x = xs.shallow_clone();
+        let mut out = Vec::with_capacity(self.stages.len());
+        for s in &self.stages {
+            x = s.forward_t(&x, train);
+            out.push(x.shallow_clone());
+        }
+        out
+    }
+
+    /// `[B, C, h, w]` -> `[B, C * pool^2]`.
+    fn pool(&self, map: &Tensor) -> Tensor {
+        if self.pool == 1 {
+            map.mean_dim(&[-2i64, -1][..], false, float_kind(map.kind()))
+        } else {
+            map.adaptive_avg_pool2d([self.pool, self.pool])
+                .flatten(1, -1)
+        }
+    }
+}
+
+impl ModuleT for Backbone {
+    /// `[B, C, H, W]` -> `[B, dim]`: the stages, then the pooling.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let last = self
+            .stages
+            .iter()
+            .fold(xs.shallow_clone(), |x, s| s.forward_t(&x, train));
+        self.pool(&last)
+    }
+}
+
 /// An encoder network with its output feature dimension and what it is applied to.
 #[derive(Debug)]
 pub struct Encoder {
     /// Shared by the encoders that differ only in their `input`.
-    net: Rc<nn::SequentialT>,
+    net: Rc<Backbone>,
     /// Length of the feature vector it produces.
     pub dim: i64,
     /// Channels the network takes (1 for colorization's lightness on RGB data).
@@ -43,11 +108,11 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Wraps a network that maps `[B, in_channels, H, W]` to `[B, dim]`.
-    pub fn new(net: nn::SequentialT, dim: i64, in_channels: i64) -> Encoder {
+    /// Wraps a network that maps `[B, in_channels, H, W]` to `[B, net.dim()]`.
+    pub fn new(net: Backbone, in_channels: i64) -> Encoder {
         Encoder {
+            dim: net.dim(),
             net: Rc::new(net),
-            dim,
             in_channels,
             input: EncoderInput::Image,
         }
@@ -70,6 +135,28 @@ impl Encoder {
             EncoderInput::PatchMean { patch, stride } => self
                 .patch_codes(xs, patch, stride, train) // [B, D, rows, cols]
                 .mean_dim(&[2i64, 3][..], false, Kind::Float),
+        }
+    }
+
+    /// The spatial feature maps that dense tasks use, finest first: `[B, C, H, W]` ->
+    /// `[B, map_channels()[i], H_i, W_i]`, before any pooling, applied as `input` says:
+    /// every stage's map of the image (or of its lightness); for a patch-grid encoder
+    /// (CPC), one coarse map, the code of every patch of the grid (`patch_codes`).
+    pub fn feature_maps(&self, xs: &Tensor, train: bool) -> Vec<Tensor> {
+        match self.input {
+            EncoderInput::Image => self.net.maps(xs, train),
+            EncoderInput::Lightness => self.net.maps(&lab::lightness(xs), train),
+            EncoderInput::PatchMean { patch, stride } => {
+                vec![self.patch_codes(xs, patch, stride, train)]
+            }
+        }
+    }
+
+    /// Channels of each map of `feature_maps`.
+    pub fn map_channels(&self) -> Vec<i64> {
+        match self.input {
+            EncoderInput::Image | EncoderInput::Lightness => self.net.widths.clone(),
+            EncoderInput::PatchMean { .. } => vec![self.dim],
         }
     }
 
@@ -105,11 +192,11 @@ pub fn patches(x: &Tensor, patch: i64, stride: i64) -> Tensor {
 
 /// Builds the encoder named in `cfg.encoder` for images with `in_channels` channels.
 pub fn build_encoder(p: &nn::Path, cfg: &Config, in_channels: i64) -> Encoder {
-    let (net, dim) = match cfg.encoder {
+    let net = match cfg.encoder {
         EncoderKind::Cnn => cnn::small_cnn(p, in_channels, &cfg.cnn_widths, cfg.cnn_pool),
         EncoderKind::Resnet18 => resnet::resnet18_cifar(p, in_channels, cfg.resnet_width),
     };
-    Encoder::new(net, dim, in_channels)
+    Encoder::new(net, in_channels)
 }
 
 /// An encoder under `encoder` and a decoder back to `shape` `[C, H, W]` under `decoder`, as
@@ -275,6 +362,75 @@ mod tests {
         };
         let (_, r) = encoder(&cfg, 1);
         assert_eq!(r.forward_t(&x, false).size(), vec![2, 128]);
+    }
+
+    #[test]
+    fn feature_maps_are_the_stages_before_the_pooling_of_the_vector() {
+        let _rng = crate::torch_rng_lock();
+        let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let cfg = Config {
+            cnn_widths: vec![4, 6, 8],
+            cnn_pool: 2,
+            ..Config::default()
+        };
+        let (vs, cnn) = encoder(&cfg, 3);
+        // The variables keep the names that checkpoints and the PyTorch export use.
+        let mut names: Vec<String> = vs.variables().into_keys().collect();
+        names.sort();
+        assert_eq!(names.len(), 3 * 2 * 5, "{names:?}");
+        assert!(names.contains(&"encoder.stage2.bn2.running_var".to_string()));
+        let maps = cnn.feature_maps(&x, false);
+        let shapes: Vec<Vec<i64>> = maps.iter().map(|m| m.size()).collect();
+        assert_eq!(
+            shapes,
+            vec![vec![2, 4, 16, 16], vec![2, 6, 8, 8], vec![2, 8, 4, 4]]
+        );
+        assert_eq!(cnn.map_channels(), vec![4, 6, 8]);
+        // The 2x2 pooling grid of the last map, flattened, is the feature vector.
+        let pooled = maps[2].adaptive_avg_pool2d([2, 2]).flatten(1, -1);
+        assert!(pooled.allclose(&cnn.forward_t(&x, false), 1e-6, 1e-6, false));
+        // Lightness: the same maps as the network on the lightness channel.
+        let (_, grey) = encoder(&cfg, 1);
+        let light = grey.with_input(EncoderInput::Lightness);
+        let want = grey.feature_maps(&lab::lightness(&x), false);
+        for (a, b) in light.feature_maps(&x, false).iter().zip(&want) {
+            assert!(a.equal(b));
+        }
+        // A patch grid: one coarse map, the code of each patch.
+        let grid = cnn.with_input(EncoderInput::PatchMean {
+            patch: 8,
+            stride: 4,
+        });
+        let m = grid.feature_maps(&x, false);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].size(), vec![2, 32, 3, 3]);
+        assert_eq!(grid.map_channels(), vec![32]);
+        let corner = cnn.forward_t(&x.narrow(2, 4, 8).narrow(3, 8, 8), false); // patch (1, 2)
+        assert!(
+            m[0].select(2, 1)
+                .select(2, 2)
+                .allclose(&corner, 1e-5, 1e-6, false)
+        );
+        // ResNet-18: four stages, the stem inside the first.
+        let r = Config {
+            encoder: EncoderKind::Resnet18,
+            resnet_width: 0.125,
+            ..Config::default()
+        };
+        let (_, res) = encoder(&r, 3);
+        let maps = res.feature_maps(&x, false);
+        let shapes: Vec<Vec<i64>> = maps.iter().map(|m| m.size()).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                vec![2, 8, 16, 16],
+                vec![2, 16, 8, 8],
+                vec![2, 32, 4, 4],
+                vec![2, 64, 2, 2]
+            ]
+        );
+        let pooled = maps[3].mean_dim(&[2i64, 3][..], false, Kind::Float);
+        assert!(pooled.allclose(&res.forward_t(&x, false), 1e-6, 1e-6, false));
     }
 
     #[test]
