@@ -2,13 +2,14 @@
 //! library modules each command calls.
 
 use crate::config::Config;
+use crate::dist::DistEnv;
 use crate::eval::{self, baselines::Baseline, compare, segment};
 use crate::train::{self, run::LoadedRun};
-use crate::{augment, data, methods, nets, report, venv};
-use anyhow::{Result, bail};
+use crate::{augment, data, launch, methods, nets, report, venv};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::Device;
 
 #[derive(Parser, Debug)]
@@ -94,6 +95,28 @@ pub enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Data-parallel runs: how long a rank waits for the others in a collective before
+        /// the run fails naming the ranks it lost, e.g. 90s, 10m (default: 5m).
+        #[arg(long, value_name = "TIME", value_parser = parse_timeout)]
+        dist_timeout: Option<Duration>,
+    },
+    /// Run `selfsup pretrain` data-parallel as N processes on this machine (torchrun's
+    /// variables for each; rank 0 keeps the terminal, the others' output is prefixed).
+    #[command(
+        after_help = "Example:\n  selfsup launch --nproc-per-node 2 -- pretrain --config presets/fashion-mnist-simclr.toml --out runs/ddp\n\n\
+                      torchrun works too: torchrun --nproc-per-node 2 --no-python selfsup pretrain ..."
+    )]
+    Launch {
+        /// Processes (ranks) to start; the global batch_size is split among them.
+        #[arg(long, value_name = "N")]
+        nproc_per_node: usize,
+        /// Port of the rendezvous on 127.0.0.1 (default: a free one).
+        #[arg(long, value_name = "PORT")]
+        master_port: Option<u16>,
+        /// The command each rank runs: `pretrain ...` (global options such as --device given
+        /// to launch apply to every rank).
+        #[arg(last = true, required = true, value_name = "pretrain ARGS")]
+        command: Vec<String>,
     },
     /// Evaluate frozen features: linear probe (top-1/top-5) and kNN (top-1).
     Eval {
@@ -298,6 +321,65 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    crate::config::parse_seconds(s)
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a positive time such as 90s, 5m or 1h"))
+}
+
+/// The device of a data-parallel rank: the CPU, or the GPU of its LOCAL_RANK.
+fn rank_device(device_arg: &str, device: Device, env: &DistEnv) -> Result<Device> {
+    if !device.is_cuda() {
+        return Ok(device);
+    }
+    if device_arg.starts_with("cuda:") {
+        bail!(
+            "--device {device_arg}: under a launcher each rank takes the GPU of its LOCAL_RANK; pass --device cuda (or auto)"
+        );
+    }
+    parse_device(&format!("cuda:{}", env.local_rank))
+        .with_context(|| format!("LOCAL_RANK={}", env.local_rank))
+}
+
+/// A rank started by a launcher shares the machine with the others: its data pipeline
+/// (rayon) takes as many threads as libtorch, `OMP_NUM_THREADS` (which torchrun sets to 1
+/// and `selfsup launch` to cores / N), unless `RAYON_NUM_THREADS` says otherwise.
+fn follow_omp_num_threads() {
+    let omp = std::env::var("OMP_NUM_THREADS").ok();
+    if let Some(n) = omp.and_then(|v| v.trim().parse::<usize>().ok())
+        && n > 0
+        && std::env::var_os("RAYON_NUM_THREADS").is_none()
+    {
+        // Ignore the error if a pool already exists (only in tests).
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+}
+
+/// The forwarded arguments of `launch`, checked: a `pretrain` command.
+fn launch_args(cli: &Cli, command: &[String]) -> Result<Vec<String>> {
+    // The global options given to launch itself (--device's default, auto, goes without
+    // saying), so that the command after `--` may carry its own.
+    let mut args = Vec::new();
+    if cli.device != "auto" {
+        args.extend(["--device".to_string(), cli.device.clone()]);
+    }
+    if let Some(n) = cli.threads {
+        args.extend(["--threads".to_string(), n.to_string()]);
+    }
+    args.extend(command.iter().cloned());
+    let parsed = Cli::try_parse_from(std::iter::once("selfsup".to_string()).chain(args.clone()));
+    match parsed.map(|c| c.command) {
+        Ok(Command::Pretrain { .. }) => Ok(args),
+        Ok(_) => bail!(
+            "launch runs `selfsup pretrain` on every rank: selfsup launch --nproc-per-node N -- pretrain ..."
+        ),
+        Err(e) => bail!("the command after `--`: {e}"),
+    }
+}
+
 /// The config of a command without a run: defaults, `--config`, `--data` and `--set`.
 fn plain_config(args: &ConfigArgs) -> Result<Config> {
     let (cfg, _) = Config::assemble(Config::default(), args.config.as_deref(), &args.overrides())?;
@@ -323,7 +405,18 @@ pub fn run(cli: Cli) -> Result<()> {
             .num_threads(n)
             .build_global();
     }
+    if let Command::Launch {
+        nproc_per_node,
+        master_port,
+        command,
+    } = &cli.command
+    {
+        let args = launch_args(&cli, command)?;
+        let program = std::env::current_exe().context("the path of this selfsup binary")?;
+        return launch::run(&program, &args, *nproc_per_node, *master_port);
+    }
     match cli.command {
+        Command::Launch { .. } => unreachable!("handled above"),
         Command::Methods => {
             for m in methods::REGISTRY {
                 println!("{:<24} {}", m.name, m.summary);
@@ -345,7 +438,22 @@ pub fn run(cli: Cli) -> Result<()> {
             resume,
             checkpoint,
             quiet,
+            dist_timeout,
         } => {
+            // Under a launcher (torchrun, Slurm, `selfsup launch`): one rank of several.
+            let dist = DistEnv::from_env().context("the launcher's variables")?;
+            let device = match &dist {
+                Some(env) => rank_device(&cli.device, device, env)?,
+                None => device,
+            };
+            if dist.is_some() && cli.threads.is_none() {
+                follow_omp_num_threads();
+            }
+            let writer = dist.as_ref().is_none_or(|env| env.rank == 0);
+            if writer {
+                // Fail at once when another process is training into `out`.
+                train::lock::RunLock::check_free(&out)?;
+            }
             let checkpoint = checkpoint.map(|f| train::checkpoint::resolve(&out, &f));
             let (config, warnings) = train::run::pretrain_config(
                 method.as_deref(),
@@ -355,24 +463,38 @@ pub fn run(cli: Cli) -> Result<()> {
                 resume,
                 checkpoint.as_deref(),
             )?;
-            warn(&warnings);
+            if writer {
+                warn(&warnings);
+            }
             let ds = data::load(&config)?;
-            eprintln!(
-                "pretrain {} on {} ({} images), encoder {}, {} epochs, device {device:?}",
-                config.method,
-                ds.name,
-                ds.pretrain_split().subset_len(config.train_subset),
-                config.encoder,
-                config.epochs,
-            );
+            if writer {
+                let ranks = dist.as_ref().map_or(String::new(), |env| {
+                    format!(
+                        ", {} processes (rank 0 writes the run folder)",
+                        env.world_size
+                    )
+                });
+                eprintln!(
+                    "pretrain {} on {} ({} images), encoder {}, {} epochs, device {device:?}{ranks}",
+                    config.method,
+                    ds.name,
+                    ds.pretrain_split().subset_len(config.train_subset),
+                    config.encoder,
+                    config.epochs,
+                );
+            }
             let opts = train::TrainOptions {
                 resume,
                 checkpoint,
                 quiet,
                 stop_after_epochs: None,
+                dist,
+                dist_timeout,
             };
             let s = train::pretrain(&config, &ds, &out, &opts, device)?;
-            println!("{}", s.describe(&config.method, &out));
+            if writer {
+                println!("{}", s.describe(&config.method, &out));
+            }
         }
         Command::Eval {
             run,

@@ -139,6 +139,10 @@ pub struct Config {
     /// Keep the checkpoints of the last this many epochs as `checkpoint-epochE.safetensors`
     /// besides the rolling `checkpoint.safetensors` (0: none are kept, none deleted).
     pub keep_checkpoints: usize,
+    /// Data-parallel runs (more than one process): BatchNorm layers normalise with the
+    /// statistics of the global batch, gathered from every rank (SyncBatchNorm), so that N
+    /// ranks train as one process would; `false` keeps each rank's statistics local.
+    pub sync_bn: bool,
 
     /// Linear probe: epochs over the frozen features, Adam learning rate, batch size, decay.
     pub probe_epochs: usize,
@@ -236,6 +240,7 @@ impl Default for Config {
             prefetch: 4,
             checkpoint_every: CheckpointEvery::Time(Duration::from_secs(600)),
             keep_checkpoints: 0,
+            sync_bn: true,
             probe_epochs: 30,
             probe_lr: 2e-3,
             probe_batch_size: 512,
@@ -393,20 +398,28 @@ impl std::str::FromStr for CheckpointEvery {
         if let Ok(n) = s.parse::<i64>() {
             return CheckpointEvery::try_from(CheckpointEverySpelled::Steps(n));
         }
-        let unit = match s.chars().last() {
-            Some('s') => 1.0,
-            Some('m') => 60.0,
-            Some('h') => 3600.0,
-            _ => return Err(bad()),
-        };
-        let n: f64 = s[..s.len() - 1].trim().parse().map_err(|_| bad())?;
-        match Duration::try_from_secs_f64(n * unit) {
+        let secs = parse_seconds(s).ok_or_else(bad)?;
+        match Duration::try_from_secs_f64(secs) {
             Ok(d) if !d.is_zero() => Ok(CheckpointEvery::Time(d)),
             _ => Err(format!(
                 "option checkpoint_every = {s:?}: the time must be positive"
             )),
         }
     }
+}
+
+/// The seconds of a time written `90s`, `1.5m` or `2h` (seconds, minutes, hours; maybe
+/// negative); None when it is not written so.
+pub fn parse_seconds(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let unit = match s.chars().last()? {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        _ => return None,
+    };
+    let n: f64 = s[..s.len() - 1].trim().parse().ok()?;
+    Some(n * unit)
 }
 
 impl TryFrom<CheckpointEverySpelled> for CheckpointEvery {
@@ -479,6 +492,7 @@ pub const GENERAL_KEYS: &[&str] = &[
     "prefetch",
     "checkpoint_every",
     "keep_checkpoints",
+    "sync_bn",
 ];
 
 /// Keys that may change when a saved run is evaluated (`eval --run`, `report`).

@@ -8,11 +8,13 @@ pub mod decoder;
 pub mod export;
 pub mod lab;
 pub mod momentum;
+pub mod norm;
 pub mod resnet;
 
 pub use decoder::Decoder;
 
 use crate::config::{Config, EncoderKind};
+use crate::dist::current as dist;
 use anyhow::Result;
 use std::rc::Rc;
 use tch::nn::{self, ModuleT};
@@ -74,7 +76,7 @@ impl Backbone {
     /// `[B, C, h, w]` -> `[B, C * pool^2]`.
     fn pool(&self, map: &Tensor) -> Tensor {
         if self.pool == 1 {
-            map.mean_dim(&[-2i64, -1][..], false, Kind::Float)
+            map.mean_dim(&[-2i64, -1][..], false, float_kind(map.kind()))
         } else {
             map.adaptive_avg_pool2d([self.pool, self.pool])
                 .flatten(1, -1)
@@ -171,6 +173,15 @@ impl Encoder {
     }
 }
 
+/// The kind that pooling and normalisation statistics are computed in: float32, or float64
+/// for a float64 network (which the data-parallel equivalence tests use).
+pub fn float_kind(kind: Kind) -> Kind {
+    match kind {
+        Kind::Double => Kind::Double,
+        _ => Kind::Float,
+    }
+}
+
 /// The patches of a grid: `[B, C, H, W]` -> `[B, rows, cols, C, patch, patch]`, patch (r, c)
 /// starting at pixel (r * stride, c * stride); rows = (H - patch) / stride + 1.
 pub fn patches(x: &Tensor, patch: i64, stride: i64) -> Tensor {
@@ -234,11 +245,7 @@ pub fn mlp(p: &nn::Path, dims: &[i64], norm: MlpNorm) -> nn::SequentialT {
         };
         net = net.add(nn::linear(p / format!("fc{i}"), dims[i], dims[i + 1], lin));
         if with_bn {
-            net = net.add(nn::batch_norm1d(
-                p / format!("bn{i}"),
-                dims[i + 1],
-                Default::default(),
-            ));
+            net = net.add(norm::batch_norm1d(p / format!("bn{i}"), dims[i + 1]));
         }
         if !last {
             net = net.add_fn(|x| x.relu());
@@ -247,27 +254,44 @@ pub fn mlp(p: &nn::Path, dims: &[i64], norm: MlpNorm) -> nn::SequentialT {
     net
 }
 
-/// Runs `f` (in training mode) on `groups` equal sub-batches of `x` `[B, ...]`, so that
-/// BatchNorm sees per-sub-batch statistics as it would on `groups` devices. With `shuffle`
-/// the samples are permuted first and the outputs put back in order (MoCo's shuffling BN).
+/// Runs `f` (in training mode) on `groups` equal sub-batches of the global batch, so that
+/// BatchNorm sees per-sub-batch statistics as it would on `groups` devices: BatchNorm stays
+/// local to each sub-batch (`norm::bn_local`), never synchronised across ranks. `x`
+/// `[b, ...]` is this rank's slice of the global batch and the result's rows are its rows;
+/// with W ranks (`groups` divisible by W) each rank runs `groups / W` sub-batches.
+///
+/// With `shuffle` the global batch is permuted first and the outputs put back in order
+/// (MoCo's shuffling BN): the inputs are gathered from every rank, permuted by one
+/// permutation (rank 0's draw, broadcast), each rank runs its share of the sub-batches, and
+/// the outputs are gathered and un-permuted, so W ranks compute what one process does.
+/// The outputs come back through a plain gather when `f` runs without gradients (MoCo's
+/// key encoder) and through the differentiable one otherwise.
 pub fn split_bn_forward(
     f: impl Fn(&Tensor) -> Tensor,
     x: &Tensor,
     groups: i64,
     shuffle: bool,
 ) -> Tensor {
+    let (rank, world) = (dist::rank() as i64, dist::world_size() as i64);
     let b = x.size()[0];
-    let perm = shuffle.then(|| Tensor::randperm(b, (tch::Kind::Int64, x.device())));
-    let xs = match &perm {
-        Some(p) => x.index_select(0, p),
-        None => x.shallow_clone(),
+    let local_groups = (groups / world).clamp(1, b);
+    let run = |xs: &Tensor| -> Tensor {
+        norm::bn_local(|| {
+            Tensor::cat(
+                &xs.chunk(local_groups, 0).iter().map(&f).collect::<Vec<_>>(),
+                0,
+            )
+        })
     };
-    let outs: Vec<Tensor> = xs.chunk(groups.min(b), 0).iter().map(&f).collect();
-    let out = Tensor::cat(&outs, 0);
-    match perm {
-        Some(p) => out.index_select(0, &p.argsort(0, false)),
-        None => out,
+    if !shuffle {
+        return run(x);
     }
+    let all = dist::all_gather(x); // [B, ...], B = W b
+    let perm = dist::broadcast(&Tensor::randperm(all.size()[0], (Kind::Int64, x.device()))); // [B]
+    let mine = all.index_select(0, &perm).narrow(0, rank * b, b); // [b, ...]
+    let out = dist::all_gather(&run(&mine)); // [B, ...], in permuted order
+    out.index_select(0, &perm.argsort(0, false))
+        .narrow(0, rank * b, b)
 }
 
 /// conv -> batch norm -> ReLU, the building block of the small CNN and the ResNet stem.
@@ -287,7 +311,7 @@ pub fn conv_bn_relu(
     };
     nn::seq_t()
         .add(nn::conv2d(p / conv, cin, cout, 3, cfg))
-        .add(nn::batch_norm2d(p / bn, cout, Default::default()))
+        .add(norm::batch_norm2d(p / bn, cout))
         .add_fn(|x| x.relu())
 }
 

@@ -3,6 +3,7 @@
 //! layer1.0.conv1, ..., layerN.0.downsample.0/1), apart from the stem, which torchvision
 //! makes 7x7 stride 2 followed by a max-pool.
 
+use super::norm::{BatchNorm, batch_norm2d};
 use super::{Backbone, conv_bn_relu};
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
@@ -10,10 +11,10 @@ use tch::nn::{self, ModuleT};
 #[derive(Debug)]
 struct BasicBlock {
     conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    bn1: BatchNorm,
     conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    bn2: BatchNorm,
+    downsample: Option<(nn::Conv2D, BatchNorm)>,
 }
 
 impl BasicBlock {
@@ -32,14 +33,14 @@ impl BasicBlock {
             };
             (
                 nn::conv2d(p / "downsample" / "0", cin, cout, 1, c1),
-                nn::batch_norm2d(p / "downsample" / "1", cout, Default::default()),
+                batch_norm2d(p / "downsample" / "1", cout),
             )
         });
         BasicBlock {
             conv1: nn::conv2d(p / "conv1", cin, cout, 3, c3(stride)),
-            bn1: nn::batch_norm2d(p / "bn1", cout, Default::default()),
+            bn1: batch_norm2d(p / "bn1", cout),
             conv2: nn::conv2d(p / "conv2", cout, cout, 3, c3(1)),
-            bn2: nn::batch_norm2d(p / "bn2", cout, Default::default()),
+            bn2: batch_norm2d(p / "bn2", cout),
             downsample,
         }
     }
