@@ -89,6 +89,32 @@ pub struct Config {
     /// MoCo v1/v2: BatchNorm runs on this many sub-batches, the key encoder's on shuffled
     /// ones, emulating the paper's shuffling BN across GPUs (1 = whole batch).
     pub shuffle_bn_groups: i64,
+    /// Barlow Twins: weight of the off-diagonal terms of the cross-correlation (paper: 0.0051).
+    pub barlow_lambda: f64,
+    /// VICReg: weights of the invariance, variance and covariance terms (paper: 25, 25, 1).
+    pub vicreg_weights: [f64; 3],
+    /// Multi-crop (SwAV, DINO): besides the two global views of the `aug_*` keys, this many
+    /// local views of `multicrop_local_size` pixels (0: 3/7 of the image side, as 96 of
+    /// 224) cropped from `multicrop_local_scale` of the image's area.
+    pub multicrop_local: usize,
+    pub multicrop_local_size: usize,
+    pub multicrop_local_scale: [f64; 2],
+    /// SwAV: number of prototypes, Sinkhorn-Knopp's epsilon and iterations, the epochs
+    /// during which the prototypes stay frozen, and the length of the queue of past
+    /// projections that joins the batch in the Sinkhorn step (0: no queue).
+    pub swav_prototypes: i64,
+    pub swav_epsilon: f64,
+    pub swav_iterations: usize,
+    pub swav_freeze_epochs: usize,
+    pub swav_queue: i64,
+    /// DINO: output width of the head (K, the softmax's size), the teacher temperature
+    /// reached after `dino_warmup_teacher_epochs` epochs of linear rise from
+    /// `dino_warmup_teacher_temp`, and the momentum of the centre's EMA.
+    pub dino_out_dim: i64,
+    pub dino_teacher_temp: f64,
+    pub dino_warmup_teacher_temp: f64,
+    pub dino_warmup_teacher_epochs: usize,
+    pub dino_center_momentum: f64,
 
     /// CPC: patch size and stride of the patch grid (28x28 -> 6x6 grid of 8x8 at stride 4).
     pub cpc_patch: i64,
@@ -221,6 +247,21 @@ impl Default for Config {
             ema_momentum: 0.99,
             moco_queue: 4096,
             shuffle_bn_groups: 4,
+            barlow_lambda: 0.0051,
+            vicreg_weights: [25.0, 25.0, 1.0],
+            multicrop_local: 6,
+            multicrop_local_size: 0,
+            multicrop_local_scale: [0.05, 0.4],
+            swav_prototypes: 3000,
+            swav_epsilon: 0.05,
+            swav_iterations: 3,
+            swav_freeze_epochs: 1,
+            swav_queue: 0,
+            dino_out_dim: 65536,
+            dino_teacher_temp: 0.04,
+            dino_warmup_teacher_temp: 0.04,
+            dino_warmup_teacher_epochs: 0,
+            dino_center_momentum: 0.9,
             cpc_patch: 8,
             cpc_stride: 4,
             cpc_steps: 2,

@@ -612,24 +612,22 @@ pub(crate) mod tests {
         assert!(e.contains("--resume"), "{e}");
     }
 
-    #[test]
-    fn resume_continues_steps_schedule_and_state_exactly() {
-        let _rng = crate::torch_rng_lock();
+    /// Trains `cfg` (4 epochs of 6 steps) straight through and again stopped after 2 epochs
+    /// and resumed: the two end with the same variables (method state included) and
+    /// optimizer state. Returns the two run folders.
+    fn assert_resume_is_exact(cfg: &Config) -> (tempfile::TempDir, tempfile::TempDir) {
         let ds = tiny_dataset();
-        let cfg = tiny_config("denoising-autoencoder");
-        // One uninterrupted run of 4 epochs.
         let full = tempfile::tempdir().unwrap();
-        pretrain(&cfg, &ds, full.path(), &quiet(), Device::Cpu).unwrap();
-        // The same run stopped after 2 epochs, then resumed.
+        pretrain(cfg, &ds, full.path(), &quiet(), Device::Cpu).unwrap();
         let split = tempfile::tempdir().unwrap();
         let first = TrainOptions {
             stop_after_epochs: Some(2),
             ..quiet()
         };
-        let s1 = pretrain(&cfg, &ds, split.path(), &first, Device::Cpu).unwrap();
+        let s1 = pretrain(cfg, &ds, split.path(), &first, Device::Cpu).unwrap();
         assert_eq!((s1.epochs, s1.steps), (2, 12));
         let s2 = pretrain(
-            &cfg,
+            cfg,
             &ds,
             split.path(),
             &TrainOptions {
@@ -653,9 +651,17 @@ pub(crate) mod tests {
             assert_eq!(ka, kb);
             assert!(
                 ta.equal(tb),
-                "{ka} differs between the straight and the resumed run"
+                "{}: {ka} differs between the straight and the resumed run",
+                cfg.method
             );
         }
+        (full, split)
+    }
+
+    #[test]
+    fn resume_continues_steps_schedule_and_state_exactly() {
+        let _rng = crate::torch_rng_lock();
+        let (full, split) = assert_resume_is_exact(&tiny_config("denoising-autoencoder"));
         // The step records continue where they stopped, with the same learning rates.
         let recs = |d: &Path| -> Vec<(u64, f64)> {
             std::fs::read_to_string(d.join("metrics.jsonl"))
@@ -670,6 +676,50 @@ pub(crate) mod tests {
         assert_eq!(
             recs(split.path()).iter().map(|r| r.0).collect::<Vec<_>>(),
             (1..=24).collect::<Vec<_>>()
+        );
+    }
+
+    /// The methods whose state lives outside the parameters resume exactly: SwAV's queue
+    /// (filled after 2 steps) and frozen prototypes, DINO's centre, teacher and teacher
+    /// temperature warm-up.
+    #[test]
+    fn stateful_methods_resume_exactly() {
+        let _rng = crate::torch_rng_lock();
+        let base = |m| Config {
+            proj_hidden_dim: 16,
+            proj_dim: 8,
+            multicrop_local: 2,
+            ..tiny_config(m)
+        };
+        let swav = Config {
+            swav_prototypes: 10,
+            swav_queue: 32,
+            swav_freeze_epochs: 1,
+            ..base("swav")
+        };
+        let (run, _) = assert_resume_is_exact(&swav);
+        let ck = checkpoint::load(run.path()).unwrap();
+        let queue = ck.model.iter().find(|(k, _)| k == "queue").unwrap();
+        let rows = queue
+            .1
+            .abs()
+            .sum_dim_intlist(&[2i64][..], false, tch::Kind::Float);
+        assert!(
+            rows.min().double_value(&[]) > 0.0,
+            "the queue is full: {rows}"
+        );
+        let dino = Config {
+            dino_out_dim: 16,
+            dino_warmup_teacher_temp: 0.02,
+            dino_warmup_teacher_epochs: 3,
+            ..base("dino")
+        };
+        let (run, _) = assert_resume_is_exact(&dino);
+        let ck = checkpoint::load(run.path()).unwrap();
+        let center = ck.model.iter().find(|(k, _)| k == "center").unwrap();
+        assert!(
+            center.1.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0,
+            "the centre moved"
         );
     }
 
