@@ -27,7 +27,8 @@ pub struct Config {
     /// Image folders: an image that cannot be decoded is an `error`, or is reported and `skip`ped.
     pub bad_images: BadImages,
 
-    /// Encoder: `cnn` (small CNN for 28x28-ish inputs) or `resnet18` (CIFAR-style ResNet-18).
+    /// Encoder: `cnn` (small CNN for 28x28-ish inputs), `resnet18` (CIFAR-style ResNet-18)
+    /// or `vit` (a small Vision Transformer).
     pub encoder: EncoderKind,
     /// Channel widths of the small CNN's stages; each stage after the first halves the size.
     pub cnn_widths: Vec<i64>,
@@ -37,6 +38,14 @@ pub struct Config {
     pub cnn_pool: i64,
     /// Width multiplier of the ResNet-18 (1.0 gives 64..512 channels).
     pub resnet_width: f64,
+    /// ViT: patch size, number of blocks, token width and attention heads (the default is
+    /// ViT-Tiny's 12 x 192 with 3 heads, at patch 4 for 32x32 images: an 8x8 grid), and the
+    /// image side its position embeddings are made for (other sizes resample them).
+    pub vit_patch: i64,
+    pub vit_depth: i64,
+    pub vit_width: i64,
+    pub vit_heads: i64,
+    pub vit_image_size: i64,
     /// Channel widths of the decoder's transposed-convolution stages (each doubles the size).
     pub decoder_widths: Vec<i64>,
 
@@ -217,6 +226,11 @@ impl Default for Config {
             cnn_widths: vec![32, 64, 128],
             cnn_pool: 1,
             resnet_width: 1.0,
+            vit_patch: 4,
+            vit_depth: 12,
+            vit_width: 192,
+            vit_heads: 3,
+            vit_image_size: 32,
             decoder_widths: vec![64, 32],
             epochs: 10,
             batch_size: 256,
@@ -336,6 +350,8 @@ choice!(
         Cnn = "cnn",
         /// CIFAR-style ResNet-18 (`resnet_width`).
         Resnet18 = "resnet18",
+        /// Small Vision Transformer with timm's names (`vit_*`).
+        Vit = "vit",
     }
 );
 choice!(
@@ -520,6 +536,11 @@ pub const GENERAL_KEYS: &[&str] = &[
     "cnn_widths",
     "cnn_pool",
     "resnet_width",
+    "vit_patch",
+    "vit_depth",
+    "vit_width",
+    "vit_heads",
+    "vit_image_size",
     "epochs",
     "batch_size",
     "optimizer",
@@ -723,6 +744,24 @@ impl Config {
             bail!(
                 "option resnet_width = {} must be between 0.125 and 8",
                 self.resnet_width
+            );
+        }
+        in_range("vit_patch", self.vit_patch, 1..=64)?;
+        in_range("vit_depth", self.vit_depth, 1..=64)?;
+        in_range("vit_heads", self.vit_heads, 1..=64)?;
+        at_least("vit_width", self.vit_width, 1)?;
+        if self.vit_width % self.vit_heads != 0 {
+            bail!(
+                "option vit_width = {} must be a multiple of vit_heads = {}",
+                self.vit_width,
+                self.vit_heads
+            );
+        }
+        if self.vit_image_size < self.vit_patch {
+            bail!(
+                "option vit_image_size = {} must be at least vit_patch = {}",
+                self.vit_image_size,
+                self.vit_patch
             );
         }
         at_least("epochs", self.epochs, 1)?;

@@ -723,6 +723,43 @@ pub(crate) mod tests {
         );
     }
 
+    /// The ViT encoder serves every method (tiles, patch grids, lightness and local crops
+    /// included): one epoch each on 8x8 colour images with 2x2 patches.
+    #[test]
+    fn every_registered_method_trains_with_the_vit_encoder() {
+        let _rng = crate::torch_rng_lock();
+        let ds = crate::methods::colorization::tests::tiny_colour_dataset();
+        for spec in methods::REGISTRY {
+            let cfg = Config {
+                epochs: 1,
+                encoder: crate::config::EncoderKind::Vit,
+                vit_patch: 2,
+                vit_depth: 1,
+                vit_width: 8,
+                vit_heads: 2,
+                vit_image_size: 8,
+                proj_hidden_dim: 16,
+                pred_hidden_dim: 8,
+                proj_dim: 8,
+                moco_queue: 32,
+                shuffle_bn_groups: 2,
+                cpc_negatives: 16,
+                cpc_patch: 4,
+                cpc_stride: 2,
+                tile_size: 2,
+                multicrop_local: 2,
+                multicrop_local_size: 4,
+                swav_prototypes: 10,
+                dino_out_dim: 16,
+                ..tiny_config(spec.name)
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let s = pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu)
+                .unwrap_or_else(|e| panic!("{} with vit: {e:#}", spec.name));
+            assert!(s.final_loss.is_finite(), "{} with vit", spec.name);
+        }
+    }
+
     #[test]
     fn every_registered_method_trains_checkpoints_and_resumes() {
         let _rng = crate::torch_rng_lock();
