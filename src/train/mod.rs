@@ -685,17 +685,10 @@ pub(crate) mod tests {
     #[test]
     fn stateful_methods_resume_exactly() {
         let _rng = crate::torch_rng_lock();
-        let base = |m| Config {
-            proj_hidden_dim: 16,
-            proj_dim: 8,
-            multicrop_local: 2,
-            ..tiny_config(m)
-        };
         let swav = Config {
-            swav_prototypes: 10,
             swav_queue: 32,
             swav_freeze_epochs: 1,
-            ..base("swav")
+            ..small_heads("swav")
         };
         let (run, _) = assert_resume_is_exact(&swav);
         let ck = checkpoint::load(run.path()).unwrap();
@@ -709,10 +702,9 @@ pub(crate) mod tests {
             "the queue is full: {rows}"
         );
         let dino = Config {
-            dino_out_dim: 16,
             dino_warmup_teacher_temp: 0.02,
             dino_warmup_teacher_epochs: 3,
-            ..base("dino")
+            ..small_heads("dino")
         };
         let (run, _) = assert_resume_is_exact(&dino);
         let ck = checkpoint::load(run.path()).unwrap();
@@ -721,6 +713,26 @@ pub(crate) mod tests {
             center.1.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0,
             "the centre moved"
         );
+    }
+
+    /// `tiny_config` with every method's heads, queues, patches and crops small enough for
+    /// 8x8 images and a fast test.
+    fn small_heads(method: &str) -> Config {
+        Config {
+            proj_hidden_dim: 16,
+            pred_hidden_dim: 8,
+            proj_dim: 8,
+            moco_queue: 32,
+            shuffle_bn_groups: 2,
+            cpc_negatives: 16,
+            cpc_patch: 4,
+            cpc_stride: 2,
+            tile_size: 2,
+            multicrop_local: 2,
+            swav_prototypes: 10,
+            dino_out_dim: 16,
+            ..tiny_config(method)
+        }
     }
 
     /// The ViT encoder serves every method (tiles, patch grids, lightness and local crops
@@ -738,20 +750,8 @@ pub(crate) mod tests {
                 vit_width: 8,
                 vit_heads: 2,
                 vit_image_size: 8,
-                proj_hidden_dim: 16,
-                pred_hidden_dim: 8,
-                proj_dim: 8,
-                moco_queue: 32,
-                shuffle_bn_groups: 2,
-                cpc_negatives: 16,
-                cpc_patch: 4,
-                cpc_stride: 2,
-                tile_size: 2,
-                multicrop_local: 2,
                 multicrop_local_size: 4,
-                swav_prototypes: 10,
-                dino_out_dim: 16,
-                ..tiny_config(spec.name)
+                ..small_heads(spec.name)
             };
             let dir = tempfile::tempdir().unwrap();
             let s = pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu)
@@ -768,16 +768,7 @@ pub(crate) mod tests {
         for spec in methods::REGISTRY {
             let cfg = Config {
                 epochs: 2,
-                proj_hidden_dim: 16,
-                pred_hidden_dim: 8,
-                proj_dim: 8,
-                moco_queue: 32,
-                shuffle_bn_groups: 2,
-                cpc_negatives: 16,
-                cpc_patch: 4,
-                cpc_stride: 2,
-                tile_size: 2,
-                ..tiny_config(spec.name)
+                ..small_heads(spec.name)
             };
             let dir = tempfile::tempdir().unwrap();
             let first = TrainOptions {
