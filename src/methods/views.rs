@@ -185,6 +185,7 @@ mod tests {
 
     #[test]
     fn multi_crop_batches_are_unpacked_by_size() {
+        let _rng = crate::torch_rng_lock();
         let views = Views {
             pipelines: vec![crop(16), crop(16), crop(8), crop(8), crop(8)],
         };

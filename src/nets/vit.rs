@@ -185,6 +185,7 @@ mod tests {
 
     #[test]
     fn vit_has_timm_names_and_counts() {
+        let _rng = crate::torch_rng_lock();
         let vs = nn::VarStore::new(Device::Cpu);
         let net = vit(&vs.root(), 3, TINY);
         let vars = vs.variables();
