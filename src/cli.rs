@@ -360,7 +360,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 ds.require_labels()?;
                 let b = Baseline::parse(&b)?;
                 let t0 = Instant::now();
-                let (scores, _) = b.evaluate(&config, &ds, device);
+                let (scores, _) = b.evaluate(&config, &ds, device)?;
                 let secs = t0.elapsed().as_secs_f64();
                 println!("{}", eval::describe(&b.label(&config), &ds, &scores, secs));
             }

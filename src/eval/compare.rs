@@ -107,7 +107,7 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
         let ds = data::load(&first)?;
         ds.require_labels()?;
         for &b in &plan.baselines {
-            let (scores, parameters) = b.evaluate(&first, &ds, device);
+            let (scores, parameters) = b.evaluate(&first, &ds, device)?;
             rows.push(Row {
                 method: b.label(&first),
                 scores,
@@ -120,7 +120,7 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
         let run = LoadedRun::load(dir, None, &[], device)?;
         run.ds.require_labels()?;
         eprintln!("compare: evaluating {} ({})", run.cfg.method, dir.display());
-        let scores = super::evaluate_method(run.model.method.as_ref(), &run.ds, &run.cfg, device);
+        let scores = super::evaluate_method(run.model.method.as_ref(), &run.ds, &run.cfg, device)?;
         rows.push(Row {
             method: run.cfg.method.clone(),
             scores,

@@ -6,9 +6,9 @@
 use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
 use crate::config::Config;
-use crate::losses;
 use crate::nets::{Encoder, MlpNorm, momentum::OnlineTarget};
 use crate::schedule::cosine_momentum;
+use crate::{losses, precision};
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -59,7 +59,9 @@ impl Method for MocoV3 {
         let (q1, q2) = (self.nets.online(&x[0]), self.nets.online(&x[1])); // [B, dim] each
         let (k1, k2) = (self.nets.target(&x[0]), self.nets.target(&x[1]));
         let t = self.temperature;
-        (losses::info_nce_batch(&q1, &k2, t) + losses::info_nce_batch(&q2, &k1, t)) * (2.0 * t)
+        precision::in_fp32([&q1, &k2, &q2, &k1], |[q1, k2, q2, k1]| {
+            (losses::info_nce_batch(&q1, &k2, t) + losses::info_nce_batch(&q2, &k1, t)) * (2.0 * t)
+        })
     }
     fn after_step(&mut self, ctx: &StepCtx) {
         self.nets

@@ -6,8 +6,8 @@
 use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
 use crate::config::Config;
-use crate::losses;
 use crate::nets::{self, Encoder, MlpNorm};
+use crate::{losses, precision};
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -57,7 +57,8 @@ impl Method for SimClr {
         let h = self.encoder.forward_t(images, true); // [2B, D]
         let z = self.projector.forward_t(&h, true); // [2B, proj_dim]
         let zs = z.chunk(2, 0); // 2 x [B, proj_dim]
-        losses::nt_xent(&zs[0], &zs[1], self.temperature)
+        let t = self.temperature;
+        precision::in_fp32([&zs[0], &zs[1]], |[z1, z2]| losses::nt_xent(&z1, &z2, t))
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder
