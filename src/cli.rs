@@ -7,7 +7,7 @@ use crate::train::{self, run::LoadedRun};
 use crate::{augment, data, methods, nets, report, venv};
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Device;
 
@@ -208,6 +208,24 @@ pub enum Command {
         #[arg(long)]
         python: Option<PathBuf>,
     },
+    /// Benchmark: one config's training step (default: presets/fashion-mnist-simclr.toml)
+    /// in fp32 and bf16, on random input (compute only) and through the loader with its
+    /// augmentation (end to end), next to the same step in PyTorch in the setup venv.
+    BenchStep {
+        /// The config to measure (--config, --set, --data); its `precision` is ignored: both
+        /// are measured.
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Timed steps per measurement.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Untimed steps before each measurement.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Python with torch (default: the setup venv).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
     /// Print the effective config as TOML (defaults, --config file, --set overrides).
     Config {
         #[command(flatten)]
@@ -232,6 +250,9 @@ pub enum DataCommand {
         out: PathBuf,
     },
 }
+
+/// The config `bench-step` measures unless given one.
+const DEFAULT_BENCH_PRESET: &str = "presets/fashion-mnist-simclr.toml";
 
 /// Resolves `--device`.
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -434,6 +455,24 @@ pub fn run(cli: Cli) -> Result<()> {
                 device
             )?
         ),
+        Command::BenchStep {
+            cfg,
+            steps,
+            warmup,
+            python,
+        } => {
+            let preset = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_BENCH_PRESET);
+            let file = cfg.config.clone().unwrap_or(preset);
+            let (config, given) =
+                Config::assemble(Config::default(), Some(&file), &cfg.overrides())?;
+            warn(&methods::check_config(&config, &given)?);
+            let ds = data::load(&config)?;
+            println!("{}", train::bench::describe_step(&config, &ds, device));
+            let opts = train::bench::BenchOptions { steps, warmup };
+            let python = python.map_or_else(venv::python, Ok);
+            let rows = train::bench::measure(&config, &ds, device, &opts, python)?;
+            print!("{}", train::bench::table(&rows));
+        }
         Command::BenchAugment { images, python } => {
             let python = python.map_or_else(venv::python, Ok);
             print!("{}", augment::bench::table(images, python)?);

@@ -1,6 +1,7 @@
 //! The training loop: schedule, optimizer, progress bar, metrics.jsonl, a checkpoint every
 //! epoch and every `checkpoint_every`, and `--resume` from any of them (mid-epoch too).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod lock;
 pub mod optim;
