@@ -222,6 +222,10 @@ pub enum Command {
         /// Untimed steps before each measurement.
         #[arg(long, default_value_t = 3)]
         warmup: usize,
+        /// Rounds of measurements, one of each setup per round; the best round counts
+        /// (other work on the machine slows some rounds down).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Python with torch (default: the setup venv).
         #[arg(long)]
         python: Option<PathBuf>,
@@ -459,6 +463,7 @@ pub fn run(cli: Cli) -> Result<()> {
             cfg,
             steps,
             warmup,
+            rounds,
             python,
         } => {
             let preset = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_BENCH_PRESET);
@@ -468,7 +473,11 @@ pub fn run(cli: Cli) -> Result<()> {
             warn(&methods::check_config(&config, &given)?);
             let ds = data::load(&config)?;
             println!("{}", train::bench::describe_step(&config, &ds, device));
-            let opts = train::bench::BenchOptions { steps, warmup };
+            let opts = train::bench::BenchOptions {
+                steps,
+                warmup,
+                rounds,
+            };
             let python = python.map_or_else(venv::python, Ok);
             let rows = train::bench::measure(&config, &ds, device, &opts, python)?;
             print!("{}", train::bench::table(&rows));

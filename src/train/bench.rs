@@ -21,6 +21,8 @@ pub struct BenchOptions {
     pub steps: usize,
     /// Untimed steps before them (allocator, oneDNN's kernel choice, the loader's queue).
     pub warmup: usize,
+    /// Measurements of each setup, interleaved; the best counts.
+    pub rounds: usize,
 }
 
 /// One measurement: images per second (each image gives the method its views).
@@ -39,7 +41,7 @@ fn images_per_step(cfg: &Config) -> usize {
     cfg.batch_size
 }
 
-/// The step's input for random data: `[V * B, C, h, w]`, as the loader would give it.
+/// The step's input for random data: `[V * B, C, h, w]` in the loader's memory layout.
 fn random_batch(model: &Model, cfg: &Config, ds: &Dataset, device: Device) -> crate::data::Batch {
     let [c, h, w] = ds.pretrain_split().shape;
     let (views, (h, w)) = match model.method.views() {
@@ -47,91 +49,136 @@ fn random_batch(model: &Model, cfg: &Config, ds: &Dataset, device: Device) -> cr
         None => (1, (h, w)),
     };
     let b = cfg.batch_size;
-    let shape = [(views * b) as i64, c as i64, h as i64, w as i64];
     tch::manual_seed(cfg.seed as i64);
+    let nhwc = Tensor::rand([(views * b * h * w * c) as i64], (Kind::Float, device));
     crate::data::Batch {
-        images: Tensor::rand(shape, (Kind::Float, device)),
+        images: crate::data::loader::nhwc_batch(&nhwc, [c, h, w].map(|d| d as i64)),
         labels: Tensor::zeros([b as i64], (Kind::Int64, device)),
         indices: (0..b).collect(),
     }
 }
 
-/// Runs `warmup` then `steps` training steps, each on the batch `next` returns; images/s
-/// of the timed steps.
-fn time_steps(
-    model: &mut Model,
-    opt: &mut Optimizer,
-    cfg: &Config,
-    opts: &BenchOptions,
-    mut next: impl FnMut() -> Result<crate::data::Batch>,
-) -> Result<f64> {
-    let total = opts.warmup + opts.steps;
-    let mut start = Instant::now();
-    for step in 0..total {
-        if step == opts.warmup {
-            start = Instant::now();
-        }
-        let batch = next()?;
-        let ctx = StepCtx {
-            epoch: 0,
-            step,
-            total_steps: total,
-        };
-        train_step(model, opt, &batch, &ctx, cfg.lr, cfg.seed)?;
-    }
-    Ok((opts.steps * images_per_step(cfg)) as f64 / start.elapsed().as_secs_f64())
+/// Where a measured step takes its batches from.
+enum Input {
+    /// The same random batch every step: the step alone.
+    Random(crate::data::Batch),
+    /// The loader with its views, epoch after epoch, as `pretrain` runs it; each round
+    /// starts a fresh loader (an empty queue, as at an epoch's start) at the next epoch.
+    Data {
+        train: Arc<crate::data::Split>,
+        views: Option<Arc<crate::augment::Views>>,
+        epoch: usize,
+    },
 }
 
-/// selfsup's step of `cfg` in `precision`: (compute only, end to end) images per second.
-fn measure_selfsup(
-    cfg: &Config,
-    ds: &Dataset,
-    precision: Precision,
-    device: Device,
-    opts: &BenchOptions,
-) -> Result<(f64, f64)> {
-    let cfg = Config {
-        precision,
-        ..cfg.clone()
-    };
-    let fresh = || -> Result<(Model, Optimizer)> {
+/// One of the measured steps: selfsup's model of `cfg` (in its precision) and its input.
+struct Setup {
+    cfg: Config,
+    model: Model,
+    opt: Optimizer,
+    input: Input,
+}
+
+impl Setup {
+    fn new(
+        cfg: &Config,
+        ds: &Dataset,
+        precision: Precision,
+        data: bool,
+        device: Device,
+    ) -> Result<Setup> {
+        let cfg = Config {
+            precision,
+            ..cfg.clone()
+        };
         let model = Model::build(&cfg, &data_info(ds), device)?;
         let opt = Optimizer::new(&model.vs, cfg.optimizer, cfg.momentum, cfg.weight_decay);
-        Ok((model, opt))
-    };
-    let (mut model, mut opt) = fresh()?;
-    let batch = random_batch(&model, &cfg, ds, device);
-    let copy = || crate::data::Batch {
-        images: batch.images.shallow_clone(),
-        labels: batch.labels.shallow_clone(),
-        indices: batch.indices.clone(),
-    };
-    let compute = time_steps(&mut model, &mut opt, &cfg, opts, || Ok(copy()))?;
-
-    let (mut model, mut opt) = fresh()?;
-    let train = Arc::new(ds.pretrain_split().clone());
-    let views = model.method.views();
-    let spe = super::steps_per_epoch(train.len(), cfg.batch_size);
-    if spe == 0 {
-        bail!(
-            "batch_size = {} is larger than the {} training images",
-            cfg.batch_size,
-            train.len()
-        );
-    }
-    // Epoch after epoch of the loader, as pretraining runs them.
-    let mut epoch = 0;
-    let mut loader = epoch_loader(&cfg, &train, &views, epoch, 0, device);
-    let end_to_end = time_steps(&mut model, &mut opt, &cfg, opts, || {
-        loop {
-            if let Some(b) = loader.next() {
-                return Ok(b);
+        let input = if data {
+            let train = Arc::new(ds.pretrain_split().clone());
+            if super::steps_per_epoch(train.len(), cfg.batch_size) == 0 {
+                bail!(
+                    "batch_size = {} is larger than the {} training images",
+                    cfg.batch_size,
+                    train.len()
+                );
             }
-            epoch += 1;
-            loader = epoch_loader(&cfg, &train, &views, epoch, 0, device);
+            let views = model.method.views();
+            Input::Data {
+                train,
+                views,
+                epoch: 0,
+            }
+        } else {
+            Input::Random(random_batch(&model, &cfg, ds, device))
+        };
+        Ok(Setup {
+            cfg,
+            model,
+            opt,
+            input,
+        })
+    }
+
+    /// One round: `warmup` untimed steps, then `steps` timed ones; images per second.
+    fn round(&mut self, opts: &BenchOptions) -> Result<f64> {
+        let device = self.model.vs.device();
+        let cfg = &self.cfg;
+        let mut loader = match &mut self.input {
+            Input::Random(_) => None,
+            Input::Data {
+                train,
+                views,
+                epoch,
+            } => {
+                *epoch += 1;
+                Some(epoch_loader(cfg, train, views, *epoch, 0, device))
+            }
+        };
+        let total = opts.warmup + opts.steps;
+        let mut start = Instant::now();
+        for step in 0..total {
+            if step == opts.warmup {
+                start = Instant::now();
+            }
+            let batch = match (&mut self.input, &mut loader) {
+                (Input::Random(b), _) => crate::data::Batch {
+                    images: b.images.shallow_clone(),
+                    labels: b.labels.shallow_clone(),
+                    indices: b.indices.clone(),
+                },
+                (
+                    Input::Data {
+                        train,
+                        views,
+                        epoch,
+                    },
+                    Some(l),
+                ) => match l.next() {
+                    Some(b) => b,
+                    None => {
+                        *epoch += 1;
+                        *l = epoch_loader(cfg, train, views, *epoch, 0, device);
+                        l.next().context("an epoch without batches")?
+                    }
+                },
+                (Input::Data { .. }, None) => unreachable!("a data input has its loader"),
+            };
+            let ctx = StepCtx {
+                epoch: 0,
+                step,
+                total_steps: total,
+            };
+            train_step(
+                &mut self.model,
+                &mut self.opt,
+                &batch,
+                &ctx,
+                cfg.lr,
+                cfg.seed,
+            )?;
         }
-    })?;
-    Ok((compute, end_to_end))
+        Ok((opts.steps * images_per_step(cfg)) as f64 / start.elapsed().as_secs_f64())
+    }
 }
 
 /// The arguments of `scripts/bench_step_torch.py` that build `cfg`'s step.
@@ -180,6 +227,7 @@ fn torch_args(
         ("--weight-decay", cfg.weight_decay.to_string()),
         ("--steps", opts.steps.to_string()),
         ("--warmup", opts.warmup.to_string()),
+        ("--rounds", opts.rounds.to_string()),
         ("--threads", tch::get_num_threads().to_string()),
         ("--device", device),
     ] {
@@ -232,17 +280,29 @@ pub fn measure(
     opts: &BenchOptions,
     python: Result<PathBuf>,
 ) -> Result<Vec<Row>> {
-    if opts.steps == 0 {
-        bail!("--steps must be at least 1");
+    if opts.steps == 0 || opts.rounds == 0 {
+        bail!("--steps and --rounds must be at least 1");
+    }
+    // Every setup measured once per round, the rounds one after the other: a burst of other
+    // work on the machine lowers one round of each, and the best round counts.
+    let mut setups = Vec::new();
+    for precision in Precision::ALL {
+        for data in [false, true] {
+            setups.push((Setup::new(cfg, ds, *precision, data, device)?, 0f64));
+        }
+    }
+    for _ in 0..opts.rounds {
+        for (setup, best) in &mut setups {
+            *best = best.max(setup.round(opts)?);
+        }
     }
     let mut rows = Vec::new();
-    for precision in Precision::ALL {
-        let (compute, e2e) = measure_selfsup(cfg, ds, *precision, device, opts)?;
+    for pair in setups.chunks(2) {
         rows.push(Row {
             system: "selfsup",
-            precision: *precision,
-            compute,
-            end_to_end: Some(e2e),
+            precision: pair[0].0.cfg.precision,
+            compute: pair[0].1,
+            end_to_end: Some(pair[1].1),
         });
     }
     let torch = python
@@ -343,6 +403,7 @@ mod tests {
         let opts = BenchOptions {
             steps: 2,
             warmup: 1,
+            rounds: 2,
         };
         let rows = measure(&cfg, &ds, Device::Cpu, &opts, crate::venv::python()).unwrap();
         let got: Vec<_> = rows
@@ -377,13 +438,14 @@ mod tests {
         let opts = BenchOptions {
             steps: 5,
             warmup: 2,
+            rounds: 1,
         };
         let a = torch_args(&cfg, &ds, &opts, Device::Cpu).unwrap().join(" ");
         for part in [
             "--shape 1 6 6",
             "--cnn-widths 4 8 --cnn-pool 2",
             "--batch-size 16",
-            "--steps 5 --warmup 2",
+            "--steps 5 --warmup 2 --rounds 1",
             "--optimizer adamw",
         ] {
             assert!(a.contains(part), "{part} not in {a}");
