@@ -3,10 +3,12 @@
 The same pipeline as `selfsup bench-augment` (RandomResizedCrop scale (0.08, 1) without
 antialiasing, flip 0.5, ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale 0.2,
 Gaussian blur with a kernel of ~10% of the size and sigma (0.1, 2) with p 0.5), on uint8
-CHW tensors. Parallel runs use one process per thread, each with torch.set_num_threads(1),
-as a DataLoader with workers would. Prints one JSON object per (size, threads).
+CHW tensors. A shape CxS is C channels of SxS (1x28: gray Fashion-MNIST size, where the
+colour-only steps do nothing). Parallel runs use one process per thread, each with
+torch.set_num_threads(1), as a DataLoader with workers would. Prints one JSON object per
+(shape, threads).
 
-usage: python bench_augment_torchvision.py --images N --threads 1 2 --sizes 32 96
+usage: python bench_augment_torchvision.py --images N --threads 1 2 --shapes 1x28 3x32 3x96
 """
 import argparse
 import json
@@ -29,10 +31,10 @@ def pipeline(size):
 
 
 def work(args):
-    size, n, seed = args
+    channels, size, n, seed = args
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8)
     t = pipeline(size)
     start = time.perf_counter()
     for img in images:
@@ -45,19 +47,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 96])
+    ap.add_argument("--shapes", nargs="+", default=["3x32", "3x96"], help="CxS, e.g. 1x28")
     a = ap.parse_args()
-    for size in a.sizes:
+    for shape in a.shapes:
+        channels, size = map(int, shape.split("x"))
         for threads in a.threads:
             per = a.images // threads
             start = time.perf_counter()
             if threads == 1:
-                work((size, per, 0))
+                work((channels, size, per, 0))
             else:
                 with mp.get_context("fork").Pool(threads) as pool:
-                    pool.map(work, [(size, per, i) for i in range(threads)])
+                    pool.map(work, [(channels, size, per, i) for i in range(threads)])
             secs = time.perf_counter() - start
-            print(json.dumps({"size": size, "threads": threads, "images_per_sec": per * threads / secs}), flush=True)
+            row = {"channels": channels, "size": size, "threads": threads, "images_per_sec": per * threads / secs}
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

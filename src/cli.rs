@@ -2,13 +2,14 @@
 //! library modules each command calls.
 
 use crate::config::Config;
-use crate::eval::{self, baselines::Baseline, compare};
+use crate::dist::DistEnv;
+use crate::eval::{self, baselines::Baseline, compare, segment};
 use crate::train::{self, run::LoadedRun};
-use crate::{augment, data, methods, nets, report, venv};
-use anyhow::{Result, bail};
+use crate::{augment, data, launch, methods, nets, report, venv};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::Device;
 
 #[derive(Parser, Debug)]
@@ -94,6 +95,28 @@ pub enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Data-parallel runs: how long a rank waits for the others in a collective before
+        /// the run fails naming the ranks it lost, e.g. 90s, 10m (default: 5m).
+        #[arg(long, value_name = "TIME", value_parser = parse_timeout)]
+        dist_timeout: Option<Duration>,
+    },
+    /// Run `selfsup pretrain` data-parallel as N processes on this machine (torchrun's
+    /// variables for each; rank 0 keeps the terminal, the others' output is prefixed).
+    #[command(
+        after_help = "Example:\n  selfsup launch --nproc-per-node 2 -- pretrain --config presets/fashion-mnist-simclr.toml --out runs/ddp\n\n\
+                      torchrun works too: torchrun --nproc-per-node 2 --no-python selfsup pretrain ..."
+    )]
+    Launch {
+        /// Processes (ranks) to start; the global batch_size is split among them.
+        #[arg(long, value_name = "N")]
+        nproc_per_node: usize,
+        /// Port of the rendezvous on 127.0.0.1 (default: a free one).
+        #[arg(long, value_name = "PORT")]
+        master_port: Option<u16>,
+        /// The command each rank runs: `pretrain ...` (global options such as --device given
+        /// to launch apply to every rank).
+        #[arg(last = true, required = true, value_name = "pretrain ARGS")]
+        command: Vec<String>,
     },
     /// Evaluate frozen features: linear probe (top-1/top-5) and kNN (top-1).
     Eval {
@@ -168,6 +191,38 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// Segmentation transfer: train a head on an encoder's feature maps, frozen and
+    /// fine-tuned, and score pixel accuracy, per-class IoU and mean IoU on the test split;
+    /// writes segment.json and segmentation.png (test images, true and predicted masks).
+    Segment {
+        /// A run folder written by `pretrain`.
+        #[arg(
+            long,
+            value_name = "DIR",
+            conflicts_with = "baseline",
+            required_unless_present = "baseline"
+        )]
+        run: Option<PathBuf>,
+        /// A baseline instead of a run: `random` (the randomly initialised encoder).
+        #[arg(long, value_parser = ["random"], requires = "out")]
+        baseline: Option<String>,
+        /// `frozen` (only the head is trained), `finetune` (the encoder too) or `both`.
+        #[arg(long, value_parser = ["frozen", "finetune", "both"], default_value = "both")]
+        protocol: String,
+        /// Segmentation data, as the `seg_data` key: fashion-scenes (default),
+        /// fashion-scenes:DIR, seg-folder:DIR (images/ and masks/, or PASCAL VOC).
+        #[arg(long, value_name = "KIND:PATH")]
+        seg_data: Option<String>,
+        /// Config for a baseline, or eval-key overrides (seg_frozen_epochs, seg_head, ...) for a run.
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Folder for segment.json and segmentation.png (default: the run folder).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// No per-epoch lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Compare methods in one table (Markdown and CSV): linear top-1/top-5, kNN top-1,
     /// pretraining time and parameters, always with the raw-pixel, random-init and
     /// supervised baselines. Either over existing --runs, or training --methods here.
@@ -192,14 +247,19 @@ pub enum Command {
         /// Output folder for compare.md, compare.csv and the runs trained here.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Add segmentation mIoU columns (frozen and fine-tuned, with their wall times), as
+        /// `selfsup segment` with the seg_* keys; results in a run's segment.json whose
+        /// settings match are reused.
+        #[arg(long)]
+        segmentation: bool,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
     },
     /// List the pretraining methods.
     Methods,
-    /// Benchmark: augmentation throughput (two SimCLR views per image) at 32x32 and 96x96,
-    /// on 1 thread and on all threads, next to torchvision's in the setup venv.
+    /// Benchmark: augmentation throughput (two SimCLR views per image) at 28x28 gray, 32x32
+    /// and 96x96 RGB, on 1 thread and on all threads, next to torchvision's in the setup venv.
     BenchAugment {
         /// Images per measurement.
         #[arg(long, default_value_t = 2000)]
@@ -286,6 +346,65 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    crate::config::parse_seconds(s)
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a positive time such as 90s, 5m or 1h"))
+}
+
+/// The device of a data-parallel rank: the CPU, or the GPU of its LOCAL_RANK.
+fn rank_device(device_arg: &str, device: Device, env: &DistEnv) -> Result<Device> {
+    if !device.is_cuda() {
+        return Ok(device);
+    }
+    if device_arg.starts_with("cuda:") {
+        bail!(
+            "--device {device_arg}: under a launcher each rank takes the GPU of its LOCAL_RANK; pass --device cuda (or auto)"
+        );
+    }
+    parse_device(&format!("cuda:{}", env.local_rank))
+        .with_context(|| format!("LOCAL_RANK={}", env.local_rank))
+}
+
+/// A rank started by a launcher shares the machine with the others: its data pipeline
+/// (rayon) takes as many threads as libtorch, `OMP_NUM_THREADS` (which torchrun sets to 1
+/// and `selfsup launch` to cores / N), unless `RAYON_NUM_THREADS` says otherwise.
+fn follow_omp_num_threads() {
+    let omp = std::env::var("OMP_NUM_THREADS").ok();
+    if let Some(n) = omp.and_then(|v| v.trim().parse::<usize>().ok())
+        && n > 0
+        && std::env::var_os("RAYON_NUM_THREADS").is_none()
+    {
+        // Ignore the error if a pool already exists (only in tests).
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+}
+
+/// The forwarded arguments of `launch`, checked: a `pretrain` command.
+fn launch_args(cli: &Cli, command: &[String]) -> Result<Vec<String>> {
+    // The global options given to launch itself (--device's default, auto, goes without
+    // saying), so that the command after `--` may carry its own.
+    let mut args = Vec::new();
+    if cli.device != "auto" {
+        args.extend(["--device".to_string(), cli.device.clone()]);
+    }
+    if let Some(n) = cli.threads {
+        args.extend(["--threads".to_string(), n.to_string()]);
+    }
+    args.extend(command.iter().cloned());
+    let parsed = Cli::try_parse_from(std::iter::once("selfsup".to_string()).chain(args.clone()));
+    match parsed.map(|c| c.command) {
+        Ok(Command::Pretrain { .. }) => Ok(args),
+        Ok(_) => bail!(
+            "launch runs `selfsup pretrain` on every rank: selfsup launch --nproc-per-node N -- pretrain ..."
+        ),
+        Err(e) => bail!("the command after `--`: {e}"),
+    }
+}
+
 /// The config of a command without a run: defaults, `--config`, `--data` and `--set`.
 fn plain_config(args: &ConfigArgs) -> Result<Config> {
     let (cfg, _) = Config::assemble(Config::default(), args.config.as_deref(), &args.overrides())?;
@@ -311,7 +430,18 @@ pub fn run(cli: Cli) -> Result<()> {
             .num_threads(n)
             .build_global();
     }
+    if let Command::Launch {
+        nproc_per_node,
+        master_port,
+        command,
+    } = &cli.command
+    {
+        let args = launch_args(&cli, command)?;
+        let program = std::env::current_exe().context("the path of this selfsup binary")?;
+        return launch::run(&program, &args, *nproc_per_node, *master_port);
+    }
     match cli.command {
+        Command::Launch { .. } => unreachable!("handled above"),
         Command::Methods => {
             for m in methods::REGISTRY {
                 println!("{:<24} {}", m.name, m.summary);
@@ -333,7 +463,22 @@ pub fn run(cli: Cli) -> Result<()> {
             resume,
             checkpoint,
             quiet,
+            dist_timeout,
         } => {
+            // Under a launcher (torchrun, Slurm, `selfsup launch`): one rank of several.
+            let dist = DistEnv::from_env().context("the launcher's variables")?;
+            let device = match &dist {
+                Some(env) => rank_device(&cli.device, device, env)?,
+                None => device,
+            };
+            if dist.is_some() && cli.threads.is_none() {
+                follow_omp_num_threads();
+            }
+            let writer = dist.as_ref().is_none_or(|env| env.rank == 0);
+            if writer {
+                // Fail at once when another process is training into `out`.
+                train::lock::RunLock::check_free(&out)?;
+            }
             let checkpoint = checkpoint.map(|f| train::checkpoint::resolve(&out, &f));
             let (config, warnings) = train::run::pretrain_config(
                 method.as_deref(),
@@ -343,24 +488,38 @@ pub fn run(cli: Cli) -> Result<()> {
                 resume,
                 checkpoint.as_deref(),
             )?;
-            warn(&warnings);
+            if writer {
+                warn(&warnings);
+            }
             let ds = data::load(&config)?;
-            eprintln!(
-                "pretrain {} on {} ({} images), encoder {}, {} epochs, device {device:?}",
-                config.method,
-                ds.name,
-                ds.pretrain_split().subset_len(config.train_subset),
-                config.encoder,
-                config.epochs,
-            );
+            if writer {
+                let ranks = dist.as_ref().map_or(String::new(), |env| {
+                    format!(
+                        ", {} processes (rank 0 writes the run folder)",
+                        env.world_size
+                    )
+                });
+                eprintln!(
+                    "pretrain {} on {} ({} images), encoder {}, {} epochs, device {device:?}{ranks}",
+                    config.method,
+                    ds.name,
+                    ds.pretrain_split().subset_len(config.train_subset),
+                    config.encoder,
+                    config.epochs,
+                );
+            }
             let opts = train::TrainOptions {
                 resume,
                 checkpoint,
                 quiet,
                 stop_after_epochs: None,
+                dist,
+                dist_timeout,
             };
             let s = train::pretrain(&config, &ds, &out, &opts, device)?;
-            println!("{}", s.describe(&config.method, &out));
+            if writer {
+                println!("{}", s.describe(&config.method, &out));
+            }
         }
         Command::Eval {
             run,
@@ -391,6 +550,45 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             _ => bail!("eval needs exactly one of --run DIR or --baseline raw|random"),
         },
+        Command::Segment {
+            run,
+            baseline,
+            protocol,
+            seg_data,
+            mut cfg,
+            out,
+            quiet,
+        } => {
+            let protocols = segment::Protocol::parse(&protocol)?;
+            if let Some(d) = seg_data {
+                let quoted = toml::Value::String(d).to_string();
+                cfg.sets.insert(0, format!("seg_data={quoted}"));
+            }
+            let text = match (run, baseline) {
+                (Some(run), None) => {
+                    if cfg.config.is_some() || cfg.data.is_some() {
+                        bail!(
+                            "segment --run uses the run's own config; --config and --data apply to --baseline (use --set for the seg_* keys)"
+                        );
+                    }
+                    segment::for_run(
+                        &run,
+                        None,
+                        &cfg.sets,
+                        &protocols,
+                        out.as_deref(),
+                        device,
+                        quiet,
+                    )?
+                }
+                (None, Some(_)) => {
+                    let out = out.expect("clap requires --out with --baseline");
+                    segment::for_random(&plain_config(&cfg)?, &protocols, &out, device, quiet)?
+                }
+                _ => bail!("segment needs exactly one of --run DIR or --baseline random"),
+            };
+            print!("{text}");
+        }
         Command::Report { run, points, sets } => {
             print!("{}", report::for_run(&run, points, &sets, device)?)
         }
@@ -401,6 +599,7 @@ pub fn run(cli: Cli) -> Result<()> {
             cfg,
             baselines,
             out,
+            segmentation,
             quiet,
         } => {
             let plan = compare::Plan {
@@ -414,6 +613,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     .collect::<Result<_>>()?,
                 supervised: baselines.iter().any(|b| b == "supervised"),
                 out,
+                segmentation,
                 quiet,
             };
             let rows = compare::run(&plan, device)?;

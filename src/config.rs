@@ -144,6 +144,10 @@ pub struct Config {
     /// Keep the checkpoints of the last this many epochs as `checkpoint-epochE.safetensors`
     /// besides the rolling `checkpoint.safetensors` (0: none are kept, none deleted).
     pub keep_checkpoints: usize,
+    /// Data-parallel runs (more than one process): BatchNorm layers normalise with the
+    /// statistics of the global batch, gathered from every rank (SyncBatchNorm), so that N
+    /// ranks train as one process would; `false` keeps each rank's statistics local.
+    pub sync_bn: bool,
 
     /// Linear probe: epochs over the frozen features, Adam learning rate, batch size, decay.
     pub probe_epochs: usize,
@@ -153,6 +157,29 @@ pub struct Config {
     /// kNN classifier: neighbours and temperature of the exp(sim / T) vote weights.
     pub knn_k: i64,
     pub knn_temperature: f64,
+
+    /// Segmentation transfer (`selfsup segment`): the data, `fashion-scenes` (built from
+    /// Fashion-MNIST), `fashion-scenes:DIR` or `seg-folder:DIR` (images with PNG masks, or
+    /// the PASCAL VOC layout).
+    pub seg_data: String,
+    /// Segmentation: side of the square images and masks (the canvas of fashion-scenes).
+    pub seg_image_size: usize,
+    /// fashion-scenes: number of training and test scenes.
+    pub seg_train_scenes: usize,
+    pub seg_test_scenes: usize,
+    /// Segmentation head: `linear` (a 1x1 convolution on the last feature map, logits
+    /// upsampled bilinearly) or `fcn` (one such scoring layer on every stage's map, their
+    /// upsampled logits summed, as FCN-8s).
+    pub seg_head: SegHead,
+    /// Segmentation training: epochs of the frozen protocol (over features extracted once,
+    /// so they are cheap) and of fine-tuning, batch size, AdamW learning rate and decay.
+    pub seg_frozen_epochs: usize,
+    pub seg_finetune_epochs: usize,
+    pub seg_batch_size: usize,
+    pub seg_lr: f64,
+    pub seg_weight_decay: f64,
+    /// Fine-tuning: the encoder's learning rate is seg_lr times this.
+    pub seg_encoder_lr_scale: f64,
 }
 
 impl Default for Config {
@@ -219,12 +246,24 @@ impl Default for Config {
             prefetch: 4,
             checkpoint_every: CheckpointEvery::Time(Duration::from_secs(600)),
             keep_checkpoints: 0,
+            sync_bn: true,
             probe_epochs: 30,
             probe_lr: 2e-3,
             probe_batch_size: 512,
             probe_weight_decay: 1e-4,
             knn_k: 200,
             knn_temperature: 0.1,
+            seg_data: "fashion-scenes".into(),
+            seg_image_size: 64,
+            seg_train_scenes: 10_000,
+            seg_test_scenes: 2_000,
+            seg_head: SegHead::Linear,
+            seg_frozen_epochs: 20,
+            seg_finetune_epochs: 5,
+            seg_batch_size: 64,
+            seg_lr: 1e-2,
+            seg_weight_decay: 1e-4,
+            seg_encoder_lr_scale: 0.1,
         }
     }
 }
@@ -319,6 +358,15 @@ choice!(
     }
 );
 choice!(
+    /// The segmentation head.
+    SegHead {
+        /// A 1x1 convolution on the last feature map.
+        Linear = "linear",
+        /// 1x1 convolutions on every stage's map, their upsampled logits summed.
+        Fcn = "fcn",
+    }
+);
+choice!(
     ColorizationLoss {
         /// Cross-entropy over quantized ab bins, with class rebalancing.
         Classify = "classify",
@@ -365,20 +413,28 @@ impl std::str::FromStr for CheckpointEvery {
         if let Ok(n) = s.parse::<i64>() {
             return CheckpointEvery::try_from(CheckpointEverySpelled::Steps(n));
         }
-        let unit = match s.chars().last() {
-            Some('s') => 1.0,
-            Some('m') => 60.0,
-            Some('h') => 3600.0,
-            _ => return Err(bad()),
-        };
-        let n: f64 = s[..s.len() - 1].trim().parse().map_err(|_| bad())?;
-        match Duration::try_from_secs_f64(n * unit) {
+        let secs = parse_seconds(s).ok_or_else(bad)?;
+        match Duration::try_from_secs_f64(secs) {
             Ok(d) if !d.is_zero() => Ok(CheckpointEvery::Time(d)),
             _ => Err(format!(
                 "option checkpoint_every = {s:?}: the time must be positive"
             )),
         }
     }
+}
+
+/// The seconds of a time written `90s`, `1.5m` or `2h` (seconds, minutes, hours; maybe
+/// negative); None when it is not written so.
+pub fn parse_seconds(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let unit = match s.chars().last()? {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        _ => return None,
+    };
+    let n: f64 = s[..s.len() - 1].trim().parse().ok()?;
+    Some(n * unit)
 }
 
 impl TryFrom<CheckpointEverySpelled> for CheckpointEvery {
@@ -451,6 +507,7 @@ pub const GENERAL_KEYS: &[&str] = &[
     "prefetch",
     "checkpoint_every",
     "keep_checkpoints",
+    "sync_bn",
 ];
 
 /// Keys that may change when a saved run is evaluated (`eval --run`, `report`). `precision`
@@ -463,6 +520,17 @@ pub const EVAL_KEYS: &[&str] = &[
     "probe_weight_decay",
     "knn_k",
     "knn_temperature",
+    "seg_data",
+    "seg_image_size",
+    "seg_train_scenes",
+    "seg_test_scenes",
+    "seg_head",
+    "seg_frozen_epochs",
+    "seg_finetune_epochs",
+    "seg_batch_size",
+    "seg_lr",
+    "seg_weight_decay",
+    "seg_encoder_lr_scale",
 ];
 
 /// Whether every run reads `key` (one of `GENERAL_KEYS` or `EVAL_KEYS`).
@@ -662,6 +730,15 @@ impl Config {
         non_negative("probe_weight_decay", self.probe_weight_decay)?;
         at_least("knn_k", self.knn_k, 1)?;
         positive("knn_temperature", self.knn_temperature)?;
+        in_range("seg_image_size", self.seg_image_size, 8..=1024)?;
+        at_least("seg_train_scenes", self.seg_train_scenes, 1)?;
+        at_least("seg_test_scenes", self.seg_test_scenes, 1)?;
+        at_least("seg_frozen_epochs", self.seg_frozen_epochs, 1)?;
+        at_least("seg_finetune_epochs", self.seg_finetune_epochs, 1)?;
+        at_least("seg_batch_size", self.seg_batch_size, 1)?;
+        positive("seg_lr", self.seg_lr)?;
+        non_negative("seg_weight_decay", self.seg_weight_decay)?;
+        positive("seg_encoder_lr_scale", self.seg_encoder_lr_scale)?;
         Ok(())
     }
 }

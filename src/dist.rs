@@ -3,6 +3,9 @@
 //! shim. `DistEnv` reads what the launcher (torchrun or Slurm) tells each process;
 //! `ProcessGroup` joins the others and runs the collectives.
 //!
+//! `current` holds the group of the forward pass running on a thread, for the code inside
+//! it that cannot be handed one (BatchNorm layers, a method's loss).
+//!
 //! A leaf module: it uses nothing of selfsup but `native`.
 use crate::native::{self, check};
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -11,6 +14,8 @@ use std::ops::Range;
 use std::str::FromStr;
 use std::time::Duration;
 use tch::{Tensor, nn};
+
+pub mod current;
 
 /// PyTorch DDP's default bucket size (`bucket_cap_mb = 25`).
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -292,10 +297,30 @@ impl ProcessGroup {
         })
     }
 
+    /// The error of a collective `what` that failed outside this module (the reduce-scatter
+    /// that autograd runs in the backward of `all_gather_autograd`) with `cause`: marks the
+    /// group broken and names the ranks whose heartbeat stopped, as the collectives here do.
+    pub fn failure(&self, what: &str, cause: &str) -> anyhow::Error {
+        let c = |s: &str| CString::new(s.replace('\0', " ")).expect("no NUL left");
+        let (c_what, c_cause) = (c(what), c(cause));
+        // SAFETY: valid C strings for the call's duration; the shim always returns an error.
+        let result =
+            check(unsafe { native::selfsup_pg_fail(self.raw, c_what.as_ptr(), c_cause.as_ptr()) });
+        result
+            .err()
+            .unwrap_or_else(|| anyhow!("{what} failed on rank {}: {cause}", self.rank))
+    }
+
     /// Tears the group down after a barrier, reporting what failed.
     pub fn shutdown(mut self) -> Result<()> {
         let raw = std::mem::replace(&mut self.raw, std::ptr::null_mut());
         check(unsafe { native::selfsup_pg_destroy(raw) })
+    }
+}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProcessGroup(rank {} of {})", self.rank, self.world_size)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod data;
 pub mod dist;
 pub mod eval;
 pub mod faults;
+pub mod launch;
 pub mod losses;
 pub mod methods;
 pub mod metrics;

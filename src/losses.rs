@@ -53,21 +53,56 @@ pub fn l2_normalize(x: &Tensor) -> Tensor {
 /// the same N images. Each of the 2N samples has its other view as positive and the
 /// remaining 2N - 2 samples as negatives; similarity is cosine / `temperature`.
 pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Tensor {
-    let n = z1.size()[0];
-    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)); // [2N, D]
-    let eye = Tensor::eye(2 * n, (Kind::Bool, z.device()));
-    let sim = (z.matmul(&z.tr()) / temperature).masked_fill(&eye, f64::NEG_INFINITY); // [2N, 2N]
-    let idx = Tensor::arange(2 * n, (Kind::Int64, z.device()));
-    let targets = (idx + n).remainder(2 * n); // i <-> i + N
-    cross_entropy(&sim, &targets)
+    nt_xent_global(z1, z2, z1, z2, 0, temperature)
+}
+
+/// NT-Xent of one rank's share of a global batch (SimCLR with negatives from every rank).
+/// `z1`, `z2` `[b, D]`: this rank's projections of two views of its b images, which are
+/// rows `offset..offset + b` of the global batch; `all1`, `all2` `[N, D]`: the projections of
+/// the whole global batch (gathered from every rank, this rank's rows included). Each of
+/// the 2b local samples is scored against all 2N global samples but itself: its other view
+/// is the positive, the other 2N - 2 are negatives. The mean over the 2b local samples; the
+/// mean of it over the ranks is `nt_xent(all1, all2)` (and so is its gradient, when the
+/// gather passes every rank's gradient back to each slice). With one rank (`all = z`,
+/// offset 0) it is `nt_xent`.
+pub fn nt_xent_global(
+    z1: &Tensor,
+    z2: &Tensor,
+    all1: &Tensor,
+    all2: &Tensor,
+    offset: i64,
+    temperature: f64,
+) -> Tensor {
+    let (b, n) = (z1.size()[0], all1.size()[0]);
+    let anchors = l2_normalize(&Tensor::cat(&[z1, z2], 0)); // [2b, D]
+    let candidates = l2_normalize(&Tensor::cat(&[all1, all2], 0)); // [2N, D]
+    let rows = Tensor::arange_start(offset, offset + b, (Kind::Int64, z1.device())); // [b]
+    let own = Tensor::cat(&[&rows, &(&rows + n)], 0); // [2b]: each anchor's own column
+    let positive = Tensor::cat(&[&rows + n, rows], 0); // [2b]: its other view's column
+    let itself = own
+        .unsqueeze(1)
+        .eq_tensor(&Tensor::arange(2 * n, (Kind::Int64, z1.device())).unsqueeze(0)); // [2b, 2N]
+    let sim =
+        (anchors.matmul(&candidates.tr()) / temperature).masked_fill(&itself, f64::NEG_INFINITY); // [2b, 2N]
+    cross_entropy(&sim, &positive)
 }
 
 /// InfoNCE over a batch (MoCo v3's contrastive loss before its 2T scaling): row i of
 /// `q` `[N, D]` has row i of `k` `[N, D]` as positive and the other rows of `k` as
 /// negatives; cosine similarity / `temperature`.
 pub fn info_nce_batch(q: &Tensor, k: &Tensor, temperature: f64) -> Tensor {
-    let logits = l2_normalize(q).matmul(&l2_normalize(k).tr()) / temperature; // [N, N]
-    let targets = Tensor::arange(q.size()[0], (Kind::Int64, q.device()));
+    info_nce_global(q, k, 0, temperature)
+}
+
+/// `info_nce_batch` of one rank's share of a global batch: row i of `q` `[b, D]` (this
+/// rank's queries, rows `offset..offset + b` of the global batch) has row `offset + i` of
+/// `all_k` `[N, D]` (the keys of the whole global batch, gathered from every rank) as
+/// positive and the other N - 1 as negatives. The mean over the b local queries; its mean
+/// over the ranks is `info_nce_batch` of the global batch.
+pub fn info_nce_global(q: &Tensor, all_k: &Tensor, offset: i64, temperature: f64) -> Tensor {
+    let logits = l2_normalize(q).matmul(&l2_normalize(all_k).tr()) / temperature; // [b, N]
+    let b = q.size()[0];
+    let targets = Tensor::arange_start(offset, offset + b, (Kind::Int64, q.device())); // [b]
     cross_entropy(&logits, &targets)
 }
 
@@ -122,6 +157,15 @@ pub fn class_weighted_cross_entropy(
 ) -> Tensor {
     let ce = logits.cross_entropy_loss::<&Tensor>(targets, None, Reduction::None, -100, 0.0); // [N]
     (ce * class_weight.index_select(0, targets)).mean(Kind::Float)
+}
+
+/// Mean cross-entropy per pixel of `logits` `[B, K, H, W]` against class indices `target`
+/// `[B, H, W]`, over the pixels whose target is not `ignore` (0 when every pixel is
+/// ignored, where torch's mean would give NaN).
+pub fn pixel_cross_entropy(logits: &Tensor, target: &Tensor, ignore: i64) -> Tensor {
+    let sum = logits.cross_entropy_loss::<&Tensor>(target, None, Reduction::Sum, ignore, 0.0);
+    let counted = target.ne(ignore).sum(Kind::Float).clamp_min(1.0);
+    sum / counted
 }
 
 /// Mean binary cross-entropy of `logits` (any shape) against one constant `target` in [0, 1].
@@ -271,6 +315,83 @@ mod tests {
     }
 
     #[test]
+    fn global_losses_score_the_local_rows_against_the_whole_batch() {
+        // Rank 1 of 2 holds image 1 of a global batch of 2 (offset 1), T = 1. Views 1 are
+        // [e1, e2], views 2 are [e2, e2]; its anchors are e2 (view 1) and e2 (view 2).
+        let rows = |v: &[f32]| Tensor::from_slice(v).view([-1, 2]);
+        let (all1, all2) = (rows(&[1., 0., 0., 1.]), rows(&[0., 1., 0., 1.]));
+        let (z1, z2) = (all1.narrow(0, 1, 1), all2.narrow(0, 1, 1));
+        // Candidates: e1, e2 | e2, e2. View-1 anchor (column 1 is itself): positive column
+        // 3 (cos 1), negatives e1 (0) and e2 (1). View-2 anchor (column 3): positive column 1
+        // (1), negatives e1 (0) and e2 (1). Both -log(e / (e + 1 + e)).
+        let e = 1f64.exp();
+        let want = -(e / (2.0 * e + 1.0)).ln();
+        let got = nt_xent_global(&z1, &z2, &all1, &all2, 1, 1.0).double_value(&[]);
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // Without the rank's offset its anchors would take image 0's columns: another value.
+        let unshifted = nt_xent_global(&z1, &z2, &all1, &all2, 0, 1.0).double_value(&[]);
+        assert!((unshifted - want).abs() > 0.1, "{unshifted}");
+        // InfoNCE: query e2 of rank 1 against keys [e1, e2]: positive is key 1, -log(e / (e + 1)).
+        let got = info_nce_global(&z1, &all1, 1, 1.0).double_value(&[]);
+        assert!((got + (e / (e + 1.0)).ln()).abs() < 1e-6, "{got}");
+        let unshifted = info_nce_global(&z1, &all1, 0, 1.0).double_value(&[]);
+        assert!(
+            (unshifted + (1.0 / (e + 1.0)).ln()).abs() < 1e-6,
+            "{unshifted}"
+        );
+    }
+
+    /// The mean over W ranks of a global loss of each rank's slice equals the one-process
+    /// loss of the whole batch, in value and in gradient, when every slice's gradient reaches
+    /// the whole batch (as the differentiable all-gather makes it).
+    #[test]
+    fn global_losses_over_the_ranks_equal_the_one_process_loss() {
+        let _rng = crate::torch_rng_lock();
+        tch::manual_seed(11);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let (n, world) = (6, 3);
+        let b = n / world;
+        let leaf = || Tensor::randn([n, 4], opts).set_requires_grad(true);
+        let (a1, a2, k) = (leaf(), leaf(), leaf());
+        let slice = |t: &Tensor, r: i64| t.narrow(0, r * b, b);
+        let mean_over_ranks = |f: &dyn Fn(i64) -> Tensor| {
+            (0..world)
+                .map(f)
+                .fold(Tensor::zeros([], opts), |acc, l| acc + l)
+                / world as f64
+        };
+        // The same value and the same gradients for `leaves`.
+        let agree = |split: Tensor, whole: Tensor, leaves: &[&Tensor]| {
+            assert!((split.double_value(&[]) - whole.double_value(&[])).abs() < 1e-12);
+            let grads = |loss: Tensor| Tensor::run_backward(&[loss], leaves, false, false);
+            for (g, h) in grads(split).iter().zip(grads(whole)) {
+                assert!(g.allclose(&h, 1e-12, 1e-12, false), "{g} vs {h}");
+            }
+        };
+        let t = 0.4;
+        let split = mean_over_ranks(&|r| {
+            nt_xent_global(&slice(&a1, r), &slice(&a2, r), &a1, &a2, r * b, t)
+        });
+        agree(split, nt_xent(&a1, &a2, t), &[&a1, &a2]);
+        let split = mean_over_ranks(&|r| info_nce_global(&slice(&a1, r), &k, r * b, t));
+        agree(split, info_nce_batch(&a1, &k, t), &[&a1, &k]);
+    }
+
+    #[test]
+    fn global_loss_gradients_match_finite_differences() {
+        let _rng = crate::torch_rng_lock();
+        tch::manual_seed(12);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let (z1, z2) = (Tensor::randn([2, 3], opts), Tensor::randn([2, 3], opts));
+        let (all1, all2) = (Tensor::randn([4, 3], opts), Tensor::randn([4, 3], opts));
+        gradcheck::check(|x| nt_xent_global(x, &z2, &all1, &all2, 2, 0.5), &z1, 1e-5);
+        gradcheck::check(|x| nt_xent_global(&z1, &z2, x, &all2, 2, 0.5), &all1, 1e-5);
+        gradcheck::check(|x| nt_xent_global(&z1, x, &all1, &all2, 1, 0.5), &z2, 1e-5);
+        gradcheck::check(|x| info_nce_global(x, &all1, 2, 0.3), &z1, 1e-5);
+        gradcheck::check(|x| info_nce_global(&z1, x, 2, 0.3), &all1, 1e-5);
+    }
+
+    #[test]
     fn class_weighted_cross_entropy_weights_each_row_by_its_target() {
         // Row 0: uniform over 2 classes, target 0 (weight 3): 3 ln 2.
         // Row 1: logits [0, ln 3], target 1 (weight 0.5): 0.5 ln(4/3).
@@ -279,6 +400,22 @@ mod tests {
         let l = class_weighted_cross_entropy(&logits, &Tensor::from_slice(&[0i64, 1]), &w);
         let want = (3.0 * 2f64.ln() + 0.5 * (4.0f64 / 3.0).ln()) / 2.0;
         assert!((l.double_value(&[]) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pixel_cross_entropy_averages_over_the_pixels_not_ignored() {
+        // One image of 1x3 pixels, 2 classes: logits [0, 0] (ln 2), [0, ln 3] with target 1
+        // (ln 4/3), and an ignored pixel whose logits would cost a lot.
+        let logits = Tensor::from_slice(&[0f32, 0.0, -9.0, 0.0, 3f32.ln(), 9.0]).view([1, 2, 1, 3]);
+        let target = Tensor::from_slice(&[0i64, 1, 255]).view([1, 1, 3]);
+        let l = pixel_cross_entropy(&logits, &target, 255);
+        let want = (2f64.ln() + (4.0f64 / 3.0).ln()) / 2.0;
+        assert!((l.double_value(&[]) - want).abs() < 1e-6);
+        let none = Tensor::from_slice(&[255i64, 255, 255]).view([1, 1, 3]);
+        assert_eq!(
+            pixel_cross_entropy(&logits, &none, 255).double_value(&[]),
+            0.0
+        );
     }
 
     #[test]

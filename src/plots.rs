@@ -1,5 +1,5 @@
 //! PNG plots drawn with plotters: the pretraining loss and learning-rate curves of a run,
-//! and 2-D maps of embeddings coloured by class. Text is drawn by plotters' pure-Rust
+//! 2-D maps of embeddings coloured by class, and tables of images with a colour legend. Text is drawn by plotters' pure-Rust
 //! `ab_glyph` renderer in DejaVu Sans, which is compiled into the binary
 //! (`assets/fonts/`), so plotting needs no system font or font library.
 
@@ -304,6 +304,88 @@ pub fn embedding_plot(
     })
 }
 
+/// Cells of an image table are enlarged by an integer factor to at least this many pixels.
+const TABLE_CELL: u32 = 128;
+const TABLE_GAP: u32 = 8;
+const TABLE_HEAD: u32 = 64;
+const TABLE_LEGEND: u32 = 190;
+
+/// The pixel size of `image_table` for `rows` x `cols` cells of `side` x `side` images.
+pub fn image_table_size(rows: usize, cols: usize, side: u32) -> (u32, u32) {
+    let cell = side * TABLE_CELL.div_ceil(side.max(1));
+    (
+        TABLE_GAP + cols as u32 * (cell + TABLE_GAP) + TABLE_LEGEND,
+        TABLE_HEAD + rows.max(1) as u32 * (cell + TABLE_GAP),
+    )
+}
+
+/// A table of equally sized square RGB images (`rows` of cells), a heading over each of
+/// the `columns`, and a legend of colour swatches with their names on the right (for
+/// pictures whose cells are drawn in a fixed palette, such as segmentation masks).
+pub fn image_table(
+    rows: &[Vec<image::RgbImage>],
+    columns: &[String],
+    legend: &[(String, [u8; 3])],
+    title: &str,
+    out: &Path,
+) -> Result<()> {
+    let side = rows
+        .first()
+        .and_then(|r| r.first())
+        .map_or(1, |i| i.width());
+    let scale = TABLE_CELL.div_ceil(side.max(1));
+    let cell = side * scale;
+    let size = image_table_size(rows.len(), columns.len(), side);
+    render(out, size, |root| {
+        root.draw(&Text::new(
+            title.to_string(),
+            (TABLE_GAP as i32, 6),
+            font(20),
+        ))?;
+        let x0 = |c: usize| (TABLE_GAP + c as u32 * (cell + TABLE_GAP)) as i32;
+        for (c, name) in columns.iter().enumerate() {
+            root.draw(&Text::new(
+                name.clone(),
+                (x0(c), TABLE_HEAD as i32 - 24),
+                font(16),
+            ))?;
+        }
+        for (r, row) in rows.iter().enumerate() {
+            let y0 = (TABLE_HEAD + r as u32 * (cell + TABLE_GAP)) as i32;
+            for (c, img) in row.iter().enumerate() {
+                for (x, y, px) in img.enumerate_pixels() {
+                    let colour = RGBColor(px[0], px[1], px[2]);
+                    let (x, y) = (x0(c) + (x * scale) as i32, y0 + (y * scale) as i32);
+                    // A filled rectangle covers its corners' span less the far edges.
+                    let corner = (x + scale as i32, y + scale as i32);
+                    root.draw(&Rectangle::new([(x, y), corner], colour.filled()))?;
+                }
+            }
+        }
+        let lx = (size.0 - TABLE_LEGEND + TABLE_GAP) as i32;
+        let row = 22;
+        let shown = legend.len().min(LEGEND_MAX);
+        for (i, (name, [r, g, b])) in legend[..shown].iter().enumerate() {
+            let y = TABLE_HEAD as i32 + row * i as i32;
+            root.draw(&Rectangle::new(
+                [(lx, y), (lx + 14, y + 14)],
+                RGBColor(*r, *g, *b).filled(),
+            ))?;
+            root.draw(&Rectangle::new(
+                [(lx, y), (lx + 14, y + 14)],
+                BLACK.stroke_width(1),
+            ))?;
+            root.draw(&Text::new(name.clone(), (lx + 22, y - 1), font(15)))?;
+        }
+        if legend.len() > shown {
+            let y = TABLE_HEAD as i32 + row * shown as i32;
+            let more = format!("+ {} more", legend.len() - shown);
+            root.draw(&Text::new(more, (lx, y), font(15)))?;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -400,6 +482,43 @@ pub(crate) mod tests {
             "{e}"
         );
         assert!(!out.exists());
+    }
+
+    #[test]
+    fn image_table_places_enlarged_cells_headings_and_legend() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("table.png");
+        // 2 rows x 2 columns of 4x4 images, each one flat colour, pixel (1, 2) of the last
+        // a different one: enlarged 32 times to 128-pixel cells.
+        let flat = |v: u8| image::RgbImage::from_pixel(4, 4, image::Rgb([v, 0, 255 - v]));
+        let mut last = flat(200);
+        last.put_pixel(1, 2, image::Rgb([0, 255, 0]));
+        let rows = vec![vec![flat(10), flat(60)], vec![flat(120), last]];
+        let columns = vec!["image".to_string(), "truth".to_string()];
+        let legend = vec![
+            ("background".to_string(), [0, 0, 0]),
+            ("coat".to_string(), [128, 0, 0]),
+        ];
+        image_table(&rows, &columns, &legend, "segmentation", &out).unwrap();
+        let size = image_table_size(2, 2, 4);
+        assert_eq!(size, (8 + 2 * 136 + TABLE_LEGEND, 64 + 2 * 136));
+        check_png(&out, size);
+        let img = image::open(&out).unwrap().to_rgb8();
+        let cell =
+            |r: u32, c: u32, x: u32, y: u32| *img.get_pixel(8 + c * 136 + x, 64 + r * 136 + y);
+        assert_eq!(cell(0, 0, 0, 0), image::Rgb([10, 0, 245]));
+        assert_eq!(cell(0, 1, 127, 127), image::Rgb([60, 0, 195]));
+        assert_eq!(cell(1, 1, 32 + 5, 64 + 30), image::Rgb([0, 255, 0]));
+        assert_eq!(cell(1, 1, 32 + 5, 96 + 1), image::Rgb([200, 0, 55]));
+        // The gap between cells stays white; headings and the legend are drawn.
+        assert_eq!(*img.get_pixel(8 + 130, 100), image::Rgb([255, 255, 255]));
+        assert!(dark_pixels(&img, 8..120, 30..60) > 20, "no heading");
+        let lx = size.0 - TABLE_LEGEND + TABLE_GAP;
+        assert_eq!(*img.get_pixel(lx + 7, 64 + 22 + 7), image::Rgb([128, 0, 0]));
+        assert!(
+            dark_pixels(&img, lx + 22..size.0, 64..84) > 20,
+            "no legend text"
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! `selfsup report --run R`: evaluates a run as `selfsup eval --run` does and writes into
 //! its folder `eval.json` (the record `eval --run` writes), `loss.png`, `embedding.png` (a t-SNE map of test
-//! embeddings), `neighbors.png`, and `index.html`, one static page showing all of them.
+//! embeddings), `neighbors.png`, and `index.html`, one static page showing all of them,
+//! with the segmentation results and `segmentation.png` when `selfsup segment` left them.
 
 use crate::config::Config;
 use crate::data::{Dataset, numbered_names};
-use crate::eval::{self, Scores, SplitFeatures, neighbors, tsne};
+use crate::eval::{self, Scores, SplitFeatures, neighbors, segment, tsne};
 use crate::metrics::Summary;
 use crate::train::run::LoadedRun;
 use crate::train::{self, Model, checkpoint::Meta};
@@ -182,9 +183,27 @@ pub fn write(
             found.total
         ),
     ));
+    let mut metrics = metric_rows(&scores, cfg, parameters, eval_seconds);
+    // Segmentation is trained by `selfsup segment`; the report shows a result that exists.
+    match segment::Record::read(run) {
+        Ok(rec) if !rec.results.is_empty() => {
+            metrics.extend(segmentation_rows(&rec));
+            if run.join(segment::picture::FILE_NAME).is_file() {
+                images.push((
+                    segment::picture::FILE_NAME,
+                    format!(
+                        "Segmentation of test images by {}: image, true mask, and the masks each protocol predicted",
+                        rec.label
+                    ),
+                ));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warnings.push(format!("no segmentation results: {e:#}")),
+    }
     let page = Page {
         title: format!("{} on {}", cfg.method, ds.name),
-        metrics: metric_rows(&scores, cfg, parameters, eval_seconds),
+        metrics,
         pretraining: summary.as_ref().map(summary_rows).unwrap_or_default(),
         images,
         notes: warnings.clone(),
@@ -227,6 +246,25 @@ fn metric_rows(s: &Scores, cfg: &Config, parameters: i64, secs: f64) -> Vec<(Str
         ),
         ("evaluation time".into(), format!("{secs:.1} s")),
     ]
+}
+
+/// The mean IoU and pixel accuracy of each segmentation protocol, with its data and head.
+fn segmentation_rows(rec: &segment::Record) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    for (p, o) in &rec.results {
+        let what = format!(
+            "{}, {} head, {}",
+            o.settings.data,
+            o.settings.head,
+            p.as_str()
+        );
+        rows.push((format!("segmentation mIoU ({what})"), pct(o.mean_iou)));
+        rows.push((
+            format!("segmentation pixel accuracy ({what})"),
+            pct(o.pixel_accuracy),
+        ));
+    }
+    rows
 }
 
 fn summary_rows(s: &Summary) -> Vec<(String, String)> {

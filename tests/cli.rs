@@ -6,6 +6,32 @@ mod common;
 use common::*;
 use std::path::Path;
 
+/// Pretrains the tiny autoencoder for `epochs` on `root/data` (from
+/// `tiny_mnist_in_temp_dir`) into `root/run`, which it returns.
+fn tiny_autoencoder_run(root: &Path, epochs: usize) -> std::path::PathBuf {
+    let run = root.join("run");
+    let data_arg = format!("data=\"mnist:{}\"", root.join("data").display());
+    let epochs = format!("epochs={epochs}");
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "pretrain",
+        "--quiet",
+        "--method",
+        "autoencoder",
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        &data_arg,
+        "--set",
+        &epochs,
+    ];
+    args.extend(TINY_NET);
+    let o = selfsup(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    run
+}
+
 #[test]
 fn pretrain_then_eval_on_a_tiny_folder() {
     let (tmp, data) = tiny_mnist_in_temp_dir();
@@ -592,26 +618,8 @@ fn compare_trains_methods_and_adds_the_three_baselines() {
 
 #[test]
 fn report_writes_metrics_plots_and_a_page_into_the_run() {
-    let (tmp, data) = tiny_mnist_in_temp_dir();
-    let run = tmp.path().join("run");
-    let data_arg = format!("data=\"mnist:{}\"", data.display());
-    let mut args = vec![
-        "--device",
-        "cpu",
-        "pretrain",
-        "--quiet",
-        "--method",
-        "autoencoder",
-        "--out",
-        run.to_str().unwrap(),
-        "--set",
-        &data_arg,
-        "--set",
-        "epochs=2",
-    ];
-    args.extend(TINY_NET);
-    let o = selfsup(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (tmp, _) = tiny_mnist_in_temp_dir();
+    let run = tiny_autoencoder_run(tmp.path(), 2);
     // Pretraining draws the loss curve itself.
     assert!(run.join("loss.png").is_file());
     std::fs::remove_file(run.join("loss.png")).unwrap();
@@ -677,6 +685,203 @@ fn report_writes_metrics_plots_and_a_page_into_the_run() {
     let o = selfsup(&["report", "--run", run.to_str().unwrap(), "--set", "lr=1"]);
     assert!(
         !o.status.success() && stderr(&o).contains("only the eval keys"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn segment_a_run_and_a_random_encoder_then_report_and_compare_them() {
+    let (tmp, data) = tiny_mnist_in_temp_dir();
+    let run = tiny_autoencoder_run(tmp.path(), 1);
+
+    // Scenes of the tiny 8x8 "garments" on a 16x16 canvas.
+    let scenes = format!("fashion-scenes:{}", data.display());
+    let seg_sets = [
+        "--set",
+        "seg_image_size=16",
+        "--set",
+        "seg_train_scenes=64",
+        "--set",
+        "seg_test_scenes=16",
+        "--set",
+        "seg_frozen_epochs=2",
+        "--set",
+        "seg_finetune_epochs=2",
+        "--set",
+        "seg_batch_size=16",
+    ];
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "segment",
+        "--quiet",
+        "--run",
+        run.to_str().unwrap(),
+        "--seg-data",
+        &scenes,
+    ];
+    args.extend(seg_sets);
+    let o = selfsup(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("segment autoencoder (1 epochs) on fashion-scenes (16x16): 64 train / 16 test images, 11 classes, head linear")
+            && out.contains("frozen    mIoU")
+            && out.contains("finetune  mIoU")
+            && out.contains("background"),
+        "{out}"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("segment.json")).unwrap()).unwrap();
+    for p in ["frozen", "finetune"] {
+        let r = &rec["results"][p];
+        let miou = r["mean_iou"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&miou), "{rec}");
+        assert_eq!(r["iou"].as_array().unwrap().len(), 11, "{rec}");
+        // Garments 4..9 never occur in the tiny data: absent classes have no IoU.
+        assert!(r["iou"][10].is_null(), "{rec}");
+        assert_eq!(r["settings"]["epochs"], 2, "{rec}");
+    }
+    assert_eq!(
+        rec["results"]["finetune"]["settings"]["encoder_lr_scale"],
+        0.1
+    );
+    // 6 rows of image, truth, frozen, finetune.
+    let pic = image::open(run.join("segmentation.png")).unwrap().to_rgb8();
+    assert_eq!(pic.dimensions(), (8 + 4 * 136 + 190, 64 + 6 * 136));
+
+    // The report shows the result and the picture.
+    let o = selfsup(&[
+        "--device",
+        "cpu",
+        "report",
+        "--run",
+        run.to_str().unwrap(),
+        "--points",
+        "20",
+        "--set",
+        "knn_k=5",
+        "--set",
+        "probe_epochs=2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let html = std::fs::read_to_string(run.join("index.html")).unwrap();
+    assert!(
+        html.contains("<img src=\"segmentation.png\"") && html.contains("segmentation mIoU ("),
+        "{html}"
+    );
+
+    // The random baseline, one protocol, into its own folder.
+    let base = tmp.path().join("random");
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "segment",
+        "--quiet",
+        "--baseline",
+        "random",
+        "--protocol",
+        "frozen",
+        "--out",
+        base.to_str().unwrap(),
+        "--seg-data",
+        &scenes,
+        "--set",
+        "cnn_widths=[4, 8]",
+    ];
+    args.extend(seg_sets);
+    let o = selfsup(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("segment random-init cnn on") && !stdout(&o).contains("finetune"),
+        "{}",
+        stdout(&o)
+    );
+
+    // compare --segmentation reuses the run's results and adds the random encoder's.
+    let cmp = tmp.path().join("cmp");
+    let seg_data = format!("seg_data=\"{scenes}\"");
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "compare",
+        "--quiet",
+        "--runs",
+        run.to_str().unwrap(),
+        "--baselines",
+        "raw,random",
+        "--segmentation",
+        "--out",
+        cmp.to_str().unwrap(),
+        "--set",
+        "knn_k=5",
+        "--set",
+        "probe_epochs=2",
+        "--set",
+        &seg_data,
+    ];
+    args.extend(seg_sets);
+    let o = selfsup(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("segmenting with random-init cnn")
+            && !err.contains("segmenting with autoencoder"),
+        "{err}"
+    );
+    let md = std::fs::read_to_string(cmp.join("compare.md")).unwrap();
+    assert!(
+        md.contains("seg frozen mIoU %")
+            && md.contains("| raw pixels |")
+            && md.contains("| - | - | - | - |"),
+        "{md}"
+    );
+    assert!(cmp.join("random-init/segment.json").is_file());
+
+    // Bad input: a missing folder, a colour folder for a grey encoder.
+    let o = selfsup(&[
+        "--device",
+        "cpu",
+        "segment",
+        "--run",
+        run.to_str().unwrap(),
+        "--seg-data",
+        "seg-folder:/no/such/dir",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("/no/such/dir"),
+        "{}",
+        stderr(&o)
+    );
+    let colour = tmp.path().join("colour");
+    for d in ["images", "masks"] {
+        std::fs::create_dir_all(colour.join(d)).unwrap();
+    }
+    for k in 0..5 {
+        image::RgbImage::from_pixel(8, 8, image::Rgb([200, 10, 10]))
+            .save(colour.join(format!("images/{k}.png")))
+            .unwrap();
+        image::GrayImage::from_pixel(8, 8, image::Luma([1]))
+            .save(colour.join(format!("masks/{k}.png")))
+            .unwrap();
+    }
+    let folder = format!("seg-folder:{}", colour.display());
+    let o = selfsup(&[
+        "--device",
+        "cpu",
+        "segment",
+        "--run",
+        run.to_str().unwrap(),
+        "--seg-data",
+        &folder,
+        "--set",
+        "seg_image_size=8",
+    ]);
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("takes 1-channel images")
+            && stderr(&o).contains("3-channel"),
         "{}",
         stderr(&o)
     );

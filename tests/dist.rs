@@ -1,9 +1,19 @@
 //! Process groups of two ranks over Gloo on loopback. Each test runs this test binary twice
 //! more, only itself (`--exact`), as rank 0 and rank 1 with the launcher's variables set; those
 //! children do the worker part and print `RESULT` lines, which the test checks.
+use selfsup::config::{Config, OptimizerKind};
+use selfsup::data::Split;
+use selfsup::data::loader::{Batch, Loader, ViewSpec, epoch_order};
 use selfsup::dist::{Backend, DistEnv, ProcessGroup};
+use selfsup::methods::{DataInfo, StepCtx};
+use selfsup::schedule::cosine_with_warmup;
+use selfsup::train::data_parallel::{DataParallel, rank_order};
+use selfsup::train::optim::Optimizer;
+use selfsup::train::{Model, train_step};
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -41,13 +51,14 @@ impl Rank {
     }
 }
 
-/// Runs the test `name` as ranks 0 and 1 on a free port and waits for both (60 s at most).
+/// Runs the test `name` as ranks 0 and 1 on a free port and waits for both (120 s at most).
 fn run_ranks(name: &str) -> Vec<Rank> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    run_ranks_with(name, &[])
+}
+
+/// `run_ranks` with more variables for the children.
+fn run_ranks_with(name: &str, env: &[(&str, &str)]) -> Vec<Rank> {
+    let port = selfsup::launch::free_port().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut children: Vec<_> = (0..2)
         .map(|rank| {
@@ -56,13 +67,8 @@ fn run_ranks(name: &str) -> Vec<Rank> {
             let child = Command::new(std::env::current_exe().unwrap())
                 .args([name, "--exact", "--nocapture"])
                 .env(WORKER, "1")
-                .envs([("RANK", rank.to_string()), ("LOCAL_RANK", rank.to_string())])
-                .envs([
-                    ("WORLD_SIZE", "2"),
-                    ("MASTER_ADDR", "127.0.0.1"),
-                    ("OMP_NUM_THREADS", "1"),
-                ])
-                .env("MASTER_PORT", port.to_string())
+                .envs(selfsup::launch::rank_env(rank, 2, port, 1, |_| None))
+                .envs(env.iter().copied())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
@@ -70,7 +76,7 @@ fn run_ranks(name: &str) -> Vec<Rank> {
             (child, log_path)
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut statuses = vec![None; children.len()];
     while statuses.iter().any(Option::is_none) {
         for ((child, _), status) in children.iter_mut().zip(&mut statuses) {
@@ -87,7 +93,7 @@ fn run_ranks(name: &str) -> Vec<Rank> {
                 .map(|(_, log)| std::fs::read_to_string(log).unwrap())
                 .collect();
             panic!(
-                "the ranks did not finish within 60 s:\n{}",
+                "the ranks did not finish within 120 s:\n{}",
                 logs.join("\n---\n")
             );
         }
@@ -357,4 +363,257 @@ fn nccl_without_cuda_headers_is_a_clear_error() {
         format!("{e:#}").contains("this selfsup build has no NCCL support"),
         "{e:#}"
     );
+}
+
+/// The data of the equivalence runs: 48 1x8x8 images of a bright square in one quadrant.
+fn tiny_split() -> Split {
+    let mut images = vec![0u8; 48 * 64];
+    for (i, img) in images.chunks_mut(64).enumerate() {
+        let (r, c) = [(0, 0), (0, 4), (4, 0), (4, 4)][i % 4];
+        for y in r..r + 4 {
+            for x in c..c + 4 {
+                img[y * 8 + x] = 150 + (i * 7 % 100) as u8;
+            }
+        }
+    }
+    Split::new(images, (0..48).map(|i| i % 4).collect(), [1, 8, 8]).unwrap()
+}
+
+/// A small run of `method`: global batches of 16 (3 steps per epoch), MoCo's queue of 40
+/// keys (it wraps) and 4 BatchNorm groups (2 per rank on 2 ranks). SGD passes gradients on
+/// as they are; Adam would divide the rounding noise of the gradients that are zero
+/// analytically (a BatchNorm bias followed by a Linear and another BatchNorm, which removes
+/// any shift) by sqrt(v) + eps ~ 1e-8, turning 1e-17 into steps of 1e-9 x lr, which are
+/// different in any two runs, distributed or not.
+fn equivalence_config(method: &str) -> Config {
+    Config {
+        method: method.into(),
+        cnn_widths: vec![4, 8],
+        batch_size: 16,
+        epochs: 2,
+        optimizer: OptimizerKind::Sgd,
+        lr: 0.05,
+        proj_hidden_dim: 16,
+        proj_dim: 8,
+        pred_hidden_dim: 8,
+        moco_queue: 40,
+        shuffle_bn_groups: 4,
+        ema_momentum: 0.9,
+        aug_crop_scale: [0.5, 1.0],
+        ..Config::default()
+    }
+}
+
+/// Trains `cfg` for every step of its epochs in float64 through the real code path: each
+/// rank's slice of every global batch (`rank_order`), the loader's views, `train_step` (with
+/// gradient averaging and the group current when `dp` is given). Returns every variable,
+/// the optimizer state and the step losses, by name, and `dp` for the next run.
+fn train_f64(
+    cfg: &Config,
+    dp: Option<DataParallel>,
+) -> (Vec<(String, Tensor)>, Option<DataParallel>) {
+    let split = Arc::new(tiny_split());
+    let info = DataInfo {
+        shape: [1, 8, 8],
+        num_classes: 4,
+    };
+    let mut model = Model::build(cfg, &info, Device::Cpu).unwrap();
+    model.vs.double();
+    let (rank, world) = dp.as_ref().map_or((0, 1), |d| (d.rank(), d.world_size()));
+    if let Some(dp) = &dp {
+        dp.broadcast_model(&model.vs).unwrap();
+    }
+    model.dist = dp;
+    let mut opt = Optimizer::new(&model.vs, cfg.optimizer, cfg.momentum, cfg.weight_decay);
+    let views = model.method.views();
+    let spe = split.len() / cfg.batch_size;
+    let total_steps = spe * cfg.epochs;
+    let mut losses = Vec::new();
+    for epoch in 0..cfg.epochs {
+        let order = epoch_order(split.len(), cfg.seed, epoch);
+        let order = rank_order(&order, cfg.batch_size, world, rank);
+        let spec = views.as_ref().map(|v| ViewSpec {
+            views: v.clone(),
+            seed: cfg.seed,
+            epoch,
+        });
+        let local_batch = cfg.batch_size / world;
+        for batch in Loader::with_views(
+            split.clone(),
+            order,
+            local_batch,
+            true,
+            2,
+            Device::Cpu,
+            spec,
+        ) {
+            let batch = Batch {
+                images: batch.images.to_kind(Kind::Double),
+                ..batch
+            };
+            let step = losses.len();
+            let ctx = StepCtx {
+                epoch,
+                step,
+                total_steps,
+            };
+            let lr = cosine_with_warmup(step, total_steps, spe, cfg.lr, 0.0);
+            losses.push(train_step(&mut model, &mut opt, &batch, &ctx, lr, cfg.seed).unwrap());
+        }
+    }
+    assert_eq!(losses.len(), total_steps);
+    let mut state: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    state.extend(
+        opt.state_tensors()
+            .into_iter()
+            .map(|(k, t)| (format!("optim.{k}"), t)),
+    );
+    state.push(("losses".into(), Tensor::from_slice(&losses)));
+    state.sort_by(|a, b| a.0.cmp(&b.0));
+    (state, model.dist.take())
+}
+
+/// How far two states are apart: (the largest relative difference max|a - b| / max|b| of a
+/// tensor, and where), over the tensors of magnitude above 1e-6; and (the largest absolute
+/// difference of the others, and where). Those are the parameters whose gradient is zero
+/// analytically, such as the bias of a BatchNorm followed by a Linear and another BatchNorm
+/// (which removes any constant shift): they hold rounding noise (a gradient of ~1e-17 that
+/// AdamW turns into steps of ~lr * 1e-17 / eps), different in any two runs.
+fn difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> ((f64, String), (f64, String)) {
+    assert_eq!(
+        a.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        b.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+    let (mut relative, mut absolute) = ((0.0, String::new()), (0.0, String::new()));
+    for ((name, x), (_, y)) in a.iter().zip(b) {
+        let (x, y) = (x.to_kind(Kind::Double), y.to_kind(Kind::Double));
+        let scale = y.abs().max().double_value(&[]);
+        let d = (&x - &y).abs().max().double_value(&[]);
+        let (worst, d) = match scale > 1e-6 {
+            true => (&mut relative, d / scale),
+            false => (&mut absolute, d),
+        };
+        if d > worst.0 || worst.1.is_empty() {
+            *worst = (d, name.clone());
+        }
+    }
+    (relative, absolute)
+}
+
+const EQUIVALENCE_METHODS: [&str; 4] = ["simclr", "moco-v2", "moco-v3", "byol"];
+
+/// 2 ranks with global batch B end with the same parameters, BatchNorm buffers, MoCo queue,
+/// optimizer state and losses as 1 process with batch B, for the methods whose losses and
+/// BatchNorm span the ranks. Float64 throughout, so that the only differences are the
+/// order of floating-point sums; SyncBN on (the default).
+#[test]
+fn data_parallel_training_equals_one_process() {
+    if let Some(pg) = worker_group(Duration::from_secs(60)) {
+        let dir = PathBuf::from(std::env::var("SELFSUP_TEST_OUT").unwrap());
+        let rank = pg.rank();
+        let mut dp = Some(DataParallel::new(pg, Device::Cpu, true));
+        let runs = EQUIVALENCE_METHODS
+            .iter()
+            .map(|m| (m.to_string(), equivalence_config(m)))
+            .chain([(
+                "simclr-local-bn".to_string(),
+                Config {
+                    sync_bn: false,
+                    ..equivalence_config("simclr")
+                },
+            )]);
+        for (name, cfg) in runs {
+            dp.as_mut().unwrap().sync_bn = cfg.sync_bn;
+            let two;
+            (two, dp) = train_f64(&cfg, dp);
+            let file = dir.join(format!("{name}-rank{rank}.safetensors"));
+            Tensor::write_safetensors(&two, file).unwrap();
+            if rank == 0 {
+                let (one, _) = train_f64(&cfg, None);
+                Tensor::write_safetensors(&one, dir.join(format!("{name}-one.safetensors")))
+                    .unwrap();
+            }
+        }
+        dp.unwrap().shutdown().unwrap();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let ranks = run_ranks_with(
+        "data_parallel_training_equals_one_process",
+        &[("SELFSUP_TEST_OUT", out)],
+    );
+    for (r, rank) in ranks.iter().enumerate() {
+        rank.assert_success(r);
+    }
+    let read = |name: String| {
+        let mut t = Tensor::read_safetensors(dir.path().join(name)).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let same = |a: &[(String, Tensor)], b: &[(String, Tensor)]| {
+        a.len() == b.len() && a.iter().zip(b).all(|((k, x), (l, y))| k == l && x.equal(y))
+    };
+    // Every figure first (the closing note quotes them), then the checks.
+    let figures: Vec<_> = EQUIVALENCE_METHODS
+        .iter()
+        .map(|method| {
+            let [r0, r1, one] =
+                ["rank0", "rank1", "one"].map(|r| read(format!("{method}-{r}.safetensors")));
+            let ((rel, at), (abs, abs_at)) = difference(&r0, &one);
+            let noise = match abs_at.as_str() {
+                "" => "none".to_string(),
+                _ => format!("max absolute difference {abs:.2e} (in {abs_at})"),
+            };
+            println!(
+                "{method}: 2 ranks vs 1 process, float64: max relative difference {rel:.2e} \
+                 (in {at}); tensors of rounding noise (< 1e-6): {noise}"
+            );
+            (method, same(&r0, &r1), r0.len(), (rel, at), (abs, abs_at))
+        })
+        .collect();
+    for (method, ranks_same, tensors, (rel, at), (abs, abs_at)) in figures {
+        assert!(ranks_same, "{method}: the two ranks hold different states");
+        assert!(tensors > 20, "{method}: {tensors} tensors");
+        assert!(
+            rel < 1e-10,
+            "{method}: 2 ranks differ from 1 process by {rel:.3e} in {at}"
+        );
+        assert!(
+            abs < 1e-12,
+            "{method}: 2 ranks differ from 1 process by {abs:.3e} in {abs_at}"
+        );
+    }
+    // Without SyncBN the ranks still agree (the running statistics are merged in rank
+    // order), but they normalise with half-batch statistics: not what one process computes.
+    let [r0, r1, one] =
+        ["rank0", "rank1", "one"].map(|r| read(format!("simclr-local-bn-{r}.safetensors")));
+    assert!(same(&r0, &r1), "sync_bn = false: the ranks differ");
+    let ((rel, at), _) = difference(&r0, &one);
+    println!(
+        "simclr with sync_bn = false: 2 ranks vs 1 process, max relative difference {rel:.2e} (in {at})"
+    );
+    assert!(
+        rel > 1e-6,
+        "sync_bn = false should differ from one process: {rel:.3e}"
+    );
+}
+
+/// A collective that failed outside the shim (a backward's reduce-scatter) is reported with
+/// the same diagnosis as the shim's own failures.
+#[test]
+fn a_failure_outside_the_shim_names_the_lost_ranks_too() {
+    if let Some(pg) = worker_group(Duration::from_secs(20)) {
+        let e = pg.failure("the backward pass", "Connection closed by peer");
+        println!("RESULT {e}");
+        return; // the group is marked broken: no barrier at teardown
+    }
+    let ranks = run_ranks("a_failure_outside_the_shim_names_the_lost_ranks_too");
+    for (r, rank) in ranks.iter().enumerate() {
+        rank.assert_success(r);
+        let want = format!(
+            "the backward pass failed on rank {r}: Connection closed by peer; every rank's heartbeat is still alive"
+        );
+        assert!(rank.results()[0].starts_with(&want), "{:?}", rank.results());
+    }
 }

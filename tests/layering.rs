@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
         "dist",
         "precision",
         "faults",
+        "launch",
     ],
     &["augment", "plots"],
     &["data"],

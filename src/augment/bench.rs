@@ -1,4 +1,4 @@
-//! Augmentation throughput: two SimCLR views per image, at given sizes and thread counts,
+//! Augmentation throughput: two SimCLR views per image, at given shapes and thread counts,
 //! next to the same pipeline in torchvision (scripts/bench_augment_torchvision.py).
 
 use super::{Image, Op, Pipeline, Views};
@@ -35,16 +35,39 @@ pub fn simclr_pipeline(size: usize) -> Pipeline {
     }
 }
 
+/// Random images of `channels` x `size` x `size`: the script's `CxS` shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shape {
+    pub channels: usize,
+    pub size: usize,
+}
+
+impl Shape {
+    /// The script's spelling, e.g. `1x28`.
+    pub fn arg(&self) -> String {
+        format!("{}x{}", self.channels, self.size)
+    }
+}
+
+/// One measurement: images per second (each giving two views) of `shape` on `threads`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Row {
+    pub shape: Shape,
+    pub threads: usize,
+    pub images_per_sec: f64,
+}
+
 /// Images per second (each giving two views) of the selfsup pipeline on `threads` threads.
-pub fn selfsup_throughput(size: usize, images: usize, threads: usize) -> Result<f64> {
+pub fn selfsup_throughput(shape: Shape, images: usize, threads: usize) -> Result<f64> {
+    let Shape { channels, size } = shape;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let imgs: Vec<Image> = (0..images)
         .map(|_| {
             Image::new(
-                3,
+                channels,
                 size,
                 size,
-                (0..3 * size * size).map(|_| rng.random()).collect(),
+                (0..channels * size * size).map(|_| rng.random()).collect(),
             )
         })
         .collect();
@@ -69,22 +92,22 @@ pub fn selfsup_throughput(size: usize, images: usize, threads: usize) -> Result<
     Ok(images as f64 / secs)
 }
 
-/// Runs the torchvision script with `python`; returns (size, threads) -> images/s.
+/// Runs the torchvision script with `python`: one row per (shape, threads).
 pub fn torchvision_throughput(
     python: &Path,
     script: &Path,
     images: usize,
     threads: &[usize],
-    sizes: &[usize],
-) -> Result<Vec<(usize, usize, f64)>> {
+    shapes: &[Shape],
+) -> Result<Vec<Row>> {
     let out = std::process::Command::new(python)
         .arg(script)
         .arg("--images")
         .arg(images.to_string())
         .arg("--threads")
         .args(threads.iter().map(|t| t.to_string()))
-        .arg("--sizes")
-        .args(sizes.iter().map(|s| s.to_string()))
+        .arg("--shapes")
+        .args(shapes.iter().map(Shape::arg))
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
     if !out.status.success() {
@@ -103,46 +126,53 @@ pub fn torchvision_throughput(
             v[k].as_f64()
                 .with_context(|| format!("no '{k}' in '{line}'"))
         };
-        rows.push((
-            get("size")? as usize,
-            get("threads")? as usize,
-            get("images_per_sec")?,
-        ));
+        rows.push(Row {
+            shape: Shape {
+                channels: get("channels")? as usize,
+                size: get("size")? as usize,
+            },
+            threads: get("threads")? as usize,
+            images_per_sec: get("images_per_sec")?,
+        });
     }
     Ok(rows)
 }
 
 /// The `selfsup bench-augment` table: selfsup and torchvision (with `python`; the
-/// comparison is left out, with a note on stderr, when it cannot run) at 32x32 and
-/// 96x96, on 1 thread and on all of them.
+/// comparison is left out, with a note on stderr, when it cannot run) at 28x28 gray (the
+/// default data, Fashion-MNIST), 32x32 and 96x96 RGB (CIFAR, STL-10), on 1 thread and on
+/// all of them.
 pub fn table(images: usize, python: Result<PathBuf>) -> Result<String> {
     if images == 0 {
         bail!("--images must be at least 1");
     }
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
-    let sizes = [32, 96];
+    let shapes = [(1, 28), (3, 32), (3, 96)].map(|(channels, size)| Shape { channels, size });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_augment_torchvision.py");
     let tv = python
-        .and_then(|py| torchvision_throughput(&py, &script, images, &threads, &sizes))
+        .and_then(|py| torchvision_throughput(&py, &script, images, &threads, &shapes))
         .unwrap_or_else(|e| {
             eprintln!("torchvision comparison skipped: {e:#}");
             Vec::new()
         });
     let mut out = format!(
-        "{:>7} {:>7} {:>15} {:>18} {:>7}\n",
-        "size", "threads", "selfsup img/s", "torchvision img/s", "ratio"
+        "{:>10} {:>7} {:>15} {:>18} {:>7}\n",
+        "shape", "threads", "selfsup img/s", "torchvision img/s", "ratio"
     );
-    for &size in &sizes {
+    for &shape in &shapes {
         for &t in &threads {
-            let ours = selfsup_throughput(size, images, t)?;
-            let theirs = tv.iter().find(|r| r.0 == size && r.1 == t).map(|r| r.2);
+            let ours = selfsup_throughput(shape, images, t)?;
+            let theirs = tv.iter().find(|r| r.shape == shape && r.threads == t);
             let (tv_s, ratio) = match theirs {
-                Some(x) => (format!("{x:.0}"), format!("{:.2}x", ours / x)),
+                Some(r) => (
+                    format!("{:.0}", r.images_per_sec),
+                    format!("{:.2}x", ours / r.images_per_sec),
+                ),
                 None => ("-".into(), "-".into()),
             };
-            let dims = format!("{size}x{size}");
-            out += &format!("{dims:>7} {t:>7} {ours:>15.0} {tv_s:>18} {ratio:>7}\n");
+            let name = format!("{}x{}x{}", shape.channels, shape.size, shape.size);
+            out += &format!("{name:>10} {t:>7} {ours:>15.0} {tv_s:>18} {ratio:>7}\n");
         }
     }
     Ok(out)

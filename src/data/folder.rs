@@ -43,7 +43,7 @@ fn is_image(p: &Path) -> bool {
 }
 
 /// The sorted (subfolders, image files) of `dir`.
-fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+pub(crate) fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let (mut dirs, mut files) = (Vec::new(), Vec::new());
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot list folder {}", dir.display()))?;
@@ -66,7 +66,7 @@ fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     Ok((dirs, files))
 }
 
-fn file_name(p: &Path) -> String {
+pub(crate) fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -74,6 +74,11 @@ fn file_name(p: &Path) -> String {
 
 /// Decodes one image file into `[3, size, size]` row-major bytes.
 pub fn decode(path: &Path, size: usize) -> Result<Vec<u8>> {
+    Ok(square_chw(&open_image(path)?, size))
+}
+
+/// Decodes an image file (PNG or JPEG), with limits on its size and memory.
+pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
     let mut reader = image::ImageReader::open(path)
         .with_context(|| format!("cannot open image {}", path.display()))?
         .with_guessed_format()
@@ -84,13 +89,18 @@ pub fn decode(path: &Path, size: usize) -> Result<Vec<u8>> {
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     // The decoder's message already holds its cause; chaining it would repeat it.
-    let img = reader
+    reader
         .decode()
-        .map_err(|e| anyhow!("unreadable image {}: {e}", path.display()))?;
+        .map_err(|e| anyhow!("unreadable image {}: {e}", path.display()))
+}
+
+/// The central square of `img` (as wide as its shorter side), scaled to `size` x `size`
+/// (bilinear), as RGB `[3, size, size]` row-major bytes.
+pub fn square_chw(img: &image::DynamicImage, size: usize) -> Vec<u8> {
     // Cut the central square first, so that no aspect ratio makes a large intermediate.
-    let (w, h, s) = (img.width(), img.height(), size as u32);
-    let side = w.min(h);
-    let square = img.crop_imm((w - side) / 2, (h - side) / 2, side, side);
+    let (x0, y0, side) = central_square(img.width(), img.height());
+    let square = img.crop_imm(x0, y0, side, side);
+    let s = size as u32;
     let rgb = if side == s {
         square.to_rgb8()
     } else {
@@ -102,7 +112,13 @@ pub fn decode(path: &Path, size: usize) -> Result<Vec<u8>> {
     for c in 0..3 {
         chw.extend(hwc.iter().skip(c).step_by(3));
     }
-    Ok(chw)
+    chw
+}
+
+/// (left, top, side) of the central square of a `w` x `h` image.
+pub fn central_square(w: u32, h: u32) -> (u32, u32, u32) {
+    let side = w.min(h);
+    ((w - side) / 2, (h - side) / 2, side)
 }
 
 /// Decodes `files` (with their labels) in parallel into one split, skipping or failing on

@@ -1,5 +1,6 @@
 //! Data sets (u8 images with labels, split into train and test, and optionally an
-//! unlabeled split for pretraining) and the batch loader.
+//! unlabeled split for pretraining), segmentation data (images with masks: `seg`,
+//! `scenes`) and the batch loader.
 
 pub mod cifar;
 pub mod folder;
@@ -8,6 +9,8 @@ mod fuzz_tests;
 pub mod idx;
 pub mod inspect;
 pub mod loader;
+pub mod scenes;
+pub mod seg;
 pub mod stl;
 
 pub use loader::{Batch, Loader, epoch_order};

@@ -1,9 +1,11 @@
 //! `selfsup compare`: methods (trained here, or runs trained before) in one table with the
-//! baselines, one row each, written as Markdown and CSV.
+//! baselines, one row each, written as Markdown and CSV; with `segmentation`, also the
+//! segmentation mIoU of each encoder, frozen and fine-tuned (`eval::segment`).
 
 use super::Scores;
 use super::baselines::Baseline;
-use crate::config::Config;
+use super::segment::{self, Protocol, Subject};
+use crate::config::{self, Config};
 use crate::train::checkpoint;
 use crate::train::run::{LoadedRun, ensure_trained};
 use crate::{data, methods};
@@ -29,6 +31,9 @@ pub struct Plan {
     /// Add the supervised baseline (trained with the first method's or run's config).
     pub supervised: bool,
     pub out: PathBuf,
+    /// Add the segmentation columns (results kept in each run's segment.json, and in
+    /// `out/random-init` for the random encoder).
+    pub segmentation: bool,
     pub quiet: bool,
 }
 
@@ -102,31 +107,61 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
         ensure_trained(cfg, &dir, plan.quiet, device)?;
         run_dirs.push(dir);
     }
+    // The eval keys of the overrides (probe_*, seg_*) apply to every row.
+    let eval_sets: Vec<String> = plan
+        .sets
+        .iter()
+        .filter(|s| {
+            config::EVAL_KEYS.contains(&s.split_once('=').map_or(s.as_str(), |(k, _)| k.trim()))
+        })
+        .cloned()
+        .collect();
+    let first = first.with_overrides(&eval_sets)?;
     let mut rows = Vec::new();
     if !plan.baselines.is_empty() {
         let ds = data::load(&first)?;
         ds.require_labels()?;
         for &b in &plan.baselines {
             let (scores, parameters) = b.evaluate(&first, &ds, device)?;
+            let seg = match b {
+                _ if !plan.segmentation => None,
+                Baseline::Raw => Some(SegCells::default()),
+                Baseline::Random => {
+                    let subject = Subject::random(&first, ds.train.shape[0] as i64, device);
+                    let out = plan.out.join("random-init");
+                    Some(SegCells::of(&segment::ensure(
+                        &subject, &first, &out, device, plan.quiet,
+                    )?))
+                }
+            };
             rows.push(Row {
                 method: b.label(&first),
                 scores,
                 pretrain_seconds: None,
                 parameters,
+                segmentation: seg,
             });
         }
     }
     for dir in &run_dirs {
-        let run = LoadedRun::load(dir, None, &[], device)?;
+        let run = LoadedRun::load(dir, None, &eval_sets, device)?;
         run.ds.require_labels()?;
         eprintln!("compare: evaluating {} ({})", run.cfg.method, dir.display());
         let scores = super::evaluate_method(run.model.method.as_ref(), &run.ds, &run.cfg, device)?;
-        rows.push(Row {
+        let mut row = Row {
             method: run.cfg.method.clone(),
             scores,
             pretrain_seconds: Some(run.meta.wall_seconds),
             parameters: run.encoder_parameters(),
-        });
+            segmentation: None,
+        };
+        if plan.segmentation {
+            let (subject, cfg) = Subject::from_loaded(run);
+            row.segmentation = Some(SegCells::of(&segment::ensure(
+                &subject, &cfg, dir, device, plan.quiet,
+            )?));
+        }
+        rows.push(row);
     }
     write(&plan.out, &rows)?;
     Ok(rows)
@@ -140,6 +175,31 @@ pub struct Row {
     pub pretrain_seconds: Option<f64>,
     /// Encoder parameters; 0 for raw pixels.
     pub parameters: i64,
+    /// Segmentation results, when asked for.
+    pub segmentation: Option<SegCells>,
+}
+
+/// A row's segmentation results: (mean IoU, wall seconds of training and scoring) per
+/// protocol; None where there is none (raw pixels).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SegCells {
+    pub frozen: Option<(f64, f64)>,
+    pub finetune: Option<(f64, f64)>,
+}
+
+impl SegCells {
+    pub fn of(record: &segment::Record) -> SegCells {
+        let get = |p| {
+            record
+                .results
+                .get(&p)
+                .map(|o: &segment::Outcome| (o.mean_iou, o.train_seconds + o.eval_seconds))
+        };
+        SegCells {
+            frozen: get(Protocol::Frozen),
+            finetune: get(Protocol::Finetune),
+        }
+    }
 }
 
 const HEADER: [&str; 6] = [
@@ -151,8 +211,24 @@ const HEADER: [&str; 6] = [
     "parameters",
 ];
 
-fn cells(r: &Row) -> [String; 6] {
-    [
+const SEG_HEADER: [&str; 4] = [
+    "seg frozen mIoU %",
+    "seg finetune mIoU %",
+    "seg frozen s",
+    "seg finetune s",
+];
+
+/// The column names: the segmentation columns when any row has them.
+fn header(rows: &[Row]) -> Vec<&'static str> {
+    let mut h = HEADER.to_vec();
+    if rows.iter().any(|r| r.segmentation.is_some()) {
+        h.extend(SEG_HEADER);
+    }
+    h
+}
+
+fn cells(r: &Row, with_seg: bool) -> Vec<String> {
+    let mut c = vec![
         r.method.clone(),
         format!("{:.2}", 100.0 * r.scores.linear_top1),
         format!("{:.2}", 100.0 * r.scores.linear_top5),
@@ -160,25 +236,36 @@ fn cells(r: &Row) -> [String; 6] {
         r.pretrain_seconds
             .map_or("-".to_string(), |s| format!("{s:.0}")),
         r.parameters.to_string(),
-    ]
+    ];
+    if with_seg {
+        let seg = r.segmentation.clone().unwrap_or_default();
+        let dash = || "-".to_string();
+        c.extend([
+            seg.frozen
+                .map_or_else(dash, |(m, _)| format!("{:.2}", 100.0 * m)),
+            seg.finetune
+                .map_or_else(dash, |(m, _)| format!("{:.2}", 100.0 * m)),
+            seg.frozen.map_or_else(dash, |(_, s)| format!("{s:.0}")),
+            seg.finetune.map_or_else(dash, |(_, s)| format!("{s:.0}")),
+        ]);
+    }
+    c
 }
 
 pub fn markdown(rows: &[Row]) -> String {
-    let mut s = format!(
-        "| {} |\n|{}\n",
-        HEADER.join(" | "),
-        "---|".repeat(HEADER.len())
-    );
+    let h = header(rows);
+    let mut s = format!("| {} |\n|{}\n", h.join(" | "), "---|".repeat(h.len()));
     for r in rows {
-        let _ = writeln!(s, "| {} |", cells(r).join(" | "));
+        let _ = writeln!(s, "| {} |", cells(r, h.len() > HEADER.len()).join(" | "));
     }
     s
 }
 
 pub fn csv(rows: &[Row]) -> String {
-    let mut s = HEADER.join(",") + "\n";
+    let h = header(rows);
+    let mut s = h.join(",") + "\n";
     for r in rows {
-        let c = cells(r);
+        let c = cells(r, h.len() > HEADER.len());
         let quoted: Vec<String> = c
             .iter()
             .map(|x| {
@@ -222,12 +309,14 @@ mod tests {
                 scores: s.clone(),
                 pretrain_seconds: None,
                 parameters: 0,
+                segmentation: None,
             },
             Row {
                 method: "simclr, \"v1\"".into(),
                 scores: s,
                 pretrain_seconds: Some(61.4),
                 parameters: 1234,
+                segmentation: None,
             },
         ];
         let md = markdown(&rows);
@@ -240,6 +329,24 @@ mod tests {
         assert_eq!(
             c.lines().nth(2).unwrap(),
             "\"simclr, \"\"v1\"\"\",85.12,99.00,80.00,61,1234"
+        );
+        // Segmentation columns appear when a row has them; missing results are "-".
+        let mut rows = rows;
+        rows[0].segmentation = Some(SegCells::default());
+        rows[1].segmentation = Some(SegCells {
+            frozen: Some((0.41234, 95.2)),
+            finetune: None,
+        });
+        let md = markdown(&rows);
+        assert!(md.contains("| parameters | seg frozen mIoU % | seg finetune mIoU % | seg frozen s | seg finetune s |"), "{md}");
+        assert!(
+            md.contains("| raw pixels | 85.12 | 99.00 | 80.00 | - | 0 | - | - | - | - |"),
+            "{md}"
+        );
+        assert!(
+            csv(&rows).ends_with(",61,1234,41.23,-,95,-\n"),
+            "{}",
+            csv(&rows)
         );
     }
 }

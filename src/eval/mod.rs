@@ -7,6 +7,7 @@ pub mod embed;
 pub mod knn;
 pub mod linear;
 pub mod neighbors;
+pub mod segment;
 pub mod tsne;
 
 use crate::config::{Config, Precision};

@@ -18,6 +18,7 @@
 
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::{ColorizationLoss, Config};
+use crate::dist::current as dist;
 use crate::nets::lab::{lab_to_rgb, rgb_to_lab};
 use crate::nets::{self, Decoder, Encoder, EncoderInput};
 use crate::{losses, precision};
@@ -211,9 +212,13 @@ impl Method for Colorization {
         let q = self.centres.size()[0];
         let bins = self.bins(&lab).flatten(0, -1); // [B*H*W]
         let weights = tch::no_grad(|| {
-            let _ = self
-                .counts
-                .g_add_(&bins.bincount::<Tensor>(None, q).to_kind(Kind::Float));
+            // The pixels of the global batch, counted on every rank: the counts stay equal.
+            let seen = bins
+                .bincount::<Tensor>(None, q)
+                .to_kind(Kind::Float)
+                .unsqueeze(0); // [1, Q]
+            let seen = dist::all_gather(&seen).sum_dim_intlist(&[0i64][..], false, Kind::Float); // [Q]
+            let _ = self.counts.g_add_(&seen);
             rebalancing_weights(&self.counts, &self.smooth)
         });
         let logits = out.permute([0, 2, 3, 1]).reshape([-1, q]); // [B*H*W, Q]

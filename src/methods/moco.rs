@@ -2,12 +2,17 @@
 //! against the key of the other view, produced by a momentum (EMA) key encoder, and a
 //! queue of the K most recent keys as negatives. v1 has a linear head; v2 an MLP head
 //! (with blur in its augmentation preset and the cosine schedule of the training loop).
-//! BatchNorm runs on `shuffle_bn_groups` sub-batches, the key encoder's on shuffled ones,
-//! as the paper's shuffling BN across GPUs.
+//! BatchNorm runs on `shuffle_bn_groups` sub-batches of the global batch, the key
+//! encoder's on shuffled ones, as the paper's shuffling BN across GPUs. These sub-batch
+//! BatchNorms stay local (never synchronised, whatever `sync_bn` says: that is the point of
+//! them); on W ranks each runs `shuffle_bn_groups / W` of them, and the key encoder's
+//! shuffle is across ranks (`nets::split_bn_forward`), so that W ranks with G groups compute
+//! what one process with G groups does. Every rank enqueues the keys of the global batch.
 
 use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
 use crate::config::{Config, check};
+use crate::dist::current as dist;
 use crate::nets::{self, Encoder, MlpNorm, momentum::MomentumPairs};
 use crate::{losses, precision};
 use anyhow::{Result, bail};
@@ -157,7 +162,8 @@ impl Method for Moco {
         let loss = precision::in_fp32([&q, &k, &queue], |[q, k, queue]| {
             losses::info_nce(&losses::l2_normalize(&q), &k, &queue, t, None)
         });
-        self.pending_keys = Some(k);
+        // Every rank enqueues the keys of the whole global batch: the queues stay equal.
+        self.pending_keys = Some(dist::all_gather(&k)); // [W B, dim]
         loss
     }
     fn after_step(&mut self, _ctx: &StepCtx) {
@@ -175,6 +181,15 @@ impl Method for Moco {
     }
     fn views(&self) -> Option<Arc<Views>> {
         Some(self.views.clone())
+    }
+    fn check_world_size(&self, world_size: usize) -> Result<()> {
+        if self.groups % world_size as i64 != 0 {
+            bail!(
+                "option shuffle_bn_groups = {} must be divisible by the number of processes ({world_size}): each runs an equal share of the BatchNorm sub-batches",
+                self.groups
+            );
+        }
+        Ok(())
     }
 }
 

@@ -1,11 +1,13 @@
 //! MoCo v3 (Chen, Xie & He 2021): no queue. Query = predictor(projector(encoder(x))),
 //! key = momentum projector(momentum encoder(x)) of the other view; symmetric InfoNCE
-//! over the batch, each direction scaled by 2T as in the paper. The momentum rises from
+//! over the batch (on several ranks, the global batch: keys are gathered from every rank),
+//! each direction scaled by 2T as in the paper. The momentum rises from
 //! `ema_momentum` to 1 along a cosine.
 
 use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
 use crate::config::Config;
+use crate::dist::current as dist;
 use crate::nets::{Encoder, MlpNorm, momentum::OnlineTarget};
 use crate::schedule::cosine_momentum;
 use crate::{losses, precision};
@@ -58,9 +60,14 @@ impl Method for MocoV3 {
         let x = images.chunk(2, 0); // 2 x [B, C, H, W]
         let (q1, q2) = (self.nets.online(&x[0]), self.nets.online(&x[1])); // [B, dim] each
         let (k1, k2) = (self.nets.target(&x[0]), self.nets.target(&x[1]));
+        // Keys of the global batch from every rank; this rank's queries are its rows.
+        let offset = dist::rank() as i64 * q1.size()[0];
         let t = self.temperature;
+        // The keys are gathered in float32, inside the loss boundary.
         precision::in_fp32([&q1, &k2, &q2, &k1], |[q1, k2, q2, k1]| {
-            (losses::info_nce_batch(&q1, &k2, t) + losses::info_nce_batch(&q2, &k1, t)) * (2.0 * t)
+            let (k1, k2) = (dist::all_gather(&k1), dist::all_gather(&k2)); // [W B, dim]
+            let nce = |q: &Tensor, k: &Tensor| losses::info_nce_global(q, k, offset, t);
+            (nce(&q1, &k2) + nce(&q2, &k1)) * (2.0 * t)
         })
     }
     fn after_step(&mut self, ctx: &StepCtx) {

@@ -62,6 +62,11 @@ pub trait Method {
     fn views(&self) -> Option<Arc<Views>> {
         None
     }
+    /// Whether the method can train data-parallel on `world_size` processes (each taking an
+    /// equal slice of the global batch); an error naming the option that stands in the way.
+    fn check_world_size(&self, _world_size: usize) -> Result<()> {
+        Ok(())
+    }
     /// A picture of the method at work on a few images `[N, C, H, W]`, as an image
     /// `[C', H', W']` in [0, 1] (for example inpaintings next to their input and
     /// original); the training loop saves it as `examples.png` at the end of pretraining.

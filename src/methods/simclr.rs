@@ -1,11 +1,13 @@
 //! SimCLR (Chen et al. 2020): two random views of every image, encoder h = f(x), MLP
-//! projection z = g(h), NT-Xent on z (not h) with the other 2N - 2 samples as negatives.
+//! projection z = g(h), NT-Xent on z (not h) with the other 2N - 2 samples as negatives
+//! (on several ranks, N is the global batch: negatives are gathered from every rank).
 //! Views come from the `aug_*` config keys (see presets/ for the paper's settings adapted
 //! to each resolution).
 
 use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
 use crate::config::Config;
+use crate::dist::current as dist;
 use crate::nets::{self, Encoder, MlpNorm};
 use crate::{losses, precision};
 use anyhow::Result;
@@ -57,8 +59,13 @@ impl Method for SimClr {
         let h = self.encoder.forward_t(images, true); // [2B, D]
         let z = self.projector.forward_t(&h, true); // [2B, proj_dim]
         let zs = z.chunk(2, 0); // 2 x [B, proj_dim]
-        let t = self.temperature;
-        precision::in_fp32([&zs[0], &zs[1]], |[z1, z2]| losses::nt_xent(&z1, &z2, t))
+        let (t, offset) = (self.temperature, dist::rank() as i64 * zs[0].size()[0]);
+        precision::in_fp32([&zs[0], &zs[1]], |[z1, z2]| {
+            // Negatives from every rank: the global batch (gathered in float32), with
+            // gradients back to each rank.
+            let (all1, all2) = (dist::all_gather(&z1), dist::all_gather(&z2)); // [W B, proj_dim]
+            losses::nt_xent_global(&z1, &z2, &all1, &all2, offset, t)
+        })
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

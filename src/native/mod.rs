@@ -39,6 +39,11 @@ unsafe extern "C" {
         root: c_int,
     ) -> *mut c_char;
     pub(crate) fn selfsup_pg_barrier(group: *mut Group) -> *mut c_char;
+    pub(crate) fn selfsup_pg_fail(
+        group: *mut Group,
+        what: *const c_char,
+        cause: *const c_char,
+    ) -> *mut c_char;
     pub(crate) fn selfsup_pg_all_gather(
         group: *mut Group,
         t: *const C_tensor,

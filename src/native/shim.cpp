@@ -252,6 +252,13 @@ char* selfsup_pg_broadcast(SelfsupGroup* g, const at::Tensor* t, int root) {
   });
 }
 
+// A collective that failed outside the shim (the reduce-scatter that autograd runs in the
+// backward of a differentiable all-gather): marks the group broken and returns `what` and
+// `cause` with the heartbeat diagnosis, as a failure inside the shim reads.
+char* selfsup_pg_fail(SelfsupGroup* g, const char* what, const char* cause) {
+  return guarded([&] { g->fail(what, cause); });
+}
+
 char* selfsup_pg_barrier(SelfsupGroup* g) {
   return guarded([&] { g->wait(g->pg->barrier(), "barrier"); });
 }

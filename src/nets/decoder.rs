@@ -4,6 +4,7 @@
 //! (4x4 stride-2 transposed conv -> BN -> ReLU), each doubling the size and moving to the
 //! next width (the last stage keeps `widths[n-1]`) -> 3x3 conv to C channels -> sigmoid.
 
+use super::norm::{BatchNorm, batch_norm2d};
 use anyhow::{Result, bail};
 use tch::Tensor;
 use tch::nn::{self, Module};
@@ -11,7 +12,7 @@ use tch::nn::{self, Module};
 #[derive(Debug)]
 pub struct Decoder {
     fc: nn::Linear,
-    stages: Vec<(nn::ConvTranspose2D, nn::BatchNorm)>,
+    stages: Vec<(nn::ConvTranspose2D, BatchNorm)>,
     out: nn::Conv2D,
     start: [i64; 3],
 }
@@ -42,7 +43,7 @@ impl Decoder {
             let sp = p / format!("up{i}");
             stages.push((
                 nn::conv_transpose2d(&sp / "deconv", cin, cout, 4, cfg),
-                nn::batch_norm2d(&sp / "bn", cout, Default::default()),
+                batch_norm2d(&sp / "bn", cout),
             ));
         }
         let last = *widths.last().unwrap();

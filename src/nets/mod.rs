@@ -1,16 +1,20 @@
 //! Encoders, decoders and heads, configured by data (lists of widths, a width multiplier).
-//! Every encoder maps `[B, C, H, W]` images to `[B, D]` feature vectors.
+//! Every encoder maps `[B, C, H, W]` images to `[B, D]` feature vectors, and can also give
+//! the spatial feature maps of its stages before pooling (for dense tasks such as
+//! segmentation), from the same variables.
 
 pub mod cnn;
 pub mod decoder;
 pub mod export;
 pub mod lab;
 pub mod momentum;
+pub mod norm;
 pub mod resnet;
 
 pub use decoder::Decoder;
 
 use crate::config::{Config, EncoderKind};
+use crate::dist::current as dist;
 use anyhow::Result;
 use std::rc::Rc;
 use tch::nn::{self, ModuleT};
@@ -28,11 +32,74 @@ pub enum EncoderInput {
     PatchMean { patch: i64, stride: i64 },
 }
 
+/// A convolutional network built as stages (each keeps or halves the resolution) and the
+/// average pooling that turns the last stage's map into the feature vector. Classification
+/// evaluation sees only the pooled vector (`forward_t`); dense tasks read the maps of every
+/// stage (`maps`). Both run the same modules, so the variables and their names are the
+/// same either way.
+#[derive(Debug)]
+pub struct Backbone {
+    stages: Vec<nn::SequentialT>,
+    /// Output channels of each stage.
+    widths: Vec<i64>,
+    /// The last map is average-pooled to a `pool` x `pool` grid and flattened (1: global).
+    pool: i64,
+}
+
+impl Backbone {
+    pub fn new(stages: Vec<nn::SequentialT>, widths: Vec<i64>, pool: i64) -> Backbone {
+        assert_eq!(stages.len(), widths.len(), "one width per stage");
+        assert!(!stages.is_empty(), "a backbone has at least one stage");
+        Backbone {
+            stages,
+            widths,
+            pool,
+        }
+    }
+
+    /// Length of the pooled feature vector.
+    pub fn dim(&self) -> i64 {
+        self.widths[self.widths.len() - 1] * self.pool * self.pool
+    }
+
+    /// The output `[B, widths[i], H_i, W_i]` of every stage, first (finest) to last.
+    pub fn maps(&self, xs: &Tensor, train: bool) -> Vec<Tensor> {
+        let mut x = xs.shallow_clone();
+        let mut out = Vec::with_capacity(self.stages.len());
+        for s in &self.stages {
+            x = s.forward_t(&x, train);
+            out.push(x.shallow_clone());
+        }
+        out
+    }
+
+    /// `[B, C, h, w]` -> `[B, C * pool^2]`.
+    fn pool(&self, map: &Tensor) -> Tensor {
+        if self.pool == 1 {
+            map.mean_dim(&[-2i64, -1][..], false, float_kind(map.kind()))
+        } else {
+            map.adaptive_avg_pool2d([self.pool, self.pool])
+                .flatten(1, -1)
+        }
+    }
+}
+
+impl ModuleT for Backbone {
+    /// `[B, C, H, W]` -> `[B, dim]`: the stages, then the pooling.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let last = self
+            .stages
+            .iter()
+            .fold(xs.shallow_clone(), |x, s| s.forward_t(&x, train));
+        self.pool(&last)
+    }
+}
+
 /// An encoder network with its output feature dimension and what it is applied to.
 #[derive(Debug)]
 pub struct Encoder {
     /// Shared by the encoders that differ only in their `input`.
-    net: Rc<nn::SequentialT>,
+    net: Rc<Backbone>,
     /// Length of the feature vector it produces.
     pub dim: i64,
     /// Channels the network takes (1 for colorization's lightness on RGB data).
@@ -41,11 +108,11 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Wraps a network that maps `[B, in_channels, H, W]` to `[B, dim]`.
-    pub fn new(net: nn::SequentialT, dim: i64, in_channels: i64) -> Encoder {
+    /// Wraps a network that maps `[B, in_channels, H, W]` to `[B, net.dim()]`.
+    pub fn new(net: Backbone, in_channels: i64) -> Encoder {
         Encoder {
+            dim: net.dim(),
             net: Rc::new(net),
-            dim,
             in_channels,
             input: EncoderInput::Image,
         }
@@ -71,6 +138,28 @@ impl Encoder {
         }
     }
 
+    /// The spatial feature maps that dense tasks use, finest first: `[B, C, H, W]` ->
+    /// `[B, map_channels()[i], H_i, W_i]`, before any pooling, applied as `input` says:
+    /// every stage's map of the image (or of its lightness); for a patch-grid encoder
+    /// (CPC), one coarse map, the code of every patch of the grid (`patch_codes`).
+    pub fn feature_maps(&self, xs: &Tensor, train: bool) -> Vec<Tensor> {
+        match self.input {
+            EncoderInput::Image => self.net.maps(xs, train),
+            EncoderInput::Lightness => self.net.maps(&lab::lightness(xs), train),
+            EncoderInput::PatchMean { patch, stride } => {
+                vec![self.patch_codes(xs, patch, stride, train)]
+            }
+        }
+    }
+
+    /// Channels of each map of `feature_maps`.
+    pub fn map_channels(&self) -> Vec<i64> {
+        match self.input {
+            EncoderInput::Image | EncoderInput::Lightness => self.net.widths.clone(),
+            EncoderInput::PatchMean { .. } => vec![self.dim],
+        }
+    }
+
     /// The network's code of every patch of a grid: `[B, C, H, W]` -> `[B, dim, rows,
     /// cols]`, where patch (r, c) is the `patch` x `patch` square at pixel (r stride, c stride).
     pub fn patch_codes(&self, xs: &Tensor, patch: i64, stride: i64, train: bool) -> Tensor {
@@ -84,6 +173,15 @@ impl Encoder {
     }
 }
 
+/// The kind that pooling and normalisation statistics are computed in: float32, or float64
+/// for a float64 network (which the data-parallel equivalence tests use).
+pub fn float_kind(kind: Kind) -> Kind {
+    match kind {
+        Kind::Double => Kind::Double,
+        _ => Kind::Float,
+    }
+}
+
 /// The patches of a grid: `[B, C, H, W]` -> `[B, rows, cols, C, patch, patch]`, patch (r, c)
 /// starting at pixel (r * stride, c * stride); rows = (H - patch) / stride + 1.
 pub fn patches(x: &Tensor, patch: i64, stride: i64) -> Tensor {
@@ -94,11 +192,11 @@ pub fn patches(x: &Tensor, patch: i64, stride: i64) -> Tensor {
 
 /// Builds the encoder named in `cfg.encoder` for images with `in_channels` channels.
 pub fn build_encoder(p: &nn::Path, cfg: &Config, in_channels: i64) -> Encoder {
-    let (net, dim) = match cfg.encoder {
+    let net = match cfg.encoder {
         EncoderKind::Cnn => cnn::small_cnn(p, in_channels, &cfg.cnn_widths, cfg.cnn_pool),
         EncoderKind::Resnet18 => resnet::resnet18_cifar(p, in_channels, cfg.resnet_width),
     };
-    Encoder::new(net, dim, in_channels)
+    Encoder::new(net, in_channels)
 }
 
 /// An encoder under `encoder` and a decoder back to `shape` `[C, H, W]` under `decoder`, as
@@ -147,11 +245,7 @@ pub fn mlp(p: &nn::Path, dims: &[i64], norm: MlpNorm) -> nn::SequentialT {
         };
         net = net.add(nn::linear(p / format!("fc{i}"), dims[i], dims[i + 1], lin));
         if with_bn {
-            net = net.add(nn::batch_norm1d(
-                p / format!("bn{i}"),
-                dims[i + 1],
-                Default::default(),
-            ));
+            net = net.add(norm::batch_norm1d(p / format!("bn{i}"), dims[i + 1]));
         }
         if !last {
             net = net.add_fn(|x| x.relu());
@@ -160,27 +254,44 @@ pub fn mlp(p: &nn::Path, dims: &[i64], norm: MlpNorm) -> nn::SequentialT {
     net
 }
 
-/// Runs `f` (in training mode) on `groups` equal sub-batches of `x` `[B, ...]`, so that
-/// BatchNorm sees per-sub-batch statistics as it would on `groups` devices. With `shuffle`
-/// the samples are permuted first and the outputs put back in order (MoCo's shuffling BN).
+/// Runs `f` (in training mode) on `groups` equal sub-batches of the global batch, so that
+/// BatchNorm sees per-sub-batch statistics as it would on `groups` devices: BatchNorm stays
+/// local to each sub-batch (`norm::bn_local`), never synchronised across ranks. `x`
+/// `[b, ...]` is this rank's slice of the global batch and the result's rows are its rows;
+/// with W ranks (`groups` divisible by W) each rank runs `groups / W` sub-batches.
+///
+/// With `shuffle` the global batch is permuted first and the outputs put back in order
+/// (MoCo's shuffling BN): the inputs are gathered from every rank, permuted by one
+/// permutation (rank 0's draw, broadcast), each rank runs its share of the sub-batches, and
+/// the outputs are gathered and un-permuted, so W ranks compute what one process does.
+/// The outputs come back through a plain gather when `f` runs without gradients (MoCo's
+/// key encoder) and through the differentiable one otherwise.
 pub fn split_bn_forward(
     f: impl Fn(&Tensor) -> Tensor,
     x: &Tensor,
     groups: i64,
     shuffle: bool,
 ) -> Tensor {
+    let (rank, world) = (dist::rank() as i64, dist::world_size() as i64);
     let b = x.size()[0];
-    let perm = shuffle.then(|| Tensor::randperm(b, (tch::Kind::Int64, x.device())));
-    let xs = match &perm {
-        Some(p) => x.index_select(0, p),
-        None => x.shallow_clone(),
+    let local_groups = (groups / world).clamp(1, b);
+    let run = |xs: &Tensor| -> Tensor {
+        norm::bn_local(|| {
+            Tensor::cat(
+                &xs.chunk(local_groups, 0).iter().map(&f).collect::<Vec<_>>(),
+                0,
+            )
+        })
     };
-    let outs: Vec<Tensor> = xs.chunk(groups.min(b), 0).iter().map(&f).collect();
-    let out = Tensor::cat(&outs, 0);
-    match perm {
-        Some(p) => out.index_select(0, &p.argsort(0, false)),
-        None => out,
+    if !shuffle {
+        return run(x);
     }
+    let all = dist::all_gather(x); // [B, ...], B = W b
+    let perm = dist::broadcast(&Tensor::randperm(all.size()[0], (Kind::Int64, x.device()))); // [B]
+    let mine = all.index_select(0, &perm).narrow(0, rank * b, b); // [b, ...]
+    let out = dist::all_gather(&run(&mine)); // [B, ...], in permuted order
+    out.index_select(0, &perm.argsort(0, false))
+        .narrow(0, rank * b, b)
 }
 
 /// conv -> batch norm -> ReLU, the building block of the small CNN and the ResNet stem.
@@ -200,7 +311,7 @@ pub fn conv_bn_relu(
     };
     nn::seq_t()
         .add(nn::conv2d(p / conv, cin, cout, 3, cfg))
-        .add(nn::batch_norm2d(p / bn, cout, Default::default()))
+        .add(norm::batch_norm2d(p / bn, cout))
         .add_fn(|x| x.relu())
 }
 
@@ -251,6 +362,75 @@ mod tests {
         };
         let (_, r) = encoder(&cfg, 1);
         assert_eq!(r.forward_t(&x, false).size(), vec![2, 128]);
+    }
+
+    #[test]
+    fn feature_maps_are_the_stages_before_the_pooling_of_the_vector() {
+        let _rng = crate::torch_rng_lock();
+        let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let cfg = Config {
+            cnn_widths: vec![4, 6, 8],
+            cnn_pool: 2,
+            ..Config::default()
+        };
+        let (vs, cnn) = encoder(&cfg, 3);
+        // The variables keep the names that checkpoints and the PyTorch export use.
+        let mut names: Vec<String> = vs.variables().into_keys().collect();
+        names.sort();
+        assert_eq!(names.len(), 3 * 2 * 5, "{names:?}");
+        assert!(names.contains(&"encoder.stage2.bn2.running_var".to_string()));
+        let maps = cnn.feature_maps(&x, false);
+        let shapes: Vec<Vec<i64>> = maps.iter().map(|m| m.size()).collect();
+        assert_eq!(
+            shapes,
+            vec![vec![2, 4, 16, 16], vec![2, 6, 8, 8], vec![2, 8, 4, 4]]
+        );
+        assert_eq!(cnn.map_channels(), vec![4, 6, 8]);
+        // The 2x2 pooling grid of the last map, flattened, is the feature vector.
+        let pooled = maps[2].adaptive_avg_pool2d([2, 2]).flatten(1, -1);
+        assert!(pooled.allclose(&cnn.forward_t(&x, false), 1e-6, 1e-6, false));
+        // Lightness: the same maps as the network on the lightness channel.
+        let (_, grey) = encoder(&cfg, 1);
+        let light = grey.with_input(EncoderInput::Lightness);
+        let want = grey.feature_maps(&lab::lightness(&x), false);
+        for (a, b) in light.feature_maps(&x, false).iter().zip(&want) {
+            assert!(a.equal(b));
+        }
+        // A patch grid: one coarse map, the code of each patch.
+        let grid = cnn.with_input(EncoderInput::PatchMean {
+            patch: 8,
+            stride: 4,
+        });
+        let m = grid.feature_maps(&x, false);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].size(), vec![2, 32, 3, 3]);
+        assert_eq!(grid.map_channels(), vec![32]);
+        let corner = cnn.forward_t(&x.narrow(2, 4, 8).narrow(3, 8, 8), false); // patch (1, 2)
+        assert!(
+            m[0].select(2, 1)
+                .select(2, 2)
+                .allclose(&corner, 1e-5, 1e-6, false)
+        );
+        // ResNet-18: four stages, the stem inside the first.
+        let r = Config {
+            encoder: EncoderKind::Resnet18,
+            resnet_width: 0.125,
+            ..Config::default()
+        };
+        let (_, res) = encoder(&r, 3);
+        let maps = res.feature_maps(&x, false);
+        let shapes: Vec<Vec<i64>> = maps.iter().map(|m| m.size()).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                vec![2, 8, 16, 16],
+                vec![2, 16, 8, 8],
+                vec![2, 32, 4, 4],
+                vec![2, 64, 2, 2]
+            ]
+        );
+        let pooled = maps[3].mean_dim(&[2i64, 3][..], false, Kind::Float);
+        assert!(pooled.allclose(&res.forward_t(&x, false), 1e-6, 1e-6, false));
     }
 
     #[test]

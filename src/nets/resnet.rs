@@ -3,17 +3,18 @@
 //! layer1.0.conv1, ..., layerN.0.downsample.0/1), apart from the stem, which torchvision
 //! makes 7x7 stride 2 followed by a max-pool.
 
-use super::conv_bn_relu;
+use super::norm::{BatchNorm, batch_norm2d};
+use super::{Backbone, conv_bn_relu};
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
 
 #[derive(Debug)]
 struct BasicBlock {
     conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    bn1: BatchNorm,
     conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    bn2: BatchNorm,
+    downsample: Option<(nn::Conv2D, BatchNorm)>,
 }
 
 impl BasicBlock {
@@ -32,14 +33,14 @@ impl BasicBlock {
             };
             (
                 nn::conv2d(p / "downsample" / "0", cin, cout, 1, c1),
-                nn::batch_norm2d(p / "downsample" / "1", cout, Default::default()),
+                batch_norm2d(p / "downsample" / "1", cout),
             )
         });
         BasicBlock {
             conv1: nn::conv2d(p / "conv1", cin, cout, 3, c3(stride)),
-            bn1: nn::batch_norm2d(p / "bn1", cout, Default::default()),
+            bn1: batch_norm2d(p / "bn1", cout),
             conv2: nn::conv2d(p / "conv2", cout, cout, 3, c3(1)),
-            bn2: nn::batch_norm2d(p / "bn2", cout, Default::default()),
+            bn2: batch_norm2d(p / "bn2", cout),
             downsample,
         }
     }
@@ -57,20 +58,22 @@ impl ModuleT for BasicBlock {
     }
 }
 
-/// Returns the network and its feature dimension (512 x width).
-pub fn resnet18_cifar(p: &nn::Path, in_channels: i64, width: f64) -> (nn::SequentialT, i64) {
+/// The stem and `layer1` form the first stage (full resolution), `layer2`..`layer4` the
+/// others; the feature vector is the global average of the last map (512 x width).
+pub fn resnet18_cifar(p: &nn::Path, in_channels: i64, width: f64) -> Backbone {
     let w = |c: f64| ((c * width).round() as i64).max(1);
     let widths = [w(64.0), w(128.0), w(256.0), w(512.0)];
-    let mut net = nn::seq_t().add(conv_bn_relu(p, "conv1", "bn1", in_channels, widths[0], 1));
+    let mut stages = Vec::with_capacity(widths.len());
+    let mut stage = nn::seq_t().add(conv_bn_relu(p, "conv1", "bn1", in_channels, widths[0], 1));
     let mut cin = widths[0];
     for (i, &cout) in widths.iter().enumerate() {
         let layer = p / format!("layer{}", i + 1);
         let stride = if i == 0 { 1 } else { 2 };
-        net = net.add(BasicBlock::new(&(&layer / "0"), cin, cout, stride));
-        net = net.add(BasicBlock::new(&(&layer / "1"), cout, cout, 1));
+        stage = stage
+            .add(BasicBlock::new(&(&layer / "0"), cin, cout, stride))
+            .add(BasicBlock::new(&(&layer / "1"), cout, cout, 1));
+        stages.push(std::mem::replace(&mut stage, nn::seq_t()));
         cin = cout;
     }
-    // [B, 512w, h, w] -> [B, 512w]
-    let net = net.add_fn(|x| x.mean_dim(&[-2i64, -1][..], false, tch::Kind::Float));
-    (net, cin)
+    Backbone::new(stages, widths.to_vec(), 1)
 }

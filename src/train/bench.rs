@@ -131,7 +131,7 @@ impl Setup {
                 epoch,
             } => {
                 *epoch += 1;
-                Some(epoch_loader(cfg, train, views, *epoch, 0, device))
+                Some(epoch_loader(cfg, train, views, *epoch, 0, device, (1, 0)))
             }
         };
         let total = opts.warmup + opts.steps;
@@ -157,7 +157,7 @@ impl Setup {
                     Some(b) => b,
                     None => {
                         *epoch += 1;
-                        *l = epoch_loader(cfg, train, views, *epoch, 0, device);
+                        *l = epoch_loader(cfg, train, views, *epoch, 0, device, (1, 0));
                         l.next().context("an epoch without batches")?
                     }
                 },

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod data_parallel;
 pub mod lock;
 pub mod optim;
 pub mod run;
@@ -10,16 +11,18 @@ pub mod run;
 use crate::augment::Views;
 use crate::config::{Config, Precision};
 use crate::data::{self, Batch, Dataset, Loader, loader::ViewSpec};
+use crate::dist::DistEnv;
 use crate::methods::{self, DataInfo, Method, StepCtx};
 use crate::metrics::{self, Summary};
 use crate::{faults, precision, schedule};
 use anyhow::{Context, Result, bail};
 use checkpoint::EpochSums;
+use data_parallel::DataParallel;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor, nn};
 
 /// A method with its variables, built from a config for a data set.
@@ -30,6 +33,8 @@ pub struct Model {
     pub method: Box<dyn Method>,
     /// The precision of its forward passes (`cfg.precision`).
     pub precision: Precision,
+    /// Data-parallel over several processes; None: one process.
+    pub dist: Option<DataParallel>,
 }
 
 impl Model {
@@ -45,6 +50,7 @@ impl Model {
             vs,
             method,
             precision: cfg.precision,
+            dist: None,
         })
     }
 }
@@ -124,6 +130,12 @@ pub struct TrainOptions {
     /// Stop (after checkpointing) once this many epochs of the run are complete, leaving the
     /// rest for a later `resume`.
     pub stop_after_epochs: Option<usize>,
+    /// This process's place in a data-parallel run (from the launcher's variables,
+    /// `DistEnv::from_env`); None: one process.
+    pub dist: Option<DistEnv>,
+    /// How long a collective waits for the other ranks before the run fails (default
+    /// `data_parallel::DEFAULT_TIMEOUT`).
+    pub dist_timeout: Option<Duration>,
 }
 
 /// The data order of `epoch` without its first `skip` batches (done before a resume).
@@ -134,7 +146,8 @@ fn epoch_order_from(n: usize, cfg: &Config, epoch: usize, skip: usize) -> Vec<us
 }
 
 /// The batches of `epoch` of `train` without the first `skip`, with the method's `views`
-/// made as they come (the last partial batch is dropped).
+/// made as they come (the last partial batch is dropped): with `(world, rank)` ranks, this
+/// rank's slice of each global batch (`(1, 0)`: one process, the whole batch).
 pub fn epoch_loader(
     cfg: &Config,
     train: &Arc<data::Split>,
@@ -142,8 +155,10 @@ pub fn epoch_loader(
     epoch: usize,
     skip: usize,
     device: Device,
+    (world, rank): (usize, usize),
 ) -> Loader {
     let order = epoch_order_from(train.len(), cfg, epoch, skip);
+    let order = data_parallel::rank_order(&order, cfg.batch_size, world, rank);
     let spec = views.as_ref().map(|v| ViewSpec {
         views: v.clone(),
         seed: cfg.seed,
@@ -152,7 +167,7 @@ pub fn epoch_loader(
     Loader::with_views(
         train.clone(),
         order,
-        cfg.batch_size,
+        cfg.batch_size / world,
         true,
         cfg.prefetch,
         device,
@@ -163,9 +178,12 @@ pub fn epoch_loader(
 /// One optimizer step of `model` on `batch` with learning rate `lr`: libtorch's RNG seeded
 /// for the step (so that a resumed run draws the same), the loss, its gradients, the update
 /// and the method's after-step hook (momentum targets, queues). Returns the loss, which
-/// must be finite. The forward pass and the loss run in the model's precision (the methods
-/// compute their losses in float32, `precision::in_fp32`); the backward pass outside the
-/// autocast scope, as in PyTorch, gives float32 gradients of the float32 weights.
+/// must be finite. Data-parallel (`model.dist`), `batch` is this rank's slice of the global
+/// batch, the forward pass runs with the group current, the gradients are averaged over
+/// the ranks before the update, and the loss returned is the global batch's. The forward
+/// pass and the loss run in the model's precision (the methods compute their losses in
+/// float32, `precision::in_fp32`); the backward pass outside the autocast scope, as in
+/// PyTorch, gives float32 gradients of the float32 weights.
 pub fn train_step(
     model: &mut Model,
     opt: &mut optim::Optimizer,
@@ -174,16 +192,30 @@ pub fn train_step(
     lr: f64,
     seed: u64,
 ) -> Result<f64> {
-    tch::manual_seed(checkpoint::step_seed(seed, ctx.step));
+    let rank = model.dist.as_ref().map_or(0, DataParallel::rank);
+    tch::manual_seed(data_parallel::rank_seed(
+        checkpoint::step_seed(seed, ctx.step),
+        rank,
+    ));
     opt.zero_grad();
     let loss = {
         let _autocast = precision::scope(model.precision, batch.images.device())?;
-        model.method.loss(&batch.images, &batch.labels, ctx)
+        let mut forward = || model.method.loss(&batch.images, &batch.labels, ctx);
+        match &model.dist {
+            Some(dp) => dp.forward(forward)?,
+            None => forward(),
+        }
     };
-    loss.backward();
+    match &model.dist {
+        Some(dp) => dp.backward(&loss, || opt.grads())?,
+        None => loss.backward(),
+    }
     opt.step(lr);
     tch::no_grad(|| model.method.after_step(ctx));
-    let l = loss.double_value(&[]);
+    let l = match &model.dist {
+        Some(dp) => dp.mean(loss.double_value(&[]))?,
+        None => loss.double_value(&[]),
+    };
     if !l.is_finite() {
         bail!(
             "loss became {l} at step {} (epoch {}); try a lower lr",
@@ -195,6 +227,12 @@ pub fn train_step(
 }
 
 /// Pretrains `cfg.method` on `ds`, writing metrics and checkpoints into `out`.
+///
+/// Data-parallel (`opts.dist`): every rank calls this with the same config; `batch_size` is
+/// the global batch. Rank 0 alone writes the run folder (and holds its lock); every rank
+/// reads the checkpoint to resume, so the folder must be visible to all. The checkpoint
+/// holds global state only (model, optimizer, step), so a run resumes on any number of
+/// ranks, and the data order is the global one.
 pub fn pretrain(
     cfg: &Config,
     ds: &Dataset,
@@ -204,14 +242,29 @@ pub fn pretrain(
 ) -> Result<Summary> {
     let (resume, quiet) = (opts.resume, opts.quiet);
     let stop_at = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
+    // Joined first: a rank that fails after this is seen by the others at once.
+    let timeout = opts.dist_timeout.unwrap_or(data_parallel::DEFAULT_TIMEOUT);
+    let dp = (opts.dist.as_ref())
+        .map(|env| DataParallel::join(env, device, timeout, cfg.sync_bn))
+        .transpose()?;
+    let (rank, world) = dp.as_ref().map_or((0, 1), |d| (d.rank(), d.world_size()));
+    let writer = rank == 0;
+    data_parallel::check_batch(cfg.batch_size, world)?;
     // Built first, so that a method refusing the data (colorization on grey images) leaves
     // no run folder behind.
     let mut model = Model::build(cfg, &data_info(ds), device)?;
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create run folder {}", out.display()))?;
+    model.method.check_world_size(world)?;
     // Held until training ends: one writer per run folder.
-    let _lock = lock::RunLock::acquire(out)?;
-    checkpoint::remove_temp_files(out)?;
+    let _lock = match writer {
+        true => {
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create run folder {}", out.display()))?;
+            let lock = lock::RunLock::acquire(out)?;
+            checkpoint::remove_temp_files(out)?;
+            Some(lock)
+        }
+        false => None,
+    };
     let ckpt_path = out.join(checkpoint::FILE_NAME);
     // Self-supervised methods train on the pretraining split (which may be unlabeled);
     // the supervised baseline needs the labelled training split.
@@ -256,23 +309,32 @@ pub fn pretrain(
             .batches_done(spe)
             .with_context(|| format!("{}", path.display()))?;
         sums = ck.meta.in_epoch;
-    } else if ckpt_path.exists() {
+    } else if writer && ckpt_path.exists() {
         bail!(
             "{} already holds a run; pass --resume to continue it or choose another --out",
             out.display()
         );
     }
-    // The keys the method reads; the checkpoint carries the whole config.
-    std::fs::write(
-        out.join("config.toml"),
-        cfg.to_toml_with(&model.spec.keys_read())?,
-    )?;
-
-    let (mut log, note) = metrics::Log::open(&out.join(metrics::FILE_NAME), !resume)?;
-    if let Some(n) = note {
-        eprintln!("note: {n}");
+    if let Some(dp) = &dp {
+        dp.broadcast_model(&model.vs)?;
     }
-    let bar = if quiet {
+    model.dist = dp;
+    let mut log = match writer {
+        true => {
+            // The keys the method reads; the checkpoint carries the whole config.
+            std::fs::write(
+                out.join("config.toml"),
+                cfg.to_toml_with(&model.spec.keys_read())?,
+            )?;
+            let (log, note) = metrics::Log::open(&out.join(metrics::FILE_NAME), !resume)?;
+            if let Some(n) = note {
+                eprintln!("note: {n}");
+            }
+            Some(log)
+        }
+        false => None,
+    };
+    let bar = if quiet || !writer {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(total_steps as u64)
@@ -288,7 +350,7 @@ pub fn pretrain(
     let (mut images_seen, mut final_loss) = (0usize, f64::NAN);
     while epoch < stop_at {
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
-        let loader = epoch_loader(cfg, &train, &views, epoch, skip, device);
+        let loader = epoch_loader(cfg, &train, &views, epoch, skip, device, (world, rank));
         let epoch_start = Instant::now();
         let epoch_seconds = |sums: &EpochSums| sums.seconds + epoch_start.elapsed().as_secs_f64();
         let mut window = (Instant::now(), 0usize);
@@ -300,7 +362,7 @@ pub fn pretrain(
             };
             let lr = schedule::cosine_with_warmup(step, total_steps, warmup, cfg.lr, cfg.min_lr);
             let l = train_step(&mut model, &mut opt, &batch, &ctx, lr, cfg.seed)?;
-            let b = batch.indices.len();
+            let b = batch.indices.len() * world; // the global batch
             (sums.loss_sum, images_seen) = (sums.loss_sum + l, images_seen + b);
             window.1 += b;
             step += 1;
@@ -309,7 +371,9 @@ pub fn pretrain(
             bar.set_message(format!("loss {l:.4} lr {lr:.2e} {ips:.0} img/s"));
             bar.inc(1);
             let wall = wall_before + started.elapsed().as_secs_f64();
-            if step % log_every == 0 {
+            if let Some(log) = log.as_mut()
+                && step % log_every == 0
+            {
                 log.record(
                     &json!({"kind": "step", "epoch": epoch + 1, "step": step, "loss": l, "lr": lr,
                                    "images_per_sec": ips, "time": wall}),
@@ -317,7 +381,10 @@ pub fn pretrain(
                 window = (Instant::now(), 0);
             }
             // The epoch's end writes its own checkpoint below.
-            if step % spe != 0 && interval.due(step, Instant::now()) {
+            if let Some(log) = log.as_mut()
+                && step % spe != 0
+                && interval.due(step, Instant::now())
+            {
                 let now_sums = EpochSums {
                     seconds: epoch_seconds(&sums),
                     ..sums
@@ -338,22 +405,24 @@ pub fn pretrain(
         let mean_loss = sums.loss_sum / spe as f64;
         let ips = (spe * cfg.batch_size) as f64 / secs;
         let wall = wall_before + started.elapsed().as_secs_f64();
-        log.record(
-            &json!({"kind": "epoch", "epoch": epoch, "step": step, "loss": mean_loss,
-                           "images_per_sec": ips, "epoch_seconds": secs, "time": wall}),
-        )?;
-        log.sync()?;
-        let meta = checkpoint::Meta::new(cfg, epoch, step, wall, EpochSums::default());
-        checkpoint::save_epoch(
-            out,
-            &model.vs,
-            &opt.state_tensors(),
-            &meta,
-            cfg.keep_checkpoints,
-        )?;
+        if let Some(log) = log.as_mut() {
+            log.record(
+                &json!({"kind": "epoch", "epoch": epoch, "step": step, "loss": mean_loss,
+                               "images_per_sec": ips, "epoch_seconds": secs, "time": wall}),
+            )?;
+            log.sync()?;
+            let meta = checkpoint::Meta::new(cfg, epoch, step, wall, EpochSums::default());
+            checkpoint::save_epoch(
+                out,
+                &model.vs,
+                &opt.state_tensors(),
+                &meta,
+                cfg.keep_checkpoints,
+            )?;
+        }
         interval.saved(Instant::now());
         (skip, sums) = (0, EpochSums::default());
-        if !quiet {
+        if !quiet && writer {
             bar.println(format!(
                 "epoch {epoch}/{}: mean loss {mean_loss:.5}, {ips:.0} img/s, {secs:.1}s; checkpoint saved",
                 cfg.epochs,
@@ -362,18 +431,24 @@ pub fn pretrain(
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    if epoch == cfg.epochs {
-        save_examples(
-            model.method.as_ref(),
-            &train,
-            &out.join(EXAMPLES_FILE),
-            device,
-        )?;
+    if writer {
+        if epoch == cfg.epochs {
+            save_examples(
+                model.method.as_ref(),
+                &train,
+                &out.join(EXAMPLES_FILE),
+                device,
+            )?;
+        }
+        // The curve is a by-product: a failure to draw it does not fail the training.
+        match write_loss_plot(out, &cfg.method, &ds.name) {
+            Ok(m) => m.notes.iter().for_each(|n| eprintln!("note: {n}")),
+            Err(e) => eprintln!("warning: {e:#}"),
+        }
     }
-    // The curve is a by-product: a failure to draw it does not fail the training.
-    match write_loss_plot(out, &cfg.method, &ds.name) {
-        Ok(m) => m.notes.iter().for_each(|n| eprintln!("note: {n}")),
-        Err(e) => eprintln!("warning: {e:#}"),
+    // Every rank waits for rank 0's last writes, then all leave the group together.
+    if let Some(dp) = model.dist.take() {
+        dp.shutdown()?;
     }
     Ok(Summary {
         epochs: epoch,

@@ -1,7 +1,7 @@
 //! Run folders as units: the config of a `pretrain` invocation (new or resumed), a saved
 //! run loaded back with its data and weights, and "train unless already trained".
 
-use super::{Model, TrainOptions, checkpoint, data_info, lock::RunLock, pretrain};
+use super::{Model, TrainOptions, checkpoint, data_info, pretrain};
 use crate::config::{self, Config};
 use crate::{data, methods};
 use anyhow::{Context, Result, bail};
@@ -11,8 +11,7 @@ use tch::Device;
 /// The config of `selfsup pretrain` into `out`, checked, and a warning for each key the
 /// user set that its method does not read. A new run takes the defaults, then `file`,
 /// then `method` (which wins over the file's), then `sets`; a resumed one takes the
-/// config saved in its checkpoint (`out`'s last one, or `from`), then `sets`. Fails at
-/// once when another process is training into `out`.
+/// config saved in its checkpoint (`out`'s last one, or `from`), then `sets`.
 pub fn pretrain_config(
     method: Option<&str>,
     file: Option<&Path>,
@@ -21,7 +20,6 @@ pub fn pretrain_config(
     resume: bool,
     from: Option<&Path>,
 ) -> Result<(Config, Vec<String>)> {
-    RunLock::check_free(out)?;
     let (cfg, given) = if resume {
         if file.is_some() {
             bail!(
