@@ -226,6 +226,8 @@ impl Method for Colorization {
             losses::class_weighted_cross_entropy(&l, &bins, &weights)
         })
     }
+    /// The network on the lightness of RGB images: what evaluation feeds it.
+    #[allow(clippy::misnamed_getters)]
     fn encoder(&self) -> &Encoder {
         &self.eval_encoder
     }

@@ -47,7 +47,7 @@ pub const SPEC: MethodSpec = MethodSpec {
         "ce_adversarial",
         "ce_adv_weight",
     ]],
-    validate: validate,
+    validate,
     uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(ContextEncoder::new(p, cfg, data)?)),
 };

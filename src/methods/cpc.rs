@@ -30,7 +30,7 @@ pub const SPEC: MethodSpec = MethodSpec {
         "cpc_context_layers",
         "cpc_negatives",
     ]],
-    validate: validate,
+    validate,
     uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Cpc::new(p, cfg, data)?)),
 };

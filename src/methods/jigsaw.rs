@@ -26,7 +26,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     name: "jigsaw",
     summary: "classify which of P permutations shuffled the 9 tiles of a 3x3 grid",
     keys: &[&["tile_size", "jigsaw_permutations"]],
-    validate: validate,
+    validate,
     uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Jigsaw::new(p, cfg, data)?)),
 };

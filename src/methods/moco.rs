@@ -24,7 +24,7 @@ pub const SPEC_V1: MethodSpec = MethodSpec {
     name: "moco-v1",
     summary: "momentum key encoder and a queue of negative keys, linear head (InfoNCE)",
     keys: KEYS_V1,
-    validate: validate,
+    validate,
     uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Moco::new(p, cfg, data, false)?)),
 };
@@ -33,7 +33,7 @@ pub const SPEC_V2: MethodSpec = MethodSpec {
     name: "moco-v2",
     summary: "MoCo with an MLP head (use with blur and the cosine schedule)",
     keys: KEYS_V2,
-    validate: validate,
+    validate,
     uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Moco::new(p, cfg, data, true)?)),
 };
