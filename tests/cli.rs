@@ -927,10 +927,12 @@ fn bench_step_measures_the_default_preset_on_a_tiny_configuration() {
         out.contains("bf16: selfsup / PyTorch compute-only: compute "),
         "{out}"
     );
-    let o = selfsup(&["bench-step", "--data", &data_arg, "--steps", "0"]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("--steps must be at least 1"),
-        "{}",
-        stderr(&o)
-    );
+    for option in ["--steps", "--rounds"] {
+        let o = selfsup(&["bench-step", "--data", &data_arg, option, "0"]);
+        let e = stderr(&o);
+        assert!(
+            !o.status.success() && e.contains(&format!("{option} must be at least 1")),
+            "{e}"
+        );
+    }
 }

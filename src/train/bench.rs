@@ -280,8 +280,10 @@ pub fn measure(
     opts: &BenchOptions,
     python: Result<PathBuf>,
 ) -> Result<Vec<Row>> {
-    if opts.steps == 0 || opts.rounds == 0 {
-        bail!("--steps and --rounds must be at least 1");
+    for (option, value) in [("--steps", opts.steps), ("--rounds", opts.rounds)] {
+        if value == 0 {
+            bail!("{option} must be at least 1");
+        }
     }
     // Every setup measured once per round, the rounds one after the other: a burst of other
     // work on the machine lowers one round of each, and the best round counts.
