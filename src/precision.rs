@@ -23,14 +23,19 @@ pub fn scope(precision: Precision, device: Device) -> Result<Option<Autocast>> {
     }
 }
 
-/// The loss boundary of mixed precision: `loss` applied to `inputs` cast to float32, with
-/// autocast off, so that similarity matrices, softmax and reductions run in float32
-/// whatever precision produced the inputs. In fp32 runs the casts are no-ops.
+/// The loss boundary of mixed precision: `loss` applied to `inputs` with those in half or
+/// bfloat16 cast up to float32, with autocast off, so that similarity matrices, softmax and
+/// reductions run in float32 whatever precision produced the inputs. In fp32 runs the
+/// casts are no-ops, and float64 inputs (of float64 networks) stay float64.
 pub fn in_fp32<const N: usize>(
     inputs: [&Tensor; N],
     loss: impl FnOnce([Tensor; N]) -> Tensor,
 ) -> Tensor {
-    without_autocast(|| loss(inputs.map(|t| t.to_kind(Kind::Float))))
+    let up = |t: &Tensor| match t.kind() {
+        Kind::Half | Kind::BFloat16 => t.to_kind(Kind::Float),
+        _ => t.shallow_clone(),
+    };
+    without_autocast(|| loss(inputs.map(up)))
 }
 
 /// Runs `f` with autocast off for CPU and CUDA in this thread (inside an autocast scope, as
@@ -183,9 +188,11 @@ mod tests {
         });
         assert_eq!(inside.kind(), Kind::Float);
         assert!(inside.equal(&exact));
-        // bf16 inputs are cast up: the result is float32.
+        // bf16 inputs are cast up: the result is float32; float64 stays float64.
         let up = in_fp32([&low], |[x]| x.exp());
         assert_eq!(up.kind(), Kind::Float);
+        let wide = in_fp32([&a.to_kind(Kind::Double)], |[x]| x);
+        assert_eq!(wide.kind(), Kind::Double);
         assert!(
             autocast_enabled(Device::Cpu).unwrap(),
             "autocast is back on"
