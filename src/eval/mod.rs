@@ -173,6 +173,7 @@ pub fn score(
         num_classes,
         cfg.knn_k,
         cfg.knn_temperature,
+        cfg.precision,
     );
     Scores {
         linear_top1,
