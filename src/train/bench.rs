@@ -7,6 +7,7 @@ use super::{Model, data_info, epoch_loader, optim::Optimizer, train_step};
 use crate::config::{Config, EncoderKind, Precision};
 use crate::data::Dataset;
 use crate::methods::StepCtx;
+use crate::venv;
 use anyhow::{Context, Result, bail};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -240,23 +241,9 @@ fn torch_args(
 /// Runs the PyTorch step with `python`; (precision, images/s) of each line it prints.
 fn measure_torch(python: &Path, args: &[String]) -> Result<Vec<(Precision, f64)>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_step_torch.py");
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} {} failed: {}",
-            python.display(),
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
     let mut rows = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("unexpected output line '{line}'"))?;
+    for v in venv::run_json_lines(python, &script, args)? {
+        let line = v.to_string();
         let precision = match v["precision"].as_str() {
             Some("fp32") => Precision::Fp32,
             Some("bf16") => Precision::Bf16,
