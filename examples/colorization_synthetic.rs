@@ -99,7 +99,7 @@ fn main() -> Result<()> {
     let model = Model::build(&cfg, &train::data_info(&ds), device)?;
     checkpoint::load_into(&model.vs, &ck.model)?;
     let t = Instant::now();
-    let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg, device);
+    let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg, device)?;
     let label = format!("colorization ({} epochs, encoder on L)", ck.meta.epoch);
     println!(
         "{}",
@@ -124,12 +124,17 @@ fn main() -> Result<()> {
         eval::describe("raw RGB pixels", &ds, &rgb, t.elapsed().as_secs_f64())
     );
     let l_pixels = |split: &Arc<Split>| {
-        eval::features_with(split, 1024, device, |x| {
+        eval::features_with(split, 1024, device, cfg.precision, |x| {
             rgb_to_lab(x).narrow(1, 0, 1).flatten(1, -1) / 100.0
         })
     };
     let t = Instant::now();
-    let l = eval::score(&l_pixels(&tr), &l_pixels(&te), ds.num_classes as i64, &cfg);
+    let l = eval::score(
+        &l_pixels(&tr)?,
+        &l_pixels(&te)?,
+        ds.num_classes as i64,
+        &cfg,
+    );
     println!(
         "{}",
         eval::describe("raw L pixels", &ds, &l, t.elapsed().as_secs_f64())

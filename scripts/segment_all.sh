@@ -13,7 +13,7 @@ O=runs/seg
 BUDGET="--set epochs=3 --set train_subset=20000"
 # Every seg_* key is set: a run carries the values of its pretraining-time config.
 SEG="--set seg_data=fashion-scenes --set seg_image_size=56 --set seg_train_scenes=5000 --set seg_test_scenes=2000
- --set seg_head=linear --set seg_frozen_epochs=20 --set seg_finetune_epochs=5 --set seg_batch_size=64
+ --set seg_head=linear --set seg_frozen_epochs=20 --set seg_finetune_epochs=2 --set seg_batch_size=64
  --set seg_lr=1e-2 --set seg_weight_decay=1e-4 --set seg_encoder_lr_scale=0.1"
 METHODS="supervised autoencoder context-encoder rotation simclr moco-v2 byol"
 mkdir -p $O

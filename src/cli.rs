@@ -8,7 +8,7 @@ use crate::train::{self, run::LoadedRun};
 use crate::{augment, data, launch, methods, nets, report, venv};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tch::Device;
 
@@ -268,6 +268,28 @@ pub enum Command {
         #[arg(long)]
         python: Option<PathBuf>,
     },
+    /// Benchmark: one config's training step (default: presets/fashion-mnist-simclr.toml)
+    /// in fp32 and bf16, on random input (compute only) and through the loader with its
+    /// augmentation (end to end), next to the same step in PyTorch in the setup venv.
+    BenchStep {
+        /// The config to measure (--config, --set, --data); its `precision` is ignored: both
+        /// are measured.
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Timed steps per measurement.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Untimed steps before each measurement.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Rounds of measurements, one of each setup per round; the best round counts
+        /// (other work on the machine slows some rounds down).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Python with torch (default: the setup venv).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
     /// Print the effective config as TOML (defaults, --config file, --set overrides).
     Config {
         #[command(flatten)]
@@ -292,6 +314,9 @@ pub enum DataCommand {
         out: PathBuf,
     },
 }
+
+/// The config `bench-step` measures unless given one.
+const DEFAULT_BENCH_PRESET: &str = "presets/fashion-mnist-simclr.toml";
 
 /// Resolves `--device`.
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -519,7 +544,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 ds.require_labels()?;
                 let b = Baseline::parse(&b)?;
                 let t0 = Instant::now();
-                let (scores, _) = b.evaluate(&config, &ds, device);
+                let (scores, _) = b.evaluate(&config, &ds, device)?;
                 let secs = t0.elapsed().as_secs_f64();
                 println!("{}", eval::describe(&b.label(&config), &ds, &scores, secs));
             }
@@ -546,7 +571,15 @@ pub fn run(cli: Cli) -> Result<()> {
                             "segment --run uses the run's own config; --config and --data apply to --baseline (use --set for the seg_* keys)"
                         );
                     }
-                    segment::for_run(&run, None, &cfg.sets, &protocols, out.as_deref(), device, quiet)?
+                    segment::for_run(
+                        &run,
+                        None,
+                        &cfg.sets,
+                        &protocols,
+                        out.as_deref(),
+                        device,
+                        quiet,
+                    )?
                 }
                 (None, Some(_)) => {
                     let out = out.expect("clap requires --out with --baseline");
@@ -626,6 +659,29 @@ pub fn run(cli: Cli) -> Result<()> {
                 device
             )?
         ),
+        Command::BenchStep {
+            cfg,
+            steps,
+            warmup,
+            rounds,
+            python,
+        } => {
+            let preset = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_BENCH_PRESET);
+            let file = cfg.config.clone().unwrap_or(preset);
+            let (config, given) =
+                Config::assemble(Config::default(), Some(&file), &cfg.overrides())?;
+            warn(&methods::check_config(&config, &given)?);
+            let ds = data::load(&config)?;
+            println!("{}", train::bench::describe_step(&config, &ds, device));
+            let opts = train::bench::BenchOptions {
+                steps,
+                warmup,
+                rounds,
+            };
+            let python = python.map_or_else(venv::python, Ok);
+            let rows = train::bench::measure(&config, &ds, device, &opts, python)?;
+            print!("{}", train::bench::table(&rows));
+        }
         Command::BenchAugment { images, python } => {
             let python = python.map_or_else(venv::python, Ok);
             print!("{}", augment::bench::table(images, python)?);

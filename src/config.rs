@@ -162,6 +162,11 @@ pub struct Config {
     /// rebalancing) or `regress` (L2 on ab).
     pub colorization_loss: ColorizationLoss,
 
+    /// Arithmetic of the forward passes, in training and in evaluation: `fp32`, or `bf16`
+    /// (libtorch's autocast: convolutions and matrix products in bfloat16; weights,
+    /// optimizer state, losses and checkpoints stay float32).
+    pub precision: Precision,
+
     /// Log a line to metrics.jsonl every this many steps (more often in runs shorter than
     /// 100 x log_every steps: see `train::log_interval`).
     pub log_every: usize,
@@ -291,6 +296,7 @@ impl Default for Config {
             tile_size: 7,
             jigsaw_permutations: 100,
             colorization_loss: ColorizationLoss::Classify,
+            precision: Precision::Fp32,
             log_every: 20,
             prefetch: 4,
             checkpoint_every: CheckpointEvery::Time(Duration::from_secs(600)),
@@ -397,6 +403,15 @@ choice!(
         Center = "center",
         RandomBlocks = "random-blocks",
         RandomRegion = "random-region",
+    }
+);
+choice!(
+    /// The arithmetic of forward passes (`precision`).
+    Precision {
+        /// float32 throughout.
+        Fp32 = "fp32",
+        /// bfloat16 autocast for the forward pass; float32 weights, optimizer and losses.
+        Bf16 = "bf16",
     }
 );
 choice!(
@@ -557,8 +572,10 @@ pub const GENERAL_KEYS: &[&str] = &[
     "sync_bn",
 ];
 
-/// Keys that may change when a saved run is evaluated (`eval --run`, `report`).
+/// Keys that may change when a saved run is evaluated (`eval --run`, `report`). `precision`
+/// is read by training too; evaluation takes the run's unless told otherwise.
 pub const EVAL_KEYS: &[&str] = &[
+    "precision",
     "probe_epochs",
     "probe_lr",
     "probe_batch_size",

@@ -2,12 +2,62 @@
 //! drives only CUDA's). Inside an `Autocast` scope, ops such as matmul, linear and conv run
 //! in the lower precision and ops that need range (softmax, losses) in float.
 //!
-//! A leaf module: it uses nothing of selfsup but `native`.
+//! A run's `precision` maps to a scope (`scope`): none for fp32, bfloat16 autocast for bf16,
+//! around its forward passes; losses are computed in float32 at the loss boundary
+//! (`in_fp32`), as `torch.autocast(enabled=False)` on `.float()` inputs does in PyTorch.
+//!
+//! A leaf module: it uses nothing of selfsup but `native` and the `config` choice.
+use crate::config::Precision;
 use crate::native::{self, check};
 use anyhow::{Result, bail};
 use std::ffi::c_int;
 use std::marker::PhantomData;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
+
+/// The autocast scope of the forward passes of a run of `precision` on `device`: `None`
+/// (nothing changes) for fp32, bfloat16 autocast for bf16.
+pub fn scope(precision: Precision, device: Device) -> Result<Option<Autocast>> {
+    match precision {
+        Precision::Fp32 => Ok(None),
+        Precision::Bf16 => Autocast::enter(device, Kind::BFloat16).map(Some),
+    }
+}
+
+/// The loss boundary of mixed precision: `loss` applied to `inputs` with those in half or
+/// bfloat16 cast up to float32, with autocast off, so that similarity matrices, softmax and
+/// reductions run in float32 whatever precision produced the inputs. In fp32 runs the
+/// casts are no-ops, and float64 inputs (of float64 networks) stay float64.
+pub fn in_fp32<const N: usize>(
+    inputs: [&Tensor; N],
+    loss: impl FnOnce([Tensor; N]) -> Tensor,
+) -> Tensor {
+    let up = |t: &Tensor| match t.kind() {
+        Kind::Half | Kind::BFloat16 => t.to_kind(Kind::Float),
+        _ => t.shallow_clone(),
+    };
+    without_autocast(|| loss(inputs.map(up)))
+}
+
+/// Runs `f` with autocast off for CPU and CUDA in this thread (inside an autocast scope, as
+/// `torch.autocast(enabled=False)`); the previous state comes back afterwards, even if `f`
+/// panics.
+pub fn without_autocast<T>(f: impl FnOnce() -> T) -> T {
+    /// Restores autocast of CPU and CUDA to what it was when dropped.
+    struct Restore([c_int; 2]);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            for (device_type, prev) in [CPU, CUDA].into_iter().zip(self.0) {
+                native::selfsup_autocast_set_enabled(device_type, prev);
+            }
+        }
+    }
+    let _restore = Restore([CPU, CUDA].map(|d| native::selfsup_autocast_set_enabled(d, 0)));
+    f()
+}
+
+/// c10::DeviceType's numbers of the devices autocast runs on.
+const CPU: c_int = 0;
+const CUDA: c_int = 1;
 
 /// An autocast scope: entered by `Autocast::enter`, left (restoring the previous state and, at
 /// the outermost level, dropping the cached casts of the weights) when dropped, as
@@ -59,11 +109,10 @@ pub fn autocast_enabled(device: Device) -> Result<bool> {
     Ok(native::selfsup_autocast_is_enabled(device_type(device)?) != 0)
 }
 
-/// c10::DeviceType's numbers.
 fn device_type(device: Device) -> Result<c_int> {
     match device {
-        Device::Cpu => Ok(0),
-        Device::Cuda(_) => Ok(1),
+        Device::Cpu => Ok(CPU),
+        Device::Cuda(_) => Ok(CUDA),
         other => bail!("autocast runs on CPU or CUDA, not {other:?}"),
     }
 }
@@ -116,6 +165,48 @@ mod tests {
         assert_eq!(a.matmul(&b).kind(), Kind::BFloat16);
         drop(outer);
         assert_eq!(a.matmul(&b).kind(), Kind::Float);
+    }
+
+    #[test]
+    fn the_loss_boundary_computes_in_float32_and_autocast_resumes_after_it() {
+        let _rng = crate::torch_rng_lock();
+        tch::manual_seed(5);
+        let a = Tensor::randn([4, 64], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([64, 3], (Kind::Float, Device::Cpu));
+        let exact = a.matmul(&b);
+        let _amp = scope(Precision::Bf16, Device::Cpu).unwrap().unwrap();
+        let low = a.matmul(&b);
+        assert_eq!(low.kind(), Kind::BFloat16);
+        assert!(
+            !low.to_kind(Kind::Float).equal(&exact),
+            "bf16 differs from fp32"
+        );
+        // Inputs cast to float32 and autocast off: the float32 product, bit for bit.
+        let inside = in_fp32([&a, &b], |[a, b]| {
+            assert!(!autocast_enabled(Device::Cpu).unwrap());
+            a.matmul(&b)
+        });
+        assert_eq!(inside.kind(), Kind::Float);
+        assert!(inside.equal(&exact));
+        // bf16 inputs are cast up: the result is float32; float64 stays float64.
+        let up = in_fp32([&low], |[x]| x.exp());
+        assert_eq!(up.kind(), Kind::Float);
+        let wide = in_fp32([&a.to_kind(Kind::Double)], |[x]| x);
+        assert_eq!(wide.kind(), Kind::Double);
+        assert!(
+            autocast_enabled(Device::Cpu).unwrap(),
+            "autocast is back on"
+        );
+        assert_eq!(a.matmul(&b).kind(), Kind::BFloat16);
+    }
+
+    #[test]
+    fn fp32_has_no_scope_and_without_autocast_restores_even_after_a_panic() {
+        assert!(scope(Precision::Fp32, Device::Cpu).unwrap().is_none());
+        let _amp = scope(Precision::Bf16, Device::Cpu).unwrap().unwrap();
+        let r = std::panic::catch_unwind(|| without_autocast(|| panic!("inside")));
+        assert!(r.is_err());
+        assert!(autocast_enabled(Device::Cpu).unwrap());
     }
 
     #[test]

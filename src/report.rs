@@ -90,7 +90,7 @@ pub fn write(
     let method = model.method.as_ref();
     let t0 = Instant::now();
     // One pass of the encoder serves the scores, the neighbours and the map.
-    let features = SplitFeatures::of_method(method, ds, device);
+    let features = SplitFeatures::of_method(method, ds, device, cfg.precision)?;
     let scores = features.score(ds.num_classes as i64, cfg);
     let eval_seconds = t0.elapsed().as_secs_f64();
     let found = neighbors::write_picture(

@@ -119,8 +119,11 @@ pub fn link_atomic(src: &Path, dst: &Path) -> Result<()> {
     commit(&tmp, dst, linked)
 }
 
+/// Named tensors, in file order.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
 /// Reads all tensors and the metadata of a safetensors file.
-pub fn read_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
+pub fn read_safetensors(path: &Path) -> Result<(NamedTensors, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;

@@ -3,8 +3,9 @@
 //! linked, `<venv>/lib/pythonX.Y/site-packages/torch/lib`. Reference scripts (the
 //! torchvision and PyTorch comparisons, the export check) run with it. A leaf.
 
-use anyhow::{Result, bail};
-use std::path::PathBuf;
+use anyhow::{Context, Result, bail};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 
 /// The libtorch `lib` folder this binary was built against.
 pub const LIBTORCH_LIB: &str = env!("SELFSUP_LIBTORCH_LIB");
@@ -24,6 +25,34 @@ pub fn python() -> Result<PathBuf> {
              run scripts/setup.sh, or set SELFSUP_PYTHON"
         ),
     }
+}
+
+/// Runs `script` with `python` and `args`; the JSON object on each line it prints. A failed
+/// run is an error with the script's stderr, a line that is not JSON one naming the line.
+pub fn run_json_lines<I, S>(python: &Path, script: &Path, args: I) -> Result<Vec<serde_json::Value>>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {} failed: {}",
+            python.display(),
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).with_context(|| format!("unexpected output line '{line}'"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -886,3 +886,53 @@ fn segment_a_run_and_a_random_encoder_then_report_and_compare_them() {
         stderr(&o)
     );
 }
+
+#[test]
+fn bench_step_measures_the_default_preset_on_a_tiny_configuration() {
+    let (_tmp, data) = tiny_mnist_in_temp_dir();
+    let data_arg = format!("mnist:{}", data.display());
+    // The Fashion-MNIST SimCLR preset (the default) with a tiny net on 8x8 images.
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "bench-step",
+        "--data",
+        &data_arg,
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--set",
+        "proj_hidden_dim=16",
+        "--set",
+        "proj_dim=8",
+    ];
+    args.extend(TINY_NET);
+    let o = selfsup(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("simclr on mnist (1x8x8), cnn [4, 8] pool 3, batch 32"),
+        "{out}"
+    );
+    for row in [
+        "selfsup  fp32",
+        "selfsup  bf16",
+        "PyTorch  fp32",
+        "PyTorch  bf16",
+    ] {
+        assert!(out.contains(row), "{row}: {out}");
+    }
+    assert!(
+        out.contains("bf16: selfsup / PyTorch compute-only: compute "),
+        "{out}"
+    );
+    for option in ["--steps", "--rounds"] {
+        let o = selfsup(&["bench-step", "--data", &data_arg, option, "0"]);
+        let e = stderr(&o);
+        assert!(
+            !o.status.success() && e.contains(&format!("{option} must be at least 1")),
+            "{e}"
+        );
+    }
+}

@@ -34,6 +34,18 @@ fn run_args(data: &Path, epochs: usize) -> Vec<String> {
 /// `selfsup [launch --nproc-per-node N --] pretrain --quiet --out RUN` (with the run's
 /// `--set`s, or `--resume`), with `SELFSUP_FAULT` armed when `fault` is given.
 fn pretrain(nproc: usize, run: &Path, data: &Path, resume: bool, fault: Option<&str>) -> Output {
+    pretrain_with(nproc, run, data, resume, fault, &[])
+}
+
+/// `pretrain` with the run's `--set`s followed by `sets` (`key=value`).
+fn pretrain_with(
+    nproc: usize,
+    run: &Path,
+    data: &Path,
+    resume: bool,
+    fault: Option<&str>,
+    sets: &[&str],
+) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_selfsup"));
     c.args(["--device", "cpu"]);
     if nproc > 1 {
@@ -44,6 +56,7 @@ fn pretrain(nproc: usize, run: &Path, data: &Path, resume: bool, fault: Option<&
         true => c.arg("--resume"),
         false => c.args(run_args(data, 2)),
     };
+    c.args(sets.iter().flat_map(|s| ["--set", s]));
     c.env("RAYON_NUM_THREADS", "1")
         .env("OMP_NUM_THREADS", "1")
         .env_remove(selfsup::faults::ENV);
@@ -60,12 +73,18 @@ fn succeeded(o: &Output, what: &str) {
 /// The largest relative difference max|a - b| / max|b| of a tensor of two checkpoints
 /// (model and optimizer state), with its name; the step counts must be equal.
 fn checkpoint_difference(a: &Path, b: &Path) -> (f64, String) {
+    checkpoint_difference_in(a, b, true)
+}
+
+/// `checkpoint_difference` of the model's tensors, and of the optimizer's with `optim`.
+fn checkpoint_difference_in(a: &Path, b: &Path, optim: bool) -> (f64, String) {
     let (a, b) = (checkpoint::load(a).unwrap(), checkpoint::load(b).unwrap());
     assert_eq!((a.meta.epoch, a.meta.step), (b.meta.epoch, b.meta.step));
-    let (ta, tb) = (
-        a.model.iter().chain(&a.optim),
-        b.model.iter().chain(&b.optim),
-    );
+    let (oa, ob) = match optim {
+        true => (&a.optim[..], &b.optim[..]),
+        false => (&[][..], &[][..]),
+    };
+    let (ta, tb) = (a.model.iter().chain(oa), b.model.iter().chain(ob));
     let mut worst = (0.0, String::new());
     for ((ka, x), (kb, y)) in ta.zip(tb) {
         assert_eq!(ka, kb);
@@ -144,6 +163,37 @@ fn launch_equals_one_process_and_resumes_on_another_number_of_processes() {
     succeeded(&pretrain(1, &run, &data, true, None), "resume on 1 process");
     assert_close(&one, &run, "2 ranks to step 2, then 1 process");
 }
+
+#[test]
+fn bf16_runs_train_on_2_ranks_as_in_1_process() {
+    // Autocast wraps the data-parallel forward pass: SimCLR's gathered negatives and
+    // SyncBatchNorm, MoCo v2's shuffled BatchNorm across ranks, in bfloat16. Rounding
+    // differs with the split of the batch, so the two runs agree to bf16's precision only,
+    // and both differ from the float32 run by more than float32's rounding.
+    let (tmp, data) = tiny_mnist_in_temp_dir();
+    for method in ["simclr", "moco-v2"] {
+        let m = format!("method=\"{method}\"");
+        let run = |nproc: usize, precision: &str| {
+            let out = tmp.path().join(format!("{method}-{nproc}-{precision}"));
+            let p = format!("precision=\"{precision}\"");
+            let o = pretrain_with(nproc, &out, &data, false, None, &[&m, &p]);
+            succeeded(&o, &format!("{method}, {nproc} processes, {precision}"));
+            out
+        };
+        let (fp32, one, two) = (run(1, "fp32"), run(1, "bf16"), run(2, "bf16"));
+        let models = |a: &Path, b: &Path| checkpoint_difference_in(a, b, false);
+        let ((d, at), (d32, at32)) = (models(&one, &two), models(&fp32, &two));
+        println!("{method} bf16, 2 ranks vs 1 process: {d:.2e} (in {at}); vs fp32 {d32:.2e}");
+        assert!(d < BF16_TOLERANCE, "{method}: {d:.3e} in {at}");
+        assert!(
+            d32 > FLOAT32_TOLERANCE,
+            "{method}: bf16 = fp32 ({d32:.3e} in {at32})"
+        );
+    }
+}
+
+/// Of the models of two bf16 runs of 8 steps that differ in rounding only (see above).
+const BF16_TOLERANCE: f64 = 1e-1;
 
 #[test]
 fn a_global_batch_that_does_not_split_is_a_clear_error() {

@@ -148,7 +148,9 @@ fn every_method_exports_what_its_evaluation_sees() {
         let model = train::Model::build(&cfg, &info, Device::Cpu).unwrap();
         let encoder = model.method.encoder();
         warm_up_batchnorm(encoder, [8, 3, 8, 8]);
-        let (features, _) = eval::method_features(model.method.as_ref(), &split, 4, Device::Cpu);
+        let (features, _) =
+            eval::method_features(model.method.as_ref(), &split, 4, Device::Cpu, cfg.precision)
+                .unwrap();
         pairs.push(export_pair(
             dir.path(),
             spec.name,

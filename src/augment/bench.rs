@@ -100,28 +100,17 @@ pub fn torchvision_throughput(
     threads: &[usize],
     shapes: &[Shape],
 ) -> Result<Vec<Row>> {
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .arg("--images")
-        .arg(images.to_string())
-        .arg("--threads")
-        .args(threads.iter().map(|t| t.to_string()))
-        .arg("--shapes")
-        .args(shapes.iter().map(Shape::arg))
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} {} failed: {}",
-            python.display(),
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let mut args = vec![
+        "--images".to_string(),
+        images.to_string(),
+        "--threads".into(),
+    ];
+    args.extend(threads.iter().map(|t| t.to_string()));
+    args.push("--shapes".into());
+    args.extend(shapes.iter().map(Shape::arg));
     let mut rows = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("unexpected output line '{line}'"))?;
+    for v in crate::venv::run_json_lines(python, script, &args)? {
+        let line = v.to_string();
         let get = |k: &str| {
             v[k].as_f64()
                 .with_context(|| format!("no '{k}' in '{line}'"))

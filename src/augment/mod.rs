@@ -268,10 +268,10 @@ impl Views {
                 if !(0.0..=1.0).contains(&probs) {
                     anyhow::bail!("probability {probs} of {op:?} is not in [0, 1]");
                 }
-                if let Op::GaussianBlur { sigma, .. } = op {
-                    if !(0.0 < sigma.0 && sigma.0 <= sigma.1) {
-                        anyhow::bail!("blur sigma range {sigma:?} must be positive and ordered");
-                    }
+                if let Op::GaussianBlur { sigma, .. } = op
+                    && !(0.0 < sigma.0 && sigma.0 <= sigma.1)
+                {
+                    anyhow::bail!("blur sigma range {sigma:?} must be positive and ordered");
                 }
             }
         }

@@ -5,6 +5,7 @@ use super::{Scores, evaluate_encoder, pixel_features, score};
 use crate::config::Config;
 use crate::data::Dataset;
 use crate::nets;
+use anyhow::Result;
 use std::sync::Arc;
 use tch::Device;
 
@@ -35,24 +36,25 @@ impl Baseline {
         }
     }
 
-    /// Its scores on `ds` and its number of parameters.
-    pub fn evaluate(self, cfg: &Config, ds: &Dataset, device: Device) -> (Scores, i64) {
+    /// Its scores on `ds` and its number of parameters. The random encoder runs in
+    /// `cfg.precision`, as the runs it is compared with.
+    pub fn evaluate(self, cfg: &Config, ds: &Dataset, device: Device) -> Result<(Scores, i64)> {
         match self {
             Baseline::Raw => {
                 let (tr, te) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
                 let train = pixel_features(&tr, device);
                 let test = pixel_features(&te, device);
-                (score(&train, &test, ds.num_classes as i64, cfg), 0)
+                Ok((score(&train, &test, ds.num_classes as i64, cfg), 0))
             }
             Baseline::Random => {
                 tch::manual_seed(cfg.seed as i64);
                 let vs = tch::nn::VarStore::new(device);
                 let enc =
                     nets::build_encoder(&(vs.root() / "encoder"), cfg, ds.train.shape[0] as i64);
-                (
-                    evaluate_encoder(&enc, ds, cfg, device),
+                Ok((
+                    evaluate_encoder(&enc, ds, cfg, device)?,
                     nets::parameter_count(&vs, "encoder."),
-                )
+                ))
             }
         }
     }

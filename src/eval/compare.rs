@@ -122,7 +122,7 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
         let ds = data::load(&first)?;
         ds.require_labels()?;
         for &b in &plan.baselines {
-            let (scores, parameters) = b.evaluate(&first, &ds, device);
+            let (scores, parameters) = b.evaluate(&first, &ds, device)?;
             let seg = match b {
                 _ if !plan.segmentation => None,
                 Baseline::Raw => Some(SegCells::default()),
@@ -147,7 +147,7 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
         let run = LoadedRun::load(dir, None, &eval_sets, device)?;
         run.ds.require_labels()?;
         eprintln!("compare: evaluating {} ({})", run.cfg.method, dir.display());
-        let scores = super::evaluate_method(run.model.method.as_ref(), &run.ds, &run.cfg, device);
+        let scores = super::evaluate_method(run.model.method.as_ref(), &run.ds, &run.cfg, device)?;
         let mut row = Row {
             method: run.cfg.method.clone(),
             scores,

@@ -67,7 +67,8 @@ pub fn for_run(
     if data.is_empty() {
         bail!("the {split} split of {} is empty", r.ds.name);
     }
-    let (f, l) = super::method_features(r.model.method.as_ref(), &data, 512, device);
+    let (f, l) =
+        super::method_features(r.model.method.as_ref(), &data, 512, device, r.cfg.precision)?;
     let (fp, lp) = write_embeddings(out, split, &f, &l)?;
     Ok(format!(
         "wrote {} x {} embeddings to {} and labels to {}",

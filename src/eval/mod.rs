@@ -10,10 +10,11 @@ pub mod neighbors;
 pub mod segment;
 pub mod tsne;
 
-use crate::config::Config;
+use crate::config::{Config, Precision};
 use crate::data::{Dataset, Loader, Split};
 use crate::methods::Method;
 use crate::nets::Encoder;
+use crate::precision;
 use crate::train::checkpoint;
 use crate::train::run::LoadedRun;
 use anyhow::{Context, Result};
@@ -24,24 +25,42 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// Features of every image of `split`, in order: `[N, D]` on `device`. The encoder runs in
-/// evaluation mode (BatchNorm uses its running statistics) without gradients.
+/// Features of every image of `split`, in order: `[N, D]` float32 on `device`. The encoder
+/// runs in evaluation mode (BatchNorm uses its running statistics) without gradients, its
+/// forward pass in `precision` (a run's own: what it was trained in).
 pub fn encoder_features(
     encoder: &Encoder,
     split: &Arc<Split>,
     batch_size: usize,
     device: Device,
-) -> (Tensor, Tensor) {
-    features_with(split, batch_size, device, |x| encoder.forward_t(x, false))
+    precision: Precision,
+) -> Result<(Tensor, Tensor)> {
+    features_with(split, batch_size, device, precision, |x| {
+        encoder.forward_t(x, false)
+    })
 }
 
 /// Raw pixels in [0, 1] as features: `[N, C*H*W]`.
 pub fn pixel_features(split: &Arc<Split>, device: Device) -> (Tensor, Tensor) {
-    features_with(split, 1024, device, |x| x.flatten(1, -1))
+    collect_features(split, 1024, device, |x| x.flatten(1, -1))
 }
 
-/// Runs `f` over the split in order; returns (features `[N, D]`, labels `[N]`).
+/// Runs `f` over the split in order, in `precision`; returns (features `[N, D]` float32,
+/// labels `[N]`).
 pub fn features_with(
+    split: &Arc<Split>,
+    batch_size: usize,
+    device: Device,
+    precision: Precision,
+    f: impl Fn(&Tensor) -> Tensor,
+) -> Result<(Tensor, Tensor)> {
+    // One scope for all batches: the weights are cast to the lower precision once.
+    let _autocast = precision::scope(precision, device)?;
+    Ok(collect_features(split, batch_size, device, f))
+}
+
+/// Runs `f` over the split in order, without gradients; (features `[N, D]` float32, labels `[N]`).
+fn collect_features(
     split: &Arc<Split>,
     batch_size: usize,
     device: Device,
@@ -121,7 +140,7 @@ pub fn for_run(
     let r = LoadedRun::load(dir, checkpoint, sets, device)?;
     r.ds.require_labels()?;
     let t0 = Instant::now();
-    let scores = evaluate_method(r.model.method.as_ref(), &r.ds, &r.cfg, device);
+    let scores = evaluate_method(r.model.method.as_ref(), &r.ds, &r.cfg, device)?;
     let secs = t0.elapsed().as_secs_f64();
     let json = run_json(&r.cfg, &r.meta, r.encoder_parameters(), &scores);
     let p = r.output(dir, EVAL_FILE);
@@ -154,6 +173,7 @@ pub fn score(
         num_classes,
         cfg.knn_k,
         cfg.knn_temperature,
+        cfg.precision,
     );
     Scores {
         linear_top1,
@@ -163,13 +183,24 @@ pub fn score(
     }
 }
 
-/// Extracts encoder features for both splits of `ds` and scores them.
-pub fn evaluate_encoder(encoder: &Encoder, ds: &Dataset, cfg: &Config, device: Device) -> Scores {
-    evaluate_with(ds, cfg, device, |x| encoder.forward_t(x, false))
+/// Extracts encoder features for both splits of `ds` (in `cfg.precision`) and scores them.
+pub fn evaluate_encoder(
+    encoder: &Encoder,
+    ds: &Dataset,
+    cfg: &Config,
+    device: Device,
+) -> Result<Scores> {
+    let f = split_features_with(ds, device, cfg.precision, |x| encoder.forward_t(x, false))?;
+    Ok(f.score(ds.num_classes as i64, cfg))
 }
 
 /// Scores what a pretrained method offers: its frozen encoder (`Method::encoder`).
-pub fn evaluate_method(method: &dyn Method, ds: &Dataset, cfg: &Config, device: Device) -> Scores {
+pub fn evaluate_method(
+    method: &dyn Method,
+    ds: &Dataset,
+    cfg: &Config,
+    device: Device,
+) -> Result<Scores> {
     evaluate_encoder(method.encoder(), ds, cfg, device)
 }
 
@@ -179,31 +210,24 @@ pub fn method_features(
     split: &Arc<Split>,
     batch_size: usize,
     device: Device,
-) -> (Tensor, Tensor) {
-    encoder_features(method.encoder(), split, batch_size, device)
+    precision: Precision,
+) -> Result<(Tensor, Tensor)> {
+    encoder_features(method.encoder(), split, batch_size, device, precision)
 }
 
-/// (features, labels) of the train and of the test split of `ds` under `f` (batches of 512).
+/// (features, labels) of the train and of the test split of `ds` under `f` in `precision`
+/// (batches of 512).
 fn split_features_with(
     ds: &Dataset,
     device: Device,
+    precision: Precision,
     f: impl Fn(&Tensor) -> Tensor,
-) -> SplitFeatures {
+) -> Result<SplitFeatures> {
     let (train, test) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
-    SplitFeatures {
-        train: features_with(&train, 512, device, &f),
-        test: features_with(&test, 512, device, &f),
-    }
-}
-
-/// Features `f` of both splits of `ds`, scored.
-fn evaluate_with(
-    ds: &Dataset,
-    cfg: &Config,
-    device: Device,
-    f: impl Fn(&Tensor) -> Tensor,
-) -> Scores {
-    split_features_with(ds, device, f).score(ds.num_classes as i64, cfg)
+    Ok(SplitFeatures {
+        train: features_with(&train, 512, device, precision, &f)?,
+        test: features_with(&test, 512, device, precision, &f)?,
+    })
 }
 
 /// (features `[N, D]`, labels `[N]`) of both splits of a data set.
@@ -213,10 +237,17 @@ pub struct SplitFeatures {
 }
 
 impl SplitFeatures {
-    /// What a method's evaluation sees of both splits of `ds` (as `evaluate_method` scores
-    /// them), to score and draw from the same features.
-    pub fn of_method(method: &dyn Method, ds: &Dataset, device: Device) -> SplitFeatures {
-        split_features_with(ds, device, |x| method.encoder().forward_t(x, false))
+    /// What a method's evaluation sees of both splits of `ds` in `precision` (as
+    /// `evaluate_method` scores them), to score and draw from the same features.
+    pub fn of_method(
+        method: &dyn Method,
+        ds: &Dataset,
+        device: Device,
+        precision: Precision,
+    ) -> Result<SplitFeatures> {
+        split_features_with(ds, device, precision, |x| {
+            method.encoder().forward_t(x, false)
+        })
     }
 
     /// Linear probe and kNN, as [`score`].
@@ -238,6 +269,43 @@ pub fn topk_accuracy(scores: &Tensor, labels: &Tensor, k: i64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_features_are_float32_close_to_fp32_and_score_alike() {
+        let _rng = crate::torch_rng_lock();
+        let ds = crate::train::tests::tiny_dataset();
+        let cfg = crate::train::tests::tiny_config("autoencoder");
+        tch::manual_seed(0);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let enc = crate::nets::build_encoder(&(vs.root() / "encoder"), &cfg, 1);
+        let split = Arc::new(ds.test.clone());
+        let feats = |p| encoder_features(&enc, &split, 16, Device::Cpu, p).unwrap();
+        let ((f32s, l32), (bf16s, lbf)) = (feats(Precision::Fp32), feats(Precision::Bf16));
+        assert_eq!(bf16s.kind(), Kind::Float);
+        assert!(l32.equal(&lbf));
+        assert_eq!(f32s.size(), bf16s.size());
+        // bf16 keeps 8 bits of mantissa: close to the fp32 features, but not them.
+        let rel = ((&bf16s - &f32s).norm().double_value(&[]) / f32s.norm().double_value(&[])).abs();
+        assert!(rel > 0.0 && rel < 0.02, "relative difference {rel}");
+        // The whole evaluation runs in either precision; on these separable squares both
+        // score (nearly) alike.
+        let score = |precision| {
+            let c = Config {
+                precision,
+                ..cfg.clone()
+            };
+            evaluate_encoder(&enc, &ds, &c, Device::Cpu).unwrap()
+        };
+        let (a, b) = (score(Precision::Fp32), score(Precision::Bf16));
+        assert!(
+            (a.knn_top1 - b.knn_top1).abs() <= 1.0 / 32.0 + 1e-9,
+            "{a:?} {b:?}"
+        );
+        assert!(
+            (a.linear_top1 - b.linear_top1).abs() <= 1.0 / 32.0 + 1e-9,
+            "{a:?} {b:?}"
+        );
+    }
 
     #[test]
     fn topk_accuracy_counts_hits() {

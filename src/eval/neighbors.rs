@@ -162,7 +162,8 @@ pub fn for_run(
     }
     let r = LoadedRun::load(dir, checkpoint, &[], device)?;
     r.ds.require_labels()?;
-    let f = super::SplitFeatures::of_method(r.model.method.as_ref(), &r.ds, device);
+    let f =
+        super::SplitFeatures::of_method(r.model.method.as_ref(), &r.ds, device, r.cfg.precision)?;
     let out = out.unwrap_or_else(|| r.output(dir, FILE_NAME));
     let (train, test) = (&r.ds.train, &r.ds.test);
     let found = write_picture(train, test, &f.train.0, &f.test.0, queries, k, seed, &out)?;

@@ -4,8 +4,8 @@
 
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::Config;
-use crate::losses;
 use crate::nets::{self, Decoder, Encoder};
+use crate::{losses, precision};
 use anyhow::Result;
 use tch::{Tensor, nn};
 
@@ -51,7 +51,7 @@ impl Method for Autoencoder {
         };
         let z = self.encoder.forward_t(&input, true); // [B, D]
         let recon = self.decoder.forward_t(&z, true); // [B, C, H, W]
-        losses::mse(&recon, images)
+        precision::in_fp32([&recon, images], |[r, x]| losses::mse(&r, &x))
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

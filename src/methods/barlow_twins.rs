@@ -10,8 +10,8 @@ use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
 use crate::config::{Config, check};
 use crate::dist::current as dist;
-use crate::losses;
 use crate::nets::{self, Encoder, MlpNorm};
+use crate::{losses, precision};
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -47,16 +47,19 @@ pub fn expander(p: &nn::Path, cfg: &Config, input: i64) -> nn::SequentialT {
     nets::mlp(p, &dims, MlpNorm::Hidden)
 }
 
-/// The projections of the two views of this rank's images, gathered from every rank:
-/// 2 x `[W B, proj_dim]`, with gradients back to each rank's rows.
-pub fn global_projections(
-    encoder: &Encoder,
-    projector: &nn::SequentialT,
-    images: &Tensor,
-) -> (Tensor, Tensor) {
+/// The projections of the two views of this rank's images: 2 x `[B, proj_dim]`.
+pub fn projections(encoder: &Encoder, projector: &nn::SequentialT, images: &Tensor) -> [Tensor; 2] {
     let h = encoder.forward_t(images, true); // [2B, D]
     let z = projector.forward_t(&h, true).chunk(2, 0); // 2 x [B, proj_dim]
-    (dist::all_gather(&z[0]), dist::all_gather(&z[1]))
+    [z[0].shallow_clone(), z[1].shallow_clone()]
+}
+
+/// `loss` of the projections `z` of the global batch, gathered from every rank (with
+/// gradients back to each rank's rows), in float32 whatever the training precision.
+pub fn global_loss(z: [Tensor; 2], loss: impl FnOnce(&Tensor, &Tensor) -> Tensor) -> Tensor {
+    precision::in_fp32([&z[0], &z[1]], |[z1, z2]| {
+        loss(&dist::all_gather(&z1), &dist::all_gather(&z2)) // [W B, proj_dim] each
+    })
 }
 
 pub struct BarlowTwins {
@@ -82,8 +85,8 @@ impl Method for BarlowTwins {
     /// Every rank computes the loss of the whole global batch; the gather sums each rank's
     /// gradient into its rows and the all-reduce averages, which gives the global gradient.
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
-        let (z1, z2) = global_projections(&self.encoder, &self.projector, images);
-        losses::barlow_twins(&z1, &z2, self.lambda)
+        let z = projections(&self.encoder, &self.projector, images);
+        global_loss(z, |z1, z2| losses::barlow_twins(z1, z2, self.lambda))
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

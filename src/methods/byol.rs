@@ -9,9 +9,9 @@
 use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::{Op, Views};
 use crate::config::Config;
-use crate::losses;
 use crate::nets::{Encoder, MlpNorm, momentum::OnlineTarget};
 use crate::schedule::cosine_momentum;
+use crate::{losses, precision};
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -78,7 +78,9 @@ impl Method for Byol {
         let (p1, p2) = (self.nets.online(&x[0]), self.nets.online(&x[1])); // [B, dim] each
         let (z1, z2) = (self.nets.target(&x[0]), self.nets.target(&x[1]));
         // 2 - 2 cos = 2 + 2 * negative_cosine, for (p1, z2') and (p2, z1')
-        (losses::negative_cosine(&p1, &z2) + losses::negative_cosine(&p2, &z1)) * 2.0 + 4.0
+        precision::in_fp32([&p1, &z2, &p2, &z1], |[p1, z2, p2, z1]| {
+            (losses::negative_cosine(&p1, &z2) + losses::negative_cosine(&p2, &z1)) * 2.0 + 4.0
+        })
     }
     fn after_step(&mut self, ctx: &StepCtx) {
         self.nets

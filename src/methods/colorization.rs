@@ -19,9 +19,9 @@
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::{ColorizationLoss, Config};
 use crate::dist::current as dist;
-use crate::losses;
 use crate::nets::lab::{lab_to_rgb, rgb_to_lab};
 use crate::nets::{self, Decoder, Encoder, EncoderInput};
+use crate::{losses, precision};
 use anyhow::{Result, bail};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
@@ -206,7 +206,8 @@ impl Method for Colorization {
         let l = lab.narrow(1, 0, 1) / 100.0; // [B, 1, H, W]
         let out = self.forward(&l, true);
         if !self.classify {
-            return losses::mse(&out, &(lab.narrow(1, 1, 2) / 110.0));
+            let ab = lab.narrow(1, 1, 2) / 110.0; // [B, 2, H, W]
+            return precision::in_fp32([&out, &ab], |[out, ab]| losses::mse(&out, &ab));
         }
         let q = self.centres.size()[0];
         let bins = self.bins(&lab).flatten(0, -1); // [B*H*W]
@@ -221,8 +222,12 @@ impl Method for Colorization {
             rebalancing_weights(&self.counts, &self.smooth)
         });
         let logits = out.permute([0, 2, 3, 1]).reshape([-1, q]); // [B*H*W, Q]
-        losses::class_weighted_cross_entropy(&logits, &bins, &weights)
+        precision::in_fp32([&logits], |[l]| {
+            losses::class_weighted_cross_entropy(&l, &bins, &weights)
+        })
     }
+    /// The network on the lightness of RGB images: what evaluation feeds it.
+    #[allow(clippy::misnamed_getters)]
     fn encoder(&self) -> &Encoder {
         &self.eval_encoder
     }

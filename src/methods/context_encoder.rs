@@ -29,8 +29,8 @@
 
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::{CeMask, Config, check};
-use crate::losses;
 use crate::nets::{self, Decoder, Encoder};
+use crate::{losses, precision};
 use anyhow::{Result, bail};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -47,7 +47,7 @@ pub const SPEC: MethodSpec = MethodSpec {
         "ce_adversarial",
         "ce_adv_weight",
     ]],
-    validate: validate,
+    validate,
     uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(ContextEncoder::new(p, cfg, data)?)),
 };
@@ -184,17 +184,20 @@ impl Method for ContextEncoder {
         let z = self.encoder.forward_t(&input, true); // [B, D]
         let pred = self.decoder.forward_t(&z, true); // [B, C, H, W]
         let weights = overlap_weights(&mask, self.overlap, self.overlap_weight);
-        let rec = losses::weighted_mse(&pred, images, &weights);
+        let rec = precision::in_fp32([&pred, images, &weights], |[p, x, w]| {
+            losses::weighted_mse(&p, &x, &w)
+        });
         let Some(d) = &self.discriminator else {
             return rec;
+        };
+        let bce = |logits: &Tensor, target| {
+            precision::in_fp32([logits], |[l]| losses::bce_with_logits(&l, target))
         };
         let lambda = self.adv_weight;
         let fake = images * (mask.ones_like() - &mask) + &pred * &mask; // completed images
         let d_fake_detached = d.forward(&fake.detach()); // [B, 1]
-        let d_loss = losses::bce_with_logits(&d.forward(images), 1.0)
-            + losses::bce_with_logits(&d_fake_detached, 0.0);
-        let g_adv = losses::bce_with_logits(&d.forward(&fake), 1.0)
-            - losses::bce_with_logits(&d_fake_detached, 1.0);
+        let d_loss = bce(&d.forward(images), 1.0) + bce(&d_fake_detached, 0.0);
+        let g_adv = bce(&d.forward(&fake), 1.0) - bce(&d_fake_detached, 1.0);
         rec * (1.0 - lambda) + g_adv * lambda + d_loss
     }
     fn encoder(&self) -> &Encoder {

@@ -13,8 +13,8 @@
 
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::{Config, CpcContext, check};
-use crate::losses;
 use crate::nets::{self, Encoder, EncoderInput};
+use crate::{losses, precision};
 use anyhow::{Result, bail};
 use tch::nn::{self, Module, RNN};
 use tch::{Kind, Tensor};
@@ -30,7 +30,7 @@ pub const SPEC: MethodSpec = MethodSpec {
         "cpc_context_layers",
         "cpc_negatives",
     ]],
-    validate: validate,
+    validate,
     uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Cpc::new(p, cfg, data)?)),
 };
@@ -195,7 +195,9 @@ impl Method for Cpc {
             let own = Tensor::arange(n, (Kind::Int64, images.device()))
                 .unsqueeze(1)
                 .eq_tensor(&idx.unsqueeze(0)); // [N, M]
-            total += losses::info_nce(&q, &target, &negs, 1.0, Some(&own));
+            total += precision::in_fp32([&q, &target, &negs], |[q, target, negs]| {
+                losses::info_nce(&q, &target, &negs, 1.0, Some(&own))
+            });
         }
         total / self.predictors.len() as f64
     }

@@ -12,7 +12,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     name: "denoising-autoencoder",
     summary: "reconstruct the clean image from a noisy one (gaussian or masking noise)",
     keys: &[&["decoder_widths", "noise", "noise_std", "mask_ratio"]],
-    validate: validate,
+    validate,
     uses_labels: false,
     build: |p, cfg, data| {
         Ok(Box::new(Autoencoder::new(

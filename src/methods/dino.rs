@@ -18,6 +18,7 @@ use crate::config::{Config, check};
 use crate::dist::current as dist;
 use crate::losses::{self, l2_normalize};
 use crate::nets::{self, Encoder, momentum::MomentumPairs};
+use crate::precision;
 use crate::schedule::{cosine_momentum, linear_ramp};
 use anyhow::Result;
 use std::sync::Arc;
@@ -155,22 +156,20 @@ impl Method for Dino {
             .map(|g| self.encoder.forward_t(g, true))
             .collect();
         let v = self.views.pipelines.len() as i64;
-        let student = self.head.forward(&Tensor::cat(&h, 0)).chunk(v, 0); // V x [B, K]
+        let student = self.head.forward(&Tensor::cat(&h, 0)); // [V B, K]
         let teacher = tch::no_grad(|| {
             let h = self.teacher_encoder.forward_t(&groups[0], true);
             self.teacher_head.forward(&h) // [2B, K]
         });
-        let global = dist::all_gather(&teacher); // [W 2B, K]
-        self.batch_center = Some(global.mean_dim(&[0i64][..], true, global.kind()));
         let [warm, temp] = self.teacher_temp;
         let t = linear_ramp(ctx.epoch, self.warmup_epochs, warm, temp);
-        losses::dino(
-            &student,
-            &teacher.chunk(2, 0),
-            &self.center,
-            self.student_temp,
-            t,
-        )
+        // Softmaxes, centre and loss in float32 whatever the training precision.
+        precision::in_fp32([&student, &teacher], |[student, teacher]| {
+            let global = dist::all_gather(&teacher); // [W 2B, K]
+            self.batch_center = Some(global.mean_dim(&[0i64][..], true, global.kind()));
+            let (student, teacher) = (student.chunk(v, 0), teacher.chunk(2, 0)); // V, 2 x [B, K]
+            losses::dino(&student, &teacher, &self.center, self.student_temp, t)
+        })
     }
     fn after_step(&mut self, ctx: &StepCtx) {
         self.pairs

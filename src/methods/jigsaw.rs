@@ -16,8 +16,8 @@
 use super::patches::{TileClassifier, TileGrid};
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::{Config, check};
-use crate::losses;
 use crate::nets::{self, Encoder};
+use crate::{losses, precision};
 use anyhow::Result;
 use tch::nn;
 use tch::{Kind, Tensor};
@@ -26,7 +26,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     name: "jigsaw",
     summary: "classify which of P permutations shuffled the 9 tiles of a 3x3 grid",
     keys: &[&["tile_size", "jigsaw_permutations"]],
-    validate: validate,
+    validate,
     uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Jigsaw::new(p, cfg, data)?)),
 };
@@ -119,7 +119,7 @@ impl Method for Jigsaw {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
         let (tiles, labels) = self.puzzles(images); // [B, 9, C, T, T], [B]
         let logits = self.head.forward(&self.encoder, &tiles); // [B, P]
-        losses::cross_entropy(&logits, &labels)
+        precision::in_fp32([&logits], |[l]| losses::cross_entropy(&l, &labels))
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

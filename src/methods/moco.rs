@@ -13,8 +13,8 @@ use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
 use crate::config::{Config, check};
 use crate::dist::current as dist;
-use crate::losses;
 use crate::nets::{self, Encoder, MlpNorm, momentum::MomentumPairs};
+use crate::{losses, precision};
 use anyhow::{Result, bail};
 use std::sync::Arc;
 use tch::nn::{self, ModuleT};
@@ -24,7 +24,7 @@ pub const SPEC_V1: MethodSpec = MethodSpec {
     name: "moco-v1",
     summary: "momentum key encoder and a queue of negative keys, linear head (InfoNCE)",
     keys: KEYS_V1,
-    validate: validate,
+    validate,
     uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Moco::new(p, cfg, data, false)?)),
 };
@@ -33,7 +33,7 @@ pub const SPEC_V2: MethodSpec = MethodSpec {
     name: "moco-v2",
     summary: "MoCo with an MLP head (use with blur and the cosine schedule)",
     keys: KEYS_V2,
-    validate: validate,
+    validate,
     uses_labels: false,
     build: |p, cfg, data| Ok(Box::new(Moco::new(p, cfg, data, true)?)),
 };
@@ -149,15 +149,19 @@ impl Method for Moco {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
         let x = images.chunk(2, 0); // 2 x [B, C, H, W]
         let q_net = |t: &Tensor| self.head.forward_t(&self.encoder.forward_t(t, true), true);
-        let q = losses::l2_normalize(&nets::split_bn_forward(q_net, &x[0], self.groups, false)); // [B, dim]
+        let q = nets::split_bn_forward(q_net, &x[0], self.groups, false); // [B, dim]
         let k = tch::no_grad(|| {
             let k_net = |t: &Tensor| {
                 self.key_head
                     .forward_t(&self.key_encoder.forward_t(t, true), true)
             };
-            losses::l2_normalize(&nets::split_bn_forward(k_net, &x[1], self.groups, true)) // [B, dim]
+            let k = nets::split_bn_forward(k_net, &x[1], self.groups, true); // [B, dim]
+            precision::in_fp32([&k], |[k]| losses::l2_normalize(&k))
         });
-        let loss = losses::info_nce(&q, &k, &self.queue.detach(), self.temperature, None);
+        let (queue, t) = (self.queue.detach(), self.temperature);
+        let loss = precision::in_fp32([&q, &k, &queue], |[q, k, queue]| {
+            losses::info_nce(&losses::l2_normalize(&q), &k, &queue, t, None)
+        });
         // Every rank enqueues the keys of the whole global batch: the queues stay equal.
         self.pending_keys = Some(dist::all_gather(&k)); // [W B, dim]
         loss

@@ -8,9 +8,9 @@ use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
 use crate::config::Config;
 use crate::dist::current as dist;
-use crate::losses;
 use crate::nets::{Encoder, MlpNorm, momentum::OnlineTarget};
 use crate::schedule::cosine_momentum;
+use crate::{losses, precision};
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -61,11 +61,14 @@ impl Method for MocoV3 {
         let (q1, q2) = (self.nets.online(&x[0]), self.nets.online(&x[1])); // [B, dim] each
         let (k1, k2) = (self.nets.target(&x[0]), self.nets.target(&x[1]));
         // Keys of the global batch from every rank; this rank's queries are its rows.
-        let (k1, k2) = (dist::all_gather(&k1), dist::all_gather(&k2)); // [W B, dim]
         let offset = dist::rank() as i64 * q1.size()[0];
         let t = self.temperature;
-        let nce = |q: &Tensor, k: &Tensor| losses::info_nce_global(q, k, offset, t);
-        (nce(&q1, &k2) + nce(&q2, &k1)) * (2.0 * t)
+        // The keys are gathered in float32, inside the loss boundary.
+        precision::in_fp32([&q1, &k2, &q2, &k1], |[q1, k2, q2, k1]| {
+            let (k1, k2) = (dist::all_gather(&k1), dist::all_gather(&k2)); // [W B, dim]
+            let nce = |q: &Tensor, k: &Tensor| losses::info_nce_global(q, k, offset, t);
+            (nce(&q1, &k2) + nce(&q2, &k1)) * (2.0 * t)
+        })
     }
     fn after_step(&mut self, ctx: &StepCtx) {
         self.nets

@@ -14,8 +14,8 @@
 use super::patches::{TileClassifier, TileGrid};
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::Config;
-use crate::losses;
 use crate::nets::{self, Encoder};
+use crate::{losses, precision};
 use anyhow::Result;
 use tch::nn;
 use tch::{Kind, Tensor};
@@ -63,7 +63,7 @@ impl Method for RelativePatch {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
         let (pairs, labels) = self.pairs(images); // [B, 2, C, T, T], [B]
         let logits = self.head.forward(&self.encoder, &pairs); // [B, 8]
-        losses::cross_entropy(&logits, &labels)
+        precision::in_fp32([&logits], |[l]| losses::cross_entropy(&l, &labels))
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

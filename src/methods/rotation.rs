@@ -5,8 +5,8 @@
 
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::Config;
-use crate::losses;
 use crate::nets::{self, Encoder};
+use crate::{losses, precision};
 use anyhow::{Result, bail};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -52,7 +52,8 @@ impl Method for Rotation {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
         let (x, y) = rotations(images); // [4B, C, H, H], [4B]
         let z = self.encoder.forward_t(&x, true); // [4B, D]
-        losses::cross_entropy(&self.head.forward(&z), &y)
+        let logits = self.head.forward(&z); // [4B, 4]
+        precision::in_fp32([&logits], |[l]| losses::cross_entropy(&l, &y))
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

@@ -8,8 +8,8 @@ use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
 use crate::config::Config;
 use crate::dist::current as dist;
-use crate::losses;
 use crate::nets::{self, Encoder, MlpNorm};
+use crate::{losses, precision};
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -59,10 +59,13 @@ impl Method for SimClr {
         let h = self.encoder.forward_t(images, true); // [2B, D]
         let z = self.projector.forward_t(&h, true); // [2B, proj_dim]
         let zs = z.chunk(2, 0); // 2 x [B, proj_dim]
-        // Negatives from every rank: the global batch, with gradients back to each rank.
-        let (all1, all2) = (dist::all_gather(&zs[0]), dist::all_gather(&zs[1])); // [W B, proj_dim]
-        let offset = dist::rank() as i64 * zs[0].size()[0];
-        losses::nt_xent_global(&zs[0], &zs[1], &all1, &all2, offset, self.temperature)
+        let (t, offset) = (self.temperature, dist::rank() as i64 * zs[0].size()[0]);
+        precision::in_fp32([&zs[0], &zs[1]], |[z1, z2]| {
+            // Negatives from every rank: the global batch (gathered in float32), with
+            // gradients back to each rank.
+            let (all1, all2) = (dist::all_gather(&z1), dist::all_gather(&z2)); // [W B, proj_dim]
+            losses::nt_xent_global(&z1, &z2, &all1, &all2, offset, t)
+        })
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

@@ -6,8 +6,8 @@
 use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
 use crate::config::Config;
-use crate::losses;
 use crate::nets::{self, Encoder, MlpNorm};
+use crate::{losses, precision};
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -65,9 +65,10 @@ impl Method for SimSiam {
             .forward_t(&self.encoder.forward_t(images, true), true); // [2B, dim]
         let p = self.predictor.forward_t(&z, true); // [2B, dim]
         let (z, p) = (z.chunk(2, 0), p.chunk(2, 0));
-        (losses::negative_cosine(&p[0], &z[1].detach())
-            + losses::negative_cosine(&p[1], &z[0].detach()))
-            * 0.5
+        let (z0, z1) = (z[0].detach(), z[1].detach());
+        precision::in_fp32([&p[0], &p[1], &z0, &z1], |[p0, p1, z0, z1]| {
+            (losses::negative_cosine(&p0, &z1) + losses::negative_cosine(&p1, &z0)) * 0.5
+        })
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

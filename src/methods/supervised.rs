@@ -4,8 +4,8 @@
 
 use super::{DataInfo, Method, MethodSpec, StepCtx};
 use crate::config::Config;
-use crate::losses;
 use crate::nets::{self, Encoder};
+use crate::{losses, precision};
 use anyhow::{Result, bail};
 use tch::Tensor;
 use tch::nn::{self, Module};
@@ -51,7 +51,7 @@ impl Method for Supervised {
         let logits = self
             .classifier
             .forward(&self.encoder.forward_t(images, true)); // [B, K]
-        losses::cross_entropy(&logits, labels)
+        precision::in_fp32([&logits], |[l]| losses::cross_entropy(&l, labels))
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

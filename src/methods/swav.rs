@@ -13,6 +13,7 @@ use crate::config::{Config, check};
 use crate::dist::current as dist;
 use crate::losses::{self, l2_normalize};
 use crate::nets::{self, Encoder, MlpNorm};
+use crate::precision;
 use anyhow::{Result, bail};
 use std::sync::Arc;
 use tch::nn::{self, ModuleT};
@@ -143,26 +144,25 @@ impl Method for Swav {
             .iter()
             .map(|g| self.encoder.forward_t(g, true))
             .collect();
-        let z = l2_normalize(&self.projector.forward_t(&Tensor::cat(&h, 0), true)); // [V B, D]
-        let v = self.views.pipelines.len() as i64;
-        // Frozen prototypes take no gradient, so the optimizer leaves them alone (as the
-        // paper's `p.grad = None`): no step, no moments, no weight decay.
-        let prototypes = match ctx.epoch < self.freeze_epochs {
-            true => self.prototypes.detach(),
-            false => self.prototypes.shallow_clone(),
-        };
-        let scores = z.matmul(&prototypes.tr()).chunk(v, 0); // V x [B, K]
-        let codes: Vec<Tensor> = (0..CODED).map(|a| self.codes(a, &scores[a])).collect();
-        if self.queue.is_some() {
-            let b = z.size()[0] / v;
-            self.pending =
-                Some(
-                    z.narrow(0, 0, CODED as i64 * b)
-                        .detach()
-                        .view([CODED as i64, b, -1]),
-                );
-        }
-        losses::swav(&scores, &codes, self.temperature)
+        let z = self.projector.forward_t(&Tensor::cat(&h, 0), true); // [V B, D]
+        // Scores, codes and loss in float32 whatever the training precision.
+        precision::in_fp32([&z], |[z]| {
+            let z = l2_normalize(&z);
+            let v = self.views.pipelines.len() as i64;
+            // Frozen prototypes take no gradient, so the optimizer leaves them alone (as the
+            // paper's `p.grad = None`): no step, no moments, no weight decay.
+            let prototypes = match ctx.epoch < self.freeze_epochs {
+                true => self.prototypes.detach(),
+                false => self.prototypes.shallow_clone(),
+            };
+            let scores = z.matmul(&prototypes.tr()).chunk(v, 0); // V x [B, K]
+            let codes: Vec<Tensor> = (0..CODED).map(|a| self.codes(a, &scores[a])).collect();
+            if self.queue.is_some() {
+                let (b, coded) = (z.size()[0] / v, CODED as i64);
+                self.pending = Some(z.narrow(0, 0, coded * b).detach().view([coded, b, -1]));
+            }
+            losses::swav(&scores, &codes, self.temperature)
+        })
     }
     fn after_step(&mut self, _ctx: &StepCtx) {
         tch::no_grad(|| {

@@ -60,9 +60,9 @@ impl Method for Vicreg {
     /// The loss of the whole global batch on every rank (see `BarlowTwins::loss`): the
     /// invariance term's mean over the global batch is the mean of the ranks' local ones.
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
-        let (z1, z2) = barlow_twins::global_projections(&self.encoder, &self.projector, images);
+        let z = barlow_twins::projections(&self.encoder, &self.projector, images);
         let [sim, var, cov] = self.weights;
-        losses::vicreg(&z1, &z2, sim, var, cov)
+        barlow_twins::global_loss(z, |z1, z2| losses::vicreg(z1, z2, sim, var, cov))
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

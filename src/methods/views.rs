@@ -4,6 +4,7 @@
 use super::DataInfo;
 use crate::augment::{Op, Pipeline, Views};
 use crate::config::{Config, check};
+use crate::data::loader::nhwc_batch;
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -147,21 +148,22 @@ pub fn multi_crop(
 
 /// Splits a batch of the `views` of B `[c, h, w]` images, as the loader makes it, into
 /// one tensor per size group, `[n_g * B, c, h_g, w_g]` (views in order, each view's B
-/// images together). The loader's batch is `[V * B, c, h', w']` when every view has one
-/// size and flat (every view's B images one after the other) when sizes differ.
+/// images together). The loader's batch is that tensor already, `[V * B, c, h', w']`, when
+/// every view has one size, and flat when sizes differ: every view's B images one after
+/// the other, each `[h_g, w_g, c]` (channels-last, as `data::loader::nhwc_batch` reads it).
 pub fn unpack(views: &Views, images: &Tensor, [c, h, w]: [i64; 3]) -> Vec<Tensor> {
+    if images.dim() == 4 {
+        return vec![images.shallow_clone()];
+    }
     let groups = views.size_groups(h as usize, w as usize);
     let numel = |(n, (gh, gw)): &(usize, (usize, usize))| (n * gh * gw) as i64 * c;
     let b = images.numel() as i64 / groups.iter().map(numel).sum::<i64>();
-    let flat = images.reshape([-1]);
     let mut at = 0;
     let mut out = Vec::new();
     for g in &groups {
-        let (n, (gh, gw)) = *g;
-        out.push(
-            flat.narrow(0, at, b * numel(g))
-                .view([n as i64 * b, c, gh as i64, gw as i64]),
-        );
+        let (_, (gh, gw)) = *g;
+        let part = images.narrow(0, at, b * numel(g));
+        out.push(nhwc_batch(&part, [c, gh as i64, gw as i64]));
         at += b * numel(g);
     }
     out
@@ -189,7 +191,8 @@ mod tests {
         let views = Views {
             pipelines: vec![crop(16), crop(16), crop(8), crop(8), crop(8)],
         };
-        // B = 2 images of 1 channel: 2 x 2 x 256 values, then 3 x 2 x 64.
+        // B = 2 images of 1 channel: 2 x 2 x 256 values, then 3 x 2 x 64 (with one channel
+        // channels-last is the plain order).
         let flat = Tensor::arange(2 * 2 * 256 + 3 * 2 * 64, (Kind::Float, Device::Cpu));
         let groups = unpack(&views, &flat, [1, 28, 28]);
         assert_eq!(groups[0].size(), vec![4, 1, 16, 16]);

@@ -66,6 +66,7 @@ unsafe extern "C" {
         prev_dtype: c_int,
     ) -> *mut c_char;
     pub(crate) safe fn selfsup_autocast_is_enabled(device_type: c_int) -> c_int;
+    pub(crate) safe fn selfsup_autocast_set_enabled(device_type: c_int, enabled: c_int) -> c_int;
 }
 
 /// The result of a shim call: Ok for null, else its message (which is freed here).

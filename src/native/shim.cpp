@@ -330,4 +330,15 @@ int selfsup_autocast_is_enabled(int device_type) {
   return at::autocast::is_autocast_enabled(static_cast<at::DeviceType>(device_type));
 }
 
+// Switches autocast on or off for a device type without touching the nesting or the cast
+// cache (as torch.autocast(enabled=False) inside an autocast scope); returns the previous
+// state, for the caller to restore. For CPU and CUDA (the only types passed) it flips a
+// thread-local flag and cannot throw.
+int selfsup_autocast_set_enabled(int device_type, int enabled) {
+  const auto device = static_cast<at::DeviceType>(device_type);
+  const int prev = at::autocast::is_autocast_enabled(device);
+  at::autocast::set_autocast_enabled(device, enabled != 0);
+  return prev;
+}
+
 }  // extern "C"

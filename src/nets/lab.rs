@@ -1,6 +1,7 @@
 //! Colour conversion on image tensors: sRGB (D65) <-> CIE XYZ <-> CIE Lab. Colorization
 //! learns ab from L, and its evaluated encoder sees the lightness L (`EncoderInput::Lightness`).
 
+use crate::precision;
 use tch::{Device, Kind, Tensor};
 
 const RGB_TO_XYZ: [f32; 9] = [
@@ -47,8 +48,12 @@ fn white(device: Device) -> Tensor {
 }
 
 /// sRGB in [0, 1] `[B, 3, H, W]` -> Lab `[B, 3, H, W]` (L in [0, 100], a and b roughly in
-/// [-110, 110]), D65 white.
+/// [-110, 110]), D65 white. In float32 also under autocast: it makes targets and inputs.
 pub fn rgb_to_lab(rgb: &Tensor) -> Tensor {
+    precision::without_autocast(|| rgb_to_lab_fp32(rgb))
+}
+
+fn rgb_to_lab_fp32(rgb: &Tensor) -> Tensor {
     let c = rgb.to_kind(Kind::Float).clamp(0.0, 1.0);
     let linear = pick(
         &c.le(0.04045),
@@ -69,8 +74,12 @@ pub fn rgb_to_lab(rgb: &Tensor) -> Tensor {
 }
 
 /// Lab `[B, 3, H, W]` -> sRGB `[B, 3, H, W]`, clipped to [0, 1]; the inverse of `rgb_to_lab`
-/// on the sRGB gamut.
+/// on the sRGB gamut. In float32 also under autocast.
 pub fn lab_to_rgb(lab: &Tensor) -> Tensor {
+    precision::without_autocast(|| lab_to_rgb_fp32(lab))
+}
+
+fn lab_to_rgb_fp32(lab: &Tensor) -> Tensor {
     let lab = lab.to_kind(Kind::Float);
     let (l, a, b) = (
         lab.narrow(1, 0, 1),

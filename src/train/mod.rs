@@ -1,18 +1,20 @@
 //! The training loop: schedule, optimizer, progress bar, metrics.jsonl, a checkpoint every
 //! epoch and every `checkpoint_every`, and `--resume` from any of them (mid-epoch too).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data_parallel;
 pub mod lock;
 pub mod optim;
 pub mod run;
 
-use crate::config::Config;
+use crate::augment::Views;
+use crate::config::{Config, Precision};
 use crate::data::{self, Batch, Dataset, Loader, loader::ViewSpec};
 use crate::dist::DistEnv;
 use crate::methods::{self, DataInfo, Method, StepCtx};
 use crate::metrics::{self, Summary};
-use crate::{faults, schedule};
+use crate::{faults, precision, schedule};
 use anyhow::{Context, Result, bail};
 use checkpoint::EpochSums;
 use data_parallel::DataParallel;
@@ -26,8 +28,11 @@ use tch::{Device, Kind, Tensor, nn};
 /// A method with its variables, built from a config for a data set.
 pub struct Model {
     pub spec: &'static methods::MethodSpec,
+    /// float32 whatever the precision: the master weights, as checkpoints hold them.
     pub vs: nn::VarStore,
     pub method: Box<dyn Method>,
+    /// The precision of its forward passes (`cfg.precision`).
+    pub precision: Precision,
     /// Data-parallel over several processes; None: one process.
     pub dist: Option<DataParallel>,
 }
@@ -44,6 +49,7 @@ impl Model {
             spec,
             vs,
             method,
+            precision: cfg.precision,
             dist: None,
         })
     }
@@ -139,12 +145,45 @@ fn epoch_order_from(n: usize, cfg: &Config, epoch: usize, skip: usize) -> Vec<us
     order
 }
 
+/// The batches of `epoch` of `train` without the first `skip`, with the method's `views`
+/// made as they come (the last partial batch is dropped): with `(world, rank)` ranks, this
+/// rank's slice of each global batch (`(1, 0)`: one process, the whole batch).
+pub fn epoch_loader(
+    cfg: &Config,
+    train: &Arc<data::Split>,
+    views: &Option<Arc<Views>>,
+    epoch: usize,
+    skip: usize,
+    device: Device,
+    (world, rank): (usize, usize),
+) -> Loader {
+    let order = epoch_order_from(train.len(), cfg, epoch, skip);
+    let order = data_parallel::rank_order(&order, cfg.batch_size, world, rank);
+    let spec = views.as_ref().map(|v| ViewSpec {
+        views: v.clone(),
+        seed: cfg.seed,
+        epoch,
+    });
+    Loader::with_views(
+        train.clone(),
+        order,
+        cfg.batch_size / world,
+        true,
+        cfg.prefetch,
+        device,
+        spec,
+    )
+}
+
 /// One optimizer step of `model` on `batch` with learning rate `lr`: libtorch's RNG seeded
 /// for the step (so that a resumed run draws the same), the loss, its gradients, the update
 /// and the method's after-step hook (momentum targets, queues). Returns the loss, which
 /// must be finite. Data-parallel (`model.dist`), `batch` is this rank's slice of the global
 /// batch, the forward pass runs with the group current, the gradients are averaged over
-/// the ranks before the update, and the loss returned is the global batch's.
+/// the ranks before the update, and the loss returned is the global batch's. The forward
+/// pass and the loss run in the model's precision (the methods compute their losses in
+/// float32, `precision::in_fp32`); the backward pass outside the autocast scope, as in
+/// PyTorch, gives float32 gradients of the float32 weights.
 pub fn train_step(
     model: &mut Model,
     opt: &mut optim::Optimizer,
@@ -159,10 +198,13 @@ pub fn train_step(
         rank,
     ));
     opt.zero_grad();
-    let mut forward = || model.method.loss(&batch.images, &batch.labels, ctx);
-    let loss = match &model.dist {
-        Some(dp) => dp.forward(forward)?,
-        None => forward(),
+    let loss = {
+        let _autocast = precision::scope(model.precision, batch.images.device())?;
+        let mut forward = || model.method.loss(&batch.images, &batch.labels, ctx);
+        match &model.dist {
+            Some(dp) => dp.forward(forward)?,
+            None => forward(),
+        }
     };
     match &model.dist {
         Some(dp) => dp.backward(&loss, || opt.grads())?,
@@ -308,22 +350,7 @@ pub fn pretrain(
     let (mut images_seen, mut final_loss) = (0usize, f64::NAN);
     while epoch < stop_at {
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
-        let order = epoch_order_from(train.len(), cfg, epoch, skip);
-        let order = data_parallel::rank_order(&order, cfg.batch_size, world, rank);
-        let spec = views.as_ref().map(|v| ViewSpec {
-            views: v.clone(),
-            seed: cfg.seed,
-            epoch,
-        });
-        let loader = Loader::with_views(
-            train.clone(),
-            order,
-            cfg.batch_size / world,
-            true,
-            cfg.prefetch,
-            device,
-            spec,
-        );
+        let loader = epoch_loader(cfg, &train, &views, epoch, skip, device, (world, rank));
         let epoch_start = Instant::now();
         let epoch_seconds = |sums: &EpochSums| sums.seconds + epoch_start.elapsed().as_secs_f64();
         let mut window = (Instant::now(), 0usize);
@@ -639,22 +666,7 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!((s2.epochs, s2.steps), (4, 24));
 
-        let a = checkpoint::load(full.path()).unwrap();
-        let b = checkpoint::load(split.path()).unwrap();
-        assert_eq!((b.meta.epoch, b.meta.step), (4, 24));
-        for ((ka, ta), (kb, tb)) in a
-            .model
-            .iter()
-            .chain(&a.optim)
-            .zip(b.model.iter().chain(&b.optim))
-        {
-            assert_eq!(ka, kb);
-            assert!(
-                ta.equal(tb),
-                "{}: {ka} differs between the straight and the resumed run",
-                cfg.method
-            );
-        }
+        assert_same_checkpoints(full.path(), split.path());
         (full, split)
     }
 
@@ -760,6 +772,89 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every tensor of the checkpoint in `a` equals the one in `b` (model and optimizer).
+    fn assert_same_checkpoints(a: &Path, b: &Path) {
+        let (a, b) = (checkpoint::load(a).unwrap(), checkpoint::load(b).unwrap());
+        assert_eq!((a.meta.epoch, a.meta.step), (b.meta.epoch, b.meta.step));
+        let (ta, tb) = (
+            a.model.iter().chain(&a.optim),
+            b.model.iter().chain(&b.optim),
+        );
+        assert_eq!(ta.clone().count(), tb.clone().count());
+        for ((ka, x), (kb, y)) in ta.zip(tb) {
+            assert_eq!(ka, kb);
+            assert!(x.equal(y), "{ka} differs");
+        }
+    }
+
+    #[test]
+    fn bf16_training_lowers_the_loss_keeps_fp32_state_and_resumes_exactly_across_precisions() {
+        let _rng = crate::torch_rng_lock();
+        let ds = tiny_dataset();
+        let fp32 = Config {
+            epochs: 6,
+            proj_hidden_dim: 16,
+            proj_dim: 8,
+            aug_crop_scale: [0.5, 1.0],
+            ..tiny_config("simclr")
+        };
+        let bf16 = Config {
+            precision: Precision::Bf16,
+            ..fp32.clone()
+        };
+        let run = |cfg: &Config, dir: &Path, resume: bool, stop: Option<usize>| {
+            let opts = TrainOptions {
+                resume,
+                stop_after_epochs: stop,
+                ..quiet()
+            };
+            pretrain(cfg, &ds, dir, &opts, Device::Cpu).unwrap()
+        };
+        let straight = tempfile::tempdir().unwrap();
+        run(&bf16, straight.path(), false, None);
+        let l = epoch_losses(straight.path());
+        // NT-Xent starts near log(2N - 1) = log(31) = 3.43 and must come down.
+        assert!(l[0] > 3.0 && l[0] < 4.0 && l[5] < l[0] - 0.4, "{l:?}");
+        // It ran in bf16: close to the fp32 run of the same seed, but not the same.
+        let reference = tempfile::tempdir().unwrap();
+        run(&fp32, reference.path(), false, None);
+        let lf = epoch_losses(reference.path());
+        assert!(lf != l && (lf[0] - l[0]).abs() < 0.05, "{lf:?} vs {l:?}");
+        // Master weights and optimizer state stay float32 (the step count is an integer).
+        let ck = checkpoint::load(straight.path()).unwrap();
+        for (k, t) in ck.model.iter().chain(&ck.optim) {
+            let want = if k == "steps_taken" {
+                Kind::Int64
+            } else {
+                Kind::Float
+            };
+            assert_eq!(t.kind(), want, "{k}");
+        }
+        // bf16 stopped and resumed: the same run, bit for bit.
+        let split = tempfile::tempdir().unwrap();
+        run(&bf16, split.path(), false, Some(2));
+        run(&bf16, split.path(), true, None);
+        assert_same_checkpoints(straight.path(), split.path());
+        // fp32 for 2 epochs, then bf16: a checkpoint of either precision resumes in the
+        // other, and resuming the mixed run once more changes nothing.
+        let (once, twice) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for dir in [once.path(), twice.path()] {
+            run(&fp32, dir, false, Some(2));
+        }
+        run(&bf16, once.path(), true, None);
+        run(&bf16, twice.path(), true, Some(4));
+        run(&bf16, twice.path(), true, None);
+        assert_same_checkpoints(once.path(), twice.path());
+        let back = tempfile::tempdir().unwrap();
+        run(&bf16, back.path(), false, Some(2));
+        let s = run(&fp32, back.path(), true, None);
+        assert!(
+            s.final_loss.is_finite() && s.final_loss < l[0],
+            "{}",
+            s.final_loss
+        );
+    }
+
     #[test]
     fn every_registered_method_trains_checkpoints_and_resumes() {
         let _rng = crate::torch_rng_lock();
@@ -778,8 +873,13 @@ pub(crate) mod tests {
             let s = pretrain(&cfg, &ds, dir.path(), &first, Device::Cpu)
                 .unwrap_or_else(|e| panic!("{}: {e:#}", spec.name));
             assert!(s.final_loss.is_finite(), "{}", spec.name);
+            // Resumed in bf16: every method's forward pass runs under autocast too.
+            let bf16 = Config {
+                precision: Precision::Bf16,
+                ..cfg.clone()
+            };
             let s = pretrain(
-                &cfg,
+                &bf16,
                 &ds,
                 dir.path(),
                 &TrainOptions {
@@ -788,7 +888,8 @@ pub(crate) mod tests {
                 },
                 Device::Cpu,
             )
-            .unwrap_or_else(|e| panic!("{} resume: {e:#}", spec.name));
+            .unwrap_or_else(|e| panic!("{} resume in bf16: {e:#}", spec.name));
+            assert!(s.final_loss.is_finite(), "{} in bf16", spec.name);
             // 64 images in batches of 16, 2 epochs (the supervised baseline too).
             assert_eq!(s.steps, 8, "{}", spec.name);
             let model = Model::build(&cfg, &data_info(&ds), Device::Cpu).unwrap();

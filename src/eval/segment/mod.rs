@@ -32,14 +32,14 @@
 pub mod confusion;
 pub mod picture;
 
-use crate::config::{Config, OptimizerKind, SegHead};
+use crate::config::{Config, OptimizerKind, Precision, SegHead};
 use crate::data::seg::{self, IGNORE, SegDataset, SegSplit};
 use crate::data::{Loader, Split, epoch_order};
-use crate::losses;
 use crate::nets::{self, Encoder, EncoderInput};
 use crate::schedule::cosine_with_warmup;
 use crate::train::optim::Optimizer;
 use crate::train::run::LoadedRun;
+use crate::{losses, precision};
 use anyhow::{Context, Result, bail};
 use confusion::Confusion;
 use serde::{Deserialize, Serialize};
@@ -217,13 +217,28 @@ impl Head {
     }
 }
 
+/// The maps `head` uses of `encoder` on `x` (in training mode when `train`), the encoder's
+/// forward pass in `precision` (a run's own, as evaluation's features are), the maps in
+/// float32 for the head, which trains and scores in float32 as the linear probe does.
+fn encoder_maps(
+    encoder: &Encoder,
+    head: &Head,
+    x: &Tensor,
+    train: bool,
+    precision: Precision,
+) -> Result<Vec<Tensor>> {
+    let _autocast = precision::scope(precision, x.device())?;
+    let maps = head.pick(encoder.feature_maps(x, train));
+    Ok(maps.iter().map(|m| m.to_kind(Kind::Float)).collect())
+}
+
 /// The frozen protocol extracts the maps its head uses once, and keeps them in half
 /// precision, when they take at most this many bytes (else it runs the encoder every epoch).
 pub const FROZEN_CACHE_BYTES: i64 = 1 << 30;
 
 /// The maps `head` uses of every image of `split`, in order, from `encoder` in evaluation
-/// mode, in half precision: one `[N, C_i, h_i, w_i]` tensor per map; None when they would
-/// take more than `limit` bytes.
+/// mode (its forward pass in `precision`), in half precision: one `[N, C_i, h_i, w_i]`
+/// tensor per map; None when they would take more than `limit` bytes.
 fn frozen_maps(
     encoder: &Encoder,
     head: &Head,
@@ -231,23 +246,26 @@ fn frozen_maps(
     batch: usize,
     limit: i64,
     device: Device,
-) -> Option<Vec<Tensor>> {
-    let maps = |x: &Tensor| tch::no_grad(|| head.pick(encoder.feature_maps(x, false)));
-    let one = Loader::new(split.clone(), vec![0], 1, false, 1, device).next()?;
-    let per_image: i64 = maps(&one.images).iter().map(|m| m.numel() as i64).sum();
+    precision: Precision,
+) -> Result<Option<Vec<Tensor>>> {
+    let maps = |x: &Tensor| tch::no_grad(|| encoder_maps(encoder, head, x, false, precision));
+    let Some(one) = Loader::new(split.clone(), vec![0], 1, false, 1, device).next() else {
+        return Ok(None);
+    };
+    let per_image: i64 = maps(&one.images)?.iter().map(|m| m.numel() as i64).sum();
     if 2 * per_image * split.len() as i64 > limit {
-        return None;
+        return Ok(None);
     }
     let order: Vec<usize> = (0..split.len()).collect();
     let mut parts: Vec<Vec<Tensor>> = Vec::new();
     for b in Loader::new(split.clone(), order, batch, false, 2, device) {
-        let m = maps(&b.images);
+        let m = maps(&b.images)?;
         parts.resize_with(m.len(), Vec::new);
         for (p, t) in parts.iter_mut().zip(m) {
             p.push(t.to_kind(Kind::Half));
         }
     }
-    Some(parts.iter().map(|p| Tensor::cat(p, 0)).collect())
+    Ok(Some(parts.iter().map(|p| Tensor::cat(p, 0)).collect()))
 }
 
 /// An encoder to segment with: the variables it lives in and the network as its
@@ -269,7 +287,9 @@ impl Subject {
         sets: &[String],
         device: Device,
     ) -> Result<(Subject, Config)> {
-        Ok(Subject::from_loaded(LoadedRun::load(dir, checkpoint, sets, device)?))
+        Ok(Subject::from_loaded(LoadedRun::load(
+            dir, checkpoint, sets, device,
+        )?))
     }
 
     /// The encoder of a loaded run, and the run's config.
@@ -402,7 +422,8 @@ pub fn train_protocol(
             cfg.seg_batch_size,
             FROZEN_CACHE_BYTES,
             device,
-        )
+            cfg.precision,
+        )?
     };
     let (mut step, mut final_loss) = (0usize, f64::NAN);
     for epoch in 0..epochs {
@@ -419,8 +440,12 @@ pub fn train_protocol(
                         .map(|m| m.index_select(0, &idx).to_kind(Kind::Float))
                         .collect()
                 }
-                None if finetune => head.pick(encoder.feature_maps(&batch.images, true)),
-                None => tch::no_grad(|| head.pick(encoder.feature_maps(&batch.images, false))),
+                None if finetune => {
+                    encoder_maps(encoder, &head, &batch.images, true, cfg.precision)?
+                }
+                None => tch::no_grad(|| {
+                    encoder_maps(encoder, &head, &batch.images, false, cfg.precision)
+                })?,
             };
             let logits = head.forward_t(&maps, size, true); // [B, K, H, W]
             let loss = losses::pixel_cross_entropy(&logits, &masks, IGNORE as i64);
@@ -461,7 +486,7 @@ pub fn train_protocol(
     tch::no_grad(|| -> Result<()> {
         for batch in Loader::new(test, order, cfg.seg_batch_size, false, 2, device) {
             let masks = mask_batch(&ds.test, &batch.indices, device);
-            let maps = head.pick(encoder.feature_maps(&batch.images, false));
+            let maps = encoder_maps(encoder, &head, &batch.images, false, cfg.precision)?;
             let predicted = head.forward_t(&maps, size, false).argmax(1, false); // [B, H, W]
             confusion.add(&predicted, &masks)?;
             for (j, &i) in batch.indices.iter().enumerate() {
@@ -744,7 +769,9 @@ mod tests {
             5,
             32 * 384 * 2,
             Device::Cpu,
+            Precision::Fp32,
         )
+        .unwrap()
         .unwrap();
         assert_eq!(cached[0].size(), vec![32, 4, 8, 8]);
         assert_eq!(cached[1].size(), vec![32, 8, 4, 4]);
@@ -761,6 +788,25 @@ mod tests {
                     .allclose(&l.get(0), 1e-2, 1e-3, false)
             );
         }
+        // A bf16 run's maps come from a bfloat16 forward pass: near the float32 ones, not
+        // equal to them.
+        let low = frozen_maps(
+            &subject.encoder,
+            &head,
+            &split,
+            5,
+            32 * 384 * 2,
+            Device::Cpu,
+            Precision::Bf16,
+        )
+        .unwrap()
+        .unwrap();
+        for (c, l) in cached.iter().zip(&low) {
+            assert_eq!(l.kind(), Kind::Half);
+            let (c, l) = (c.to_kind(Kind::Float), l.to_kind(Kind::Float));
+            assert!(!c.equal(&l), "the encoder ran in bfloat16");
+            assert!(c.allclose(&l, 5e-2, 5e-2, false));
+        }
         assert!(
             frozen_maps(
                 &subject.encoder,
@@ -768,8 +814,10 @@ mod tests {
                 &split,
                 5,
                 32 * 384 * 2 - 1,
-                Device::Cpu
+                Device::Cpu,
+                Precision::Fp32,
             )
+            .unwrap()
             .is_none()
         );
     }

@@ -1,0 +1,460 @@
+//! `selfsup bench-step`: the training step of a config, timed in fp32 and bf16, on random
+//! input (compute only) and through the data pipeline (loader and augmentation, as
+//! `pretrain` runs it), next to the same step in PyTorch (`scripts/bench_step_torch.py`,
+//! run with the setup venv's Python and selfsup's allocator settings).
+
+use super::{Model, data_info, epoch_loader, optim::Optimizer, train_step};
+use crate::config::{Config, EncoderKind, Precision};
+use crate::data::Dataset;
+use crate::methods::StepCtx;
+use crate::venv;
+use anyhow::{Context, Result, bail};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// How long to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Timed steps of each measurement.
+    pub steps: usize,
+    /// Untimed steps before them (allocator, oneDNN's kernel choice, the loader's queue).
+    pub warmup: usize,
+    /// Measurements of each setup, interleaved; the best counts.
+    pub rounds: usize,
+}
+
+/// One measurement: images per second (each image gives the method its views).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub system: &'static str,
+    pub precision: Precision,
+    /// Random input of the batch's shape, the step alone.
+    pub compute: f64,
+    /// Through the loader (augmentation included); `None` where not measured.
+    pub end_to_end: Option<f64>,
+}
+
+/// The images each step takes: the batch (`B`), as `pretrain` counts its images per second.
+fn images_per_step(cfg: &Config) -> usize {
+    cfg.batch_size
+}
+
+/// The step's input for random data: `[V * B, C, h, w]` in the loader's memory layout
+/// (flat for views of several sizes).
+fn random_batch(model: &Model, cfg: &Config, ds: &Dataset, device: Device) -> crate::data::Batch {
+    let [c, h, w] = ds.pretrain_split().shape;
+    let sizes = model.method.views().map_or(vec![(h, w)], |v| v.sizes(h, w));
+    let b = cfg.batch_size;
+    tch::manual_seed(cfg.seed as i64);
+    let numel: usize = sizes.iter().map(|(h, w)| b * h * w * c).sum();
+    let nhwc = Tensor::rand([numel as i64], (Kind::Float, device));
+    let (vh, vw) = sizes[0];
+    let images = match sizes.iter().all(|s| *s == sizes[0]) {
+        true => crate::data::loader::nhwc_batch(&nhwc, [c, vh, vw].map(|d| d as i64)),
+        // Views of several sizes (multi-crop) come flat, as the loader hands them.
+        false => nhwc,
+    };
+    crate::data::Batch {
+        images,
+        labels: Tensor::zeros([b as i64], (Kind::Int64, device)),
+        indices: (0..b).collect(),
+    }
+}
+
+/// Where a measured step takes its batches from.
+enum Input {
+    /// The same random batch every step: the step alone.
+    Random(crate::data::Batch),
+    /// The loader with its views, epoch after epoch, as `pretrain` runs it; each round
+    /// starts a fresh loader (an empty queue, as at an epoch's start) at the next epoch.
+    Data {
+        train: Arc<crate::data::Split>,
+        views: Option<Arc<crate::augment::Views>>,
+        epoch: usize,
+    },
+}
+
+/// One of the measured steps: selfsup's model of `cfg` (in its precision) and its input.
+struct Setup {
+    cfg: Config,
+    model: Model,
+    opt: Optimizer,
+    input: Input,
+}
+
+impl Setup {
+    fn new(
+        cfg: &Config,
+        ds: &Dataset,
+        precision: Precision,
+        data: bool,
+        device: Device,
+    ) -> Result<Setup> {
+        let cfg = Config {
+            precision,
+            ..cfg.clone()
+        };
+        let model = Model::build(&cfg, &data_info(ds), device)?;
+        let opt = Optimizer::new(&model.vs, cfg.optimizer, cfg.momentum, cfg.weight_decay);
+        let input = if data {
+            let train = Arc::new(ds.pretrain_split().clone());
+            if super::steps_per_epoch(train.len(), cfg.batch_size) == 0 {
+                bail!(
+                    "batch_size = {} is larger than the {} training images",
+                    cfg.batch_size,
+                    train.len()
+                );
+            }
+            let views = model.method.views();
+            Input::Data {
+                train,
+                views,
+                epoch: 0,
+            }
+        } else {
+            Input::Random(random_batch(&model, &cfg, ds, device))
+        };
+        Ok(Setup {
+            cfg,
+            model,
+            opt,
+            input,
+        })
+    }
+
+    /// One round: `warmup` untimed steps, then `steps` timed ones; images per second.
+    fn round(&mut self, opts: &BenchOptions) -> Result<f64> {
+        let device = self.model.vs.device();
+        let cfg = &self.cfg;
+        let mut loader = match &mut self.input {
+            Input::Random(_) => None,
+            Input::Data {
+                train,
+                views,
+                epoch,
+            } => {
+                *epoch += 1;
+                Some(epoch_loader(cfg, train, views, *epoch, 0, device, (1, 0)))
+            }
+        };
+        let total = opts.warmup + opts.steps;
+        let mut start = Instant::now();
+        for step in 0..total {
+            if step == opts.warmup {
+                start = Instant::now();
+            }
+            let batch = match (&mut self.input, &mut loader) {
+                (Input::Random(b), _) => crate::data::Batch {
+                    images: b.images.shallow_clone(),
+                    labels: b.labels.shallow_clone(),
+                    indices: b.indices.clone(),
+                },
+                (
+                    Input::Data {
+                        train,
+                        views,
+                        epoch,
+                    },
+                    Some(l),
+                ) => match l.next() {
+                    Some(b) => b,
+                    None => {
+                        *epoch += 1;
+                        *l = epoch_loader(cfg, train, views, *epoch, 0, device, (1, 0));
+                        l.next().context("an epoch without batches")?
+                    }
+                },
+                (Input::Data { .. }, None) => unreachable!("a data input has its loader"),
+            };
+            let ctx = StepCtx {
+                epoch: 0,
+                step,
+                total_steps: total,
+            };
+            train_step(
+                &mut self.model,
+                &mut self.opt,
+                &batch,
+                &ctx,
+                cfg.lr,
+                cfg.seed,
+            )?;
+        }
+        Ok((opts.steps * images_per_step(cfg)) as f64 / start.elapsed().as_secs_f64())
+    }
+}
+
+/// The arguments of `scripts/bench_step_torch.py` that build `cfg`'s step.
+fn torch_args(
+    cfg: &Config,
+    ds: &Dataset,
+    opts: &BenchOptions,
+    device: Device,
+) -> Result<Vec<String>> {
+    if cfg.method != "simclr" {
+        bail!(
+            "the PyTorch step is SimCLR's; {} has no PyTorch counterpart here",
+            cfg.method
+        );
+    }
+    let [c, h, w] = ds.pretrain_split().shape;
+    let (h, w) = match (cfg.aug_crop_size, h, w) {
+        (0, h, w) => (h, w),
+        (s, _, _) => (s, s),
+    };
+    let mut a: Vec<String> = vec![
+        "--encoder".into(),
+        cfg.encoder.to_string(),
+        "--shape".into(),
+        c.to_string(),
+        h.to_string(),
+        w.to_string(),
+        "--cnn-widths".into(),
+    ];
+    a.extend(cfg.cnn_widths.iter().map(|w| w.to_string()));
+    let device = match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => bail!("the PyTorch step runs on CPU or CUDA, not {other:?}"),
+    };
+    for (k, v) in [
+        ("--cnn-pool", cfg.cnn_pool.to_string()),
+        ("--resnet-width", cfg.resnet_width.to_string()),
+        ("--proj-hidden-dim", cfg.proj_hidden_dim.to_string()),
+        ("--proj-dim", cfg.proj_dim.to_string()),
+        ("--temperature", cfg.temperature.to_string()),
+        ("--batch-size", cfg.batch_size.to_string()),
+        ("--optimizer", cfg.optimizer.to_string()),
+        ("--lr", cfg.lr.to_string()),
+        ("--momentum", cfg.momentum.to_string()),
+        ("--weight-decay", cfg.weight_decay.to_string()),
+        ("--steps", opts.steps.to_string()),
+        ("--warmup", opts.warmup.to_string()),
+        ("--rounds", opts.rounds.to_string()),
+        ("--threads", tch::get_num_threads().to_string()),
+        ("--device", device),
+    ] {
+        a.extend([k.to_string(), v]);
+    }
+    a.extend(["--precision", "fp32", "bf16"].map(String::from));
+    Ok(a)
+}
+
+/// Runs the PyTorch step with `python`; (precision, images/s) of each line it prints.
+fn measure_torch(python: &Path, args: &[String]) -> Result<Vec<(Precision, f64)>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_step_torch.py");
+    let mut rows = Vec::new();
+    for v in venv::run_json_lines(python, &script, args)? {
+        let line = v.to_string();
+        let precision = match v["precision"].as_str() {
+            Some("fp32") => Precision::Fp32,
+            Some("bf16") => Precision::Bf16,
+            _ => bail!("no precision in '{line}'"),
+        };
+        let ips = v["images_per_sec"]
+            .as_f64()
+            .with_context(|| format!("no images_per_sec in '{line}'"))?;
+        rows.push((precision, ips));
+    }
+    Ok(rows)
+}
+
+/// Every measurement of `cfg`'s step: selfsup in fp32 and bf16 (compute only and end to
+/// end), then PyTorch in both (compute only; left out, with a note on stderr, when it
+/// cannot run: no Python, or a method other than SimCLR).
+pub fn measure(
+    cfg: &Config,
+    ds: &Dataset,
+    device: Device,
+    opts: &BenchOptions,
+    python: Result<PathBuf>,
+) -> Result<Vec<Row>> {
+    for (option, value) in [("--steps", opts.steps), ("--rounds", opts.rounds)] {
+        if value == 0 {
+            bail!("{option} must be at least 1");
+        }
+    }
+    // Every setup measured once per round, the rounds one after the other: a burst of other
+    // work on the machine lowers one round of each, and the best round counts.
+    let mut setups = Vec::new();
+    for precision in Precision::ALL {
+        for data in [false, true] {
+            setups.push((Setup::new(cfg, ds, *precision, data, device)?, 0f64));
+        }
+    }
+    for _ in 0..opts.rounds {
+        for (setup, best) in &mut setups {
+            *best = best.max(setup.round(opts)?);
+        }
+    }
+    let mut rows = Vec::new();
+    for pair in setups.chunks(2) {
+        rows.push(Row {
+            system: "selfsup",
+            precision: pair[0].0.cfg.precision,
+            compute: pair[0].1,
+            end_to_end: Some(pair[1].1),
+        });
+    }
+    let torch = python
+        .and_then(|py| measure_torch(&py, &torch_args(cfg, ds, opts, device)?))
+        .unwrap_or_else(|e| {
+            eprintln!("PyTorch comparison skipped: {e:#}");
+            Vec::new()
+        });
+    rows.extend(torch.into_iter().map(|(precision, compute)| Row {
+        system: "PyTorch",
+        precision,
+        compute,
+        end_to_end: None,
+    }));
+    Ok(rows)
+}
+
+/// What the step is, in one line: method, encoder, batch and input, threads, device.
+pub fn describe_step(cfg: &Config, ds: &Dataset, device: Device) -> String {
+    let [c, h, w] = ds.pretrain_split().shape;
+    let encoder = match cfg.encoder {
+        EncoderKind::Cnn => format!("cnn {:?} pool {}", cfg.cnn_widths, cfg.cnn_pool),
+        EncoderKind::Resnet18 => format!("resnet18 x{}", cfg.resnet_width),
+        EncoderKind::Vit => format!(
+            "vit patch {} depth {} width {} heads {}",
+            cfg.vit_patch, cfg.vit_depth, cfg.vit_width, cfg.vit_heads
+        ),
+    };
+    format!(
+        "{} on {} ({c}x{h}x{w}), {encoder}, batch {}, {:?}, {} threads, device {device:?}",
+        cfg.method,
+        ds.name,
+        cfg.batch_size,
+        cfg.optimizer,
+        tch::get_num_threads()
+    )
+}
+
+/// The table `selfsup bench-step` prints: images/s of each row and, under it, the ratios of
+/// selfsup's figures to PyTorch's compute-only ones at the same precision.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<8} {:<9} {:>17} {:>16}\n",
+        "system", "precision", "compute img/s", "end-to-end img/s"
+    );
+    for r in rows {
+        let e2e = r.end_to_end.map_or("-".into(), |x| format!("{x:.0}"));
+        let _ = writeln!(
+            out,
+            "{:<8} {:<9} {:>17.0} {:>16}",
+            r.system, r.precision, r.compute, e2e
+        );
+    }
+    let find = |system, precision| {
+        rows.iter()
+            .find(|r| r.system == system && r.precision == precision)
+    };
+    for p in Precision::ALL {
+        if let (Some(ours), Some(torch)) = (find("selfsup", *p), find("PyTorch", *p)) {
+            let _ = write!(
+                out,
+                "{p}: selfsup / PyTorch compute-only: compute {:.2}x",
+                ours.compute / torch.compute
+            );
+            if let Some(e2e) = ours.end_to_end {
+                let _ = write!(out, ", end-to-end {:.2}x", e2e / torch.compute);
+            }
+            out.push('\n');
+        }
+    }
+    if let (Some(f), Some(b)) = (
+        find("selfsup", Precision::Fp32),
+        find("selfsup", Precision::Bf16),
+    ) {
+        let _ = write!(
+            out,
+            "selfsup bf16 / fp32: compute {:.2}x",
+            b.compute / f.compute
+        );
+        if let (Some(fe), Some(be)) = (f.end_to_end, b.end_to_end) {
+            let _ = write!(out, ", end-to-end {:.2}x", be / fe);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_step_runs_a_tiny_simclr_step_in_selfsup_and_pytorch() {
+        let _rng = crate::torch_rng_lock();
+        let ds = super::super::tests::tiny_dataset();
+        let cfg = Config {
+            proj_hidden_dim: 16,
+            proj_dim: 8,
+            aug_crop_scale: [0.5, 1.0],
+            ..super::super::tests::tiny_config("simclr")
+        };
+        let opts = BenchOptions {
+            steps: 2,
+            warmup: 1,
+            rounds: 2,
+        };
+        let rows = measure(&cfg, &ds, Device::Cpu, &opts, crate::venv::python()).unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.system, r.precision, r.end_to_end.is_some()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("selfsup", Precision::Fp32, true),
+                ("selfsup", Precision::Bf16, true),
+                ("PyTorch", Precision::Fp32, false),
+                ("PyTorch", Precision::Bf16, false),
+            ]
+        );
+        for r in &rows {
+            assert!(r.compute.is_finite() && r.compute > 0.0, "{r:?}");
+        }
+        let t = table(&rows);
+        assert!(t.contains("bf16: selfsup / PyTorch compute-only"), "{t}");
+        assert!(t.contains("selfsup bf16 / fp32"), "{t}");
+    }
+
+    #[test]
+    fn pytorch_arguments_follow_the_config_and_refuse_other_methods() {
+        let ds = super::super::tests::tiny_dataset();
+        let cfg = Config {
+            aug_crop_size: 6,
+            cnn_pool: 2,
+            ..super::super::tests::tiny_config("simclr")
+        };
+        let opts = BenchOptions {
+            steps: 5,
+            warmup: 2,
+            rounds: 1,
+        };
+        let a = torch_args(&cfg, &ds, &opts, Device::Cpu).unwrap().join(" ");
+        for part in [
+            "--shape 1 6 6",
+            "--cnn-widths 4 8 --cnn-pool 2",
+            "--batch-size 16",
+            "--steps 5 --warmup 2 --rounds 1",
+            "--optimizer adamw",
+        ] {
+            assert!(a.contains(part), "{part} not in {a}");
+        }
+        let e = torch_args(&tiny_byol(), &ds, &opts, Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("byol"), "{e}");
+    }
+
+    fn tiny_byol() -> Config {
+        super::super::tests::tiny_config("byol")
+    }
+}
