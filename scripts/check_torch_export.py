@@ -60,6 +60,74 @@ def cifar_resnet18(in_channels, width):
     return m
 
 
+def vit(in_channels, patch, depth, width, heads, image_size):
+    """timm's VisionTransformer(img_size, patch_size, in_chans, embed_dim, depth, num_heads,
+    mlp_ratio=4, qkv_bias=True, class_token=False, global_pool="avg", fc_norm=False,
+    num_classes=0), written out with timm's module names (timm is not in the setup venv);
+    position embeddings resampled bicubically for other image sizes (dynamic_img_size)."""
+    F = nn.functional
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(width, 3 * width)
+            self.proj = nn.Linear(width, width)
+
+        def forward(self, x):
+            b, n, d = x.shape
+            q, k, v = self.qkv(x).view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+            attn = (q @ k.transpose(-2, -1) * (d // heads) ** -0.5).softmax(-1)
+            return self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
+
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(width, 4 * width)
+            self.fc2 = nn.Linear(4 * width, width)
+
+        def forward(self, x):
+            return self.fc2(F.gelu(self.fc1(x)))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1 = nn.LayerNorm(width, eps=1e-6)
+            self.attn = Attention()
+            self.norm2 = nn.LayerNorm(width, eps=1e-6)
+            self.mlp = Mlp()
+
+        def forward(self, x):
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+
+    class PatchEmbed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Conv2d(in_channels, width, patch, patch)
+
+    class Vit(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.grid = image_size // patch
+            self.patch_embed = PatchEmbed()
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.grid**2, width))
+            self.blocks = nn.Sequential(*[Block() for _ in range(depth)])
+            self.norm = nn.LayerNorm(width, eps=1e-6)
+
+        def forward(self, x):
+            t = self.patch_embed.proj(x)
+            gh, gw = t.shape[-2:]
+            pos = self.pos_embed
+            if (gh, gw) != (self.grid, self.grid):
+                pos = pos.view(1, self.grid, self.grid, width).permute(0, 3, 1, 2)
+                pos = F.interpolate(pos, size=(gh, gw), mode="bicubic", align_corners=False)
+                pos = pos.permute(0, 2, 3, 1).reshape(1, gh * gw, width)
+            x = self.blocks(t.flatten(2).transpose(1, 2) + pos)
+            return self.norm(x).mean(1)
+
+    return Vit()
+
+
 def lightness(rgb):
     """Lab L / 100 of sRGB images in [0, 1] (D65 white), [B, 3, H, W] -> [B, 1, H, W]."""
     c = rgb.clamp(0, 1)
@@ -84,6 +152,9 @@ def check(weights, io):
     cin = int(meta["in_channels"])
     if meta["encoder"] == "resnet18":
         model = cifar_resnet18(cin, float(meta["resnet_width"]))
+    elif meta["encoder"] == "vit":
+        keys = ["vit_patch", "vit_depth", "vit_width", "vit_heads", "vit_image_size"]
+        model = vit(cin, *(int(meta[k]) for k in keys))
     else:
         model = small_cnn(cin, json.loads(meta["cnn_widths"]), int(meta.get("cnn_pool", "1")))
     model.load_state_dict(load_file(weights), strict=True)

@@ -27,7 +27,8 @@ pub struct Config {
     /// Image folders: an image that cannot be decoded is an `error`, or is reported and `skip`ped.
     pub bad_images: BadImages,
 
-    /// Encoder: `cnn` (small CNN for 28x28-ish inputs) or `resnet18` (CIFAR-style ResNet-18).
+    /// Encoder: `cnn` (small CNN for 28x28-ish inputs), `resnet18` (CIFAR-style ResNet-18)
+    /// or `vit` (a small Vision Transformer).
     pub encoder: EncoderKind,
     /// Channel widths of the small CNN's stages; each stage after the first halves the size.
     pub cnn_widths: Vec<i64>,
@@ -37,6 +38,14 @@ pub struct Config {
     pub cnn_pool: i64,
     /// Width multiplier of the ResNet-18 (1.0 gives 64..512 channels).
     pub resnet_width: f64,
+    /// ViT: patch size, number of blocks, token width and attention heads (the default is
+    /// ViT-Tiny's 12 x 192 with 3 heads, at patch 4 for 32x32 images: an 8x8 grid), and the
+    /// image side its position embeddings are made for (other sizes resample them).
+    pub vit_patch: i64,
+    pub vit_depth: i64,
+    pub vit_width: i64,
+    pub vit_heads: i64,
+    pub vit_image_size: i64,
     /// Channel widths of the decoder's transposed-convolution stages (each doubles the size).
     pub decoder_widths: Vec<i64>,
 
@@ -89,6 +98,32 @@ pub struct Config {
     /// MoCo v1/v2: BatchNorm runs on this many sub-batches, the key encoder's on shuffled
     /// ones, emulating the paper's shuffling BN across GPUs (1 = whole batch).
     pub shuffle_bn_groups: i64,
+    /// Barlow Twins: weight of the off-diagonal terms of the cross-correlation (paper: 0.0051).
+    pub barlow_lambda: f64,
+    /// VICReg: weights of the invariance, variance and covariance terms (paper: 25, 25, 1).
+    pub vicreg_weights: [f64; 3],
+    /// Multi-crop (SwAV, DINO): besides the two global views of the `aug_*` keys, this many
+    /// local views of `multicrop_local_size` pixels (0: 3/7 of the image side, as 96 of
+    /// 224) cropped from `multicrop_local_scale` of the image's area.
+    pub multicrop_local: usize,
+    pub multicrop_local_size: usize,
+    pub multicrop_local_scale: [f64; 2],
+    /// SwAV: number of prototypes, Sinkhorn-Knopp's epsilon and iterations, the epochs
+    /// during which the prototypes stay frozen, and the length of the queue of past
+    /// projections that joins the batch in the Sinkhorn step (0: no queue).
+    pub swav_prototypes: i64,
+    pub swav_epsilon: f64,
+    pub swav_iterations: usize,
+    pub swav_freeze_epochs: usize,
+    pub swav_queue: i64,
+    /// DINO: output width of the head (K, the softmax's size), the teacher temperature
+    /// reached after `dino_warmup_teacher_epochs` epochs of linear rise from
+    /// `dino_warmup_teacher_temp`, and the momentum of the centre's EMA.
+    pub dino_out_dim: i64,
+    pub dino_teacher_temp: f64,
+    pub dino_warmup_teacher_temp: f64,
+    pub dino_warmup_teacher_epochs: usize,
+    pub dino_center_momentum: f64,
 
     /// CPC: patch size and stride of the patch grid (28x28 -> 6x6 grid of 8x8 at stride 4).
     pub cpc_patch: i64,
@@ -196,6 +231,11 @@ impl Default for Config {
             cnn_widths: vec![32, 64, 128],
             cnn_pool: 1,
             resnet_width: 1.0,
+            vit_patch: 4,
+            vit_depth: 12,
+            vit_width: 192,
+            vit_heads: 3,
+            vit_image_size: 32,
             decoder_widths: vec![64, 32],
             epochs: 10,
             batch_size: 256,
@@ -226,6 +266,21 @@ impl Default for Config {
             ema_momentum: 0.99,
             moco_queue: 4096,
             shuffle_bn_groups: 4,
+            barlow_lambda: 0.0051,
+            vicreg_weights: [25.0, 25.0, 1.0],
+            multicrop_local: 6,
+            multicrop_local_size: 0,
+            multicrop_local_scale: [0.05, 0.4],
+            swav_prototypes: 3000,
+            swav_epsilon: 0.05,
+            swav_iterations: 3,
+            swav_freeze_epochs: 1,
+            swav_queue: 0,
+            dino_out_dim: 65536,
+            dino_teacher_temp: 0.04,
+            dino_warmup_teacher_temp: 0.04,
+            dino_warmup_teacher_epochs: 0,
+            dino_center_momentum: 0.9,
             cpc_patch: 8,
             cpc_stride: 4,
             cpc_steps: 2,
@@ -301,6 +356,8 @@ choice!(
         Cnn = "cnn",
         /// CIFAR-style ResNet-18 (`resnet_width`).
         Resnet18 = "resnet18",
+        /// Small Vision Transformer with timm's names (`vit_*`).
+        Vit = "vit",
     }
 );
 choice!(
@@ -494,6 +551,11 @@ pub const GENERAL_KEYS: &[&str] = &[
     "cnn_widths",
     "cnn_pool",
     "resnet_width",
+    "vit_patch",
+    "vit_depth",
+    "vit_width",
+    "vit_heads",
+    "vit_image_size",
     "epochs",
     "batch_size",
     "optimizer",
@@ -699,6 +761,24 @@ impl Config {
             bail!(
                 "option resnet_width = {} must be between 0.125 and 8",
                 self.resnet_width
+            );
+        }
+        in_range("vit_patch", self.vit_patch, 1..=64)?;
+        in_range("vit_depth", self.vit_depth, 1..=64)?;
+        in_range("vit_heads", self.vit_heads, 1..=64)?;
+        at_least("vit_width", self.vit_width, 1)?;
+        if self.vit_width % self.vit_heads != 0 {
+            bail!(
+                "option vit_width = {} must be a multiple of vit_heads = {}",
+                self.vit_width,
+                self.vit_heads
+            );
+        }
+        if self.vit_image_size < self.vit_patch {
+            bail!(
+                "option vit_image_size = {} must be at least vit_patch = {}",
+                self.vit_image_size,
+                self.vit_patch
             );
         }
         at_least("epochs", self.epochs, 1)?;

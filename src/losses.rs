@@ -114,6 +114,122 @@ pub fn negative_cosine(p: &Tensor, z: &Tensor) -> Tensor {
         .mean(p.kind())
 }
 
+/// Standardises each column of `z` `[N, D]` over the batch: BatchNorm without affine
+/// parameters in training mode (biased variance, eps 1e-5), as Barlow Twins applies it to
+/// the projections before their cross-correlation.
+fn standardize(z: &Tensor) -> Tensor {
+    let mean = z.mean_dim(&[0i64][..], true, z.kind()); // [1, D]
+    let var = z.var_correction(&[0i64][..], 0, true); // [1, D]
+    (z - mean) / (var + 1e-5).sqrt()
+}
+
+/// The off-diagonal entries of a square matrix `m` `[D, D]`, zeroed diagonal kept: `[D, D]`.
+fn off_diagonal(m: &Tensor) -> Tensor {
+    let d = m.size()[0];
+    m * (1.0 - Tensor::eye(d, (m.kind(), m.device())))
+}
+
+/// Barlow Twins (Zbontar et al. 2021). `z1`, `z2` `[N, D]`: projections of two views of N
+/// images. Each column is standardised over the batch, C = z1ᵀ z2 / N is their
+/// cross-correlation `[D, D]`, and the loss pulls C towards the identity:
+/// Σ_i (1 - C_ii)² + `lambda` Σ_{i≠j} C_ij². Pass the global batch (gathered from every
+/// rank) for the paper's cross-correlation over all ranks.
+pub fn barlow_twins(z1: &Tensor, z2: &Tensor, lambda: f64) -> Tensor {
+    let n = z1.size()[0] as f64;
+    let c = standardize(z1).tr().matmul(&standardize(z2)) / n; // [D, D]
+    let on = (c.diagonal(0, 0, 1) - 1.0).square().sum(c.kind());
+    on + off_diagonal(&c).square().sum(c.kind()) * lambda
+}
+
+/// VICReg (Bardes et al. 2022) with weights `sim` (invariance), `var` and `cov` (paper:
+/// 25, 25, 1). `z1`, `z2` `[N, D]`. Invariance: mean squared error between the views.
+/// Variance: mean over dimensions of relu(1 - sqrt(Var + 1e-4)) per view (unbiased
+/// variance over the batch), halved per view. Covariance: the squared off-diagonal entries
+/// of each view's covariance matrix (divided by N - 1), summed and divided by D. Pass the
+/// global batch (gathered from every rank) for statistics over all ranks, as the paper does.
+pub fn vicreg(z1: &Tensor, z2: &Tensor, sim: f64, var: f64, cov: f64) -> Tensor {
+    let (n, d) = (z1.size()[0] as f64, z1.size()[1] as f64);
+    let variance = |z: &Tensor| {
+        let std = (z.var_correction(&[0i64][..], 1, false) + 1e-4).sqrt(); // [D]
+        (-std + 1.0).relu().mean(z.kind()) / 2.0
+    };
+    let covariance = |z: &Tensor| {
+        let c = z - z.mean_dim(&[0i64][..], true, z.kind()); // [N, D]
+        let m = c.tr().matmul(&c) / (n - 1.0); // [D, D]
+        off_diagonal(&m).square().sum(z.kind()) / d
+    };
+    mse(z1, z2) * sim
+        + (variance(z1) + variance(z2)) * var
+        + (covariance(z1) + covariance(z2)) * cov
+}
+
+/// Sinkhorn-Knopp (SwAV's online codes, Caron et al. 2020): the equipartitioned soft
+/// assignment of N samples to K prototypes from their `scores` `[N, K]` (cosine
+/// similarities): Q = exp(scores / `epsilon`), alternately normalised `iterations` times so
+/// that every prototype gets 1/K of the mass and every sample 1/N, and returned with rows
+/// summing to 1: `[N, K]`, without gradient. Pass the scores of the global batch (and of
+/// the queue, if any): the prototype sums run over every sample.
+pub fn sinkhorn_knopp(scores: &Tensor, epsilon: f64, iterations: usize) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let (n, k) = (scores.size()[0] as f64, scores.size()[1] as f64);
+    // exp(s / eps) with the global maximum subtracted: the first normalisation below
+    // removes the constant factor, and scores near 1 / eps no longer overflow.
+    let s = scores.detach() / epsilon;
+    let mut q = (&s - s.max()).exp(); // [N, K]
+    q /= q.sum(q.kind());
+    for _ in 0..iterations {
+        q /= q.sum_dim_intlist(&[0i64][..], true, q.kind()) * k; // each prototype: 1/K
+        q /= q.sum_dim_intlist(&[1i64][..], true, q.kind()) * n; // each sample: 1/N
+    }
+    q * n
+}
+
+/// Mean over rows of the cross-entropy of the distributions `target` `[N, K]` (rows sum to
+/// 1, no gradient flows to them) and softmax(`logits`) `[N, K]`: mean_i -Σ_k t_ik log p_ik.
+pub fn soft_cross_entropy(target: &Tensor, logits: &Tensor) -> Tensor {
+    -(target.detach() * logits.log_softmax(-1, logits.kind()))
+        .sum_dim_intlist(&[1i64][..], false, logits.kind())
+        .mean(logits.kind())
+}
+
+/// SwAV's swapped prediction. `scores[v]` `[N, K]`: crop v's prototype scores (cosine of
+/// the normalised projection with each normalised prototype), for every crop (large crops
+/// first); `codes[a]` `[N, K]`: the Sinkhorn codes of crop a (the first `codes.len()`
+/// crops, usually the 2 large ones). Each code is predicted from every other crop's
+/// softmax(scores / `temperature`); the cross-entropies are averaged over the other crops,
+/// then over the coded crops.
+pub fn swav(scores: &[Tensor], codes: &[Tensor], temperature: f64) -> Tensor {
+    mean_of(codes.iter().enumerate().map(|(a, q)| {
+        let others = scores.iter().enumerate().filter(|(v, _)| *v != a);
+        mean_of(others.map(|(_, s)| soft_cross_entropy(q, &(s / temperature))))
+    }))
+}
+
+/// The mean of scalar tensors (at least one).
+fn mean_of(terms: impl Iterator<Item = Tensor>) -> Tensor {
+    let terms: Vec<Tensor> = terms.collect();
+    Tensor::stack(&terms, 0).mean(terms[0].kind())
+}
+
+/// DINO's self-distillation loss (Caron et al. 2021). `student[v]` `[N, K]`: the student's
+/// head outputs for crop v (global crops first); `teacher[g]` `[N, K]`: the teacher's for
+/// global crop g. The teacher is centred and sharpened, softmax((t - `center`) /
+/// `teacher_temp`) (no gradient), the student softmax(s / `student_temp`); the mean over
+/// every pair (g, v) with v ≠ g of their cross-entropy.
+pub fn dino(
+    student: &[Tensor],
+    teacher: &[Tensor],
+    center: &Tensor,
+    student_temp: f64,
+    teacher_temp: f64,
+) -> Tensor {
+    mean_of(teacher.iter().enumerate().flat_map(|(g, t)| {
+        let q = ((t - center) / teacher_temp).softmax(-1, t.kind()); // [N, K]
+        let others = student.iter().enumerate().filter(move |(v, _)| *v != g);
+        others.map(move |(_, s)| soft_cross_entropy(&q, &(s / student_temp)))
+    }))
+}
+
 #[cfg(test)]
 pub(crate) mod gradcheck {
     use tch::{Kind, Tensor};
@@ -426,5 +542,218 @@ mod tests {
         assert!((l.double_value(&[]) - want).abs() < 1e-6);
         let l0 = bce_with_logits(&t(&[3f32.ln()]), 0.0);
         assert!((l0.double_value(&[]) - 4f64.ln()).abs() < 1e-6);
+    }
+
+    /// A fixture of tests/fixtures/ssl_losses.json (scripts/make_loss_fixtures.py: the
+    /// reference implementations in PyTorch, float64).
+    fn fixture(name: &str) -> serde_json::Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/ssl_losses.json"
+        );
+        let all: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        all[name].clone()
+    }
+
+    /// `v[key]` (a flat list of numbers) as a float64 tensor of `shape`.
+    fn tensor(v: &serde_json::Value, key: &str, shape: &[i64]) -> Tensor {
+        let xs: Vec<f64> = serde_json::from_value(v[key].clone()).unwrap();
+        Tensor::from_slice(&xs).view(shape)
+    }
+
+    fn num(v: &serde_json::Value, key: &str) -> f64 {
+        v[key].as_f64().unwrap()
+    }
+
+    fn int(v: &serde_json::Value, key: &str) -> i64 {
+        v[key].as_i64().unwrap()
+    }
+
+    fn close(got: &Tensor, want: f64) {
+        let got = got.double_value(&[]);
+        assert!(
+            (got - want).abs() < 1e-9 * (1.0 + want.abs()),
+            "{got} vs {want}"
+        );
+    }
+
+    /// Four samples of two standardised, uncorrelated dimensions.
+    fn square() -> Tensor {
+        Tensor::from_slice(&[1f64, 1., 1., -1., -1., 1., -1., -1.]).view([4, 2])
+    }
+
+    #[test]
+    fn barlow_twins_matches_hand_computation() {
+        let z = square();
+        // Identical views: C = I / (1 + 1e-5) (BatchNorm's eps): almost nothing to pay.
+        let c: f64 = 1.0 / (1.0 + 1e-5);
+        close(&barlow_twins(&z, &z, 0.5), 2.0 * (1.0 - c).powi(2));
+        // Opposite views: C = -c I, 2 (1 + c)^2 whatever lambda.
+        close(&barlow_twins(&z, &(-&z), 0.5), 2.0 * (1.0 + c).powi(2));
+        // Swapped dimensions: C = c [[0, 1], [1, 0]]: 2 + 2 c^2 lambda (a shift does not matter).
+        let swapped = z.flip([1]) + 5.0;
+        close(&barlow_twins(&z, &swapped, 0.5), 2.0 + 2.0 * c * c * 0.5);
+    }
+
+    #[test]
+    fn vicreg_matches_hand_computation() {
+        let z = square() * 0.5;
+        // Unbiased variance 1/3 per dimension, uncorrelated: invariance 1 (shifted by 1),
+        // variance (1 - std) per view halved, twice; no covariance.
+        let std = (1.0f64 / 3.0 + 1e-4).sqrt();
+        close(
+            &vicreg(&z, &(&z + 1.0), 25.0, 25.0, 1.0),
+            25.0 + 25.0 * (1.0 - std),
+        );
+        // Two samples [1, 1], [-1, -1]: covariance [[2, 2], [2, 2]], std > 1: 2 * 4 / 2 per view.
+        let c = Tensor::from_slice(&[1f64, 1., -1., -1.]).view([2, 2]);
+        close(&vicreg(&c, &c, 25.0, 25.0, 1.0), 8.0);
+        close(&vicreg(&c, &c, 25.0, 25.0, 0.5), 4.0);
+    }
+
+    #[test]
+    fn redundancy_reduction_losses_match_the_reference_implementations() {
+        let f = fixture("barlow_twins");
+        let shape: Vec<i64> = serde_json::from_value(f["shape"].clone()).unwrap();
+        let (z1, z2) = (tensor(&f, "z1", &shape), tensor(&f, "z2", &shape));
+        close(&barlow_twins(&z1, &z2, num(&f, "lambda")), num(&f, "loss"));
+        close(&barlow_twins(&z1, &z2, 1.0), num(&f, "loss_lambda_1"));
+        let f = fixture("vicreg");
+        let (z1, z2) = (tensor(&f, "z1", &shape), tensor(&f, "z2", &shape));
+        close(&vicreg(&z1, &z2, 25.0, 25.0, 1.0), num(&f, "loss"));
+        close(&vicreg(&z1, &z2, 1.0, 2.0, 3.0), num(&f, "loss_1_2_3"));
+    }
+
+    #[test]
+    fn sinkhorn_spreads_samples_evenly_over_the_prototypes() {
+        // Equal scores: every sample split evenly over the K prototypes.
+        let q = sinkhorn_knopp(
+            &Tensor::zeros([6, 3], (Kind::Double, tch::Device::Cpu)),
+            0.05,
+            3,
+        );
+        assert!(
+            q.allclose(&q.full_like(1.0 / 3.0), 1e-12, 1e-12, false),
+            "{q}"
+        );
+        // Every sample prefers prototype 0: the codes still give each prototype 1/K of the
+        // mass (nearly, after 3 iterations) and each sample a distribution.
+        let s = Tensor::from_slice(&[0.9f64, 0.1, 0.0])
+            .view([1, 3])
+            .repeat([6, 1])
+            + Tensor::arange(6, (Kind::Double, tch::Device::Cpu)).view([6, 1]) * 0.01;
+        let q = sinkhorn_knopp(&s, 0.05, 3);
+        let rows = q.sum_dim_intlist(&[1i64][..], false, Kind::Double);
+        assert!(
+            rows.allclose(&rows.ones_like(), 1e-9, 1e-9, false),
+            "{rows}"
+        );
+        let cols = q.sum_dim_intlist(&[0i64][..], false, Kind::Double);
+        assert!(
+            cols.allclose(&cols.full_like(2.0), 0.05, 0.05, false),
+            "{cols}"
+        );
+        assert!(!q.requires_grad());
+    }
+
+    #[test]
+    fn swav_and_dino_match_hand_computation() {
+        let opts = (Kind::Double, tch::Device::Cpu);
+        // Uniform codes against flat scores: log K for every pair.
+        let flat = Tensor::zeros([4, 5], opts);
+        let codes = sinkhorn_knopp(&flat, 0.05, 3);
+        let scores = [flat.copy(), flat.copy(), flat.copy()];
+        close(&swav(&scores, &[codes.copy(), codes], 0.1), 5f64.ln());
+        // A teacher whose centre is its own rows is uniform: log K against a flat student.
+        let t = Tensor::from_slice(&[0.3f64, -0.2, 0.5, 0.0, 0.1])
+            .view([1, 5])
+            .repeat([4, 1]);
+        let centre = t.narrow(0, 0, 1);
+        let student = [flat.copy(), flat.copy(), flat.copy()];
+        close(
+            &dino(&student, &[t.copy(), t], &centre, 0.1, 0.04),
+            5f64.ln(),
+        );
+        // One-hot teacher (sharpened hard): -log softmax of the student at that class.
+        let teacher = Tensor::from_slice(&[10f64, 0.0]).view([1, 2]);
+        let s = Tensor::from_slice(&[0f64, 3f64.ln() * 0.1]).view([1, 2]); // p = [1/4, 3/4]
+        let zero = Tensor::zeros([1, 2], opts);
+        let got = dino(&[s.copy(), s], &[teacher], &zero, 0.1, 0.01);
+        close(&got, 4f64.ln());
+    }
+
+    #[test]
+    fn clustering_and_distillation_losses_match_the_reference_implementations() {
+        let f = fixture("swav");
+        let (b, k, v) = (int(&f, "batch"), int(&f, "prototypes"), int(&f, "crops"));
+        let scores = tensor(&f, "scores", &[v * b, k]).chunk(v, 0);
+        let (eps, iters) = (num(&f, "epsilon"), int(&f, "iterations") as usize);
+        let codes: Vec<Tensor> = (0..2)
+            .map(|c| sinkhorn_knopp(&scores[c], eps, iters))
+            .collect();
+        let want = tensor(&f, "codes_crop0", &[b, k]);
+        assert!(
+            codes[0].allclose(&want, 1e-9, 1e-12, false),
+            "{} vs {want}",
+            codes[0]
+        );
+        close(
+            &swav(&scores, &codes, num(&f, "temperature")),
+            num(&f, "loss"),
+        );
+        let f = fixture("dino");
+        let (b, k, v) = (int(&f, "batch"), int(&f, "dim"), int(&f, "crops"));
+        let student = tensor(&f, "student", &[v * b, k]).chunk(v, 0);
+        let teacher = tensor(&f, "teacher", &[2 * b, k]).chunk(2, 0);
+        let centre = tensor(&f, "center", &[1, k]);
+        let st = num(&f, "student_temp");
+        close(
+            &dino(&student, &teacher, &centre, st, num(&f, "teacher_temp")),
+            num(&f, "loss"),
+        );
+        close(
+            &dino(&student, &teacher, &centre, st, 0.07),
+            num(&f, "loss_teacher_temp_07"),
+        );
+    }
+
+    #[test]
+    fn self_supervised_loss_gradients_match_finite_differences() {
+        let _rng = crate::torch_rng_lock();
+        tch::manual_seed(21);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let z1 = Tensor::randn([5, 3], opts);
+        let z2 = &z1 + Tensor::randn([5, 3], opts) * 0.5;
+        gradcheck::check(|x| barlow_twins(x, &z2, 0.3), &z1, 1e-5);
+        gradcheck::check(|x| barlow_twins(&z1, x, 0.3), &z2, 1e-5);
+        // Scaled down, so that every dimension's std is below 1 (the hinge is active).
+        let (s1, s2) = (&z1 * 0.3, &z2 * 0.3);
+        gradcheck::check(|x| vicreg(x, &s2, 25.0, 25.0, 1.0), &s1, 1e-5);
+        gradcheck::check(|x| vicreg(&s1, x, 2.0, 3.0, 4.0), &s2, 1e-5);
+        let scores: Vec<Tensor> = (0..3).map(|_| Tensor::randn([4, 3], opts)).collect();
+        let codes: Vec<Tensor> = (0..2)
+            .map(|c| sinkhorn_knopp(&scores[c], 0.05, 3))
+            .collect();
+        let with = |x: &Tensor, i: usize| {
+            let mut s: Vec<Tensor> = scores.iter().map(|t| t.shallow_clone()).collect();
+            s[i] = x.shallow_clone();
+            s
+        };
+        gradcheck::check(|x| swav(&with(x, 0), &codes, 0.1), &scores[0], 1e-5);
+        gradcheck::check(|x| swav(&with(x, 2), &codes, 0.1), &scores[2], 1e-5);
+        let centre = Tensor::randn([1, 3], opts) * 0.1;
+        let teacher = [Tensor::randn([4, 3], opts), Tensor::randn([4, 3], opts)];
+        gradcheck::check(
+            |x| dino(&with(x, 1), &teacher, &centre, 0.1, 0.04),
+            &scores[1],
+            1e-5,
+        );
+        // No gradient reaches the teacher (nor SwAV's codes): they are targets.
+        let t = teacher[0].copy().set_requires_grad(true);
+        let l = dino(&scores, &[t, teacher[1].copy()], &centre, 0.1, 0.04);
+        assert!(!l.requires_grad());
+        let q = codes[0].copy().set_requires_grad(true);
+        assert!(!swav(&scores, &[q], 0.1).requires_grad());
     }
 }

@@ -20,9 +20,27 @@ pub fn cosine_momentum(step: usize, total: usize, base: f64) -> f64 {
     1.0 - (1.0 - base) * ((PI * t.min(1.0)).cos() + 1.0) / 2.0
 }
 
+/// A value that rises linearly from `start` at epoch 0 to `end` at epoch `epochs` and
+/// stays there (DINO's teacher temperature warm-up, indexed by epoch as in the paper).
+pub fn linear_ramp(epoch: usize, epochs: usize, start: f64, end: f64) -> f64 {
+    if epoch >= epochs {
+        return end;
+    }
+    start + (end - start) * epoch as f64 / epochs as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linear_ramp_rises_then_stays() {
+        assert_eq!(linear_ramp(0, 4, 0.04, 0.08), 0.04);
+        assert!((linear_ramp(1, 4, 0.04, 0.08) - 0.05).abs() < 1e-15);
+        assert_eq!(linear_ramp(4, 4, 0.04, 0.08), 0.08);
+        assert_eq!(linear_ramp(9, 4, 0.04, 0.08), 0.08);
+        assert_eq!(linear_ramp(0, 0, 0.04, 0.08), 0.08);
+    }
 
     #[test]
     fn warmup_then_cosine() {

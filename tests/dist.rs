@@ -380,7 +380,8 @@ fn tiny_split() -> Split {
 }
 
 /// A small run of `method`: global batches of 16 (3 steps per epoch), MoCo's queue of 40
-/// keys (it wraps) and 4 BatchNorm groups (2 per rank on 2 ranks). SGD passes gradients on
+/// keys (it wraps), 4 BatchNorm groups (2 per rank on 2 ranks), 2 global and 2 local crops
+/// for SwAV and DINO (SwAV's prototypes frozen in the first of the 2 epochs). SGD passes gradients on
 /// as they are; Adam would divide the rounding noise of the gradients that are zero
 /// analytically (a BatchNorm bias followed by a Linear and another BatchNorm, which removes
 /// any shift) by sqrt(v) + eps ~ 1e-8, turning 1e-17 into steps of 1e-9 x lr, which are
@@ -400,6 +401,9 @@ fn equivalence_config(method: &str) -> Config {
         shuffle_bn_groups: 4,
         ema_momentum: 0.9,
         aug_crop_scale: [0.5, 1.0],
+        multicrop_local: 2,
+        swav_prototypes: 10,
+        dino_out_dim: 16,
         ..Config::default()
     }
 }
@@ -500,7 +504,16 @@ fn difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> ((f64, String),
     (relative, absolute)
 }
 
-const EQUIVALENCE_METHODS: [&str; 4] = ["simclr", "moco-v2", "moco-v3", "byol"];
+const EQUIVALENCE_METHODS: [&str; 8] = [
+    "simclr",
+    "moco-v2",
+    "moco-v3",
+    "byol",
+    "barlow-twins",
+    "vicreg",
+    "swav",
+    "dino",
+];
 
 /// 2 ranks with global batch B end with the same parameters, BatchNorm buffers, MoCo queue,
 /// optimizer state and losses as 1 process with batch B, for the methods whose losses and

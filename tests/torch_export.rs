@@ -1,5 +1,5 @@
 //! The exported encoder loads into the equivalent PyTorch module (torchvision's resnet18
-//! with the CIFAR stem, or the small CNN) and gives the same features as selfsup to 1e-4,
+//! with the CIFAR stem, the small CNN, or a ViT with timm's layout) and gives the same features as selfsup to 1e-4,
 //! for every registered method (colorization's lightness input and CPC's mean-pooled patch
 //! grid included). Runs the check script with the setup venv's Python.
 
@@ -81,6 +81,20 @@ fn resnet18_export_matches_torchvision() {
         ..Config::default()
     };
     check_architecture(&cfg, [2, 3, 32, 32]);
+}
+
+#[test]
+fn vit_export_matches_timm_layout_in_pytorch() {
+    let cfg = Config {
+        encoder: EncoderKind::Vit,
+        vit_depth: 2,
+        vit_width: 24,
+        vit_heads: 3,
+        ..Config::default()
+    };
+    // 32x32 (the position embeddings' own grid) and 28x28 (resampled to 7x7).
+    check_architecture(&cfg, [2, 3, 32, 32]);
+    check_architecture(&cfg, [2, 1, 28, 28]);
 }
 
 #[test]

@@ -216,26 +216,37 @@ impl Views {
             .collect()
     }
 
-    /// Output (h, w) of the views; all views must agree (checked by `validate`).
-    pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
-        self.pipelines
-            .first()
-            .map(|p| p.output_size(h, w))
-            .unwrap_or((h, w))
+    /// Output (h, w) of each view for (h, w) images.
+    pub fn sizes(&self, h: usize, w: usize) -> Vec<(usize, usize)> {
+        self.pipelines.iter().map(|p| p.output_size(h, w)).collect()
+    }
+
+    /// The views by size, in order: (number of views, their (h, w)). Multi-crop's views
+    /// (2 global, then V local) make two groups; `validate` keeps each size in one group.
+    pub fn size_groups(&self, h: usize, w: usize) -> Vec<(usize, (usize, usize))> {
+        let mut groups: Vec<(usize, (usize, usize))> = Vec::new();
+        for size in self.sizes(h, w) {
+            match groups.last_mut() {
+                Some((n, s)) if *s == size => *n += 1,
+                _ => groups.push((1, size)),
+            }
+        }
+        groups
     }
 
     pub fn validate(&self, h: usize, w: usize) -> anyhow::Result<()> {
         if self.pipelines.is_empty() {
             anyhow::bail!("a view set needs at least one pipeline");
         }
-        let first = self.output_size(h, w);
-        for p in &self.pipelines {
-            if p.output_size(h, w) != first {
+        let groups = self.size_groups(h, w);
+        for (i, (_, size)) in groups.iter().enumerate() {
+            if groups[..i].iter().any(|(_, s)| s == size) {
                 anyhow::bail!(
-                    "all views must have the same size: {:?} vs {first:?}",
-                    p.output_size(h, w)
+                    "the views of size {size:?} must follow one another (they are batched by size)"
                 );
             }
+        }
+        for p in &self.pipelines {
             for op in &p.ops {
                 let probs = match op {
                     Op::ResizedCrop { size, scale, ratio } => {
@@ -372,14 +383,29 @@ mod tests {
                 .contains("probability")
         );
         let mixed = Views {
-            pipelines: vec![simclr_like(16), simclr_like(8)],
+            pipelines: vec![simclr_like(16), simclr_like(8), simclr_like(16)],
         };
         assert!(
             mixed
                 .validate(28, 28)
                 .unwrap_err()
                 .to_string()
-                .contains("same size")
+                .contains("follow one another")
         );
+    }
+
+    #[test]
+    fn multi_crop_views_are_grouped_by_size() {
+        let views = Views {
+            pipelines: vec![
+                simclr_like(16),
+                simclr_like(16),
+                simclr_like(8),
+                simclr_like(8),
+                simclr_like(8),
+            ],
+        };
+        views.validate(28, 28).unwrap();
+        assert_eq!(views.size_groups(28, 28), vec![(2, (16, 16)), (3, (8, 8))]);
     }
 }

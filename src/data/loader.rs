@@ -18,7 +18,9 @@ use tch::{Device, Tensor};
 
 pub struct Batch {
     /// `[B, C, H, W]`, float in [0, 1], channels-last in memory; with V random views,
-    /// `[V * B, C, h, w]`: all first views, then all second views, and so on.
+    /// `[V * B, C, h, w]`: all first views, then all second views, and so on; with views of
+    /// several sizes (multi-crop), the same order flat, each image `[h, w, C]` (see
+    /// `methods::views::unpack`).
     pub images: Tensor,
     /// `[B]`, int64
     pub labels: Tensor,
@@ -67,19 +69,26 @@ fn prepare(split: &Split, indices: &[usize], views: Option<&ViewSpec>) -> HostBa
             images
         }
         Some(spec) => {
-            let (oh, ow) = spec.views.output_size(h, w);
             let b = indices.len();
-            let mut images = vec![0f32; spec.views.pipelines.len() * b * c * oh * ow];
-            images
-                .par_chunks_mut(c * oh * ow)
-                .enumerate()
-                .for_each(|(k, dst)| {
-                    let (v, i) = (k / b, indices[k % b]);
-                    let img = Image::new(c, h, w, split.image(i).to_vec());
-                    let view = spec.views.pipelines[v]
-                        .apply(&img, &mut sample_rng(spec.seed, spec.epoch, i, v));
-                    to_float_hwc(&view.data, c, dst);
-                });
+            let sizes = spec.views.sizes(h, w);
+            let total = sizes.iter().map(|(oh, ow)| b * c * oh * ow).sum();
+            let mut images = vec![0f32; total];
+            // One chunk per (view, image), view-major; views may differ in size (multi-crop).
+            let mut chunks = Vec::with_capacity(sizes.len() * b);
+            let mut rest = images.as_mut_slice();
+            for (v, &(oh, ow)) in sizes.iter().enumerate() {
+                for &i in indices {
+                    let (dst, tail) = rest.split_at_mut(c * oh * ow);
+                    chunks.push((v, i, dst));
+                    rest = tail;
+                }
+            }
+            chunks.into_par_iter().for_each(|(v, i, dst)| {
+                let img = Image::new(c, h, w, split.image(i).to_vec());
+                let view = spec.views.pipelines[v]
+                    .apply(&img, &mut sample_rng(spec.seed, spec.epoch, i, v));
+                to_float_hwc(&view.data, c, dst);
+            });
             images
         }
     };
@@ -114,8 +123,9 @@ pub fn nhwc_batch(images: &Tensor, [c, h, w]: [i64; 3]) -> Tensor {
 /// An iterator over the batches of one pass through `order`.
 pub struct Loader {
     rx: Receiver<HostBatch>,
-    /// `[C, h, w]` of the tensors produced.
-    shape: [usize; 3],
+    /// `[C, h, w]` of the tensors produced; `None` for views of several sizes, whose
+    /// batches stay flat (see `methods::views::unpack`).
+    shape: Option<[usize; 3]>,
     device: Device,
     remaining: usize,
 }
@@ -150,8 +160,13 @@ impl Loader {
         }
         let remaining = chunks.len();
         let [c, h, w] = split.shape;
-        let (oh, ow) = views.as_ref().map_or((h, w), |v| v.views.output_size(h, w));
-        let shape = [c, oh, ow];
+        let shape = match &views {
+            None => Some([c, h, w]),
+            Some(v) => match v.views.size_groups(h, w)[..] {
+                [(_, (oh, ow))] => Some([c, oh, ow]),
+                _ => None,
+            },
+        };
         let (tx, rx) = sync_channel(prefetch.max(1));
         std::thread::spawn(move || {
             for chunk in chunks {
@@ -182,8 +197,11 @@ impl Iterator for Loader {
     fn next(&mut self) -> Option<Batch> {
         let hb = self.rx.recv().ok()?;
         self.remaining -= 1;
-        let [c, h, w] = self.shape.map(|d| d as i64);
-        let images = nhwc_batch(&Tensor::from_slice(&hb.images), [c, h, w]).to_device(self.device);
+        let mut images = Tensor::from_slice(&hb.images);
+        if let Some([c, h, w]) = self.shape.map(|s| s.map(|d| d as i64)) {
+            images = nhwc_batch(&images, [c, h, w]);
+        }
+        let images = images.to_device(self.device);
         let labels = Tensor::from_slice(&hb.labels).to_device(self.device);
         Some(Batch {
             images,
@@ -332,6 +350,45 @@ mod tests {
         for n in 0..6 {
             assert_eq!(first_view(&batches, n), first_view(&one, n));
         }
+    }
+
+    #[test]
+    fn views_of_several_sizes_come_flat_in_view_major_order() {
+        use crate::augment::{Op, Pipeline};
+        let s = split(4);
+        let crop = |size| Pipeline {
+            ops: vec![Op::ResizedCrop {
+                size: (size, size),
+                scale: (0.3, 1.0),
+                ratio: (0.5, 2.0),
+            }],
+        };
+        // Multi-crop: one 2x2 global view, then two 1x1 local ones.
+        let views = Arc::new(Views {
+            pipelines: vec![crop(2), crop(1), crop(1)],
+        });
+        let spec = ViewSpec {
+            views: views.clone(),
+            seed: 4,
+            epoch: 0,
+        };
+        let b = Loader::with_views(s.clone(), vec![2, 0], 2, false, 1, Device::Cpu, Some(spec))
+            .next()
+            .unwrap();
+        // 2 images x 2 channels: 2 x 8 values of the global views, then 2 x 2 x 2 local ones.
+        assert_eq!(b.images.size(), vec![2 * 8 + 2 * 2 * 2]);
+        let flat = Vec::<f32>::try_from(&b.images).unwrap();
+        // Each view as the loader stores it: [h, w, C] floats.
+        let want = |v: usize, i: usize| -> Vec<f32> {
+            let img = Image::new(2, 3, 3, s.image(i).to_vec());
+            let view = &views.apply(&img, 4, 0, i)[v];
+            let mut out = vec![0f32; view.data.len()];
+            to_float_hwc(&view.data, 2, &mut out);
+            out
+        };
+        assert_eq!(&flat[8..16], want(0, 0).as_slice());
+        // The second local view of image 0 (the batch's second image): after 2 x 8 + 2 x 2.
+        assert_eq!(&flat[22..24], want(2, 0).as_slice());
     }
 
     #[test]

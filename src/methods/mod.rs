@@ -2,11 +2,13 @@
 //! Adding a method means one new file and one line in `REGISTRY`.
 
 pub mod autoencoder;
+pub mod barlow_twins;
 pub mod byol;
 pub mod colorization;
 pub mod context_encoder;
 pub mod cpc;
 pub mod denoising;
+pub mod dino;
 pub mod jigsaw;
 pub mod moco;
 pub mod moco_v3;
@@ -16,6 +18,8 @@ pub mod rotation;
 pub mod simclr;
 pub mod simsiam;
 pub mod supervised;
+pub mod swav;
+pub mod vicreg;
 pub mod views;
 
 use crate::augment::Views;
@@ -169,6 +173,10 @@ pub const REGISTRY: &[MethodSpec] = &[
     moco_v3::SPEC,
     byol::SPEC,
     simsiam::SPEC,
+    barlow_twins::SPEC,
+    vicreg::SPEC,
+    swav::SPEC,
+    dino::SPEC,
     supervised::SPEC,
     context_encoder::SPEC,
     rotation::SPEC,
@@ -259,6 +267,21 @@ mod tests {
             "tile_size" => "1",
             "jigsaw_permutations" => "50",
             "colorization_loss" => "regress",
+            "barlow_lambda" => "0.1",
+            "vicreg_weights" => "[1.0, 2.0, 3.0]",
+            "multicrop_local" => "3",
+            "multicrop_local_size" => "5",
+            "multicrop_local_scale" => "[0.1, 0.3]",
+            "swav_prototypes" => "20",
+            "swav_epsilon" => "0.1",
+            "swav_iterations" => "5",
+            "swav_freeze_epochs" => "0",
+            "swav_queue" => "16",
+            "dino_out_dim" => "30",
+            "dino_teacher_temp" => "0.07",
+            "dino_warmup_teacher_temp" => "0.02",
+            "dino_warmup_teacher_epochs" => "3",
+            "dino_center_momentum" => "0.5",
             other => panic!("no other value for key {other}: add one here"),
         }
     }
@@ -273,9 +296,15 @@ mod tests {
         let mut vars: Vec<_> = model.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let views = model.method.views();
-        let v = views.as_ref().map_or(1, |v| v.pipelines.len() as i64);
+        // A batch of 8 images' views: every view's pixels, flat when sizes differ.
+        let sizes = views.as_ref().map_or(vec![(8, 8)], |v| v.sizes(8, 8));
+        let numel: usize = sizes.iter().map(|(h, w)| 8 * 3 * h * w).sum();
         tch::manual_seed(7);
-        let x = Tensor::rand([v * 8, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let x = Tensor::rand([numel as i64], (Kind::Float, Device::Cpu));
+        let x = match sizes.iter().all(|s| *s == sizes[0]) {
+            true => x.view([-1, 3, sizes[0].0 as i64, sizes[0].1 as i64]),
+            false => x,
+        };
         let labels = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(4);
         let ctx = StepCtx {
             epoch: 0,

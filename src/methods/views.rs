@@ -4,8 +4,10 @@
 use super::DataInfo;
 use crate::augment::{Op, Pipeline, Views};
 use crate::config::{Config, check};
+use crate::data::loader::nhwc_batch;
 use anyhow::Result;
 use std::sync::Arc;
+use tch::Tensor;
 
 /// The keys of the view pipeline.
 pub const AUG_KEYS: &[&str] = &[
@@ -93,4 +95,115 @@ pub fn two_views(cfg: &Config, data: &DataInfo) -> Arc<Views> {
     Arc::new(Views {
         pipelines: vec![p.clone(), p],
     })
+}
+
+/// The multi-crop keys (SwAV, DINO).
+pub const MULTICROP_KEYS: &[&str] = &[
+    "multicrop_local",
+    "multicrop_local_size",
+    "multicrop_local_scale",
+];
+
+/// Checks the multi-crop keys.
+pub fn validate_multicrop(cfg: &Config) -> Result<()> {
+    check::in_range("multicrop_local", cfg.multicrop_local, 0..=64)?;
+    check::in_range("multicrop_local_size", cfg.multicrop_local_size, 0..=4096)?;
+    check::ordered_pair(
+        "multicrop_local_scale",
+        cfg.multicrop_local_scale,
+        Some(1.0),
+    )
+}
+
+/// Side of the local crops for `h` x `w` images: `multicrop_local_size`, or 3/7 of the
+/// shorter side (the papers' 96 of 224), at least 1.
+pub fn local_size(cfg: &Config, h: usize, w: usize) -> usize {
+    match cfg.multicrop_local_size {
+        0 => ((h.min(w) as f64 * 3.0 / 7.0).round() as usize).max(1),
+        s => s,
+    }
+}
+
+/// Multi-crop views (Caron et al. 2020): the `global` views (of the `aug_*` pipeline),
+/// then `multicrop_local` local views: `local` with its crop at the local size and scale.
+pub fn multi_crop(
+    cfg: &Config,
+    data: &DataInfo,
+    global: Vec<Pipeline>,
+    local: Pipeline,
+) -> Arc<Views> {
+    let (h, w) = (data.shape[1] as usize, data.shape[2] as usize);
+    let side = local_size(cfg, h, w);
+    let mut local = local;
+    for op in &mut local.ops {
+        if let Op::ResizedCrop { size, scale, .. } = op {
+            *size = (side, side);
+            *scale = cfg.multicrop_local_scale.into();
+        }
+    }
+    let mut pipelines = global;
+    pipelines.extend(std::iter::repeat_n(local, cfg.multicrop_local));
+    Arc::new(Views { pipelines })
+}
+
+/// Splits a batch of the `views` of B `[c, h, w]` images, as the loader makes it, into
+/// one tensor per size group, `[n_g * B, c, h_g, w_g]` (views in order, each view's B
+/// images together). The loader's batch is that tensor already, `[V * B, c, h', w']`, when
+/// every view has one size, and flat when sizes differ: every view's B images one after
+/// the other, each `[h_g, w_g, c]` (channels-last, as `data::loader::nhwc_batch` reads it).
+pub fn unpack(views: &Views, images: &Tensor, [c, h, w]: [i64; 3]) -> Vec<Tensor> {
+    if images.dim() == 4 {
+        return vec![images.shallow_clone()];
+    }
+    let groups = views.size_groups(h as usize, w as usize);
+    let numel = |(n, (gh, gw)): &(usize, (usize, usize))| (n * gh * gw) as i64 * c;
+    let b = images.numel() as i64 / groups.iter().map(numel).sum::<i64>();
+    let mut at = 0;
+    let mut out = Vec::new();
+    for g in &groups {
+        let (_, (gh, gw)) = *g;
+        let part = images.narrow(0, at, b * numel(g));
+        out.push(nhwc_batch(&part, [c, gh as i64, gw as i64]));
+        at += b * numel(g);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::augment::Pipeline;
+    use tch::{Device, Kind};
+
+    fn crop(size: usize) -> Pipeline {
+        Pipeline {
+            ops: vec![Op::ResizedCrop {
+                size: (size, size),
+                scale: (0.2, 1.0),
+                ratio: (0.75, 4.0 / 3.0),
+            }],
+        }
+    }
+
+    #[test]
+    fn multi_crop_batches_are_unpacked_by_size() {
+        let _rng = crate::torch_rng_lock();
+        let views = Views {
+            pipelines: vec![crop(16), crop(16), crop(8), crop(8), crop(8)],
+        };
+        // B = 2 images of 1 channel: 2 x 2 x 256 values, then 3 x 2 x 64 (with one channel
+        // channels-last is the plain order).
+        let flat = Tensor::arange(2 * 2 * 256 + 3 * 2 * 64, (Kind::Float, Device::Cpu));
+        let groups = unpack(&views, &flat, [1, 28, 28]);
+        assert_eq!(groups[0].size(), vec![4, 1, 16, 16]);
+        assert_eq!(groups[1].size(), vec![6, 1, 8, 8]);
+        assert_eq!(groups[1].flatten(0, -1).double_value(&[0]), 1024.0);
+        // One size: the loader's 4-D batch comes back whole.
+        let two = Views {
+            pipelines: vec![crop(8), crop(8)],
+        };
+        let x = Tensor::rand([6, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let got = unpack(&two, &x, [3, 28, 28]);
+        assert!(got.len() == 1 && got[0].equal(&x));
+    }
 }

@@ -7,6 +7,9 @@
 //!   7x7 stride 2), there is no max-pool (use `nn.Identity()`), and no `fc` (the encoder
 //!   ends at the global average pool; use `nn.Identity()`).
 //! - `cnn`: `stageI.conv1/bn1/conv2/bn2`, as the module in scripts/check_torch_export.py.
+//! - `vit`: timm's `VisionTransformer` names for `class_token=False, global_pool="avg",
+//!   fc_norm=False, num_classes=0` (see `nets::vit`); the metadata carries `vit_patch`,
+//!   `vit_depth`, `vit_width`, `vit_heads` and `vit_image_size`.
 //!
 //! BatchNorm layers get the `num_batches_tracked` counter PyTorch expects (set to 0: it is
 //! only read when momentum is None).
@@ -66,6 +69,11 @@ pub fn write_encoder(
         ),
         ("cnn_pool".to_string(), cfg.cnn_pool.to_string()),
         ("resnet_width".to_string(), cfg.resnet_width.to_string()),
+        ("vit_patch".to_string(), cfg.vit_patch.to_string()),
+        ("vit_depth".to_string(), cfg.vit_depth.to_string()),
+        ("vit_width".to_string(), cfg.vit_width.to_string()),
+        ("vit_heads".to_string(), cfg.vit_heads.to_string()),
+        ("vit_image_size".to_string(), cfg.vit_image_size.to_string()),
         ("method".to_string(), cfg.method.clone()),
     ]);
     let input = match encoder.input {

@@ -10,6 +10,7 @@ pub mod lab;
 pub mod momentum;
 pub mod norm;
 pub mod resnet;
+pub mod vit;
 
 pub use decoder::Decoder;
 
@@ -195,8 +196,20 @@ pub fn build_encoder(p: &nn::Path, cfg: &Config, in_channels: i64) -> Encoder {
     let net = match cfg.encoder {
         EncoderKind::Cnn => cnn::small_cnn(p, in_channels, &cfg.cnn_widths, cfg.cnn_pool),
         EncoderKind::Resnet18 => resnet::resnet18_cifar(p, in_channels, cfg.resnet_width),
+        EncoderKind::Vit => vit::vit(p, in_channels, vit_shape(cfg)),
     };
     Encoder::new(net, in_channels)
+}
+
+/// The ViT's shape from the `vit_*` keys.
+pub fn vit_shape(cfg: &Config) -> vit::VitShape {
+    vit::VitShape {
+        patch: cfg.vit_patch,
+        depth: cfg.vit_depth,
+        width: cfg.vit_width,
+        heads: cfg.vit_heads,
+        image_size: cfg.vit_image_size,
+    }
 }
 
 /// An encoder under `encoder` and a decoder back to `shape` `[C, H, W]` under `decoder`, as

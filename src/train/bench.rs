@@ -42,18 +42,23 @@ fn images_per_step(cfg: &Config) -> usize {
     cfg.batch_size
 }
 
-/// The step's input for random data: `[V * B, C, h, w]` in the loader's memory layout.
+/// The step's input for random data: `[V * B, C, h, w]` in the loader's memory layout
+/// (flat for views of several sizes).
 fn random_batch(model: &Model, cfg: &Config, ds: &Dataset, device: Device) -> crate::data::Batch {
     let [c, h, w] = ds.pretrain_split().shape;
-    let (views, (h, w)) = match model.method.views() {
-        Some(v) => (v.pipelines.len(), v.output_size(h, w)),
-        None => (1, (h, w)),
-    };
+    let sizes = model.method.views().map_or(vec![(h, w)], |v| v.sizes(h, w));
     let b = cfg.batch_size;
     tch::manual_seed(cfg.seed as i64);
-    let nhwc = Tensor::rand([(views * b * h * w * c) as i64], (Kind::Float, device));
+    let numel: usize = sizes.iter().map(|(h, w)| b * h * w * c).sum();
+    let nhwc = Tensor::rand([numel as i64], (Kind::Float, device));
+    let (vh, vw) = sizes[0];
+    let images = match sizes.iter().all(|s| *s == sizes[0]) {
+        true => crate::data::loader::nhwc_batch(&nhwc, [c, vh, vw].map(|d| d as i64)),
+        // Views of several sizes (multi-crop) come flat, as the loader hands them.
+        false => nhwc,
+    };
     crate::data::Batch {
-        images: crate::data::loader::nhwc_batch(&nhwc, [c, h, w].map(|d| d as i64)),
+        images,
         labels: Tensor::zeros([b as i64], (Kind::Int64, device)),
         indices: (0..b).collect(),
     }
@@ -315,6 +320,10 @@ pub fn describe_step(cfg: &Config, ds: &Dataset, device: Device) -> String {
     let encoder = match cfg.encoder {
         EncoderKind::Cnn => format!("cnn {:?} pool {}", cfg.cnn_widths, cfg.cnn_pool),
         EncoderKind::Resnet18 => format!("resnet18 x{}", cfg.resnet_width),
+        EncoderKind::Vit => format!(
+            "vit patch {} depth {} width {} heads {}",
+            cfg.vit_patch, cfg.vit_depth, cfg.vit_width, cfg.vit_heads
+        ),
     };
     format!(
         "{} on {} ({c}x{h}x{w}), {encoder}, batch {}, {:?}, {} threads, device {device:?}",

@@ -639,24 +639,22 @@ pub(crate) mod tests {
         assert!(e.contains("--resume"), "{e}");
     }
 
-    #[test]
-    fn resume_continues_steps_schedule_and_state_exactly() {
-        let _rng = crate::torch_rng_lock();
+    /// Trains `cfg` (4 epochs of 6 steps) straight through and again stopped after 2 epochs
+    /// and resumed: the two end with the same variables (method state included) and
+    /// optimizer state. Returns the two run folders.
+    fn assert_resume_is_exact(cfg: &Config) -> (tempfile::TempDir, tempfile::TempDir) {
         let ds = tiny_dataset();
-        let cfg = tiny_config("denoising-autoencoder");
-        // One uninterrupted run of 4 epochs.
         let full = tempfile::tempdir().unwrap();
-        pretrain(&cfg, &ds, full.path(), &quiet(), Device::Cpu).unwrap();
-        // The same run stopped after 2 epochs, then resumed.
+        pretrain(cfg, &ds, full.path(), &quiet(), Device::Cpu).unwrap();
         let split = tempfile::tempdir().unwrap();
         let first = TrainOptions {
             stop_after_epochs: Some(2),
             ..quiet()
         };
-        let s1 = pretrain(&cfg, &ds, split.path(), &first, Device::Cpu).unwrap();
+        let s1 = pretrain(cfg, &ds, split.path(), &first, Device::Cpu).unwrap();
         assert_eq!((s1.epochs, s1.steps), (2, 12));
         let s2 = pretrain(
-            &cfg,
+            cfg,
             &ds,
             split.path(),
             &TrainOptions {
@@ -668,21 +666,14 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!((s2.epochs, s2.steps), (4, 24));
 
-        let a = checkpoint::load(full.path()).unwrap();
-        let b = checkpoint::load(split.path()).unwrap();
-        assert_eq!((b.meta.epoch, b.meta.step), (4, 24));
-        for ((ka, ta), (kb, tb)) in a
-            .model
-            .iter()
-            .chain(&a.optim)
-            .zip(b.model.iter().chain(&b.optim))
-        {
-            assert_eq!(ka, kb);
-            assert!(
-                ta.equal(tb),
-                "{ka} differs between the straight and the resumed run"
-            );
-        }
+        assert_same_checkpoints(full.path(), split.path());
+        (full, split)
+    }
+
+    #[test]
+    fn resume_continues_steps_schedule_and_state_exactly() {
+        let _rng = crate::torch_rng_lock();
+        let (full, split) = assert_resume_is_exact(&tiny_config("denoising-autoencoder"));
         // The step records continue where they stopped, with the same learning rates.
         let recs = |d: &Path| -> Vec<(u64, f64)> {
             std::fs::read_to_string(d.join("metrics.jsonl"))
@@ -698,6 +689,87 @@ pub(crate) mod tests {
             recs(split.path()).iter().map(|r| r.0).collect::<Vec<_>>(),
             (1..=24).collect::<Vec<_>>()
         );
+    }
+
+    /// The methods whose state lives outside the parameters resume exactly: SwAV's queue
+    /// (filled after 2 steps) and frozen prototypes, DINO's centre, teacher and teacher
+    /// temperature warm-up.
+    #[test]
+    fn stateful_methods_resume_exactly() {
+        let _rng = crate::torch_rng_lock();
+        let swav = Config {
+            swav_queue: 32,
+            swav_freeze_epochs: 1,
+            ..small_heads("swav")
+        };
+        let (run, _) = assert_resume_is_exact(&swav);
+        let ck = checkpoint::load(run.path()).unwrap();
+        let queue = ck.model.iter().find(|(k, _)| k == "queue").unwrap();
+        let rows = queue
+            .1
+            .abs()
+            .sum_dim_intlist(&[2i64][..], false, tch::Kind::Float);
+        assert!(
+            rows.min().double_value(&[]) > 0.0,
+            "the queue is full: {rows}"
+        );
+        let dino = Config {
+            dino_warmup_teacher_temp: 0.02,
+            dino_warmup_teacher_epochs: 3,
+            ..small_heads("dino")
+        };
+        let (run, _) = assert_resume_is_exact(&dino);
+        let ck = checkpoint::load(run.path()).unwrap();
+        let center = ck.model.iter().find(|(k, _)| k == "center").unwrap();
+        assert!(
+            center.1.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0,
+            "the centre moved"
+        );
+    }
+
+    /// `tiny_config` with every method's heads, queues, patches and crops small enough for
+    /// 8x8 images and a fast test.
+    fn small_heads(method: &str) -> Config {
+        Config {
+            proj_hidden_dim: 16,
+            pred_hidden_dim: 8,
+            proj_dim: 8,
+            moco_queue: 32,
+            shuffle_bn_groups: 2,
+            cpc_negatives: 16,
+            cpc_patch: 4,
+            cpc_stride: 2,
+            tile_size: 2,
+            multicrop_local: 2,
+            swav_prototypes: 10,
+            dino_out_dim: 16,
+            ..tiny_config(method)
+        }
+    }
+
+    /// The ViT encoder serves every method (tiles, patch grids, lightness and local crops
+    /// included): one epoch each on 8x8 colour images with 2x2 patches.
+    #[test]
+    fn every_registered_method_trains_with_the_vit_encoder() {
+        let _rng = crate::torch_rng_lock();
+        let ds = crate::methods::colorization::tests::tiny_colour_dataset();
+        for spec in methods::REGISTRY {
+            let cfg = Config {
+                epochs: 1,
+                encoder: crate::config::EncoderKind::Vit,
+                vit_patch: 2,
+                vit_depth: 1,
+                vit_width: 8,
+                vit_heads: 2,
+                vit_image_size: 8,
+                multicrop_local_size: 4,
+                ..small_heads(spec.name)
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let s = pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu)
+                .unwrap_or_else(|e| panic!("{} with vit: {e:#}", spec.name));
+            assert!(s.final_loss.is_finite(), "{} with vit", spec.name);
+        }
     }
 
     /// Every tensor of the checkpoint in `a` equals the one in `b` (model and optimizer).
@@ -791,16 +863,7 @@ pub(crate) mod tests {
         for spec in methods::REGISTRY {
             let cfg = Config {
                 epochs: 2,
-                proj_hidden_dim: 16,
-                pred_hidden_dim: 8,
-                proj_dim: 8,
-                moco_queue: 32,
-                shuffle_bn_groups: 2,
-                cpc_negatives: 16,
-                cpc_patch: 4,
-                cpc_stride: 2,
-                tile_size: 2,
-                ..tiny_config(spec.name)
+                ..small_heads(spec.name)
             };
             let dir = tempfile::tempdir().unwrap();
             let first = TrainOptions {
