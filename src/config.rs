@@ -102,9 +102,11 @@ pub struct Config {
     pub barlow_lambda: f64,
     /// VICReg: weights of the invariance, variance and covariance terms (paper: 25, 25, 1).
     pub vicreg_weights: [f64; 3],
-    /// Multi-crop (SwAV, DINO): besides the two global views of the `aug_*` keys, this many
-    /// local views of `multicrop_local_size` pixels (0: 3/7 of the image side, as 96 of
-    /// 224) cropped from `multicrop_local_scale` of the image's area.
+    /// Multi-crop (SwAV, DINO, SimCLR, BYOL, SimSiam, MoCo v3): besides the two global
+    /// views of the `aug_*` keys, this many local views of `multicrop_local_size` pixels
+    /// (0: 3/7 of the image side, as 96 of 224) cropped from `multicrop_local_scale` of the
+    /// image's area. 0 (the default, as solo-learn's) keeps the two views; the SwAV and DINO
+    /// presets set the papers' 6.
     pub multicrop_local: usize,
     pub multicrop_local_size: usize,
     pub multicrop_local_scale: [f64; 2],
@@ -268,7 +270,7 @@ impl Default for Config {
             shuffle_bn_groups: 4,
             barlow_lambda: 0.0051,
             vicreg_weights: [25.0, 25.0, 1.0],
-            multicrop_local: 6,
+            multicrop_local: 0,
             multicrop_local_size: 0,
             multicrop_local_scale: [0.05, 0.4],
             swav_prototypes: 3000,

@@ -87,6 +87,36 @@ pub fn nt_xent_global(
     cross_entropy(&sim, &positive)
 }
 
+/// NT-Xent over V crops of each image (SimCLR with multi-crop; solo-learn's
+/// `simclr_loss_func` with `indexes`): every other crop of the same image is a positive,
+/// every crop of another image a negative, and each anchor's loss is
+/// -log(Σ_pos e^s / Σ_{all but itself} e^s), s = cosine / `temperature`. `z[v]` `[b, D]`:
+/// this rank's projections of crop v of its b images (rows `offset..offset + b` of the
+/// global batch); `all[v]` `[N, D]`: crop v of the whole global batch (gathered from every
+/// rank). The mean over the V b local anchors; as for `nt_xent_global`, its mean over the
+/// ranks is the one-process loss. With 2 crops it is `nt_xent_global` (up to rounding).
+pub fn nt_xent_multi_global(z: &[Tensor], all: &[Tensor], offset: i64, temperature: f64) -> Tensor {
+    let (v, b, n) = (z.len() as i64, z[0].size()[0], all[0].size()[0]);
+    let ints = (Kind::Int64, z[0].device());
+    let anchors = l2_normalize(&Tensor::cat(z, 0)); // [V b, D]
+    let candidates = l2_normalize(&Tensor::cat(all, 0)); // [V N, D]
+    // The global image of every anchor and every candidate, and each anchor's own column.
+    let anchor_image = Tensor::arange_start(offset, offset + b, ints).repeat([v]); // [V b]
+    let candidate_image = Tensor::arange(n, ints).repeat([v]); // [V N]
+    let own = &anchor_image + Tensor::arange(v, ints).repeat_interleave_self_int(b, 0, None) * n; // [V b]
+    let itself = own
+        .unsqueeze(1)
+        .eq_tensor(&Tensor::arange(v * n, ints).unsqueeze(0)); // [V b, V N]
+    let other_image = anchor_image
+        .unsqueeze(1)
+        .ne_tensor(&candidate_image.unsqueeze(0)); // [V b, V N]
+    let sim =
+        (anchors.matmul(&candidates.tr()) / temperature).masked_fill(&itself, f64::NEG_INFINITY); // [V b, V N]
+    let positives = sim.masked_fill(&other_image, f64::NEG_INFINITY); // [V b, V N]
+    let dim = &[1i64][..];
+    (sim.logsumexp(dim, false) - positives.logsumexp(dim, false)).mean(sim.kind())
+}
+
 /// InfoNCE over a batch (MoCo v3's contrastive loss before its 2T scaling): row i of
 /// `q` `[N, D]` has row i of `k` `[N, D]` as positive and the other rows of `k` as
 /// negatives; cosine similarity / `temperature`.
@@ -205,6 +235,22 @@ pub fn swav(scores: &[Tensor], codes: &[Tensor], temperature: f64) -> Tensor {
     }))
 }
 
+/// The mean of `loss(crops[v], targets[g])` over every target crop g and every crop v ≠ g,
+/// where `targets[g]` comes from crop g (the first `targets.len()` crops, usually the 2
+/// global ones) and `crops` holds every crop's output (global crops first): solo-learn's
+/// `for v1 in range(num_large_crops): for v2 in delete(range(num_crops), v1)` loop, as a
+/// mean. BYOL, SimSiam and MoCo v3 with multi-crop, DINO.
+pub fn mean_over_crop_pairs(
+    crops: &[Tensor],
+    targets: &[Tensor],
+    loss: impl Fn(&Tensor, &Tensor) -> Tensor,
+) -> Tensor {
+    mean_of(targets.iter().enumerate().flat_map(|(g, t)| {
+        let others = crops.iter().enumerate().filter(move |(v, _)| *v != g);
+        others.map(|(_, c)| loss(c, t)).collect::<Vec<_>>()
+    }))
+}
+
 /// The mean of scalar tensors (at least one).
 fn mean_of(terms: impl Iterator<Item = Tensor>) -> Tensor {
     let terms: Vec<Tensor> = terms.collect();
@@ -223,11 +269,13 @@ pub fn dino(
     student_temp: f64,
     teacher_temp: f64,
 ) -> Tensor {
-    mean_of(teacher.iter().enumerate().flat_map(|(g, t)| {
-        let q = ((t - center) / teacher_temp).softmax(-1, t.kind()); // [N, K]
-        let others = student.iter().enumerate().filter(move |(v, _)| *v != g);
-        others.map(move |(_, s)| soft_cross_entropy(&q, &(s / student_temp)))
-    }))
+    let q: Vec<Tensor> = teacher
+        .iter()
+        .map(|t| ((t - center) / teacher_temp).softmax(-1, t.kind())) // [N, K]
+        .collect();
+    mean_over_crop_pairs(student, &q, |s, q| {
+        soft_cross_entropy(q, &(s / student_temp))
+    })
 }
 
 #[cfg(test)]
@@ -491,6 +539,81 @@ mod tests {
         agree(split, nt_xent(&a1, &a2, t), &[&a1, &a2]);
         let split = mean_over_ranks(&|r| info_nce_global(&slice(&a1, r), &k, r * b, t));
         agree(split, info_nce_batch(&a1, &k, t), &[&a1, &k]);
+        // Multi-crop NT-Xent, three crops (k as the third).
+        let all = [a1.shallow_clone(), a2.shallow_clone(), k.shallow_clone()];
+        let split = mean_over_ranks(&|r| {
+            let local: Vec<Tensor> = all.iter().map(|c| slice(c, r)).collect();
+            nt_xent_multi_global(&local, &all, r * b, t)
+        });
+        agree(
+            split,
+            nt_xent_multi_global(&all, &all, 0, t),
+            &[&a1, &a2, &k],
+        );
+    }
+
+    #[test]
+    fn multi_crop_nt_xent_with_two_crops_is_nt_xent() {
+        let _rng = crate::torch_rng_lock();
+        tch::manual_seed(13);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let (a1, a2) = (Tensor::randn([6, 4], opts), Tensor::randn([6, 4], opts));
+        let multi = nt_xent_multi_global(&[a1.copy(), a2.copy()], &[a1.copy(), a2.copy()], 0, 0.3);
+        close(&multi, nt_xent(&a1, &a2, 0.3).double_value(&[]));
+        // A rank's slice of the global batch too.
+        let (z1, z2) = (a1.narrow(0, 2, 2), a2.narrow(0, 2, 2));
+        let multi = nt_xent_multi_global(&[z1.copy(), z2.copy()], &[a1.copy(), a2.copy()], 2, 0.3);
+        close(
+            &multi,
+            nt_xent_global(&z1, &z2, &a1, &a2, 2, 0.3).double_value(&[]),
+        );
+    }
+
+    #[test]
+    fn multi_crop_nt_xent_matches_hand_computation() {
+        // 2 images, 3 crops, T = 1. Image 0's crops are [e1, e1, e2], image 1's [e2, e2, e1].
+        // Anchor e1 of image 0 (crop 0 or 1): positives e1 (e) and e2 (1), negatives e2, e2,
+        // e1 (1, 1, e): -log((e + 1) / (2e + 3)). Anchor e2 of image 0 (crop 2): positives
+        // e1, e1 (1, 1), negatives (e, e, 1): -log(2 / (2e + 3)). Image 1 is the mirror image.
+        let rows = |v: &[f64]| Tensor::from_slice(v).view([-1, 2]);
+        let crops = [
+            rows(&[1., 0., 0., 1.]),
+            rows(&[1., 0., 0., 1.]),
+            rows(&[0., 1., 1., 0.]),
+        ];
+        let e = 1f64.exp();
+        let want =
+            (4.0 * -((e + 1.0) / (2.0 * e + 3.0)).ln() + 2.0 * -(2.0 / (2.0 * e + 3.0)).ln()) / 6.0;
+        close(&nt_xent_multi_global(&crops, &crops, 0, 1.0), want);
+        // Rank 1 of 2 holds image 1 (offset 1): the same value by symmetry, and its anchors
+        // must find their own image's columns (offset 0 would score image 0's as positives).
+        let local: Vec<Tensor> = crops.iter().map(|c| c.narrow(0, 1, 1)).collect();
+        close(&nt_xent_multi_global(&local, &crops, 1, 1.0), want);
+        let unshifted = nt_xent_multi_global(&local, &crops, 0, 1.0).double_value(&[]);
+        assert!((unshifted - want).abs() > 0.1, "{unshifted}");
+        // Every crop of every image alike: only positives are near, the bound of 4 images.
+        let z = Tensor::eye(4, (Kind::Double, tch::Device::Cpu));
+        let a = 10f64.exp();
+        let want = -(2.0 * a / (2.0 * a + 9.0)).ln();
+        close(
+            &nt_xent_multi_global(
+                &[z.copy(), z.copy(), z.copy()],
+                &[z.copy(), z.copy(), z],
+                0,
+                0.1,
+            ),
+            want,
+        );
+    }
+
+    #[test]
+    fn mean_over_crop_pairs_takes_every_other_crop_of_each_target() {
+        let s = |x: f64| Tensor::from_slice(&[x]).sum(Kind::Double);
+        let crops = [s(1.0), s(10.0), s(100.0)];
+        let targets = [s(0.5), s(0.25)];
+        // (target 0: crops 1, 2), (target 1: crops 0, 2), each term crop * target.
+        let want = (10.0 * 0.5 + 100.0 * 0.5 + 1.0 * 0.25 + 100.0 * 0.25) / 4.0;
+        close(&mean_over_crop_pairs(&crops, &targets, |c, t| c * t), want);
     }
 
     #[test]
@@ -505,6 +628,16 @@ mod tests {
         gradcheck::check(|x| nt_xent_global(&z1, x, &all1, &all2, 1, 0.5), &z2, 1e-5);
         gradcheck::check(|x| info_nce_global(x, &all1, 2, 0.3), &z1, 1e-5);
         gradcheck::check(|x| info_nce_global(&z1, x, 2, 0.3), &all1, 1e-5);
+        // Multi-crop NT-Xent of rank 1's slice (offset 2) of 3 crops, through a local crop
+        // and through the gathered crops.
+        let z3 = Tensor::randn([2, 3], opts);
+        let all3 = Tensor::randn([4, 3], opts);
+        let multi = |z3: &Tensor, all1: &Tensor| {
+            let z = [z1.copy(), z2.copy(), z3.copy()];
+            nt_xent_multi_global(&z, &[all1.copy(), all2.copy(), all3.copy()], 2, 0.5)
+        };
+        gradcheck::check(|x| multi(x, &all1), &z3, 1e-5);
+        gradcheck::check(|x| multi(&z3, x), &all1, 1e-5);
     }
 
     #[test]

@@ -381,7 +381,8 @@ fn tiny_split() -> Split {
 
 /// A small run of `method`: global batches of 16 (3 steps per epoch), MoCo's queue of 40
 /// keys (it wraps), 4 BatchNorm groups (2 per rank on 2 ranks), 2 global and 2 local crops
-/// for SwAV and DINO (SwAV's prototypes frozen in the first of the 2 epochs). SGD passes gradients on
+/// for the methods that read them (SwAV, DINO, SimCLR, MoCo v3, BYOL; SwAV's prototypes
+/// frozen in the first of the 2 epochs). SGD passes gradients on
 /// as they are; Adam would divide the rounding noise of the gradients that are zero
 /// analytically (a BatchNorm bias followed by a Linear and another BatchNorm, which removes
 /// any shift) by sqrt(v) + eps ~ 1e-8, turning 1e-17 into steps of 1e-9 x lr, which are
@@ -515,6 +516,23 @@ const EQUIVALENCE_METHODS: [&str; 8] = [
     "dino",
 ];
 
+/// The runs that must agree on 2 ranks and 1 process, by name: every method of
+/// `EQUIVALENCE_METHODS` (multi-crop where a method reads it), and the methods that gained
+/// multi-crop with their 2 views alone.
+fn equivalence_runs() -> Vec<(String, Config)> {
+    let methods = EQUIVALENCE_METHODS
+        .iter()
+        .map(|m| (m.to_string(), equivalence_config(m)));
+    let two_views = ["simclr", "moco-v3", "byol"].map(|m| {
+        let cfg = Config {
+            multicrop_local: 0,
+            ..equivalence_config(m)
+        };
+        (format!("{m}-two-views"), cfg)
+    });
+    methods.chain(two_views).collect()
+}
+
 /// 2 ranks with global batch B end with the same parameters, BatchNorm buffers, MoCo queue,
 /// optimizer state and losses as 1 process with batch B, for the methods whose losses and
 /// BatchNorm span the ranks. Float64 throughout, so that the only differences are the
@@ -525,16 +543,13 @@ fn data_parallel_training_equals_one_process() {
         let dir = PathBuf::from(std::env::var("SELFSUP_TEST_OUT").unwrap());
         let rank = pg.rank();
         let mut dp = Some(DataParallel::new(pg, Device::Cpu, true));
-        let runs = EQUIVALENCE_METHODS
-            .iter()
-            .map(|m| (m.to_string(), equivalence_config(m)))
-            .chain([(
-                "simclr-local-bn".to_string(),
-                Config {
-                    sync_bn: false,
-                    ..equivalence_config("simclr")
-                },
-            )]);
+        let runs = equivalence_runs().into_iter().chain([(
+            "simclr-local-bn".to_string(),
+            Config {
+                sync_bn: false,
+                ..equivalence_config("simclr")
+            },
+        )]);
         for (name, cfg) in runs {
             dp.as_mut().unwrap().sync_bn = cfg.sync_bn;
             let two;
@@ -568,9 +583,9 @@ fn data_parallel_training_equals_one_process() {
         a.len() == b.len() && a.iter().zip(b).all(|((k, x), (l, y))| k == l && x.equal(y))
     };
     // Every figure first (the closing note quotes them), then the checks.
-    let figures: Vec<_> = EQUIVALENCE_METHODS
-        .iter()
-        .map(|method| {
+    let figures: Vec<_> = equivalence_runs()
+        .into_iter()
+        .map(|(method, _)| {
             let [r0, r1, one] =
                 ["rank0", "rank1", "one"].map(|r| read(format!("{method}-{r}.safetensors")));
             let ((rel, at), (abs, abs_at)) = difference(&r0, &one);

@@ -5,6 +5,12 @@
 //! training mode (batch statistics), as in the paper. Views are asymmetric as in the
 //! paper: blur always on the first view and with p = 0.1 on the second, solarization only
 //! on the second (p = 0.2); other ops follow the `aug_*` keys.
+//!
+//! Multi-crop (`multicrop_local` > 0, local views of the `aug_*` pipeline): the target sees
+//! the 2 global crops only, and every crop's prediction is matched against the target of
+//! each global crop other than itself (solo-learn's pairs). The loss is the mean over those
+//! pairs of 2 - 2 cos, times 2: with 2 crops exactly the sum over the two orders above,
+//! and a scale that does not grow with the number of crops (solo-learn sums the pairs).
 
 use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::{Op, Views};
@@ -28,6 +34,7 @@ pub const SPEC: MethodSpec = MethodSpec {
 
 const KEYS: &[&[&str]] = &[
     views::AUG_KEYS,
+    views::MULTICROP_KEYS,
     &[
         "proj_hidden_dim",
         "proj_dim",
@@ -39,6 +46,7 @@ const KEYS: &[&[&str]] = &[
 pub struct Byol {
     nets: OnlineTarget,
     base_m: f64,
+    shape: [i64; 3],
     views: Arc<Views>,
 }
 
@@ -64,22 +72,33 @@ pub fn byol_views(cfg: &Config, data: &DataInfo) -> Arc<Views> {
 impl Byol {
     pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Byol> {
         let nets = OnlineTarget::new(p, cfg, data.shape[0], MlpNorm::Hidden);
+        let global = byol_views(cfg, data).pipelines.clone();
         Ok(Byol {
             nets,
             base_m: cfg.ema_momentum,
-            views: byol_views(cfg, data),
+            shape: data.shape,
+            views: views::multi_crop(cfg, data, global, views::pipeline(cfg, data)),
         })
     }
 }
 
 impl Method for Byol {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
-        let x = images.chunk(2, 0); // 2 x [B, C, H, W]
-        let (p1, p2) = (self.nets.online(&x[0]), self.nets.online(&x[1])); // [B, dim] each
-        let (z1, z2) = (self.nets.target(&x[0]), self.nets.target(&x[1]));
-        // 2 - 2 cos = 2 + 2 * negative_cosine, for (p1, z2') and (p2, z1')
-        precision::in_fp32([&p1, &z2, &p2, &z1], |[p1, z2, p2, z1]| {
-            (losses::negative_cosine(&p1, &z2) + losses::negative_cosine(&p2, &z1)) * 2.0 + 4.0
+        let x = views::crops(&self.views, images, self.shape); // V x [B, C, h, w]
+        // Every crop through the online network on its own (its own BatchNorm statistics),
+        // the 2 global crops through the target.
+        let p: Vec<Tensor> = x.iter().map(|x| self.nets.online(x)).collect(); // V x [B, dim]
+        let z: Vec<Tensor> = x[..2].iter().map(|x| self.nets.target(x)).collect(); // 2 x [B, dim]
+        let v = x.len() as i64;
+        // 2 - 2 cos = 2 + 2 * negative_cosine, averaged over the pairs, times 2.
+        let (p, z) = (Tensor::cat(&p, 0), Tensor::cat(&z, 0)); // [V B, dim], [2B, dim]
+        precision::in_fp32([&p, &z], |[p, z]| {
+            let pairs = losses::mean_over_crop_pairs(
+                &p.chunk(v, 0),
+                &z.chunk(2, 0),
+                losses::negative_cosine,
+            );
+            pairs * 4.0 + 4.0
         })
     }
     fn after_step(&mut self, ctx: &StepCtx) {

@@ -51,7 +51,6 @@ const KEYS: &[&[&str]] = &[
 ];
 
 fn validate(cfg: &Config) -> Result<()> {
-    views::validate_multicrop(cfg)?;
     check::at_least("dino_out_dim", cfg.dino_out_dim, 2)?;
     check::positive("dino_teacher_temp", cfg.dino_teacher_temp)?;
     check::positive("dino_warmup_teacher_temp", cfg.dino_warmup_teacher_temp)?;

@@ -3,6 +3,11 @@
 //! over the batch (on several ranks, the global batch: keys are gathered from every rank),
 //! each direction scaled by 2T as in the paper. The momentum rises from
 //! `ema_momentum` to 1 along a cosine.
+//!
+//! Multi-crop (`multicrop_local` > 0, local views of the `aug_*` pipeline): keys come from
+//! the 2 global crops only; every crop's query is scored against the keys of each global
+//! crop other than itself, and the InfoNCE terms are averaged over those pairs, times 2 (with
+//! 2 crops, exactly the sum of the two directions above).
 
 use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
@@ -27,6 +32,7 @@ pub const SPEC: MethodSpec = MethodSpec {
 
 const KEYS: &[&[&str]] = &[
     views::AUG_KEYS,
+    views::MULTICROP_KEYS,
     &[
         "proj_hidden_dim",
         "proj_dim",
@@ -40,6 +46,7 @@ pub struct MocoV3 {
     nets: OnlineTarget,
     base_m: f64,
     temperature: f64,
+    shape: [i64; 3],
     views: Arc<Views>,
 }
 
@@ -50,24 +57,29 @@ impl MocoV3 {
             nets,
             base_m: cfg.ema_momentum,
             temperature: cfg.temperature,
-            views: views::two_views(cfg, data),
+            shape: data.shape,
+            views: views::two_views_and_local_crops(cfg, data),
         })
     }
 }
 
 impl Method for MocoV3 {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
-        let x = images.chunk(2, 0); // 2 x [B, C, H, W]
-        let (q1, q2) = (self.nets.online(&x[0]), self.nets.online(&x[1])); // [B, dim] each
-        let (k1, k2) = (self.nets.target(&x[0]), self.nets.target(&x[1]));
+        let x = views::crops(&self.views, images, self.shape); // V x [B, C, h, w]
+        // Every crop's query on its own (its own BatchNorm statistics), keys of the 2 global
+        // crops.
+        let q: Vec<Tensor> = x.iter().map(|x| self.nets.online(x)).collect(); // V x [B, dim]
+        let k: Vec<Tensor> = x[..2].iter().map(|x| self.nets.target(x)).collect(); // 2 x [B, dim]
+        let v = x.len() as i64;
         // Keys of the global batch from every rank; this rank's queries are its rows.
-        let offset = dist::rank() as i64 * q1.size()[0];
+        let offset = dist::rank() as i64 * q[0].size()[0];
         let t = self.temperature;
+        let (q, k) = (Tensor::cat(&q, 0), Tensor::cat(&k, 0)); // [V B, dim], [2B, dim]
         // The keys are gathered in float32, inside the loss boundary.
-        precision::in_fp32([&q1, &k2, &q2, &k1], |[q1, k2, q2, k1]| {
-            let (k1, k2) = (dist::all_gather(&k1), dist::all_gather(&k2)); // [W B, dim]
+        precision::in_fp32([&q, &k], |[q, k]| {
+            let k: Vec<Tensor> = k.chunk(2, 0).iter().map(dist::all_gather).collect(); // 2 x [W B, dim]
             let nce = |q: &Tensor, k: &Tensor| losses::info_nce_global(q, k, offset, t);
-            (nce(&q1, &k2) + nce(&q2, &k1)) * (2.0 * t)
+            losses::mean_over_crop_pairs(&q.chunk(v, 0), &k, nce) * 2.0 * (2.0 * t)
         })
     }
     fn after_step(&mut self, ctx: &StepCtx) {

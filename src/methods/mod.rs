@@ -87,7 +87,8 @@ pub struct MethodSpec {
     pub summary: &'static str,
     /// The config keys the method reads besides the general ones (`config::is_general`), in groups (such as
     /// `views::AUG_KEYS`). A key that several methods share is checked by `shared_check`;
-    /// the `aug_*` keys by `views::validate`.
+    /// the `aug_*` keys by `views::validate`, the multi-crop keys by
+    /// `views::validate_multicrop`.
     pub keys: &'static [&'static [&'static str]],
     /// Checks the method's own keys (those no other method reads).
     pub validate: fn(&Config) -> Result<()>,
@@ -132,6 +133,9 @@ pub fn check_config(cfg: &Config, given: &[String]) -> Result<Vec<String>> {
     }
     if spec.reads(views::AUG_KEYS[0]) {
         views::validate(cfg)?;
+    }
+    if spec.reads(views::MULTICROP_KEYS[0]) {
+        views::validate_multicrop(cfg)?;
     }
     (spec.validate)(cfg).with_context(|| format!("method {}", spec.name))?;
     let mut warnings = Vec::new();

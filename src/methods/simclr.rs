@@ -2,7 +2,9 @@
 //! projection z = g(h), NT-Xent on z (not h) with the other 2N - 2 samples as negatives
 //! (on several ranks, N is the global batch: negatives are gathered from every rank).
 //! Views come from the `aug_*` config keys (see presets/ for the paper's settings adapted
-//! to each resolution).
+//! to each resolution). With multi-crop (`multicrop_local` > 0) the loss is NT-Xent over
+//! every crop, with every other crop of the same image as a positive (solo-learn's
+//! formulation).
 
 use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
@@ -26,6 +28,7 @@ pub const SPEC: MethodSpec = MethodSpec {
 
 const KEYS: &[&[&str]] = &[
     views::AUG_KEYS,
+    views::MULTICROP_KEYS,
     &["proj_hidden_dim", "proj_dim", "temperature"],
 ];
 
@@ -33,6 +36,7 @@ pub struct SimClr {
     encoder: Encoder,
     projector: nn::SequentialT,
     temperature: f64,
+    shape: [i64; 3],
     views: Arc<Views>,
 }
 
@@ -49,23 +53,36 @@ impl SimClr {
             encoder,
             projector,
             temperature: cfg.temperature,
-            views: views::two_views(cfg, data),
+            shape: data.shape,
+            views: views::two_views_and_local_crops(cfg, data),
         })
     }
 }
 
 impl Method for SimClr {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
-        let h = self.encoder.forward_t(images, true); // [2B, D]
-        let z = self.projector.forward_t(&h, true); // [2B, proj_dim]
-        let zs = z.chunk(2, 0); // 2 x [B, proj_dim]
-        let (t, offset) = (self.temperature, dist::rank() as i64 * zs[0].size()[0]);
-        precision::in_fp32([&zs[0], &zs[1]], |[z1, z2]| {
-            // Negatives from every rank: the global batch (gathered in float32), with
-            // gradients back to each rank.
-            let (all1, all2) = (dist::all_gather(&z1), dist::all_gather(&z2)); // [W B, proj_dim]
-            losses::nt_xent_global(&z1, &z2, &all1, &all2, offset, t)
-        })
+        // The encoder once per crop size, the projector on every crop together.
+        let h = views::encode(&self.encoder, &self.views, images, self.shape); // [V B, D]
+        let z = self.projector.forward_t(&h, true); // [V B, proj_dim]
+        let v = self.views.pipelines.len() as i64;
+        let (t, offset) = (self.temperature, dist::rank() as i64 * (z.size()[0] / v));
+        // Negatives from every rank: the global batch (gathered in float32), with gradients
+        // back to each rank.
+        match v {
+            // Two views: the 2-view NT-Xent, which the multi-crop loss equals up to rounding.
+            2 => {
+                let zs = z.chunk(2, 0); // 2 x [B, proj_dim]
+                precision::in_fp32([&zs[0], &zs[1]], |[z1, z2]| {
+                    let (all1, all2) = (dist::all_gather(&z1), dist::all_gather(&z2)); // [W B, proj_dim]
+                    losses::nt_xent_global(&z1, &z2, &all1, &all2, offset, t)
+                })
+            }
+            _ => precision::in_fp32([&z], |[z]| {
+                let zs = z.chunk(v, 0); // V x [B, proj_dim]
+                let all: Vec<Tensor> = zs.iter().map(dist::all_gather).collect(); // V x [W B, proj_dim]
+                losses::nt_xent_multi_global(&zs, &all, offset, t)
+            }),
+        }
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

@@ -2,6 +2,10 @@
 //! every layer including the output) and a bottleneck predictor (BN only in its hidden
 //! layer); loss 1/2 D(p1, stopgrad(z2)) + 1/2 D(p2, stopgrad(z1)) with D the negative
 //! cosine similarity. No momentum encoder, no negatives.
+//!
+//! Multi-crop (`multicrop_local` > 0): the encoder runs once per crop size, the heads on
+//! every crop together; the stop-gradient targets are the 2 global crops' projections, and
+//! D is averaged over every (global crop, other crop) pair (with 2 crops, the loss above).
 
 use super::{DataInfo, Method, MethodSpec, StepCtx, views};
 use crate::augment::Views;
@@ -24,6 +28,7 @@ pub const SPEC: MethodSpec = MethodSpec {
 
 const KEYS: &[&[&str]] = &[
     views::AUG_KEYS,
+    views::MULTICROP_KEYS,
     &["proj_hidden_dim", "proj_dim", "pred_hidden_dim"],
 ];
 
@@ -31,6 +36,7 @@ pub struct SimSiam {
     encoder: Encoder,
     projector: nn::SequentialT,
     predictor: nn::SequentialT,
+    shape: [i64; 3],
     views: Arc<Views>,
 }
 
@@ -53,21 +59,22 @@ impl SimSiam {
             encoder,
             projector,
             predictor,
-            views: views::two_views(cfg, data),
+            shape: data.shape,
+            views: views::two_views_and_local_crops(cfg, data),
         })
     }
 }
 
 impl Method for SimSiam {
     fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
-        let z = self
-            .projector
-            .forward_t(&self.encoder.forward_t(images, true), true); // [2B, dim]
-        let p = self.predictor.forward_t(&z, true); // [2B, dim]
-        let (z, p) = (z.chunk(2, 0), p.chunk(2, 0));
-        let (z0, z1) = (z[0].detach(), z[1].detach());
-        precision::in_fp32([&p[0], &p[1], &z0, &z1], |[p0, p1, z0, z1]| {
-            (losses::negative_cosine(&p0, &z1) + losses::negative_cosine(&p1, &z0)) * 0.5
+        let h = views::encode(&self.encoder, &self.views, images, self.shape); // [V B, D]
+        let z = self.projector.forward_t(&h, true); // [V B, dim]
+        let p = self.predictor.forward_t(&z, true); // [V B, dim]
+        let v = self.views.pipelines.len() as i64;
+        let b = z.size()[0] / v;
+        let targets = z.narrow(0, 0, 2 * b).detach(); // [2B, dim]: the global crops'
+        precision::in_fp32([&p, &targets], |[p, z]| {
+            losses::mean_over_crop_pairs(&p.chunk(v, 0), &z.chunk(2, 0), losses::negative_cosine)
         })
     }
     fn encoder(&self) -> &Encoder {

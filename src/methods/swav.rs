@@ -44,7 +44,6 @@ const KEYS: &[&[&str]] = &[
 ];
 
 fn validate(cfg: &Config) -> Result<()> {
-    views::validate_multicrop(cfg)?;
     check::at_least("swav_prototypes", cfg.swav_prototypes, 2)?;
     check::positive("swav_epsilon", cfg.swav_epsilon)?;
     check::in_range("swav_iterations", cfg.swav_iterations, 1..=100)?;
@@ -95,8 +94,7 @@ impl Swav {
         );
         let queue = (cfg.swav_queue > 0)
             .then(|| p.zeros_no_train("queue", &[CODED as i64, cfg.swav_queue, cfg.proj_dim]));
-        let base = views::pipeline(cfg, data);
-        let views = views::multi_crop(cfg, data, vec![base.clone(), base.clone()], base);
+        let views = views::two_views_and_local_crops(cfg, data);
         Swav {
             encoder,
             projector,
@@ -139,12 +137,8 @@ impl Method for Swav {
             self.prototypes.shallow_clone().copy_(&normalised);
         });
         // The encoder once per crop size, the projector on every crop together.
-        let groups = views::unpack(&self.views, images, self.shape);
-        let h: Vec<Tensor> = groups
-            .iter()
-            .map(|g| self.encoder.forward_t(g, true))
-            .collect();
-        let z = self.projector.forward_t(&Tensor::cat(&h, 0), true); // [V B, D]
+        let h = views::encode(&self.encoder, &self.views, images, self.shape); // [V B, D]
+        let z = self.projector.forward_t(&h, true); // [V B, D]
         // Scores, codes and loss in float32 whatever the training precision.
         precision::in_fp32([&z], |[z]| {
             let z = l2_normalize(&z);

@@ -1,10 +1,12 @@
 //! The view policy of the methods that learn from augmented views (SimCLR, MoCo, BYOL,
-//! SimSiam): the random pipeline the `aug_*` keys describe, built from `augment`'s ops.
+//! SimSiam, ...): the random pipeline the `aug_*` keys describe, built from `augment`'s
+//! ops, and multi-crop (2 global views and `multicrop_local` smaller ones).
 
 use super::DataInfo;
 use crate::augment::{Op, Pipeline, Views};
 use crate::config::{Config, check};
 use crate::data::loader::nhwc_batch;
+use crate::nets::Encoder;
 use anyhow::Result;
 use std::sync::Arc;
 use tch::Tensor;
@@ -97,7 +99,7 @@ pub fn two_views(cfg: &Config, data: &DataInfo) -> Arc<Views> {
     })
 }
 
-/// The multi-crop keys (SwAV, DINO).
+/// The multi-crop keys (SwAV, DINO, SimCLR, BYOL, SimSiam, MoCo v3).
 pub const MULTICROP_KEYS: &[&str] = &[
     "multicrop_local",
     "multicrop_local_size",
@@ -144,6 +146,35 @@ pub fn multi_crop(
     let mut pipelines = global;
     pipelines.extend(std::iter::repeat_n(local, cfg.multicrop_local));
     Arc::new(Views { pipelines })
+}
+
+/// Two views of the `aug_*` pipeline and `multicrop_local` local views of it (SwAV,
+/// SimCLR, SimSiam, MoCo v3): `two_views` when `multicrop_local` = 0.
+pub fn two_views_and_local_crops(cfg: &Config, data: &DataInfo) -> Arc<Views> {
+    let p = pipeline(cfg, data);
+    multi_crop(cfg, data, vec![p.clone(), p.clone()], p)
+}
+
+/// The encoder's features `[V B, D]` of a loader batch of `views` of B `[c, h, w]` images
+/// (see `unpack`): the encoder runs once per crop size (so BatchNorm sees every view of a
+/// size together), views in order.
+pub fn encode(encoder: &Encoder, views: &Views, images: &Tensor, shape: [i64; 3]) -> Tensor {
+    let h: Vec<Tensor> = unpack(views, images, shape)
+        .iter()
+        .map(|g| encoder.forward_t(g, true))
+        .collect();
+    Tensor::cat(&h, 0)
+}
+
+/// A loader batch of `views` of B `[c, h, w]` images as one tensor per view, `[B, c, h_v,
+/// w_v]` each, in order (global crops first).
+pub fn crops(views: &Views, images: &Tensor, shape: [i64; 3]) -> Vec<Tensor> {
+    let groups = views.size_groups(shape[1] as usize, shape[2] as usize);
+    unpack(views, images, shape)
+        .iter()
+        .zip(&groups)
+        .flat_map(|(g, (n, _))| g.chunk(*n as i64, 0))
+        .collect()
 }
 
 /// Splits a batch of the `views` of B `[c, h, w]` images, as the loader makes it, into

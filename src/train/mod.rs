@@ -727,6 +727,45 @@ pub(crate) mod tests {
         );
     }
 
+    /// Multi-crop beyond SwAV and DINO: SimCLR (NT-Xent with every crop of an image as a
+    /// positive) and BYOL (every crop predicts the targets of the global crops) learn from 2
+    /// global and 2 local 4x4 crops, and resume exactly.
+    #[test]
+    fn multi_crop_simclr_and_byol_learn_and_resume_exactly() {
+        let _rng = crate::torch_rng_lock();
+        for method in ["simclr", "byol"] {
+            let cfg = Config {
+                multicrop_local: 2,
+                multicrop_local_size: 4,
+                multicrop_local_scale: [0.2, 0.5],
+                aug_crop_scale: [0.5, 1.0],
+                ..small_heads(method)
+            };
+            let views = Model::build(&cfg, &data_info(&tiny_dataset()), Device::Cpu)
+                .unwrap()
+                .method
+                .views()
+                .unwrap();
+            assert_eq!(
+                views.sizes(8, 8),
+                [(8, 8), (8, 8), (4, 4), (4, 4)],
+                "{method}"
+            );
+            let (run, _) = assert_resume_is_exact(&cfg);
+            let l = epoch_losses(run.path());
+            let fall = match method {
+                // Starts near -log(3 / 63) = log 21 = 3.04: 3 positives among the other 63
+                // crops of a batch of 16 (one positive would start near log 63 = 4.14).
+                "simclr" => {
+                    assert!(l[0] > 2.8 && l[0] < 3.3, "{method}: {l:?}");
+                    0.2
+                }
+                _ => 0.5,
+            };
+            assert!(l[3] < l[0] - fall, "{method}: {l:?}");
+        }
+    }
+
     /// `tiny_config` with every method's heads, queues, patches and crops small enough for
     /// 8x8 images and a fast test.
     fn small_heads(method: &str) -> Config {
