@@ -294,7 +294,6 @@ pub fn measure(
     // Every setup measured once per round, selfsup's and PyTorch's in turn, the rounds one
     // after the other: a burst of other work or a drift in the machine's speed lowers one
     // round of each system alike, and the best round of each setup counts.
-    // work on the machine lowers one round of each, and the best round counts.
     let mut setups = Vec::new();
     for precision in Precision::ALL {
         for data in [false, true] {
