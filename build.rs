@@ -20,7 +20,13 @@ fn main() {
         // The shim is glue around libtorch calls: -O1 compiles in half the time of -O3.
         .opt_level(1)
         .include("src/native/stub");
+    let cuda = lib.join("libtorch_cuda.so").exists();
     let nccl = nccl_includes(&lib);
+    if cuda && nccl.is_none() {
+        println!(
+            "cargo:warning=libtorch has CUDA but the NCCL or CUDA headers were not found (scripts/setup.sh installs them from the torch wheel's nvidia packages): multi-GPU runs will stop with an error"
+        );
+    }
     let mut headers = vec![
         root.join("include"),
         root.join("include/torch/csrc/api/include"),
@@ -38,9 +44,20 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=torch_cpu");
     println!("cargo:rustc-link-lib=c10");
-    if nccl.is_some() {
-        println!("cargo:rustc-link-lib=torch_cuda");
-        println!("cargo:rustc-link-lib=c10_cuda");
+    if cuda {
+        // Nothing in selfsup calls into libtorch_cuda directly: its CUDA kernels and
+        // allocator register themselves when the library is loaded. With rustc's default
+        // --as-needed the linker drops it, and libtorch then sees no CUDA device on any
+        // machine. It loads without a GPU or driver (PyTorch's CUDA wheel imports on CPU
+        // machines the same way), so the CPU build and tests run with it too.
+        for arg in [
+            "-Wl,--no-as-needed",
+            "-ltorch_cuda",
+            "-lc10_cuda",
+            "-Wl,--as-needed",
+        ] {
+            println!("cargo:rustc-link-arg={arg}");
+        }
     }
 
     println!("cargo:rerun-if-changed=src/native/shim.cpp");

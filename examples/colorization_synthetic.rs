@@ -20,7 +20,9 @@ use selfsup::config::Config;
 use selfsup::data::{self, Dataset, Split};
 use selfsup::eval;
 use selfsup::nets::lab::{lab_to_rgb, rgb_to_lab};
-use selfsup::train::{self, Model, TrainOptions, checkpoint};
+use selfsup::run::{Model, checkpoint, data_info};
+use selfsup::rundir::RunDir;
+use selfsup::train::{self, TrainOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,12 +70,12 @@ fn main() -> Result<()> {
     for w in selfsup::methods::check_config(&cfg, &given)? {
         eprintln!("warning: {w}");
     }
-    let grey = data::load(&cfg)?;
+    let grey = data::load(&cfg.data, cfg.train.seed)?;
     let t0 = Instant::now();
     let ds = Dataset {
         name: format!("{} coloured by class (synthetic)", grey.name),
-        train: colourise(&grey.train, cfg.seed),
-        test: colourise(&grey.test, cfg.seed + 1),
+        train: colourise(&grey.train, cfg.train.seed),
+        test: colourise(&grey.test, cfg.train.seed + 1),
         unlabeled: None,
         num_classes: grey.num_classes,
         class_names: grey.class_names.clone(),
@@ -89,42 +91,39 @@ fn main() -> Result<()> {
         quiet: true,
         ..Default::default()
     };
-    let s = train::pretrain(&cfg, &ds, &out, &opts, device)?;
+    let s = train::pretrain(&cfg, &ds, &out, &opts, device)?.summary;
     println!(
         "{}",
         s.describe(&format!("colorization on {}", ds.name), &out)
     );
 
     let ck = checkpoint::load(&out)?;
-    let model = Model::build(&cfg, &train::data_info(&ds), device)?;
+    let model = Model::build(&cfg, &data_info(&ds), device)?;
     checkpoint::load_into(&model.vs, &ck.model)?;
     let t = Instant::now();
-    let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg, device)?;
+    let scores = eval::evaluate_method(model.method.as_ref(), &ds, &cfg.eval_view(), device)?;
     let label = format!("colorization ({} epochs, encoder on L)", ck.meta.epoch);
     println!(
         "{}",
         eval::describe(&label, &ds, &scores, t.elapsed().as_secs_f64())
     );
     let params = selfsup::nets::parameter_count(&model.vs, "encoder.");
-    let json = eval::run_json(&cfg, &ck.meta, params, &scores);
-    std::fs::write(
-        out.join(eval::EVAL_FILE),
-        serde_json::to_string_pretty(&json)?,
-    )?;
+    let json = eval::run_json(&cfg.method, &cfg.data.source, &ck.meta, params, &scores);
+    std::fs::write(out.join(RunDir::EVAL), serde_json::to_string_pretty(&json)?)?;
     let (tr, te) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
     let t = Instant::now();
     let rgb = eval::score(
         &eval::pixel_features(&tr, device),
         &eval::pixel_features(&te, device),
         ds.num_classes as i64,
-        &cfg,
+        &cfg.eval_view(),
     );
     println!(
         "{}",
         eval::describe("raw RGB pixels", &ds, &rgb, t.elapsed().as_secs_f64())
     );
     let l_pixels = |split: &Arc<Split>| {
-        eval::features_with(split, 1024, device, cfg.precision, |x| {
+        eval::features_with(split, 1024, device, cfg.train.precision, |x| {
             rgb_to_lab(x).narrow(1, 0, 1).flatten(1, -1) / 100.0
         })
     };
@@ -133,7 +132,7 @@ fn main() -> Result<()> {
         &l_pixels(&tr)?,
         &l_pixels(&te)?,
         ds.num_classes as i64,
-        &cfg,
+        &cfg.eval_view(),
     );
     println!(
         "{}",

@@ -48,6 +48,13 @@ fi
 if ! "$venv/bin/python" -c "import torchvision, safetensors" 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "torchvision==0.26.0" pillow safetensors
 fi
+# The CUDA headers that PyTorch's NCCL process group includes (crt/host_config.h, nv/target),
+# from the same CUDA toolkit release as the wheel's runtime: with them build.rs compiles NCCL
+# into the shim (multi-GPU). Headers only; CPU-only torch builds have no cuda-toolkit and skip this.
+cuda_toolkit=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('cuda-toolkit'))" 2>/dev/null || true)
+if [ -n "$cuda_toolkit" ] && ! "$venv/bin/python" -c "import importlib.metadata as m; m.version('nvidia-cuda-crt'); m.version('nvidia-cuda-cccl')" 2>/dev/null; then
+  "$venv/bin/pip" install -q --disable-pip-version-check "cuda-toolkit[cccl,crt]==$cuda_toolkit"
+fi
 torch_dir=$("$venv/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
 ln -sfn "$torch_dir" "$root/.libtorch"
 

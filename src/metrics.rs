@@ -12,9 +12,6 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-/// The log's name in a run folder.
-pub const FILE_NAME: &str = "metrics.jsonl";
-
 /// What a finished pretraining run reports.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -251,6 +248,7 @@ fn end_last_line(file: &mut File) -> std::io::Result<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rundir::RunDir;
 
     const LOG: &str = r#"{"kind":"step","epoch":1,"step":1,"loss":2.0,"lr":0.001,"images_per_sec":10.0,"time":1.0}
 {"kind":"step","epoch":1,"step":2,"loss":1.5,"lr":0.002,"images_per_sec":10.0,"time":2.0}
@@ -278,7 +276,7 @@ mod tests {
     #[test]
     fn bad_logs_are_errors_that_name_the_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join(FILE_NAME);
+        let p = dir.path().join(RunDir::METRICS);
         let e = format!("{:#}", Metrics::read(&p).unwrap_err());
         assert!(
             e.contains("cannot read") && e.contains("metrics.jsonl"),
@@ -309,7 +307,7 @@ mod tests {
     #[test]
     fn a_cut_last_line_is_skipped_with_a_note_naming_the_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join(FILE_NAME);
+        let p = dir.path().join(RunDir::METRICS);
         std::fs::write(&p, format!("{LOG}{}", &STEP_1[..30])).unwrap();
         let m = Metrics::read(&p).unwrap();
         let whole = Metrics::parse(LOG).unwrap();
@@ -335,7 +333,7 @@ mod tests {
     #[test]
     fn reopening_the_log_ends_its_last_line_and_a_new_run_empties_it() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join(FILE_NAME);
+        let p = dir.path().join(RunDir::METRICS);
         // As the writer spells the record (serde_json orders the keys).
         let line = format!("{}\n", serde_json::from_str::<Value>(STEP_1).unwrap());
         // A whole log is appended to.

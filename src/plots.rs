@@ -10,10 +10,6 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::Path;
 
-/// Names of the plots in a run folder.
-pub const LOSS_FILE: &str = "loss.png";
-pub const EMBEDDING_FILE: &str = "embedding.png";
-
 pub const LOSS_SIZE: (u32, u32) = (960, 720);
 pub const EMBEDDING_SIZE: (u32, u32) = (1000, 760);
 
@@ -390,6 +386,7 @@ pub fn image_table(
 pub(crate) mod tests {
     use super::*;
     use crate::metrics::{EpochRecord, StepRecord};
+    use crate::rundir::RunDir;
 
     /// Opens the PNG at `p`; checks its size and that it is not one flat colour; returns
     /// how many distinct colours it has.
@@ -441,7 +438,7 @@ pub(crate) mod tests {
     #[test]
     fn loss_plot_writes_a_png_with_curves_and_text() {
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join(LOSS_FILE);
+        let out = dir.path().join(RunDir::LOSS_PLOT);
         loss_plot(&metrics(), "autoencoder on tiny", &out).unwrap();
         check_png(&out, LOSS_SIZE);
         let img = image::open(&out).unwrap().to_rgb8();
@@ -466,9 +463,9 @@ pub(crate) mod tests {
     #[test]
     fn loss_plot_of_a_missing_or_garbled_log_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join(crate::metrics::FILE_NAME);
-        let out = dir.path().join(LOSS_FILE);
-        let plot = || crate::train::write_loss_plot(dir.path(), "m", "d").unwrap_err();
+        let log = dir.path().join(RunDir::METRICS);
+        let out = dir.path().join(RunDir::LOSS_PLOT);
+        let plot = || crate::report::write_loss_plot(dir.path(), "m", "d").unwrap_err();
         let e = format!("{:#}", plot());
         assert!(e.contains(&log.display().to_string()), "{e}");
         std::fs::write(
@@ -524,7 +521,7 @@ pub(crate) mod tests {
     #[test]
     fn embedding_plot_colours_points_by_class_with_a_legend() {
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join(EMBEDDING_FILE);
+        let out = dir.path().join(RunDir::EMBEDDING);
         let names: Vec<String> = ["T-shirt/top", "Trouser", "Pullover"]
             .map(String::from)
             .into();

@@ -3,12 +3,12 @@
 //! embeddings), `neighbors.png`, and `index.html`, one static page showing all of them,
 //! with the segmentation results and `segmentation.png` when `selfsup segment` left them.
 
-use crate::config::Config;
-use crate::data::{Dataset, numbered_names};
+use crate::config::{EncoderKind, ProbeSpec};
+use crate::data::{self, numbered_names};
 use crate::eval::{self, Scores, SplitFeatures, neighbors, segment, tsne};
-use crate::metrics::Summary;
-use crate::train::run::LoadedRun;
-use crate::train::{self, Model, checkpoint::Meta};
+use crate::methods::Method;
+use crate::metrics::{self, Summary};
+use crate::run::{LoadedRun, Model, RunDir};
 use crate::{nets, plots};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -17,7 +17,72 @@ use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-pub const HTML_FILE: &str = "index.html";
+/// The pictures of a finished `pretrain` (drawn by the command, not by the training loop):
+/// `loss.png` from the run's `metrics.jsonl` and, when every epoch is done, `examples.png`
+/// of the method at work on `first_images`. Drawing is a by-product: a failure to draw the
+/// curve is a warning, not an error.
+pub fn pretraining_pictures(
+    run: &RunDir,
+    model: &Model,
+    data_name: &str,
+    first_images: &data::Split,
+    finished: bool,
+    device: Device,
+) -> Result<()> {
+    if finished {
+        save_examples(
+            model.method.as_ref(),
+            first_images,
+            &run.file(RunDir::EXAMPLES),
+            device,
+        )?;
+    }
+    match write_loss_plot(run.path(), model.spec.name, data_name) {
+        Ok(m) => m.notes.iter().for_each(|n| eprintln!("note: {n}")),
+        Err(e) => eprintln!("warning: {e:#}"),
+    }
+    Ok(())
+}
+
+/// Draws `loss.png` in the run folder `run` from its `metrics.jsonl`; returns the metrics.
+pub fn write_loss_plot(run: &Path, method: &str, data: &str) -> Result<metrics::Metrics> {
+    let m = metrics::Metrics::read(&run.join(RunDir::METRICS))?;
+    let title = format!("{method} on {data}: pretraining");
+    plots::loss_plot(&m, &title, &run.join(RunDir::LOSS_PLOT))?;
+    Ok(m)
+}
+
+/// Saves `method.examples` of the first 8 images of `split` as a PNG at `path` (nothing when
+/// the method has nothing to show), scaled up by an integer factor to at least 256 pixels high.
+pub fn save_examples(
+    method: &dyn Method,
+    split: &data::Split,
+    path: &Path,
+    device: Device,
+) -> Result<()> {
+    let n = split.len().min(8);
+    let [c, h, w] = split.shape.map(|d| d as i64);
+    let images = Tensor::from_slice(&split.images[..n * split.image_len()])
+        .view([n as i64, c, h, w])
+        .to_kind(Kind::Float)
+        .to_device(device)
+        / 255.0;
+    let Some(pic) = tch::no_grad(|| method.examples(&images)) else {
+        return Ok(());
+    };
+    let s = pic.size(); // [C, H', W']
+    let scale = (256 + s[1] - 1) / s[1];
+    let big = pic
+        .unsqueeze(0)
+        .upsample_nearest2d([s[1] * scale, s[2] * scale], None, None)
+        .squeeze_dim(0);
+    let bytes = (big.clamp(0.0, 1.0) * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .to_device(Device::Cpu);
+    tch::vision::image::save(&bytes, path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
 
 /// What goes into a report besides the run itself.
 #[derive(Debug, Clone)]
@@ -55,9 +120,9 @@ pub fn for_run(dir: &Path, points: usize, sets: &[String], device: Device) -> Re
         points,
         queries: 8,
         k: 8,
-        seed: r.cfg.seed,
+        seed: r.cfg.train.seed,
     };
-    let rep = write(dir, &r.cfg, &r.meta, &r.ds, &r.model, &opts, device)?;
+    let rep = write(&r, &opts, device)?;
     let mut text = eval::describe(&r.label(), &r.ds, &rep.scores, rep.eval_seconds);
     let n = &rep.neighbors;
     write!(
@@ -71,27 +136,19 @@ pub fn for_run(dir: &Path, points: usize, sets: &[String], device: Device) -> Re
     for w in &rep.warnings {
         eprintln!("warning: {w}");
     }
-    writeln!(text, "report -> {}", dir.join(HTML_FILE).display())?;
+    writeln!(text, "report -> {}", dir.join(RunDir::REPORT).display())?;
     Ok(text)
 }
 
-/// Evaluates the run in `run` (its config `cfg`, checkpoint `meta`, data `ds` and `model`)
-/// and writes the report files into `run`.
-pub fn write(
-    run: &Path,
-    cfg: &Config,
-    meta: &Meta,
-    ds: &Dataset,
-    model: &Model,
-    opts: &Options,
-    device: Device,
-) -> Result<Report> {
+/// Evaluates the loaded run `r` and writes the report files into its folder.
+pub fn write(r: &LoadedRun, opts: &Options, device: Device) -> Result<Report> {
+    let (run, cfg, meta, ds, model) = (r.dir.path(), &r.cfg, &r.meta, &r.ds, &r.model);
     ds.require_labels()?;
     let method = model.method.as_ref();
     let t0 = Instant::now();
     // One pass of the encoder serves the scores, the neighbours and the map.
-    let features = SplitFeatures::of_method(method, ds, device, cfg.precision)?;
-    let scores = features.score(ds.num_classes as i64, cfg);
+    let features = SplitFeatures::of_method(method, ds, device, cfg.train.precision)?;
+    let scores = features.score(ds.num_classes as i64, &cfg.eval_view());
     let eval_seconds = t0.elapsed().as_secs_f64();
     let found = neighbors::write_picture(
         &ds.train,
@@ -101,7 +158,7 @@ pub fn write(
         opts.queries,
         opts.k,
         opts.seed,
-        &run.join(neighbors::FILE_NAME),
+        &run.join(RunDir::NEIGHBORS),
     )?;
 
     let t0 = Instant::now();
@@ -135,12 +192,12 @@ pub fn write(
         &labels,
         &names,
         &title,
-        &run.join(plots::EMBEDDING_FILE),
+        &run.join(RunDir::EMBEDDING),
     )?;
     let tsne_seconds = t0.elapsed().as_secs_f64();
 
     let mut warnings = Vec::new();
-    let summary = match train::write_loss_plot(run, &cfg.method, &ds.name) {
+    let summary = match write_loss_plot(run, &cfg.method, &ds.name) {
         Ok(m) => {
             warnings.extend(m.notes.iter().cloned());
             m.summary()
@@ -152,30 +209,30 @@ pub fn write(
     };
 
     let parameters = nets::parameter_count(&model.vs, "encoder.");
-    let mut record = eval::run_json(cfg, meta, parameters, &scores);
+    let mut record = eval::run_json(&cfg.method, &cfg.data.source, meta, parameters, &scores);
     record["pretraining"] = summary
         .as_ref()
         .map_or(serde_json::Value::Null, summary_json);
     record["neighbors"] =
         json!({"k": opts.k, "same_label": found.same_label, "total": found.total});
     record["embedding"] = json!({"points": points.len(), "perplexity": tsne_opts.perplexity});
-    let p = run.join(eval::EVAL_FILE);
+    let p = run.join(RunDir::EVAL);
     std::fs::write(&p, serde_json::to_string_pretty(&record)?)
         .with_context(|| format!("cannot write {}", p.display()))?;
 
-    let config = std::fs::read_to_string(run.join("config.toml"))
+    let config = std::fs::read_to_string(run.join(RunDir::CONFIG))
         .or_else(|_| toml::to_string(&meta.config))
         .unwrap_or_default();
     let mut images = Vec::new();
-    if summary.is_some() || run.join(plots::LOSS_FILE).is_file() {
+    if summary.is_some() || run.join(RunDir::LOSS_PLOT).is_file() {
         images.push((
-            plots::LOSS_FILE,
+            RunDir::LOSS_PLOT,
             "Pretraining loss and learning rate".to_string(),
         ));
     }
-    images.push((plots::EMBEDDING_FILE, title));
+    images.push((RunDir::EMBEDDING, title));
     images.push((
-        neighbors::FILE_NAME,
+        RunDir::NEIGHBORS,
         format!(
             "Nearest training images of {} test images (cosine): query framed blue, same label green, other red; {}/{} share the query's label",
             found.queries.len(),
@@ -183,14 +240,20 @@ pub fn write(
             found.total
         ),
     ));
-    let mut metrics = metric_rows(&scores, cfg, parameters, eval_seconds);
+    let mut metrics = metric_rows(
+        &scores,
+        &cfg.probe,
+        cfg.encoder.kind,
+        parameters,
+        eval_seconds,
+    );
     // Segmentation is trained by `selfsup segment`; the report shows a result that exists.
     match segment::Record::read(run) {
         Ok(rec) if !rec.results.is_empty() => {
             metrics.extend(segmentation_rows(&rec));
-            if run.join(segment::picture::FILE_NAME).is_file() {
+            if run.join(RunDir::SEGMENTATION).is_file() {
                 images.push((
-                    segment::picture::FILE_NAME,
+                    RunDir::SEGMENTATION,
                     format!(
                         "Segmentation of test images by {}: image, true mask, and the masks each protocol predicted",
                         rec.label
@@ -209,7 +272,7 @@ pub fn write(
         notes: warnings.clone(),
         config,
     };
-    let p = run.join(HTML_FILE);
+    let p = run.join(RunDir::REPORT);
     std::fs::write(&p, html(&page)).with_context(|| format!("cannot write {}", p.display()))?;
     Ok(Report {
         scores,
@@ -231,19 +294,25 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
 
-fn metric_rows(s: &Scores, cfg: &Config, parameters: i64, secs: f64) -> Vec<(String, String)> {
+fn metric_rows(
+    s: &Scores,
+    probe: &ProbeSpec,
+    encoder: EncoderKind,
+    parameters: i64,
+    secs: f64,
+) -> Vec<(String, String)> {
     vec![
         ("linear probe top-1".into(), pct(s.linear_top1)),
         ("linear probe top-5".into(), pct(s.linear_top5)),
         (
-            format!("kNN top-1 (k = {}, T = {})", cfg.knn_k, cfg.knn_temperature),
+            format!(
+                "kNN top-1 (k = {}, T = {})",
+                probe.knn_k, probe.knn_temperature
+            ),
             pct(s.knn_top1),
         ),
         ("feature dimension".into(), s.feature_dim.to_string()),
-        (
-            format!("{} parameters", cfg.encoder),
-            parameters.to_string(),
-        ),
+        (format!("{encoder} parameters"), parameters.to_string()),
         ("evaluation time".into(), format!("{secs:.1} s")),
     ]
 }
@@ -406,45 +475,50 @@ mod tests {
         let _rng = crate::torch_rng_lock();
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
-        let cfg = Config {
-            epochs: 2,
-            knn_k: 5,
-            probe_epochs: 3,
-            data: "tiny <&>".into(),
-            ..tiny_config("autoencoder")
+        let cfg = {
+            let mut c = tiny_config("autoencoder");
+            c.train.epochs = 2;
+            c.probe.knn_k = 5;
+            c.probe.probe_epochs = 3;
+            c.data.source = "tiny <&>".into();
+            c
         };
-        train::pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
-        let ck = crate::train::checkpoint::load(dir.path()).unwrap();
-        let model = Model::build(&cfg, &train::data_info(&ds), Device::Cpu).unwrap();
-        crate::train::checkpoint::load_into(&model.vs, &ck.model).unwrap();
+        crate::train::pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
+        let ck = crate::run::checkpoint::load(dir.path()).unwrap();
+        let model = Model::build(&cfg, &crate::run::data_info(&ds), Device::Cpu).unwrap();
+        crate::run::checkpoint::load_into(&model.vs, &ck.model).unwrap();
         let o = Options {
             points: 20,
             queries: 3,
             k: 4,
             seed: 0,
         };
-        let r = write(dir.path(), &cfg, &ck.meta, &ds, &model, &o, Device::Cpu).unwrap();
+        let loaded = LoadedRun {
+            dir: RunDir::new(dir.path()),
+            cfg,
+            meta: ck.meta,
+            ds,
+            model,
+            checkpoint: None,
+        };
+        let r = write(&loaded, &o, Device::Cpu).unwrap();
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
         assert_eq!(r.embedded_points, 20);
         assert_eq!(r.neighbors.total, 12);
         assert_eq!(r.summary.as_ref().unwrap().epochs, 2);
         use crate::plots::tests::check_png;
-        check_png(&dir.path().join(plots::LOSS_FILE), plots::LOSS_SIZE);
-        check_png(
-            &dir.path().join(plots::EMBEDDING_FILE),
-            plots::EMBEDDING_SIZE,
-        );
-        assert!(dir.path().join(neighbors::FILE_NAME).is_file());
-        let m: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join(eval::EVAL_FILE)).unwrap(),
-        )
-        .unwrap();
+        check_png(&dir.path().join(RunDir::LOSS_PLOT), plots::LOSS_SIZE);
+        check_png(&dir.path().join(RunDir::EMBEDDING), plots::EMBEDDING_SIZE);
+        assert!(dir.path().join(RunDir::NEIGHBORS).is_file());
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(RunDir::EVAL)).unwrap())
+                .unwrap();
         assert_eq!(
             m["scores"]["linear_top1"].as_f64().unwrap(),
             r.scores.linear_top1
         );
         assert_eq!(m["pretraining"]["steps"], 12);
-        let h = std::fs::read_to_string(dir.path().join(HTML_FILE)).unwrap();
+        let h = std::fs::read_to_string(dir.path().join(RunDir::REPORT)).unwrap();
         for needle in [
             "src=\"loss.png\"",
             "src=\"embedding.png\"",

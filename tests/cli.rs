@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use selfsup::rundir::RunDir;
 use std::path::Path;
 
 /// Pretrains the tiny autoencoder for `epochs` on `root/data` (from
@@ -68,7 +69,7 @@ fn pretrain_then_eval_on_a_tiny_folder() {
         "{}",
         stderr(&o)
     );
-    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let saved = std::fs::read_to_string(run.join(RunDir::CONFIG)).unwrap();
     assert!(
         saved.contains("noise = \"masking\"") && !saved.contains("\ntemperature ="),
         "{saved}"

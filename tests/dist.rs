@@ -6,10 +6,11 @@ use selfsup::data::Split;
 use selfsup::data::loader::{Batch, Loader, ViewSpec, epoch_order};
 use selfsup::dist::{Backend, DistEnv, ProcessGroup};
 use selfsup::methods::{DataInfo, StepCtx};
+use selfsup::optim::Optimizer;
+use selfsup::run::Model;
 use selfsup::schedule::cosine_with_warmup;
 use selfsup::train::data_parallel::{DataParallel, rank_order};
-use selfsup::train::optim::Optimizer;
-use selfsup::train::{Model, train_step};
+use selfsup::train::train_step;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
@@ -388,24 +389,27 @@ fn tiny_split() -> Split {
 /// any shift) by sqrt(v) + eps ~ 1e-8, turning 1e-17 into steps of 1e-9 x lr, which are
 /// different in any two runs, distributed or not.
 fn equivalence_config(method: &str) -> Config {
-    Config {
-        method: method.into(),
-        cnn_widths: vec![4, 8],
-        batch_size: 16,
-        epochs: 2,
-        optimizer: OptimizerKind::Sgd,
-        lr: 0.05,
-        proj_hidden_dim: 16,
-        proj_dim: 8,
-        pred_hidden_dim: 8,
-        moco_queue: 40,
-        shuffle_bn_groups: 4,
-        ema_momentum: 0.9,
-        aug_crop_scale: [0.5, 1.0],
-        multicrop_local: 2,
-        swav_prototypes: 10,
-        dino_out_dim: 16,
-        ..Config::default()
+    {
+        let mut c = Config {
+            method: method.into(),
+            ..Config::default()
+        };
+        c.encoder.cnn_widths = vec![4, 8];
+        c.train.batch_size = 16;
+        c.train.epochs = 2;
+        c.train.optimizer = OptimizerKind::Sgd;
+        c.train.lr = 0.05;
+        c.keys.proj_hidden_dim = 16;
+        c.keys.proj_dim = 8;
+        c.keys.pred_hidden_dim = 8;
+        c.keys.moco_queue = 40;
+        c.keys.shuffle_bn_groups = 4;
+        c.keys.ema_momentum = 0.9;
+        c.aug.aug_crop_scale = [0.5, 1.0];
+        c.aug.multicrop_local = 2;
+        c.keys.swav_prototypes = 10;
+        c.keys.dino_out_dim = 16;
+        c
     }
 }
 
@@ -428,21 +432,25 @@ fn train_f64(
     if let Some(dp) = &dp {
         dp.broadcast_model(&model.vs).unwrap();
     }
-    model.dist = dp;
-    let mut opt = Optimizer::new(&model.vs, cfg.optimizer, cfg.momentum, cfg.weight_decay);
+    let mut opt = Optimizer::new(
+        &model.vs,
+        cfg.train.optimizer,
+        cfg.train.momentum,
+        cfg.train.weight_decay,
+    );
     let views = model.method.views();
-    let spe = split.len() / cfg.batch_size;
-    let total_steps = spe * cfg.epochs;
+    let spe = split.len() / cfg.train.batch_size;
+    let total_steps = spe * cfg.train.epochs;
     let mut losses = Vec::new();
-    for epoch in 0..cfg.epochs {
-        let order = epoch_order(split.len(), cfg.seed, epoch);
-        let order = rank_order(&order, cfg.batch_size, world, rank);
+    for epoch in 0..cfg.train.epochs {
+        let order = epoch_order(split.len(), cfg.train.seed, epoch);
+        let order = rank_order(&order, cfg.train.batch_size, world, rank);
         let spec = views.as_ref().map(|v| ViewSpec {
             views: v.clone(),
-            seed: cfg.seed,
+            seed: cfg.train.seed,
             epoch,
         });
-        let local_batch = cfg.batch_size / world;
+        let local_batch = cfg.train.batch_size / world;
         for batch in Loader::with_views(
             split.clone(),
             order,
@@ -462,8 +470,19 @@ fn train_f64(
                 step,
                 total_steps,
             };
-            let lr = cosine_with_warmup(step, total_steps, spe, cfg.lr, 0.0);
-            losses.push(train_step(&mut model, &mut opt, &batch, &ctx, lr, cfg.seed).unwrap());
+            let lr = cosine_with_warmup(step, total_steps, spe, cfg.train.lr, 0.0);
+            losses.push(
+                train_step(
+                    &mut model,
+                    dp.as_ref(),
+                    &mut opt,
+                    &batch,
+                    &ctx,
+                    lr,
+                    cfg.train.seed,
+                )
+                .unwrap(),
+            );
         }
     }
     assert_eq!(losses.len(), total_steps);
@@ -475,7 +494,7 @@ fn train_f64(
     );
     state.push(("losses".into(), Tensor::from_slice(&losses)));
     state.sort_by(|a, b| a.0.cmp(&b.0));
-    (state, model.dist.take())
+    (state, dp)
 }
 
 /// How far two states are apart: (the largest relative difference max|a - b| / max|b| of a
@@ -524,9 +543,10 @@ fn equivalence_runs() -> Vec<(String, Config)> {
         .iter()
         .map(|m| (m.to_string(), equivalence_config(m)));
     let two_views = ["simclr", "moco-v3", "byol"].map(|m| {
-        let cfg = Config {
-            multicrop_local: 0,
-            ..equivalence_config(m)
+        let cfg = {
+            let mut c = equivalence_config(m);
+            c.aug.multicrop_local = 0;
+            c
         };
         (format!("{m}-two-views"), cfg)
     });
@@ -543,15 +563,15 @@ fn data_parallel_training_equals_one_process() {
         let dir = PathBuf::from(std::env::var("SELFSUP_TEST_OUT").unwrap());
         let rank = pg.rank();
         let mut dp = Some(DataParallel::new(pg, Device::Cpu, true));
-        let runs = equivalence_runs().into_iter().chain([(
-            "simclr-local-bn".to_string(),
-            Config {
-                sync_bn: false,
-                ..equivalence_config("simclr")
-            },
-        )]);
+        let runs = equivalence_runs()
+            .into_iter()
+            .chain([("simclr-local-bn".to_string(), {
+                let mut c = equivalence_config("simclr");
+                c.train.sync_bn = false;
+                c
+            })]);
         for (name, cfg) in runs {
-            dp.as_mut().unwrap().sync_bn = cfg.sync_bn;
+            dp.as_mut().unwrap().sync_bn = cfg.train.sync_bn;
             let two;
             (two, dp) = train_f64(&cfg, dp);
             let file = dir.join(format!("{name}-rank{rank}.safetensors"));

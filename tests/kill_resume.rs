@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use selfsup::metrics::Metrics;
-use selfsup::train::checkpoint;
+use selfsup::run::checkpoint;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -315,4 +315,61 @@ fn a_cut_last_metrics_line_is_dropped_on_resume_and_the_loss_plot_drawn() {
     assert_clean_log(&run);
     let (steps, epochs) = records(&run);
     assert_eq!((steps.len(), epochs.len()), (48, 3));
+}
+
+/// A run killed before its first checkpoint (a requeued job's first try) leaves only its
+/// config: `pretrain --resume` runs it from the beginning with a note, to the same end as an
+/// uninterrupted run. A folder that holds no run, or another method's run, still fails.
+#[test]
+fn resume_before_the_first_checkpoint_starts_the_run_over() {
+    let (tmp, data) = tiny_mnist_in_temp_dir();
+    let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    let (status, err) = finish(&mut pretrain(&straight, &data, false, None));
+    assert!(status.success(), "{err}");
+    // Step 3 comes before the first checkpoint (every 5 steps).
+    let (status, err) = finish(&mut pretrain(&killed, &data, false, Some("step:3")));
+    assert_killed(status, &err, "step:3");
+    assert!(killed.join("config.toml").is_file());
+    assert!(!killed.join("checkpoint.safetensors").exists());
+    let (status, err) = finish(&mut pretrain(&killed, &data, true, None));
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("stopped before its first checkpoint: starting it from the beginning"),
+        "{err}"
+    );
+    assert_same_tensors(
+        &straight.join("checkpoint.safetensors"),
+        &killed.join("checkpoint.safetensors"),
+    );
+    assert_eq!(records(&straight), records(&killed));
+
+    // An empty folder, and one with files but no run, name what is missing.
+    for (name, file) in [("empty", None), ("foreign", Some("notes.txt"))] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        if let Some(f) = file {
+            std::fs::write(dir.join(f), "not a run").unwrap();
+        }
+        let (status, err) = finish(&mut pretrain(&dir, &data, true, None));
+        assert!(!status.success());
+        assert!(
+            err.contains("holds no selfsup run") && err.contains("config.toml"),
+            "{err}"
+        );
+    }
+    // Another method than the saved config's.
+    std::fs::remove_file(killed.join("checkpoint.safetensors")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_selfsup"))
+        .args([
+            "--device", "cpu", "pretrain", "--quiet", "--resume", "--method", "simclr", "--out",
+        ])
+        .arg(&killed)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--method simclr differs from the method 'moco-v2'"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -6,7 +6,8 @@
 mod common;
 
 use common::*;
-use selfsup::train::checkpoint;
+use selfsup::run::checkpoint;
+use selfsup::rundir::RunDir;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -130,7 +131,7 @@ fn launch_equals_one_process_and_resumes_on_another_number_of_processes() {
         stdout(&o)
     );
     for f in [
-        "config.toml",
+        RunDir::CONFIG,
         "metrics.jsonl",
         "loss.png",
         "checkpoint.safetensors",

@@ -5,9 +5,9 @@
 
 use selfsup::config::{Config, EncoderKind};
 use selfsup::data::Split;
+use selfsup::eval;
 use selfsup::methods::{DataInfo, REGISTRY};
 use selfsup::nets::{self, Encoder, export};
-use selfsup::{eval, train};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,7 +49,14 @@ fn export_pair(
 ) -> (PathBuf, PathBuf) {
     assert_eq!(y.size(), [x.size()[0], encoder.dim], "{name}");
     let weights = dir.join(format!("{name}.safetensors"));
-    export::write_encoder(&weights, &vs.variables(), cfg, encoder).unwrap();
+    export::write_encoder(
+        &weights,
+        &vs.variables(),
+        &cfg.method,
+        &cfg.encoder,
+        encoder,
+    )
+    .unwrap();
     let io = dir.join(format!("{name}-io.safetensors"));
     Tensor::write_safetensors(&[("input", x), ("output", y)], &io).unwrap();
     (weights, io)
@@ -66,7 +73,7 @@ fn warm_up_batchnorm(encoder: &Encoder, shape: [i64; 4]) {
 fn check_architecture(cfg: &Config, shape: [i64; 4]) {
     tch::manual_seed(4);
     let vs = nn::VarStore::new(Device::Cpu);
-    let enc = nets::build_encoder(&(vs.root() / "encoder"), cfg, shape[1]);
+    let enc = nets::build_encoder(&(vs.root() / "encoder"), &cfg.encoder, shape[1]);
     warm_up_batchnorm(&enc, shape);
     let x = Tensor::rand(shape, (Kind::Float, Device::Cpu));
     let y = tch::no_grad(|| enc.forward_t(&x, false));
@@ -76,21 +83,23 @@ fn check_architecture(cfg: &Config, shape: [i64; 4]) {
 
 #[test]
 fn resnet18_export_matches_torchvision() {
-    let cfg = Config {
-        encoder: EncoderKind::Resnet18,
-        ..Config::default()
+    let cfg = {
+        let mut c = Config::default();
+        c.encoder.kind = EncoderKind::Resnet18;
+        c
     };
     check_architecture(&cfg, [2, 3, 32, 32]);
 }
 
 #[test]
 fn vit_export_matches_timm_layout_in_pytorch() {
-    let cfg = Config {
-        encoder: EncoderKind::Vit,
-        vit_depth: 2,
-        vit_width: 24,
-        vit_heads: 3,
-        ..Config::default()
+    let cfg = {
+        let mut c = Config::default();
+        c.encoder.kind = EncoderKind::Vit;
+        c.encoder.vit_depth = 2;
+        c.encoder.vit_width = 24;
+        c.encoder.vit_heads = 3;
+        c
     };
     // 32x32 (the position embeddings' own grid) and 28x28 (resampled to 7x7).
     check_architecture(&cfg, [2, 3, 32, 32]);
@@ -106,9 +115,10 @@ fn small_cnn_export_matches_pytorch() {
 fn small_cnn_with_pooling_grid_export_matches_pytorch() {
     // cnn_pool = 2: the 7x7 map is averaged over overlapping 4x4 windows, as PyTorch's
     // adaptive_avg_pool2d does, and flattened channel-major to [B, 4 * 128].
-    let cfg = Config {
-        cnn_pool: 2,
-        ..Config::default()
+    let cfg = {
+        let mut c = Config::default();
+        c.encoder.cnn_pool = 2;
+        c
     };
     check_architecture(&cfg, [3, 1, 28, 28]);
 }
@@ -130,27 +140,35 @@ fn every_method_exports_what_its_evaluation_sees() {
     };
     let mut pairs = Vec::new();
     for spec in REGISTRY {
-        let cfg = Config {
-            method: spec.name.into(),
-            cnn_widths: vec![4, 8],
-            cnn_pool: 2,
-            decoder_widths: vec![8, 4],
-            proj_hidden_dim: 16,
-            pred_hidden_dim: 8,
-            proj_dim: 8,
-            moco_queue: 32,
-            cpc_negatives: 16,
-            cpc_patch: 4,
-            cpc_stride: 2,
-            tile_size: 2,
-            ..Config::default()
+        let cfg = {
+            let mut c = Config {
+                method: spec.name.into(),
+                ..Config::default()
+            };
+            c.encoder.cnn_widths = vec![4, 8];
+            c.encoder.cnn_pool = 2;
+            c.keys.decoder_widths = vec![8, 4];
+            c.keys.proj_hidden_dim = 16;
+            c.keys.pred_hidden_dim = 8;
+            c.keys.proj_dim = 8;
+            c.keys.moco_queue = 32;
+            c.keys.cpc_negatives = 16;
+            c.keys.cpc_patch = 4;
+            c.keys.cpc_stride = 2;
+            c.keys.tile_size = 2;
+            c
         };
-        let model = train::Model::build(&cfg, &info, Device::Cpu).unwrap();
+        let model = selfsup::run::Model::build(&cfg, &info, Device::Cpu).unwrap();
         let encoder = model.method.encoder();
         warm_up_batchnorm(encoder, [8, 3, 8, 8]);
-        let (features, _) =
-            eval::method_features(model.method.as_ref(), &split, 4, Device::Cpu, cfg.precision)
-                .unwrap();
+        let (features, _) = eval::method_features(
+            model.method.as_ref(),
+            &split,
+            4,
+            Device::Cpu,
+            cfg.train.precision,
+        )
+        .unwrap();
         pairs.push(export_pair(
             dir.path(),
             spec.name,
@@ -169,7 +187,7 @@ fn every_method_exports_what_its_evaluation_sees() {
 #[test]
 fn export_renames_and_adds_batchnorm_counters() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let _ = nets::build_encoder(&(vs.root() / "encoder"), &Config::default(), 1);
+    let _ = nets::build_encoder(&(vs.root() / "encoder"), &Config::default().encoder, 1);
     let _ = vs
         .root()
         .sub("decoder")

@@ -9,13 +9,13 @@ mod fuzz_tests;
 pub mod idx;
 pub mod inspect;
 pub mod loader;
-pub mod scenes;
+
 pub mod seg;
 pub mod stl;
 
 pub use loader::{Batch, Loader, epoch_order};
 
-use crate::config::{BadImages, Cifar100Labels};
+use crate::config::{BadImages, Cifar100Labels, DataKeys};
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -190,28 +190,29 @@ pub struct DataOptions {
 
 impl Default for DataOptions {
     fn default() -> Self {
-        DataOptions::from_config(&crate::config::Config::default())
+        let cfg = crate::config::Config::default();
+        DataOptions::new(&cfg.data, cfg.train.seed)
     }
 }
 
 impl DataOptions {
-    pub fn from_config(cfg: &crate::config::Config) -> DataOptions {
+    pub fn new(keys: &DataKeys, seed: u64) -> DataOptions {
         DataOptions {
-            cifar100_fine: cfg.cifar100_labels == Cifar100Labels::Fine,
-            stl10_unlabeled: cfg.stl10_unlabeled,
+            cifar100_fine: keys.cifar100_labels == Cifar100Labels::Fine,
+            stl10_unlabeled: keys.stl10_unlabeled,
             folder: folder::FolderOptions {
-                size: cfg.image_size,
-                skip_bad: cfg.bad_images == BadImages::Skip,
+                size: keys.image_size,
+                skip_bad: keys.bad_images == BadImages::Skip,
             },
-            seed: cfg.seed,
+            seed,
         }
     }
 }
 
 /// The data set a config names (`data`), read as its data keys say.
-pub fn load(cfg: &crate::config::Config) -> Result<Dataset> {
-    let spec = DataSpec::parse(&cfg.data).context("option data")?;
-    spec.load(&DataOptions::from_config(cfg))
+pub fn load(keys: &DataKeys, seed: u64) -> Result<Dataset> {
+    let spec = DataSpec::parse(&keys.source).context("option data")?;
+    spec.load(&DataOptions::new(keys, seed))
 }
 
 impl DataSpec {

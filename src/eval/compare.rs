@@ -6,8 +6,8 @@ use super::Scores;
 use super::baselines::Baseline;
 use super::segment::{self, Protocol, Subject};
 use crate::config::{self, Config};
-use crate::train::checkpoint;
-use crate::train::run::{LoadedRun, ensure_trained};
+use crate::run::LoadedRun;
+use crate::run::checkpoint;
 use crate::{data, methods};
 use anyhow::{Context, Result, bail};
 use std::fmt::Write;
@@ -64,9 +64,23 @@ fn method_config(method: &str, plan: &Plan) -> Result<Config> {
     Ok(cfg)
 }
 
-/// Trains what `plan` asks for and evaluates every row: the baselines first, then the
-/// runs, then the methods trained here. Writes compare.md and compare.csv into `plan.out`.
-pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
+/// The runs `plan` asks for: the configs of the methods to train here (into
+/// `out/METHOD`, the supervised baseline's included) and the config the baselines take
+/// (the first method's or run's).
+pub struct Runs {
+    pub to_train: Vec<Config>,
+    pub first: Config,
+}
+
+impl Plan {
+    /// The folder of a run trained here.
+    pub fn run_dir(&self, cfg: &Config) -> PathBuf {
+        self.out.join(&cfg.method)
+    }
+}
+
+/// Checks `plan` and finds the configs of its runs.
+pub fn runs(plan: &Plan) -> Result<Runs> {
     if plan.runs.is_empty() == plan.methods.is_empty() {
         bail!("compare needs either --runs DIR,... or --methods NAME,...");
     }
@@ -96,17 +110,24 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
             .iter()
             .any(|r| checkpoint::load(r).is_ok_and(|c| c.meta.config.method == "supervised"));
     if plan.supervised && !has_supervised {
-        trained.push(Config {
-            method: "supervised".into(),
-            ..first.clone()
+        trained.push({
+            let mut c = first.clone();
+            c.method = "supervised".into();
+            c
         });
     }
+    Ok(Runs {
+        to_train: trained,
+        first,
+    })
+}
+
+/// Evaluates every row of `plan` once its runs are trained (`runs`): the baselines first,
+/// then the runs, then the methods trained here. Writes compare.md and compare.csv into
+/// `plan.out`.
+pub fn evaluate(plan: &Plan, runs: &Runs, device: Device) -> Result<Vec<Row>> {
     let mut run_dirs = plan.runs.clone();
-    for cfg in &trained {
-        let dir = plan.out.join(&cfg.method);
-        ensure_trained(cfg, &dir, plan.quiet, device)?;
-        run_dirs.push(dir);
-    }
+    run_dirs.extend(runs.to_train.iter().map(|c| plan.run_dir(c)));
     // The eval keys of the overrides (probe_*, seg_*) apply to every row.
     let eval_sets: Vec<String> = plan
         .sets
@@ -116,10 +137,10 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
         })
         .cloned()
         .collect();
-    let first = first.with_overrides(&eval_sets)?;
+    let first = runs.first.with_overrides(&eval_sets)?;
     let mut rows = Vec::new();
     if !plan.baselines.is_empty() {
-        let ds = data::load(&first)?;
+        let ds = data::load(&first.data, first.train.seed)?;
         ds.require_labels()?;
         for &b in &plan.baselines {
             let (scores, parameters) = b.evaluate(&first, &ds, device)?;
@@ -127,15 +148,24 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
                 _ if !plan.segmentation => None,
                 Baseline::Raw => Some(SegCells::default()),
                 Baseline::Random => {
-                    let subject = Subject::random(&first, ds.train.shape[0] as i64, device);
+                    let subject = Subject::random(
+                        &first.encoder,
+                        first.train.seed,
+                        ds.train.shape[0] as i64,
+                        device,
+                    );
                     let out = plan.out.join("random-init");
                     Some(SegCells::of(&segment::ensure(
-                        &subject, &first, &out, device, plan.quiet,
+                        &subject,
+                        &first.eval_view(),
+                        &out,
+                        device,
+                        plan.quiet,
                     )?))
                 }
             };
             rows.push(Row {
-                method: b.label(&first),
+                method: b.label(first.encoder.kind),
                 scores,
                 pretrain_seconds: None,
                 parameters,
@@ -147,7 +177,12 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
         let run = LoadedRun::load(dir, None, &eval_sets, device)?;
         run.ds.require_labels()?;
         eprintln!("compare: evaluating {} ({})", run.cfg.method, dir.display());
-        let scores = super::evaluate_method(run.model.method.as_ref(), &run.ds, &run.cfg, device)?;
+        let scores = super::evaluate_method(
+            run.model.method.as_ref(),
+            &run.ds,
+            &run.cfg.eval_view(),
+            device,
+        )?;
         let mut row = Row {
             method: run.cfg.method.clone(),
             scores,
@@ -158,7 +193,11 @@ pub fn run(plan: &Plan, device: Device) -> Result<Vec<Row>> {
         if plan.segmentation {
             let (subject, cfg) = Subject::from_loaded(run);
             row.segmentation = Some(SegCells::of(&segment::ensure(
-                &subject, &cfg, dir, device, plan.quiet,
+                &subject,
+                &cfg.eval_view(),
+                dir,
+                device,
+                plan.quiet,
             )?));
         }
         rows.push(row);

@@ -1,7 +1,7 @@
 //! Embeddings as NumPy files (npyz): `embeddings_SPLIT.npy` (`[N, D]` float32) and
 //! `labels_SPLIT.npy` (`[N]` int64).
 
-use crate::train::run::LoadedRun;
+use crate::run::LoadedRun;
 use anyhow::{Context, Result, bail};
 use npyz::WriterBuilder;
 use std::path::{Path, PathBuf};
@@ -67,8 +67,13 @@ pub fn for_run(
     if data.is_empty() {
         bail!("the {split} split of {} is empty", r.ds.name);
     }
-    let (f, l) =
-        super::method_features(r.model.method.as_ref(), &data, 512, device, r.cfg.precision)?;
+    let (f, l) = super::method_features(
+        r.model.method.as_ref(),
+        &data,
+        512,
+        device,
+        r.cfg.train.precision,
+    )?;
     let (fp, lp) = write_embeddings(out, split, &f, &l)?;
     Ok(format!(
         "wrote {} x {} embeddings to {} and labels to {}",

@@ -10,13 +10,14 @@ pub mod neighbors;
 pub mod segment;
 pub mod tsne;
 
-use crate::config::{Config, Precision};
+use crate::config::{EvalView, Precision};
 use crate::data::{Dataset, Loader, Split};
 use crate::methods::Method;
 use crate::nets::Encoder;
 use crate::precision;
-use crate::train::checkpoint;
-use crate::train::run::LoadedRun;
+use crate::run::LoadedRun;
+use crate::run::checkpoint;
+use crate::rundir::RunDir;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
@@ -111,18 +112,16 @@ pub fn describe(label: &str, ds: &Dataset, scores: &Scores, seconds: f64) -> Str
     )
 }
 
-/// The evaluation record of a run, written by `eval --run` (and, with more, by `report`).
-pub const EVAL_FILE: &str = "eval.json";
-
 /// The evaluation record of a run, as `eval.json` holds it.
 pub fn run_json(
-    cfg: &Config,
+    method: &str,
+    data: &str,
     meta: &checkpoint::Meta,
     encoder_parameters: i64,
     scores: &Scores,
 ) -> serde_json::Value {
     json!({
-        "method": cfg.method, "data": cfg.data, "epochs": meta.epoch,
+        "method": method, "data": data, "epochs": meta.epoch,
         "pretrain_seconds": meta.wall_seconds, "encoder_parameters": encoder_parameters,
         "scores": scores,
     })
@@ -140,10 +139,16 @@ pub fn for_run(
     let r = LoadedRun::load(dir, checkpoint, sets, device)?;
     r.ds.require_labels()?;
     let t0 = Instant::now();
-    let scores = evaluate_method(r.model.method.as_ref(), &r.ds, &r.cfg, device)?;
+    let scores = evaluate_method(r.model.method.as_ref(), &r.ds, &r.cfg.eval_view(), device)?;
     let secs = t0.elapsed().as_secs_f64();
-    let json = run_json(&r.cfg, &r.meta, r.encoder_parameters(), &scores);
-    let p = r.output(dir, EVAL_FILE);
+    let json = run_json(
+        &r.cfg.method,
+        &r.cfg.data.source,
+        &r.meta,
+        r.encoder_parameters(),
+        &scores,
+    );
+    let p = r.output(RunDir::EVAL);
     std::fs::write(&p, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("cannot write {}", p.display()))?;
     Ok(describe(&r.label(), &r.ds, &scores, secs))
@@ -154,13 +159,13 @@ pub fn score(
     train: &(Tensor, Tensor),
     test: &(Tensor, Tensor),
     num_classes: i64,
-    cfg: &Config,
+    cfg: &EvalView,
 ) -> Scores {
     let probe = linear::ProbeConfig {
-        epochs: cfg.probe_epochs,
-        lr: cfg.probe_lr,
-        batch_size: cfg.probe_batch_size,
-        weight_decay: cfg.probe_weight_decay,
+        epochs: cfg.probe.probe_epochs,
+        lr: cfg.probe.probe_lr,
+        batch_size: cfg.probe.probe_batch_size,
+        weight_decay: cfg.probe.probe_weight_decay,
         seed: cfg.seed,
     };
     let (linear_top1, linear_top5) =
@@ -171,8 +176,8 @@ pub fn score(
         &test.0,
         &test.1,
         num_classes,
-        cfg.knn_k,
-        cfg.knn_temperature,
+        cfg.probe.knn_k,
+        cfg.probe.knn_temperature,
         cfg.precision,
     );
     Scores {
@@ -183,11 +188,11 @@ pub fn score(
     }
 }
 
-/// Extracts encoder features for both splits of `ds` (in `cfg.precision`) and scores them.
+/// Extracts encoder features for both splits of `ds` (in `cfg.train.precision`) and scores them.
 pub fn evaluate_encoder(
     encoder: &Encoder,
     ds: &Dataset,
-    cfg: &Config,
+    cfg: &EvalView,
     device: Device,
 ) -> Result<Scores> {
     let f = split_features_with(ds, device, cfg.precision, |x| encoder.forward_t(x, false))?;
@@ -198,7 +203,7 @@ pub fn evaluate_encoder(
 pub fn evaluate_method(
     method: &dyn Method,
     ds: &Dataset,
-    cfg: &Config,
+    cfg: &EvalView,
     device: Device,
 ) -> Result<Scores> {
     evaluate_encoder(method.encoder(), ds, cfg, device)
@@ -251,7 +256,7 @@ impl SplitFeatures {
     }
 
     /// Linear probe and kNN, as [`score`].
-    pub fn score(&self, num_classes: i64, cfg: &Config) -> Scores {
+    pub fn score(&self, num_classes: i64, cfg: &EvalView) -> Scores {
         score(&self.train, &self.test, num_classes, cfg)
     }
 }
@@ -277,7 +282,7 @@ mod tests {
         let cfg = crate::train::tests::tiny_config("autoencoder");
         tch::manual_seed(0);
         let vs = tch::nn::VarStore::new(Device::Cpu);
-        let enc = crate::nets::build_encoder(&(vs.root() / "encoder"), &cfg, 1);
+        let enc = crate::nets::build_encoder(&(vs.root() / "encoder"), &cfg.encoder, 1);
         let split = Arc::new(ds.test.clone());
         let feats = |p| encoder_features(&enc, &split, 16, Device::Cpu, p).unwrap();
         let ((f32s, l32), (bf16s, lbf)) = (feats(Precision::Fp32), feats(Precision::Bf16));
@@ -290,11 +295,12 @@ mod tests {
         // The whole evaluation runs in either precision; on these separable squares both
         // score (nearly) alike.
         let score = |precision| {
-            let c = Config {
-                precision,
-                ..cfg.clone()
+            let c = {
+                let mut c = cfg.clone();
+                c.train.precision = precision;
+                c
             };
-            evaluate_encoder(&enc, &ds, &c, Device::Cpu).unwrap()
+            evaluate_encoder(&enc, &ds, &c.eval_view(), Device::Cpu).unwrap()
         };
         let (a, b) = (score(Precision::Fp32), score(Precision::Bf16));
         assert!(

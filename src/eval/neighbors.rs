@@ -4,7 +4,8 @@
 
 use crate::data::Split;
 use crate::data::inspect::{Tile, tile_grid};
-use crate::train::run::LoadedRun;
+use crate::run::LoadedRun;
+use crate::rundir::RunDir;
 use anyhow::{Context, Result, bail};
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
@@ -12,9 +13,6 @@ use rand::seq::SliceRandom;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
-
-/// The picture's name in a run folder.
-pub const FILE_NAME: &str = "neighbors.png";
 
 pub const QUERY: Rgb<u8> = Rgb([60, 120, 255]);
 pub const SAME: Rgb<u8> = Rgb([40, 200, 60]);
@@ -162,9 +160,13 @@ pub fn for_run(
     }
     let r = LoadedRun::load(dir, checkpoint, &[], device)?;
     r.ds.require_labels()?;
-    let f =
-        super::SplitFeatures::of_method(r.model.method.as_ref(), &r.ds, device, r.cfg.precision)?;
-    let out = out.unwrap_or_else(|| r.output(dir, FILE_NAME));
+    let f = super::SplitFeatures::of_method(
+        r.model.method.as_ref(),
+        &r.ds,
+        device,
+        r.cfg.train.precision,
+    )?;
+    let out = out.unwrap_or_else(|| r.output(RunDir::NEIGHBORS));
     let (train, test) = (&r.ds.train, &r.ds.test);
     let found = write_picture(train, test, &f.train.0, &f.test.0, queries, k, seed, &out)?;
     let mut text = String::new();

@@ -2,8 +2,7 @@
 //! its input under an L2 loss. The denoising variant (denoising.rs) corrupts the input
 //! and still reconstructs the clean image.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::Config;
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx};
 use crate::nets::{self, Decoder, Encoder};
 use crate::{losses, precision};
 use anyhow::Result;
@@ -30,11 +29,12 @@ pub struct Autoencoder {
 impl Autoencoder {
     pub fn new(
         p: &nn::Path,
-        cfg: &Config,
+        cfg: &MethodConfig,
         data: &DataInfo,
         corrupt: Option<Corruption>,
     ) -> Result<Autoencoder> {
-        let (encoder, decoder) = nets::encoder_decoder(p, cfg, data.shape)?;
+        let (encoder, decoder) =
+            nets::encoder_decoder(p, cfg.encoder, &cfg.keys.decoder_widths, data.shape)?;
         Ok(Autoencoder {
             encoder,
             decoder,

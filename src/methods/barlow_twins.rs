@@ -6,9 +6,9 @@
 //! gathered and the cross-correlation is that of the global batch, as in the paper (its
 //! projections' BatchNorm is synchronised; the loss standardises the gathered batch).
 
-use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx, views};
 use crate::augment::Views;
-use crate::config::{Config, check};
+use crate::config::check;
 use crate::dist::current as dist;
 use crate::nets::{self, Encoder, MlpNorm};
 use crate::{losses, precision};
@@ -31,18 +31,18 @@ const KEYS: &[&[&str]] = &[
     &["proj_hidden_dim", "proj_dim", "barlow_lambda"],
 ];
 
-fn validate(cfg: &Config) -> Result<()> {
-    check::non_negative("barlow_lambda", cfg.barlow_lambda)
+fn validate(cfg: &MethodConfig) -> Result<()> {
+    check::non_negative("barlow_lambda", cfg.keys.barlow_lambda)
 }
 
 /// The 3-layer projector ("expander") of Barlow Twins and VICReg: Linear -> BatchNorm ->
 /// ReLU twice (width `proj_hidden_dim`), then Linear to `proj_dim`.
-pub fn expander(p: &nn::Path, cfg: &Config, input: i64) -> nn::SequentialT {
+pub fn expander(p: &nn::Path, cfg: &MethodConfig, input: i64) -> nn::SequentialT {
     let dims = [
         input,
-        cfg.proj_hidden_dim,
-        cfg.proj_hidden_dim,
-        cfg.proj_dim,
+        cfg.keys.proj_hidden_dim,
+        cfg.keys.proj_hidden_dim,
+        cfg.keys.proj_dim,
     ];
     nets::mlp(p, &dims, MlpNorm::Hidden)
 }
@@ -70,13 +70,13 @@ pub struct BarlowTwins {
 }
 
 impl BarlowTwins {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> BarlowTwins {
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> BarlowTwins {
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, data.shape[0]);
         BarlowTwins {
             projector: expander(&(p / "projector"), cfg, encoder.dim),
             encoder,
-            lambda: cfg.barlow_lambda,
-            views: views::two_views(cfg, data),
+            lambda: cfg.keys.barlow_lambda,
+            views: views::two_views(cfg.aug, data),
         }
     }
 }

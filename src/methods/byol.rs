@@ -12,9 +12,8 @@
 //! pairs of 2 - 2 cos, times 2: with 2 crops exactly the sum over the two orders above,
 //! and a scale that does not grow with the number of crops (solo-learn sums the pairs).
 
-use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx, views};
 use crate::augment::{Op, Views};
-use crate::config::Config;
 use crate::nets::{Encoder, MlpNorm, momentum::OnlineTarget};
 use crate::schedule::cosine_momentum;
 use crate::{losses, precision};
@@ -51,8 +50,8 @@ pub struct Byol {
 }
 
 /// BYOL's asymmetric pair of views built on the `aug_*` pipeline.
-pub fn byol_views(cfg: &Config, data: &DataInfo) -> Arc<Views> {
-    let base = views::pipeline(cfg, data);
+pub fn byol_views(cfg: &MethodConfig, data: &DataInfo) -> Arc<Views> {
+    let base = views::pipeline(cfg.aug, data);
     let with = |blur_p: f64, solarize_p: f64| {
         let mut p = base.clone();
         for op in &mut p.ops {
@@ -70,14 +69,20 @@ pub fn byol_views(cfg: &Config, data: &DataInfo) -> Arc<Views> {
 }
 
 impl Byol {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Byol> {
-        let nets = OnlineTarget::new(p, cfg, data.shape[0], MlpNorm::Hidden);
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<Byol> {
+        let nets = OnlineTarget::new(
+            p,
+            cfg.encoder,
+            data.shape[0],
+            cfg.keys.head_dims(),
+            MlpNorm::Hidden,
+        );
         let global = byol_views(cfg, data).pipelines.clone();
         Ok(Byol {
             nets,
-            base_m: cfg.ema_momentum,
+            base_m: cfg.keys.ema_momentum,
             shape: data.shape,
-            views: views::multi_crop(cfg, data, global, views::pipeline(cfg, data)),
+            views: views::multi_crop(cfg.aug, data, global, views::pipeline(cfg.aug, data)),
         })
     }
 }
@@ -119,11 +124,12 @@ impl Method for Byol {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn views_are_asymmetric_as_in_the_paper() {
         let v = byol_views(
-            &Config::default(),
+            &MethodConfig::of(&Config::default()),
             &DataInfo {
                 shape: [3, 32, 32],
                 num_classes: 10,

@@ -16,8 +16,8 @@
 //! - It needs colour data: on images with another number of channels than 3, building the
 //!   method fails with an error naming it and the channel count.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::{ColorizationLoss, Config};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx};
+use crate::config::ColorizationLoss;
 use crate::dist::current as dist;
 use crate::nets::lab::{lab_to_rgb, rgb_to_lab};
 use crate::nets::{self, Decoder, Encoder, EncoderInput};
@@ -123,14 +123,14 @@ pub struct Colorization {
 }
 
 impl Colorization {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Colorization> {
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<Colorization> {
         let [c, h, w] = data.shape;
         if c != 3 {
             bail!(
                 "method colorization needs colour images (3 channels, RGB), but the data has {c} channel(s) of {h}x{w}; use a colour data set"
             );
         }
-        let classify = cfg.colorization_loss == ColorizationLoss::Classify;
+        let classify = cfg.keys.colorization_loss == ColorizationLoss::Classify;
         let dev = p.device();
         let (centres, nearest) = ab_bins();
         let q = centres.len() as i64;
@@ -141,11 +141,11 @@ impl Colorization {
             .sum_dim_intlist(&[2i64][..], false, Kind::Float); // [Q, Q]
         let k = (d2 / (-2.0 * SMOOTH_SIGMA * SMOOTH_SIGMA)).exp();
         let smooth = &k / k.sum_dim_intlist(&[1i64][..], true, Kind::Float);
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, 1);
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, 1);
         let decoder = Decoder::new(
             &(p / "decoder"),
             encoder.dim,
-            &cfg.decoder_widths,
+            &cfg.keys.decoder_widths,
             [MAP_CHANNELS, h, w],
         )?;
         let out = if classify { q } else { 2 };
@@ -318,10 +318,11 @@ pub(crate) mod tests {
     fn colorization_learns_on_colour_data_and_refuses_grey() {
         let _rng = crate::torch_rng_lock();
         for &loss in ColorizationLoss::ALL {
-            let cfg = Config {
-                colorization_loss: loss,
-                epochs: 10,
-                ..tiny_config("colorization")
+            let cfg = {
+                let mut c = tiny_config("colorization");
+                c.keys.colorization_loss = loss;
+                c.train.epochs = 10;
+                c
             };
             let l = train_losses(&cfg, &tiny_colour_dataset());
             assert!(l[9] < 0.7 * l[0], "{loss}: losses {l:?}");
@@ -331,10 +332,14 @@ pub(crate) mod tests {
             shape: [1, 28, 28],
             num_classes: 10,
         };
-        let e = Colorization::new(&vs.root(), &tiny_config("colorization"), &grey)
-            .err()
-            .unwrap()
-            .to_string();
+        let e = Colorization::new(
+            &vs.root(),
+            &MethodConfig::of(&tiny_config("colorization")),
+            &grey,
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(
             e.contains("method colorization needs colour images") && e.contains("has 1 channel(s)"),
             "{e}"
@@ -349,7 +354,12 @@ pub(crate) mod tests {
             shape: [3, 8, 8],
             num_classes: 4,
         };
-        let c = Colorization::new(&vs.root(), &tiny_config("colorization"), &info).unwrap();
+        let c = Colorization::new(
+            &vs.root(),
+            &MethodConfig::of(&tiny_config("colorization")),
+            &info,
+        )
+        .unwrap();
         let x = Tensor::rand([2, 3, 8, 8], (Kind::Float, Device::Cpu));
         let l = rgb_to_lab(&x).narrow(1, 0, 1) / 100.0; // [2, 1, 8, 8]
         let want = c.encoder.forward_t(&l, false);

@@ -27,8 +27,8 @@
 //!
 //! The evaluated encoder is the encoder half (under `encoder`), fed whole images.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::{CeMask, Config, check};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx};
+use crate::config::{CeMask, check};
 use crate::nets::{self, Decoder, Encoder};
 use crate::{losses, precision};
 use anyhow::{Result, bail};
@@ -122,20 +122,22 @@ pub struct ContextEncoder {
     adv_weight: f64,
 }
 
-fn validate(cfg: &Config) -> Result<()> {
-    if !(cfg.ce_hole > 0.0 && cfg.ce_hole < 1.0) {
-        bail!("option ce_hole = {} must be in (0, 1)", cfg.ce_hole);
+fn validate(cfg: &MethodConfig) -> Result<()> {
+    if !(cfg.keys.ce_hole > 0.0 && cfg.keys.ce_hole < 1.0) {
+        bail!("option ce_hole = {} must be in (0, 1)", cfg.keys.ce_hole);
     }
-    check::in_range("ce_overlap", cfg.ce_overlap, 0..=16)?;
-    check::non_negative("ce_overlap_weight", cfg.ce_overlap_weight)?;
-    check::fraction_below_one("ce_adv_weight", cfg.ce_adv_weight)
+    check::in_range("ce_overlap", cfg.keys.ce_overlap, 0..=16)?;
+    check::non_negative("ce_overlap_weight", cfg.keys.ce_overlap_weight)?;
+    check::fraction_below_one("ce_adv_weight", cfg.keys.ce_adv_weight)
 }
 
 impl ContextEncoder {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<ContextEncoder> {
-        let kind = cfg.ce_mask;
-        let (encoder, decoder) = nets::encoder_decoder(p, cfg, data.shape)?;
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<ContextEncoder> {
+        let kind = cfg.keys.ce_mask;
+        let (encoder, decoder) =
+            nets::encoder_decoder(p, cfg.encoder, &cfg.keys.decoder_widths, data.shape)?;
         let discriminator = cfg
+            .keys
             .ce_adversarial
             .then(|| discriminator(&(p / "discriminator"), data.shape[0]));
         Ok(ContextEncoder {
@@ -143,10 +145,10 @@ impl ContextEncoder {
             decoder,
             discriminator,
             kind,
-            hole: cfg.ce_hole,
-            overlap: cfg.ce_overlap,
-            overlap_weight: cfg.ce_overlap_weight,
-            adv_weight: cfg.ce_adv_weight,
+            hole: cfg.keys.ce_hole,
+            overlap: cfg.keys.ce_overlap,
+            overlap_weight: cfg.keys.ce_overlap_weight,
+            adv_weight: cfg.keys.ce_adv_weight,
         })
     }
 
@@ -305,17 +307,18 @@ mod tests {
     #[test]
     fn input_hides_the_hole_and_loss_decreases_with_and_without_adversary() {
         let _rng = crate::torch_rng_lock();
-        let cfg = Config {
-            ce_hole: 0.5,
-            epochs: 8,
-            ..tiny_config("context-encoder")
+        let cfg = {
+            let mut c = tiny_config("context-encoder");
+            c.keys.ce_hole = 0.5;
+            c.train.epochs = 8;
+            c
         };
         let vs = nn::VarStore::new(Device::Cpu);
         let info = DataInfo {
             shape: [1, 8, 8],
             num_classes: 4,
         };
-        let ce = ContextEncoder::new(&vs.root(), &cfg, &info).unwrap();
+        let ce = ContextEncoder::new(&vs.root(), &MethodConfig::of(&cfg), &info).unwrap();
         let x = Tensor::rand([3, 1, 8, 8], (Kind::Float, Device::Cpu));
         let (mask, input) = ce.mask_batch(&x);
         let mean = x.mean(Kind::Float).double_value(&[]);
@@ -333,9 +336,10 @@ mod tests {
 
         let l = train_losses(&cfg, &tiny_dataset());
         assert!(l[7] < 0.5 * l[0], "losses {l:?}");
-        let adv = Config {
-            ce_adversarial: true,
-            ..cfg.clone()
+        let adv = {
+            let mut c = cfg.clone();
+            c.keys.ce_adversarial = true;
+            c
         };
         let la = train_losses(&adv, &tiny_dataset());
         // The adversarial run logs (1 - λ) L_rec + L_D, with L_D near 2 ln 2 at the start.
@@ -345,10 +349,11 @@ mod tests {
     #[test]
     fn adversarial_term_gives_the_discriminator_only_its_own_gradient() {
         let _rng = crate::torch_rng_lock();
-        let cfg = Config {
-            ce_adversarial: true,
-            ce_adv_weight: 0.5,
-            ..tiny_config("context-encoder")
+        let cfg = {
+            let mut c = tiny_config("context-encoder");
+            c.keys.ce_adversarial = true;
+            c.keys.ce_adv_weight = 0.5;
+            c
         };
         let info = DataInfo {
             shape: [1, 8, 8],
@@ -364,7 +369,7 @@ mod tests {
         let grads = |full: bool| {
             let vs = nn::VarStore::new(Device::Cpu);
             tch::manual_seed(0);
-            let mut ce = ContextEncoder::new(&vs.root(), &cfg, &info).unwrap();
+            let mut ce = ContextEncoder::new(&vs.root(), &MethodConfig::of(&cfg), &info).unwrap();
             tch::manual_seed(1);
             let l = if full {
                 ce.loss(&x, &x, &ctx)

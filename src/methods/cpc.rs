@@ -11,8 +11,8 @@
 //!
 //! Evaluation (as in CPC v2) runs g_enc over the patch grid and mean-pools the codes.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::{Config, CpcContext, check};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx};
+use crate::config::{CpcContext, check};
 use crate::nets::{self, Encoder, EncoderInput};
 use crate::{losses, precision};
 use anyhow::{Result, bail};
@@ -35,17 +35,18 @@ pub const SPEC: MethodSpec = MethodSpec {
     build: |p, cfg, data| Ok(Box::new(Cpc::new(p, cfg, data)?)),
 };
 
-fn validate(cfg: &Config) -> Result<()> {
-    if cfg.cpc_patch < 1 || cfg.cpc_stride < 1 || cfg.cpc_stride > cfg.cpc_patch {
+fn validate(cfg: &MethodConfig) -> Result<()> {
+    if cfg.keys.cpc_patch < 1 || cfg.keys.cpc_stride < 1 || cfg.keys.cpc_stride > cfg.keys.cpc_patch
+    {
         bail!(
             "options cpc_patch = {} and cpc_stride = {} must satisfy 1 <= cpc_stride <= cpc_patch",
-            cfg.cpc_patch,
-            cfg.cpc_stride
+            cfg.keys.cpc_patch,
+            cfg.keys.cpc_stride
         );
     }
-    check::at_least("cpc_steps", cfg.cpc_steps, 1)?;
-    check::in_range("cpc_context_layers", cfg.cpc_context_layers, 1..=64)?;
-    check::at_least("cpc_negatives", cfg.cpc_negatives, 1)
+    check::at_least("cpc_steps", cfg.keys.cpc_steps, 1)?;
+    check::in_range("cpc_context_layers", cfg.keys.cpc_context_layers, 1..=64)?;
+    check::at_least("cpc_negatives", cfg.keys.cpc_negatives, 1)
 }
 
 /// Geometry of the patch grid.
@@ -138,24 +139,29 @@ pub struct Cpc {
 }
 
 impl Cpc {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Cpc> {
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<Cpc> {
         let [c, h, w] = data.shape;
-        let grid = PatchGrid::new(h, w, cfg.cpc_patch, cfg.cpc_stride)?;
-        if cfg.cpc_steps >= grid.rows {
+        let grid = PatchGrid::new(h, w, cfg.keys.cpc_patch, cfg.keys.cpc_stride)?;
+        if cfg.keys.cpc_steps >= grid.rows {
             bail!(
                 "option cpc_steps = {} must be below the {} rows of the patch grid",
-                cfg.cpc_steps,
+                cfg.keys.cpc_steps,
                 grid.rows
             );
         }
-        let g_enc = nets::build_encoder(&(p / "encoder"), cfg, c);
+        let g_enc = nets::build_encoder(&(p / "encoder"), cfg.encoder, c);
         let d = g_enc.dim;
-        let context = Context::new(&(p / "context"), cfg.cpc_context, d, cfg.cpc_context_layers);
+        let context = Context::new(
+            &(p / "context"),
+            cfg.keys.cpc_context,
+            d,
+            cfg.keys.cpc_context_layers,
+        );
         let lin = nn::LinearConfig {
             bias: false,
             ..Default::default()
         };
-        let predictors = (1..=cfg.cpc_steps)
+        let predictors = (1..=cfg.keys.cpc_steps)
             .map(|k| nn::linear(p / "predict" / format!("k{k}"), d, d, lin))
             .collect();
         let eval_encoder = g_enc.with_input(EncoderInput::PatchMean {
@@ -167,7 +173,7 @@ impl Cpc {
             context,
             predictors,
             grid,
-            negatives: cfg.cpc_negatives,
+            negatives: cfg.keys.cpc_negatives,
             eval_encoder,
         })
     }
@@ -210,6 +216,7 @@ impl Method for Cpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use tch::Device;
 
     #[test]
@@ -312,18 +319,21 @@ mod tests {
     #[test]
     fn cpc_trains_and_evaluates_on_pooled_codes() {
         let _rng = crate::torch_rng_lock();
-        let cfg = Config {
-            method: "cpc".into(),
-            cnn_widths: vec![4, 8],
-            cpc_negatives: 16,
-            ..Config::default()
+        let cfg = {
+            let mut c = Config {
+                method: "cpc".into(),
+                ..Config::default()
+            };
+            c.encoder.cnn_widths = vec![4, 8];
+            c.keys.cpc_negatives = 16;
+            c
         };
         let vs = nn::VarStore::new(Device::Cpu);
         let data = DataInfo {
             shape: [1, 16, 16],
             num_classes: 2,
         };
-        let mut m = Cpc::new(&vs.root(), &cfg, &data).unwrap();
+        let mut m = Cpc::new(&vs.root(), &MethodConfig::of(&cfg), &data).unwrap();
         let x = Tensor::rand([3, 1, 16, 16], (Kind::Float, Device::Cpu));
         let ctx = StepCtx {
             epoch: 0,
@@ -346,11 +356,12 @@ mod tests {
             1e-6,
             false
         ));
-        let too_far = Config {
-            cpc_steps: 3,
-            ..cfg
+        let too_far = {
+            let mut c = cfg;
+            c.keys.cpc_steps = 3;
+            c
         };
-        let e = Cpc::new(&vs.root(), &too_far, &data)
+        let e = Cpc::new(&vs.root(), &MethodConfig::of(&too_far), &data)
             .err()
             .unwrap()
             .to_string();

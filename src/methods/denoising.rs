@@ -2,9 +2,10 @@
 //! image. Corruption is `gaussian` (x + N(0, noise_std^2), clipped to [0, 1]) or
 //! `masking` (each pixel, across all channels, zeroed with probability mask_ratio).
 
+use super::MethodConfig;
 use super::MethodSpec;
 use super::autoencoder::{Autoencoder, Corruption};
-use crate::config::{Config, Noise, check};
+use crate::config::{Noise, check};
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
@@ -24,14 +25,14 @@ pub const SPEC: MethodSpec = MethodSpec {
     },
 };
 
-fn validate(cfg: &Config) -> Result<()> {
-    check::non_negative("noise_std", cfg.noise_std)?;
-    check::fraction_below_one("mask_ratio", cfg.mask_ratio)
+fn validate(cfg: &MethodConfig) -> Result<()> {
+    check::non_negative("noise_std", cfg.keys.noise_std)?;
+    check::fraction_below_one("mask_ratio", cfg.keys.mask_ratio)
 }
 
-pub fn corruption(cfg: &Config) -> Corruption {
-    let (std, ratio) = (cfg.noise_std, cfg.mask_ratio);
-    match cfg.noise {
+pub fn corruption(cfg: &MethodConfig) -> Corruption {
+    let (std, ratio) = (cfg.keys.noise_std, cfg.keys.mask_ratio);
+    match cfg.keys.noise {
         Noise::Gaussian => Box::new(move |x: &Tensor| (x + x.randn_like() * std).clamp(0.0, 1.0)),
         Noise::Masking => Box::new(move |x: &Tensor| {
             let s = x.size(); // [B, C, H, W]
@@ -44,18 +45,20 @@ pub fn corruption(cfg: &Config) -> Corruption {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn masking_zeroes_about_the_ratio_and_keeps_the_rest() {
         let _rng = crate::torch_rng_lock();
         tch::manual_seed(0);
-        let cfg = Config {
-            noise: Noise::Masking,
-            mask_ratio: 0.3,
-            ..Config::default()
+        let cfg = {
+            let mut c = Config::default();
+            c.keys.noise = Noise::Masking;
+            c.keys.mask_ratio = 0.3;
+            c
         };
         let x = Tensor::ones([8, 3, 16, 16], (Kind::Float, tch::Device::Cpu)) * 0.5;
-        let y = corruption(&cfg)(&x);
+        let y = corruption(&MethodConfig::of(&cfg))(&x);
         let zero = y.eq(0.0).to_kind(Kind::Float);
         let frac = zero.mean(Kind::Float).double_value(&[]);
         assert!((frac - 0.3).abs() < 0.03, "masked fraction {frac}");
@@ -75,13 +78,14 @@ mod tests {
     fn gaussian_noise_has_the_configured_std() {
         let _rng = crate::torch_rng_lock();
         tch::manual_seed(1);
-        let cfg = Config {
-            noise: Noise::Gaussian,
-            noise_std: 0.1,
-            ..Config::default()
+        let cfg = {
+            let mut c = Config::default();
+            c.keys.noise = Noise::Gaussian;
+            c.keys.noise_std = 0.1;
+            c
         };
         let x = Tensor::ones([4, 1, 64, 64], (Kind::Float, tch::Device::Cpu)) * 0.5;
-        let y = corruption(&cfg)(&x);
+        let y = corruption(&MethodConfig::of(&cfg))(&x);
         let std = (&y - &x).std(true).double_value(&[]);
         assert!((std - 0.1).abs() < 0.005, "std {std}");
         assert!(y.min().double_value(&[]) >= 0.0 && y.max().double_value(&[]) <= 1.0);

@@ -12,9 +12,9 @@
 //! Global views are BYOL's asymmetric pair (blur always / p = 0.1, solarization 0 / 0.2),
 //! as in the paper; local views take the `aug_*` pipeline with blur p = 0.5.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx, byol, views};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx, byol, views};
 use crate::augment::{Op, Views};
-use crate::config::{Config, check};
+use crate::config::check;
 use crate::dist::current as dist;
 use crate::losses::{self, l2_normalize};
 use crate::nets::{self, Encoder, momentum::MomentumPairs};
@@ -50,11 +50,14 @@ const KEYS: &[&[&str]] = &[
     ],
 ];
 
-fn validate(cfg: &Config) -> Result<()> {
-    check::at_least("dino_out_dim", cfg.dino_out_dim, 2)?;
-    check::positive("dino_teacher_temp", cfg.dino_teacher_temp)?;
-    check::positive("dino_warmup_teacher_temp", cfg.dino_warmup_teacher_temp)?;
-    check::fraction_below_one("dino_center_momentum", cfg.dino_center_momentum)
+fn validate(cfg: &MethodConfig) -> Result<()> {
+    check::at_least("dino_out_dim", cfg.keys.dino_out_dim, 2)?;
+    check::positive("dino_teacher_temp", cfg.keys.dino_teacher_temp)?;
+    check::positive(
+        "dino_warmup_teacher_temp",
+        cfg.keys.dino_warmup_teacher_temp,
+    )?;
+    check::fraction_below_one("dino_center_momentum", cfg.keys.dino_center_momentum)
 }
 
 /// DINO's projection head: MLP -> L2 normalisation -> weight-normalised linear layer.
@@ -65,8 +68,8 @@ struct Head {
 }
 
 impl Head {
-    fn new(p: &nn::Path, input: i64, cfg: &Config) -> Head {
-        let (hidden, bottleneck) = (cfg.proj_hidden_dim, cfg.proj_dim);
+    fn new(p: &nn::Path, input: i64, cfg: &MethodConfig) -> Head {
+        let (hidden, bottleneck) = (cfg.keys.proj_hidden_dim, cfg.keys.proj_dim);
         let lin = |name: &str, i, o| nn::linear(p / name, i, o, Default::default());
         let mlp = nn::seq()
             .add(lin("fc0", input, hidden))
@@ -76,7 +79,7 @@ impl Head {
             .add(lin("fc2", hidden, bottleneck));
         let last = p.var(
             "last",
-            &[cfg.dino_out_dim, bottleneck],
+            &[cfg.keys.dino_out_dim, bottleneck],
             nn::Init::Randn {
                 mean: 0.0,
                 stdev: 0.02,
@@ -111,36 +114,39 @@ pub struct Dino {
 }
 
 /// DINO's views: BYOL's asymmetric global pair, then the local crops (blur p = 0.5).
-fn dino_views(cfg: &Config, data: &DataInfo) -> Arc<Views> {
+fn dino_views(cfg: &MethodConfig, data: &DataInfo) -> Arc<Views> {
     let global = byol::byol_views(cfg, data).pipelines.clone();
-    let mut local = views::pipeline(cfg, data);
+    let mut local = views::pipeline(cfg.aug, data);
     for op in &mut local.ops {
         if let Op::GaussianBlur { p, .. } = op {
             *p = 0.5;
         }
     }
-    views::multi_crop(cfg, data, global, local)
+    views::multi_crop(cfg.aug, data, global, local)
 }
 
 impl Dino {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Dino {
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Dino {
         let c = data.shape[0];
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, c);
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, c);
         let t = p / "target";
-        let teacher_encoder = nets::build_encoder(&(&t / "encoder"), cfg, c);
+        let teacher_encoder = nets::build_encoder(&(&t / "encoder"), cfg.encoder, c);
         Dino {
             head: Head::new(&(p / "head"), encoder.dim, cfg),
             teacher_head: Head::new(&(&t / "head"), encoder.dim, cfg),
             encoder,
             teacher_encoder,
             pairs: MomentumPairs::default(),
-            center: p.zeros_no_train("center", &[1, cfg.dino_out_dim]),
+            center: p.zeros_no_train("center", &[1, cfg.keys.dino_out_dim]),
             batch_center: None,
-            base_m: cfg.ema_momentum,
-            student_temp: cfg.temperature,
-            teacher_temp: [cfg.dino_warmup_teacher_temp, cfg.dino_teacher_temp],
-            warmup_epochs: cfg.dino_warmup_teacher_epochs,
-            center_m: cfg.dino_center_momentum,
+            base_m: cfg.keys.ema_momentum,
+            student_temp: cfg.keys.temperature,
+            teacher_temp: [
+                cfg.keys.dino_warmup_teacher_temp,
+                cfg.keys.dino_teacher_temp,
+            ],
+            warmup_epochs: cfg.keys.dino_warmup_teacher_epochs,
+            center_m: cfg.keys.dino_center_momentum,
             shape: data.shape,
             views: dino_views(cfg, data),
         }

@@ -14,8 +14,8 @@
 //!   evaluation time.
 
 use super::patches::{TileClassifier, TileGrid};
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::{Config, check};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx};
+use crate::config::check;
 use crate::nets::{self, Encoder};
 use crate::{losses, precision};
 use anyhow::Result;
@@ -31,8 +31,12 @@ pub const SPEC: MethodSpec = MethodSpec {
     build: |p, cfg, data| Ok(Box::new(Jigsaw::new(p, cfg, data)?)),
 };
 
-fn validate(cfg: &Config) -> Result<()> {
-    check::in_range("jigsaw_permutations", cfg.jigsaw_permutations, 2..=1000)
+fn validate(cfg: &MethodConfig) -> Result<()> {
+    check::in_range(
+        "jigsaw_permutations",
+        cfg.keys.jigsaw_permutations,
+        2..=1000,
+    )
 }
 
 /// Number of positions where two permutations differ.
@@ -88,11 +92,11 @@ pub struct Jigsaw {
 }
 
 impl Jigsaw {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Jigsaw> {
-        let grid = TileGrid::new("jigsaw", data.shape, cfg.tile_size)?;
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
-        let n = cfg.jigsaw_permutations as i64;
-        let flat: Vec<i64> = max_hamming_permutations(cfg.jigsaw_permutations)
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<Jigsaw> {
+        let grid = TileGrid::new("jigsaw", data.shape, cfg.keys.tile_size)?;
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, data.shape[0]);
+        let n = cfg.keys.jigsaw_permutations as i64;
+        let flat: Vec<i64> = max_hamming_permutations(cfg.keys.jigsaw_permutations)
             .iter()
             .flat_map(|q| q.iter().map(|&c| c as i64))
             .collect();
@@ -164,17 +168,18 @@ mod tests {
     #[test]
     fn puzzles_are_the_tiles_in_the_permuted_order() {
         let _rng = crate::torch_rng_lock();
-        let cfg = Config {
-            jigsaw_permutations: 10,
-            tile_size: 7,
-            ..tiny_config("jigsaw")
+        let cfg = {
+            let mut c = tiny_config("jigsaw");
+            c.keys.jigsaw_permutations = 10;
+            c.keys.tile_size = 7;
+            c
         };
         let vs = nn::VarStore::new(Device::Cpu);
         let info = DataInfo {
             shape: [1, 28, 28],
             num_classes: 10,
         };
-        let j = Jigsaw::new(&vs.root(), &cfg, &info).unwrap();
+        let j = Jigsaw::new(&vs.root(), &MethodConfig::of(&cfg), &info).unwrap();
         let perms = max_hamming_permutations(10);
         tch::manual_seed(2);
         let img = coordinate_images(6, 28, 28);
@@ -200,12 +205,13 @@ mod tests {
     fn jigsaw_learns_on_tiny_data() {
         let _rng = crate::torch_rng_lock();
         // 8x8 images: 3x3 grid of 2-pixel cells, 2-pixel tiles (no jitter on tiny data).
-        let cfg = Config {
-            jigsaw_permutations: 4,
-            tile_size: 2,
-            cnn_widths: vec![8],
-            epochs: 10,
-            ..tiny_config("jigsaw")
+        let cfg = {
+            let mut c = tiny_config("jigsaw");
+            c.keys.jigsaw_permutations = 4;
+            c.keys.tile_size = 2;
+            c.encoder.cnn_widths = vec![8];
+            c.train.epochs = 10;
+            c
         };
         let l = train_losses(&cfg, &tiny_dataset());
         assert!(l[0] > 1.0 && l[9] < 0.8 * l[0], "losses {l:?}");

@@ -9,9 +9,9 @@
 //! shuffle is across ranks (`nets::split_bn_forward`), so that W ranks with G groups compute
 //! what one process with G groups does. Every rank enqueues the keys of the global batch.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx, views};
 use crate::augment::Views;
-use crate::config::{Config, check};
+use crate::config::check;
 use crate::dist::current as dist;
 use crate::nets::{self, Encoder, MlpNorm, momentum::MomentumPairs};
 use crate::{losses, precision};
@@ -49,12 +49,12 @@ const MOCO_KEYS: &[&str] = &[
 const KEYS_V1: &[&[&str]] = &[views::AUG_KEYS, MOCO_KEYS];
 const KEYS_V2: &[&[&str]] = &[views::AUG_KEYS, MOCO_KEYS, &["proj_hidden_dim"]];
 
-fn validate(cfg: &Config) -> Result<()> {
-    check::at_least("moco_queue", cfg.moco_queue, 1)?;
-    if cfg.shuffle_bn_groups < 1 || cfg.batch_size as i64 % cfg.shuffle_bn_groups != 0 {
+fn validate(cfg: &MethodConfig) -> Result<()> {
+    check::at_least("moco_queue", cfg.keys.moco_queue, 1)?;
+    if cfg.keys.shuffle_bn_groups < 1 || cfg.batch_size as i64 % cfg.keys.shuffle_bn_groups != 0 {
         bail!(
             "option shuffle_bn_groups = {} must be at least 1 and divide batch_size = {}",
-            cfg.shuffle_bn_groups,
+            cfg.keys.shuffle_bn_groups,
             cfg.batch_size
         );
     }
@@ -78,25 +78,25 @@ pub struct Moco {
 }
 
 impl Moco {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo, mlp_head: bool) -> Result<Moco> {
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo, mlp_head: bool) -> Result<Moco> {
         let head_dims = |d: i64| {
             if mlp_head {
-                vec![d, cfg.proj_hidden_dim, cfg.proj_dim]
+                vec![d, cfg.keys.proj_hidden_dim, cfg.keys.proj_dim]
             } else {
-                vec![d, cfg.proj_dim]
+                vec![d, cfg.keys.proj_dim]
             }
         };
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, data.shape[0]);
         let head = nets::mlp(&(p / "projector"), &head_dims(encoder.dim), MlpNorm::None);
         let t = p / "target";
-        let key_encoder = nets::build_encoder(&(&t / "encoder"), cfg, data.shape[0]);
+        let key_encoder = nets::build_encoder(&(&t / "encoder"), cfg.encoder, data.shape[0]);
         let key_head = nets::mlp(
             &(&t / "projector"),
             &head_dims(key_encoder.dim),
             MlpNorm::None,
         );
         let init = losses::l2_normalize(&Tensor::randn(
-            [cfg.moco_queue, cfg.proj_dim],
+            [cfg.keys.moco_queue, cfg.keys.proj_dim],
             (Kind::Float, p.device()),
         ));
         let queue = p.add("queue", init, false);
@@ -114,10 +114,10 @@ impl Moco {
             queue_ptr,
             pending_keys: None,
             momentum: MomentumPairs::default(),
-            m: cfg.ema_momentum,
-            temperature: cfg.temperature,
-            groups: cfg.shuffle_bn_groups,
-            views: views::two_views(cfg, data),
+            m: cfg.keys.ema_momentum,
+            temperature: cfg.keys.temperature,
+            groups: cfg.keys.shuffle_bn_groups,
+            views: views::two_views(cfg.aug, data),
         })
     }
 }
@@ -196,6 +196,7 @@ impl Method for Moco {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use tch::Device;
 
     fn rows(t: &Tensor) -> Vec<f32> {
@@ -240,17 +241,20 @@ mod tests {
     #[test]
     fn a_step_enqueues_keys_and_moves_the_key_encoder_by_ema() {
         let _rng = crate::torch_rng_lock();
-        let cfg = Config {
-            method: "moco-v2".into(),
-            cnn_widths: vec![4, 8],
-            proj_hidden_dim: 8,
-            proj_dim: 4,
-            moco_queue: 8,
-            shuffle_bn_groups: 2,
-            ema_momentum: 0.9,
-            ..Config::default()
+        let cfg = {
+            let mut c = Config {
+                method: "moco-v2".into(),
+                ..Config::default()
+            };
+            c.encoder.cnn_widths = vec![4, 8];
+            c.keys.proj_hidden_dim = 8;
+            c.keys.proj_dim = 4;
+            c.keys.moco_queue = 8;
+            c.keys.shuffle_bn_groups = 2;
+            c.keys.ema_momentum = 0.9;
+            c
         };
-        let model = crate::train::Model::build(
+        let model = crate::run::Model::build(
             &cfg,
             &DataInfo {
                 shape: [1, 8, 8],

@@ -9,9 +9,8 @@
 //! crop other than itself, and the InfoNCE terms are averaged over those pairs, times 2 (with
 //! 2 crops, exactly the sum of the two directions above).
 
-use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx, views};
 use crate::augment::Views;
-use crate::config::Config;
 use crate::dist::current as dist;
 use crate::nets::{Encoder, MlpNorm, momentum::OnlineTarget};
 use crate::schedule::cosine_momentum;
@@ -51,14 +50,20 @@ pub struct MocoV3 {
 }
 
 impl MocoV3 {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<MocoV3> {
-        let nets = OnlineTarget::new(p, cfg, data.shape[0], MlpNorm::All);
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<MocoV3> {
+        let nets = OnlineTarget::new(
+            p,
+            cfg.encoder,
+            data.shape[0],
+            cfg.keys.head_dims(),
+            MlpNorm::All,
+        );
         Ok(MocoV3 {
             nets,
-            base_m: cfg.ema_momentum,
-            temperature: cfg.temperature,
+            base_m: cfg.keys.ema_momentum,
+            temperature: cfg.keys.temperature,
             shape: data.shape,
-            views: views::two_views_and_local_crops(cfg, data),
+            views: views::two_views_and_local_crops(cfg.aug, data),
         })
     }
 }

@@ -23,7 +23,7 @@ pub mod vicreg;
 pub mod views;
 
 use crate::augment::Views;
-use crate::config::{self, Config, check};
+use crate::config::{self, AugSpec, Config, EncoderSpec, MethodKeys, check};
 use crate::nets::Encoder;
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
@@ -43,6 +43,27 @@ pub struct DataInfo {
     /// `[C, H, W]`
     pub shape: [i64; 3],
     pub num_classes: i64,
+}
+
+/// A method's view of the config: what `MethodSpec::build` and `validate` read.
+#[derive(Debug, Clone, Copy)]
+pub struct MethodConfig<'a> {
+    pub encoder: &'a EncoderSpec,
+    pub aug: &'a AugSpec,
+    pub keys: &'a MethodKeys,
+    /// The global batch (MoCo's BatchNorm groups and SwAV's queue are fitted to it).
+    pub batch_size: usize,
+}
+
+impl<'a> MethodConfig<'a> {
+    pub fn of(cfg: &'a Config) -> MethodConfig<'a> {
+        MethodConfig {
+            encoder: &cfg.encoder,
+            aug: &cfg.aug,
+            keys: &cfg.keys,
+            batch_size: cfg.train.batch_size,
+        }
+    }
 }
 
 pub trait Method {
@@ -91,28 +112,28 @@ pub struct MethodSpec {
     /// `views::validate_multicrop`.
     pub keys: &'static [&'static [&'static str]],
     /// Checks the method's own keys (those no other method reads).
-    pub validate: fn(&Config) -> Result<()>,
+    pub validate: fn(&MethodConfig) -> Result<()>,
     /// `loss` uses the labels (only the supervised baseline): training then takes the
     /// labelled training split instead of the pretraining split.
     pub uses_labels: bool,
-    pub build: fn(&nn::Path, &Config, &DataInfo) -> Result<Box<dyn Method>>,
+    pub build: fn(&nn::Path, &MethodConfig, &DataInfo) -> Result<Box<dyn Method>>,
 }
 
 /// `MethodSpec::validate` of a method without keys of its own.
-pub fn no_own_keys(_: &Config) -> Result<()> {
+pub fn no_own_keys(_: &MethodConfig) -> Result<()> {
     Ok(())
 }
 
 /// The checks of the keys that several methods read.
-fn shared_check(cfg: &Config, key: &str) -> Result<()> {
+fn shared_check(cfg: &MethodConfig, key: &str) -> Result<()> {
     match key {
-        "proj_hidden_dim" => check::at_least(key, cfg.proj_hidden_dim, 1),
-        "proj_dim" => check::at_least(key, cfg.proj_dim, 1),
-        "pred_hidden_dim" => check::at_least(key, cfg.pred_hidden_dim, 1),
-        "temperature" => check::positive(key, cfg.temperature),
-        "ema_momentum" => check::fraction_below_one(key, cfg.ema_momentum),
-        "decoder_widths" => check::widths(key, &cfg.decoder_widths),
-        "tile_size" => check::at_least(key, cfg.tile_size, 1),
+        "proj_hidden_dim" => check::at_least(key, cfg.keys.proj_hidden_dim, 1),
+        "proj_dim" => check::at_least(key, cfg.keys.proj_dim, 1),
+        "pred_hidden_dim" => check::at_least(key, cfg.keys.pred_hidden_dim, 1),
+        "temperature" => check::positive(key, cfg.keys.temperature),
+        "ema_momentum" => check::fraction_below_one(key, cfg.keys.ema_momentum),
+        "decoder_widths" => check::widths(key, &cfg.keys.decoder_widths),
+        "tile_size" => check::at_least(key, cfg.keys.tile_size, 1),
         _ => Ok(()),
     }
 }
@@ -128,16 +149,17 @@ pub fn check_config(cfg: &Config, given: &[String]) -> Result<Vec<String>> {
     }
     let spec = find(&cfg.method)?;
     cfg.validate()?;
+    let view = MethodConfig::of(cfg);
     for key in spec.keys() {
-        shared_check(cfg, key)?;
+        shared_check(&view, key)?;
     }
     if spec.reads(views::AUG_KEYS[0]) {
-        views::validate(cfg)?;
+        views::validate(&cfg.aug)?;
     }
     if spec.reads(views::MULTICROP_KEYS[0]) {
-        views::validate_multicrop(cfg)?;
+        views::validate_multicrop(&cfg.aug)?;
     }
-    (spec.validate)(cfg).with_context(|| format!("method {}", spec.name))?;
+    (spec.validate)(&view).with_context(|| format!("method {}", spec.name))?;
     let mut warnings = Vec::new();
     for key in given {
         if !config::is_general(key) && !spec.reads(key) {
@@ -162,7 +184,7 @@ impl MethodSpec {
 
     /// Every key a run of this method reads: the general ones and the method's.
     pub fn keys_read(&self) -> Vec<&'static str> {
-        let general = config::GENERAL_KEYS.iter().chain(config::EVAL_KEYS);
+        let general = config::GENERAL_KEYS.iter().chain(config::EVAL_KEYS.iter());
         general.copied().chain(self.keys()).collect()
     }
 }
@@ -229,7 +251,7 @@ pub fn find(name: &str) -> Result<&'static MethodSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::Model;
+    use crate::run::Model;
     use tch::{Device, Kind};
 
     /// Another valid value for every key that some method reads and others do not.
@@ -329,21 +351,24 @@ mod tests {
             for k in spec.keys() {
                 assert!(all.iter().any(|a| a == k), "{}: unknown key {k}", spec.name);
             }
-            let base = Config {
-                method: spec.name.into(),
-                cnn_widths: vec![4, 8],
-                decoder_widths: vec![8, 4],
-                batch_size: 8,
-                proj_hidden_dim: 16,
-                proj_dim: 8,
-                pred_hidden_dim: 8,
-                moco_queue: 32,
-                shuffle_bn_groups: 2,
-                cpc_patch: 4,
-                cpc_stride: 2,
-                cpc_negatives: 16,
-                tile_size: 2,
-                ..Config::default()
+            let base = {
+                let mut c = Config {
+                    method: spec.name.into(),
+                    ..Config::default()
+                };
+                c.encoder.cnn_widths = vec![4, 8];
+                c.keys.decoder_widths = vec![8, 4];
+                c.train.batch_size = 8;
+                c.keys.proj_hidden_dim = 16;
+                c.keys.proj_dim = 8;
+                c.keys.pred_hidden_dim = 8;
+                c.keys.moco_queue = 32;
+                c.keys.shuffle_bn_groups = 2;
+                c.keys.cpc_patch = 4;
+                c.keys.cpc_stride = 2;
+                c.keys.cpc_negatives = 16;
+                c.keys.tile_size = 2;
+                c
             };
             let (vars, views, loss) = fingerprint(&base);
             for key in all

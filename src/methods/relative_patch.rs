@@ -12,8 +12,7 @@
 //! evaluation time.
 
 use super::patches::{TileClassifier, TileGrid};
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::Config;
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx};
 use crate::nets::{self, Encoder};
 use crate::{losses, precision};
 use anyhow::Result;
@@ -36,9 +35,9 @@ pub struct RelativePatch {
 }
 
 impl RelativePatch {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<RelativePatch> {
-        let grid = TileGrid::new("relative-patch", data.shape, cfg.tile_size)?;
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<RelativePatch> {
+        let grid = TileGrid::new("relative-patch", data.shape, cfg.keys.tile_size)?;
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, data.shape[0]);
         let head = TileClassifier::new(p, 2, encoder.dim, 8);
         Ok(RelativePatch {
             encoder,
@@ -86,7 +85,12 @@ mod tests {
             shape: [1, 28, 28],
             num_classes: 10,
         };
-        let rp = RelativePatch::new(&vs.root(), &tiny_config("relative-patch"), &info).unwrap();
+        let rp = RelativePatch::new(
+            &vs.root(),
+            &MethodConfig::of(&tiny_config("relative-patch")),
+            &info,
+        )
+        .unwrap();
         tch::manual_seed(4);
         let (pairs, labels) = rp.pairs(&coordinate_images(400, 28, 28));
         assert_eq!(pairs.size(), vec![400, 2, 1, 7, 7]);
@@ -151,11 +155,12 @@ mod tests {
     #[test]
     fn relative_patch_learns_on_tiny_data() {
         let _rng = crate::torch_rng_lock();
-        let cfg = Config {
-            tile_size: 2,
-            cnn_widths: vec![8],
-            epochs: 10,
-            ..tiny_config("relative-patch")
+        let cfg = {
+            let mut c = tiny_config("relative-patch");
+            c.keys.tile_size = 2;
+            c.encoder.cnn_widths = vec![8];
+            c.train.epochs = 10;
+            c
         };
         let l = train_losses(&cfg, &ramps());
         // Chance level is ln 8 = 2.08.

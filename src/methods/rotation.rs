@@ -3,8 +3,7 @@
 //! classifier on the encoder's feature vector predicts which rotation it sees. A batch of
 //! B images is therefore a forward pass over 4B images. Needs square images.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::Config;
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx};
 use crate::nets::{self, Encoder};
 use crate::{losses, precision};
 use anyhow::{Result, bail};
@@ -26,12 +25,12 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Rotation> {
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<Rotation> {
         let [c, h, w] = data.shape;
         if h != w {
             bail!("method rotation needs square images, but the data is {h}x{w}");
         }
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, c);
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, c);
         let head = nn::linear(p / "head", encoder.dim, 4, Default::default());
         Ok(Rotation { encoder, head })
     }
@@ -125,9 +124,10 @@ mod tests {
     #[test]
     fn rotation_learns_on_tiny_data_and_refuses_non_square_images() {
         let _rng = crate::torch_rng_lock();
-        let cfg = Config {
-            epochs: 15,
-            ..tiny_config("rotation")
+        let cfg = {
+            let mut c = tiny_config("rotation");
+            c.train.epochs = 15;
+            c
         };
         let l = train_losses(&cfg, &upright_t_shapes());
         // Chance level is ln 4 = 1.386; the T shapes make every rotation recognisable.
@@ -137,7 +137,9 @@ mod tests {
             shape: [1, 8, 6],
             num_classes: 2,
         };
-        let e = Rotation::new(&vs.root(), &cfg, &info).err().unwrap();
+        let e = Rotation::new(&vs.root(), &MethodConfig::of(&cfg), &info)
+            .err()
+            .unwrap();
         assert!(
             e.to_string().contains("rotation needs square images"),
             "{e}"

@@ -6,9 +6,8 @@
 //! every crop, with every other crop of the same image as a positive (solo-learn's
 //! formulation).
 
-use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx, views};
 use crate::augment::Views;
-use crate::config::Config;
 use crate::dist::current as dist;
 use crate::nets::{self, Encoder, MlpNorm};
 use crate::{losses, precision};
@@ -41,20 +40,20 @@ pub struct SimClr {
 }
 
 impl SimClr {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<SimClr> {
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<SimClr> {
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, data.shape[0]);
         // SimCLR v1's head: Linear -> ReLU -> Linear.
         let projector = nets::mlp(
             &(p / "projector"),
-            &[encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim],
+            &[encoder.dim, cfg.keys.proj_hidden_dim, cfg.keys.proj_dim],
             MlpNorm::None,
         );
         Ok(SimClr {
             encoder,
             projector,
-            temperature: cfg.temperature,
+            temperature: cfg.keys.temperature,
             shape: data.shape,
-            views: views::two_views_and_local_crops(cfg, data),
+            views: views::two_views_and_local_crops(cfg.aug, data),
         })
     }
 }
@@ -94,18 +93,18 @@ impl Method for SimClr {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     #[test]
     fn simclr_trains_on_two_views_and_its_loss_falls() {
         let _rng = crate::torch_rng_lock();
         let ds = crate::train::tests::tiny_dataset();
-        let cfg = Config {
-            epochs: 6,
-            proj_hidden_dim: 16,
-            proj_dim: 8,
-            aug_crop_scale: [0.5, 1.0],
-            ..crate::train::tests::tiny_config("simclr")
+        let cfg = {
+            let mut c = crate::train::tests::tiny_config("simclr");
+            c.train.epochs = 6;
+            c.keys.proj_hidden_dim = 16;
+            c.keys.proj_dim = 8;
+            c.aug.aug_crop_scale = [0.5, 1.0];
+            c
         };
         let losses = crate::train::tests::train_losses(&cfg, &ds);
         // Starts near log(2N - 1) = log(31) = 3.43 for batches of 16 and must come down.

@@ -7,9 +7,8 @@
 //! every crop together; the stop-gradient targets are the 2 global crops' projections, and
 //! D is averaged over every (global crop, other crop) pair (with 2 crops, the loss above).
 
-use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx, views};
 use crate::augment::Views;
-use crate::config::Config;
 use crate::nets::{self, Encoder, MlpNorm};
 use crate::{losses, precision};
 use anyhow::Result;
@@ -41,18 +40,22 @@ pub struct SimSiam {
 }
 
 impl SimSiam {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<SimSiam> {
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<SimSiam> {
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, data.shape[0]);
         let proj = [
             encoder.dim,
-            cfg.proj_hidden_dim,
-            cfg.proj_hidden_dim,
-            cfg.proj_dim,
+            cfg.keys.proj_hidden_dim,
+            cfg.keys.proj_hidden_dim,
+            cfg.keys.proj_dim,
         ];
         let projector = nets::mlp(&(p / "projector"), &proj, MlpNorm::All);
         let predictor = nets::mlp(
             &(p / "predictor"),
-            &[cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim],
+            &[
+                cfg.keys.proj_dim,
+                cfg.keys.pred_hidden_dim,
+                cfg.keys.proj_dim,
+            ],
             MlpNorm::Hidden,
         );
         Ok(SimSiam {
@@ -60,7 +63,7 @@ impl SimSiam {
             projector,
             predictor,
             shape: data.shape,
-            views: views::two_views_and_local_crops(cfg, data),
+            views: views::two_views_and_local_crops(cfg.aug, data),
         })
     }
 }

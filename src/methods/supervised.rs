@@ -2,8 +2,7 @@
 //! features, cross-entropy) on plain images. Its frozen features are the upper bound the
 //! self-supervised methods are compared against.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx};
-use crate::config::Config;
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx};
 use crate::nets::{self, Encoder};
 use crate::{losses, precision};
 use anyhow::{Result, bail};
@@ -25,14 +24,14 @@ pub struct Supervised {
 }
 
 impl Supervised {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Result<Supervised> {
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<Supervised> {
         if data.num_classes < 2 {
             bail!(
                 "method supervised needs labelled data with at least 2 classes, found {}",
                 data.num_classes
             );
         }
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, data.shape[0]);
         let classifier = nn::linear(
             p / "classifier",
             encoder.dim,

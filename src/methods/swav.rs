@@ -7,9 +7,9 @@
 //! softmax at `temperature`). The prototypes stay frozen for the first
 //! `swav_freeze_epochs` epochs, as in the paper.
 
-use super::{DataInfo, Method, MethodSpec, StepCtx, views};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx, views};
 use crate::augment::Views;
-use crate::config::{Config, check};
+use crate::config::check;
 use crate::dist::current as dist;
 use crate::losses::{self, l2_normalize};
 use crate::nets::{self, Encoder, MlpNorm};
@@ -43,14 +43,14 @@ const KEYS: &[&[&str]] = &[
     ],
 ];
 
-fn validate(cfg: &Config) -> Result<()> {
-    check::at_least("swav_prototypes", cfg.swav_prototypes, 2)?;
-    check::positive("swav_epsilon", cfg.swav_epsilon)?;
-    check::in_range("swav_iterations", cfg.swav_iterations, 1..=100)?;
-    if cfg.swav_queue != 0 && cfg.swav_queue < cfg.batch_size as i64 {
+fn validate(cfg: &MethodConfig) -> Result<()> {
+    check::at_least("swav_prototypes", cfg.keys.swav_prototypes, 2)?;
+    check::positive("swav_epsilon", cfg.keys.swav_epsilon)?;
+    check::in_range("swav_iterations", cfg.keys.swav_iterations, 1..=100)?;
+    if cfg.keys.swav_queue != 0 && cfg.keys.swav_queue < cfg.batch_size as i64 {
         bail!(
             "option swav_queue = {} must be 0 (no queue) or at least batch_size = {}",
-            cfg.swav_queue,
+            cfg.keys.swav_queue,
             cfg.batch_size
         );
     }
@@ -79,32 +79,36 @@ pub struct Swav {
 }
 
 impl Swav {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Swav {
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Swav {
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, data.shape[0]);
         // SwAV's head: Linear -> BatchNorm -> ReLU -> Linear.
-        let dims = [encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim];
+        let dims = [encoder.dim, cfg.keys.proj_hidden_dim, cfg.keys.proj_dim];
         let projector = nets::mlp(&(p / "projector"), &dims, MlpNorm::Hidden);
         let prototypes = p.var(
             "prototypes",
-            &[cfg.swav_prototypes, cfg.proj_dim],
+            &[cfg.keys.swav_prototypes, cfg.keys.proj_dim],
             nn::Init::Randn {
                 mean: 0.0,
                 stdev: 1.0,
             },
         );
-        let queue = (cfg.swav_queue > 0)
-            .then(|| p.zeros_no_train("queue", &[CODED as i64, cfg.swav_queue, cfg.proj_dim]));
-        let views = views::two_views_and_local_crops(cfg, data);
+        let queue = (cfg.keys.swav_queue > 0).then(|| {
+            p.zeros_no_train(
+                "queue",
+                &[CODED as i64, cfg.keys.swav_queue, cfg.keys.proj_dim],
+            )
+        });
+        let views = views::two_views_and_local_crops(cfg.aug, data);
         Swav {
             encoder,
             projector,
             prototypes,
             queue,
             pending: None,
-            temperature: cfg.temperature,
-            epsilon: cfg.swav_epsilon,
-            iterations: cfg.swav_iterations,
-            freeze_epochs: cfg.swav_freeze_epochs,
+            temperature: cfg.keys.temperature,
+            epsilon: cfg.keys.swav_epsilon,
+            iterations: cfg.keys.swav_iterations,
+            freeze_epochs: cfg.keys.swav_freeze_epochs,
             shape: data.shape,
             views,
         }
@@ -190,18 +194,19 @@ impl Method for Swav {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::Model;
+    use crate::run::Model;
     use tch::Device;
 
     fn tiny(freeze: usize, queue: i64) -> (Model, Tensor) {
-        let cfg = Config {
-            proj_hidden_dim: 16,
-            proj_dim: 8,
-            multicrop_local: 2,
-            swav_prototypes: 10,
-            swav_freeze_epochs: freeze,
-            swav_queue: queue,
-            ..crate::train::tests::tiny_config("swav")
+        let cfg = {
+            let mut c = crate::train::tests::tiny_config("swav");
+            c.keys.proj_hidden_dim = 16;
+            c.keys.proj_dim = 8;
+            c.aug.multicrop_local = 2;
+            c.keys.swav_prototypes = 10;
+            c.keys.swav_freeze_epochs = freeze;
+            c.keys.swav_queue = queue;
+            c
         };
         let info = DataInfo {
             shape: [1, 8, 8],

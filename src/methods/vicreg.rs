@@ -6,9 +6,9 @@
 //! normalisation of the embeddings. On several ranks the variance and covariance are those
 //! of the global batch, as in the paper (the embeddings are gathered from every rank).
 
-use super::{DataInfo, Method, MethodSpec, StepCtx, barlow_twins, views};
+use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx, barlow_twins, views};
 use crate::augment::Views;
-use crate::config::{Config, check};
+use crate::config::check;
 use crate::losses;
 use crate::nets::{self, Encoder};
 use anyhow::Result;
@@ -30,8 +30,8 @@ const KEYS: &[&[&str]] = &[
     &["proj_hidden_dim", "proj_dim", "vicreg_weights"],
 ];
 
-fn validate(cfg: &Config) -> Result<()> {
-    for w in cfg.vicreg_weights {
+fn validate(cfg: &MethodConfig) -> Result<()> {
+    for w in cfg.keys.vicreg_weights {
         check::non_negative("vicreg_weights", w)?;
     }
     Ok(())
@@ -45,13 +45,13 @@ pub struct Vicreg {
 }
 
 impl Vicreg {
-    pub fn new(p: &nn::Path, cfg: &Config, data: &DataInfo) -> Vicreg {
-        let encoder = nets::build_encoder(&(p / "encoder"), cfg, data.shape[0]);
+    pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Vicreg {
+        let encoder = nets::build_encoder(&(p / "encoder"), cfg.encoder, data.shape[0]);
         Vicreg {
             projector: barlow_twins::expander(&(p / "projector"), cfg, encoder.dim),
             encoder,
-            weights: cfg.vicreg_weights,
-            views: views::two_views(cfg, data),
+            weights: cfg.keys.vicreg_weights,
+            views: views::two_views(cfg.aug, data),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::DataInfo;
 use crate::augment::{Op, Pipeline, Views};
-use crate::config::{Config, check};
+use crate::config::{AugSpec, check};
 use crate::data::loader::nhwc_batch;
 use crate::nets::Encoder;
 use anyhow::Result;
@@ -26,74 +26,74 @@ pub const AUG_KEYS: &[&str] = &[
 ];
 
 /// Checks the `aug_*` keys.
-pub fn validate(cfg: &Config) -> Result<()> {
+pub fn validate(aug: &AugSpec) -> Result<()> {
     for (key, p) in [
-        ("aug_flip_p", cfg.aug_flip_p),
-        ("aug_jitter_p", cfg.aug_jitter_p),
-        ("aug_gray_p", cfg.aug_gray_p),
-        ("aug_blur_p", cfg.aug_blur_p),
-        ("aug_solarize_p", cfg.aug_solarize_p),
+        ("aug_flip_p", aug.aug_flip_p),
+        ("aug_jitter_p", aug.aug_jitter_p),
+        ("aug_gray_p", aug.aug_gray_p),
+        ("aug_blur_p", aug.aug_blur_p),
+        ("aug_solarize_p", aug.aug_solarize_p),
     ] {
         check::probability(key, p)?;
     }
-    check::ordered_pair("aug_crop_scale", cfg.aug_crop_scale, Some(1.0))?;
-    check::ordered_pair("aug_crop_ratio", cfg.aug_crop_ratio, None)?;
-    let [b, c, s, h] = cfg.aug_jitter;
+    check::ordered_pair("aug_crop_scale", aug.aug_crop_scale, Some(1.0))?;
+    check::ordered_pair("aug_crop_ratio", aug.aug_crop_ratio, None)?;
+    let [b, c, s, h] = aug.aug_jitter;
     if [b, c, s].iter().any(|x| !(x.is_finite() && *x >= 0.0)) || !(0.0..=0.5).contains(&h) {
         anyhow::bail!(
             "option aug_jitter = {:?}: strengths must be >= 0 and the hue shift in [0, 0.5]",
-            cfg.aug_jitter
+            aug.aug_jitter
         );
     }
-    check::ordered_pair("aug_blur_sigma", cfg.aug_blur_sigma, None)?;
-    check::in_range("aug_crop_size", cfg.aug_crop_size, 0..=4096)
+    check::ordered_pair("aug_blur_sigma", aug.aug_blur_sigma, None)?;
+    check::in_range("aug_crop_size", aug.aug_crop_size, 0..=4096)
 }
 
 /// The contrastive view pipeline described by the `aug_*` keys for `h` x `w` images.
-pub fn contrastive_pipeline(cfg: &Config, h: usize, w: usize) -> Pipeline {
-    let size = if cfg.aug_crop_size == 0 {
+pub fn contrastive_pipeline(aug: &AugSpec, h: usize, w: usize) -> Pipeline {
+    let size = if aug.aug_crop_size == 0 {
         (h, w)
     } else {
-        (cfg.aug_crop_size, cfg.aug_crop_size)
+        (aug.aug_crop_size, aug.aug_crop_size)
     };
-    let [brightness, contrast, saturation, hue] = cfg.aug_jitter;
+    let [brightness, contrast, saturation, hue] = aug.aug_jitter;
     Pipeline {
         ops: vec![
             Op::ResizedCrop {
                 size,
-                scale: cfg.aug_crop_scale.into(),
-                ratio: cfg.aug_crop_ratio.into(),
+                scale: aug.aug_crop_scale.into(),
+                ratio: aug.aug_crop_ratio.into(),
             },
-            Op::HFlip { p: cfg.aug_flip_p },
+            Op::HFlip { p: aug.aug_flip_p },
             Op::ColorJitter {
-                p: cfg.aug_jitter_p,
+                p: aug.aug_jitter_p,
                 brightness,
                 contrast,
                 saturation,
                 hue,
             },
-            Op::Grayscale { p: cfg.aug_gray_p },
+            Op::Grayscale { p: aug.aug_gray_p },
             Op::GaussianBlur {
-                p: cfg.aug_blur_p,
+                p: aug.aug_blur_p,
                 kernel_frac: 0.1,
-                sigma: cfg.aug_blur_sigma.into(),
+                sigma: aug.aug_blur_sigma.into(),
             },
             Op::Solarize {
-                p: cfg.aug_solarize_p,
+                p: aug.aug_solarize_p,
                 threshold: 128,
             },
         ],
     }
 }
 
-/// The pipeline of `cfg` for the images of `data`.
-pub fn pipeline(cfg: &Config, data: &DataInfo) -> Pipeline {
-    contrastive_pipeline(cfg, data.shape[1] as usize, data.shape[2] as usize)
+/// The pipeline of the `aug_*` keys for the images of `data`.
+pub fn pipeline(aug: &AugSpec, data: &DataInfo) -> Pipeline {
+    contrastive_pipeline(aug, data.shape[1] as usize, data.shape[2] as usize)
 }
 
 /// Two views from the same `aug_*` pipeline (SimCLR, MoCo, SimSiam).
-pub fn two_views(cfg: &Config, data: &DataInfo) -> Arc<Views> {
-    let p = pipeline(cfg, data);
+pub fn two_views(aug: &AugSpec, data: &DataInfo) -> Arc<Views> {
+    let p = pipeline(aug, data);
     Arc::new(Views {
         pipelines: vec![p.clone(), p],
     })
@@ -107,20 +107,20 @@ pub const MULTICROP_KEYS: &[&str] = &[
 ];
 
 /// Checks the multi-crop keys.
-pub fn validate_multicrop(cfg: &Config) -> Result<()> {
-    check::in_range("multicrop_local", cfg.multicrop_local, 0..=64)?;
-    check::in_range("multicrop_local_size", cfg.multicrop_local_size, 0..=4096)?;
+pub fn validate_multicrop(aug: &AugSpec) -> Result<()> {
+    check::in_range("multicrop_local", aug.multicrop_local, 0..=64)?;
+    check::in_range("multicrop_local_size", aug.multicrop_local_size, 0..=4096)?;
     check::ordered_pair(
         "multicrop_local_scale",
-        cfg.multicrop_local_scale,
+        aug.multicrop_local_scale,
         Some(1.0),
     )
 }
 
 /// Side of the local crops for `h` x `w` images: `multicrop_local_size`, or 3/7 of the
 /// shorter side (the papers' 96 of 224), at least 1.
-pub fn local_size(cfg: &Config, h: usize, w: usize) -> usize {
-    match cfg.multicrop_local_size {
+pub fn local_size(aug: &AugSpec, h: usize, w: usize) -> usize {
+    match aug.multicrop_local_size {
         0 => ((h.min(w) as f64 * 3.0 / 7.0).round() as usize).max(1),
         s => s,
     }
@@ -129,30 +129,30 @@ pub fn local_size(cfg: &Config, h: usize, w: usize) -> usize {
 /// Multi-crop views (Caron et al. 2020): the `global` views (of the `aug_*` pipeline),
 /// then `multicrop_local` local views: `local` with its crop at the local size and scale.
 pub fn multi_crop(
-    cfg: &Config,
+    aug: &AugSpec,
     data: &DataInfo,
     global: Vec<Pipeline>,
     local: Pipeline,
 ) -> Arc<Views> {
     let (h, w) = (data.shape[1] as usize, data.shape[2] as usize);
-    let side = local_size(cfg, h, w);
+    let side = local_size(aug, h, w);
     let mut local = local;
     for op in &mut local.ops {
         if let Op::ResizedCrop { size, scale, .. } = op {
             *size = (side, side);
-            *scale = cfg.multicrop_local_scale.into();
+            *scale = aug.multicrop_local_scale.into();
         }
     }
     let mut pipelines = global;
-    pipelines.extend(std::iter::repeat_n(local, cfg.multicrop_local));
+    pipelines.extend(std::iter::repeat_n(local, aug.multicrop_local));
     Arc::new(Views { pipelines })
 }
 
 /// Two views of the `aug_*` pipeline and `multicrop_local` local views of it (SwAV,
 /// SimCLR, SimSiam, MoCo v3): `two_views` when `multicrop_local` = 0.
-pub fn two_views_and_local_crops(cfg: &Config, data: &DataInfo) -> Arc<Views> {
-    let p = pipeline(cfg, data);
-    multi_crop(cfg, data, vec![p.clone(), p.clone()], p)
+pub fn two_views_and_local_crops(aug: &AugSpec, data: &DataInfo) -> Arc<Views> {
+    let p = pipeline(aug, data);
+    multi_crop(aug, data, vec![p.clone(), p.clone()], p)
 }
 
 /// The encoder's features `[V B, D]` of a loader batch of `views` of B `[c, h, w]` images

@@ -20,7 +20,7 @@
 //! encoded on its own, the codes averaged). scripts/check_torch_export.py builds each.
 
 use super::{Encoder, EncoderInput};
-use crate::config::Config;
+use crate::config::EncoderSpec;
 use crate::tensor_io::write_safetensors_atomic;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
@@ -55,26 +55,30 @@ pub fn encoder_state_dict(vars: &HashMap<String, Tensor>) -> Result<Vec<(String,
 pub fn write_encoder(
     path: &Path,
     vars: &HashMap<String, Tensor>,
-    cfg: &Config,
+    method: &str,
+    spec: &EncoderSpec,
     encoder: &Encoder,
 ) -> Result<()> {
     let tensors = encoder_state_dict(vars)?;
     let mut meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("encoder".to_string(), cfg.encoder.to_string()),
+        ("encoder".to_string(), spec.kind.to_string()),
         ("in_channels".to_string(), encoder.in_channels.to_string()),
         (
             "cnn_widths".to_string(),
-            serde_json::to_string(&cfg.cnn_widths)?,
+            serde_json::to_string(&spec.cnn_widths)?,
         ),
-        ("cnn_pool".to_string(), cfg.cnn_pool.to_string()),
-        ("resnet_width".to_string(), cfg.resnet_width.to_string()),
-        ("vit_patch".to_string(), cfg.vit_patch.to_string()),
-        ("vit_depth".to_string(), cfg.vit_depth.to_string()),
-        ("vit_width".to_string(), cfg.vit_width.to_string()),
-        ("vit_heads".to_string(), cfg.vit_heads.to_string()),
-        ("vit_image_size".to_string(), cfg.vit_image_size.to_string()),
-        ("method".to_string(), cfg.method.clone()),
+        ("cnn_pool".to_string(), spec.cnn_pool.to_string()),
+        ("resnet_width".to_string(), spec.resnet_width.to_string()),
+        ("vit_patch".to_string(), spec.vit_patch.to_string()),
+        ("vit_depth".to_string(), spec.vit_depth.to_string()),
+        ("vit_width".to_string(), spec.vit_width.to_string()),
+        ("vit_heads".to_string(), spec.vit_heads.to_string()),
+        (
+            "vit_image_size".to_string(),
+            spec.vit_image_size.to_string(),
+        ),
+        ("method".to_string(), method.to_string()),
     ]);
     let input = match encoder.input {
         EncoderInput::Image => "image",

@@ -14,7 +14,7 @@ pub mod vit;
 
 pub use decoder::Decoder;
 
-use crate::config::{Config, EncoderKind};
+use crate::config::{EncoderKind, EncoderSpec};
 use crate::dist::current as dist;
 use anyhow::Result;
 use std::rc::Rc;
@@ -222,32 +222,38 @@ pub fn patches(x: &Tensor, patch: i64, stride: i64) -> Tensor {
         .permute([0, 2, 3, 1, 4, 5])
 }
 
-/// Builds the encoder named in `cfg.encoder` for images with `in_channels` channels.
-pub fn build_encoder(p: &nn::Path, cfg: &Config, in_channels: i64) -> Encoder {
-    let net = match cfg.encoder {
-        EncoderKind::Cnn => cnn::small_cnn(p, in_channels, &cfg.cnn_widths, cfg.cnn_pool),
-        EncoderKind::Resnet18 => resnet::resnet18_cifar(p, in_channels, cfg.resnet_width),
-        EncoderKind::Vit => vit::vit(p, in_channels, vit_shape(cfg)),
+/// Builds the encoder named in `spec.kind` for images with `in_channels` channels.
+pub fn build_encoder(p: &nn::Path, spec: &EncoderSpec, in_channels: i64) -> Encoder {
+    let net = match spec.kind {
+        EncoderKind::Cnn => cnn::small_cnn(p, in_channels, &spec.cnn_widths, spec.cnn_pool),
+        EncoderKind::Resnet18 => resnet::resnet18_cifar(p, in_channels, spec.resnet_width),
+        EncoderKind::Vit => vit::vit(p, in_channels, vit_shape(spec)),
     };
     Encoder::new(net, in_channels)
 }
 
 /// The ViT's shape from the `vit_*` keys.
-pub fn vit_shape(cfg: &Config) -> vit::VitShape {
+pub fn vit_shape(spec: &EncoderSpec) -> vit::VitShape {
     vit::VitShape {
-        patch: cfg.vit_patch,
-        depth: cfg.vit_depth,
-        width: cfg.vit_width,
-        heads: cfg.vit_heads,
-        image_size: cfg.vit_image_size,
+        patch: spec.vit_patch,
+        depth: spec.vit_depth,
+        width: spec.vit_width,
+        heads: spec.vit_heads,
+        image_size: spec.vit_image_size,
     }
 }
 
 /// An encoder under `encoder` and a decoder back to `shape` `[C, H, W]` under `decoder`, as
 /// the reconstruction methods (autoencoders, context encoder) use them.
-pub fn encoder_decoder(p: &nn::Path, cfg: &Config, shape: [i64; 3]) -> Result<(Encoder, Decoder)> {
-    let encoder = build_encoder(&(p / "encoder"), cfg, shape[0]);
-    let decoder = Decoder::new(&(p / "decoder"), encoder.dim, &cfg.decoder_widths, shape)?;
+/// `decoder_widths` are the decoder's stage widths (the `decoder_widths` key).
+pub fn encoder_decoder(
+    p: &nn::Path,
+    spec: &EncoderSpec,
+    decoder_widths: &[i64],
+    shape: [i64; 3],
+) -> Result<(Encoder, Decoder)> {
+    let encoder = build_encoder(&(p / "encoder"), spec, shape[0]);
+    let decoder = Decoder::new(&(p / "decoder"), encoder.dim, decoder_widths, shape)?;
     Ok((encoder, decoder))
 }
 
@@ -362,11 +368,12 @@ pub fn conv_bn_relu(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use tch::{Device, Kind};
 
     fn encoder(cfg: &Config, cin: i64) -> (nn::VarStore, Encoder) {
         let vs = nn::VarStore::new(Device::Cpu);
-        let e = build_encoder(&(vs.root() / "encoder"), cfg, cin);
+        let e = build_encoder(&(vs.root() / "encoder"), &cfg.encoder, cin);
         (vs, e)
     }
 
@@ -375,9 +382,10 @@ mod tests {
         let _rng = crate::torch_rng_lock();
         // CIFAR ResNet-18 (3x3 stem, no max-pool) without its 10-way classifier:
         // 11,173,962 parameters in total minus 512*10 + 10 for the classifier.
-        let cfg = Config {
-            encoder: EncoderKind::Resnet18,
-            ..Config::default()
+        let cfg = {
+            let mut c = Config::default();
+            c.encoder.kind = EncoderKind::Resnet18;
+            c
         };
         let (vs, e) = encoder(&cfg, 3);
         assert_eq!(e.dim, 512);
@@ -399,10 +407,11 @@ mod tests {
         let x = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
         let (_, cnn) = encoder(&Config::default(), 1);
         assert_eq!(cnn.forward_t(&x, true).size(), vec![2, 128]);
-        let cfg = Config {
-            encoder: EncoderKind::Resnet18,
-            resnet_width: 0.25,
-            ..Config::default()
+        let cfg = {
+            let mut c = Config::default();
+            c.encoder.kind = EncoderKind::Resnet18;
+            c.encoder.resnet_width = 0.25;
+            c
         };
         let (_, r) = encoder(&cfg, 1);
         assert_eq!(r.forward_t(&x, false).size(), vec![2, 128]);
@@ -441,10 +450,11 @@ mod tests {
     fn feature_maps_are_the_stages_before_the_pooling_of_the_vector() {
         let _rng = crate::torch_rng_lock();
         let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
-        let cfg = Config {
-            cnn_widths: vec![4, 6, 8],
-            cnn_pool: 2,
-            ..Config::default()
+        let cfg = {
+            let mut c = Config::default();
+            c.encoder.cnn_widths = vec![4, 6, 8];
+            c.encoder.cnn_pool = 2;
+            c
         };
         let (vs, cnn) = encoder(&cfg, 3);
         // The variables keep the names that checkpoints and the PyTorch export use.
@@ -485,10 +495,11 @@ mod tests {
                 .allclose(&corner, 1e-5, 1e-6, false)
         );
         // ResNet-18: four stages, the stem inside the first.
-        let r = Config {
-            encoder: EncoderKind::Resnet18,
-            resnet_width: 0.125,
-            ..Config::default()
+        let r = {
+            let mut c = Config::default();
+            c.encoder.kind = EncoderKind::Resnet18;
+            c.encoder.resnet_width = 0.125;
+            c
         };
         let (_, res) = encoder(&r, 3);
         let maps = res.feature_maps(&x, false);

@@ -4,7 +4,7 @@
 //! of the target keeps its own running statistics, as in the reference implementations.
 
 use super::{Encoder, MlpNorm, build_encoder, mlp};
-use crate::config::Config;
+use crate::config::EncoderSpec;
 use anyhow::{Result, bail};
 use tch::nn::ModuleT;
 use tch::{Tensor, nn};
@@ -80,18 +80,19 @@ pub struct OnlineTarget {
 impl OnlineTarget {
     pub fn new(
         p: &nn::Path,
-        cfg: &Config,
+        spec: &EncoderSpec,
         in_channels: i64,
+        [proj_hidden_dim, proj_dim, pred_hidden_dim]: [i64; 3],
         projector_norm: MlpNorm,
     ) -> OnlineTarget {
-        let encoder = build_encoder(&(p / "encoder"), cfg, in_channels);
-        let proj = [encoder.dim, cfg.proj_hidden_dim, cfg.proj_dim];
-        let pred = [cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim];
+        let encoder = build_encoder(&(p / "encoder"), spec, in_channels);
+        let proj = [encoder.dim, proj_hidden_dim, proj_dim];
+        let pred = [proj_dim, pred_hidden_dim, proj_dim];
         let t = p / "target";
         OnlineTarget {
             projector: mlp(&(p / "projector"), &proj, projector_norm),
             predictor: mlp(&(p / "predictor"), &pred, MlpNorm::Hidden),
-            target_encoder: build_encoder(&(&t / "encoder"), cfg, in_channels),
+            target_encoder: build_encoder(&(&t / "encoder"), spec, in_channels),
             target_projector: mlp(&(&t / "projector"), &proj, projector_norm),
             encoder,
             pairs: MomentumPairs::default(),

@@ -5,7 +5,7 @@
 //! memory layouts: selfsup is compared with the faster of the two, PyTorch's best.
 
 use super::{Model, data_info, epoch_loader, optim::Optimizer, train_step};
-use crate::config::{Config, EncoderKind, Precision};
+use crate::config::{Config, EncoderKind, Precision, TrainSpec};
 use crate::data::Dataset;
 use crate::methods::StepCtx;
 use crate::venv;
@@ -41,18 +41,18 @@ pub struct Row {
     pub end_to_end: Option<f64>,
 }
 
-/// The images each step takes: the batch (`B`), as `pretrain` counts its images per second.
-fn images_per_step(cfg: &Config) -> usize {
-    cfg.batch_size
-}
-
 /// The step's input for random data: `[V * B, C, h, w]` in the loader's memory layout
 /// (flat for views of several sizes).
-fn random_batch(model: &Model, cfg: &Config, ds: &Dataset, device: Device) -> crate::data::Batch {
+fn random_batch(
+    model: &Model,
+    train: &TrainSpec,
+    ds: &Dataset,
+    device: Device,
+) -> crate::data::Batch {
     let [c, h, w] = ds.pretrain_split().shape;
     let sizes = model.method.views().map_or(vec![(h, w)], |v| v.sizes(h, w));
-    let b = cfg.batch_size;
-    tch::manual_seed(cfg.seed as i64);
+    let b = train.batch_size;
+    tch::manual_seed(train.seed as i64);
     let numel: usize = sizes.iter().map(|(h, w)| b * h * w * c).sum();
     let nhwc = Tensor::rand([numel as i64], (Kind::Float, device));
     let (vh, vw) = sizes[0];
@@ -97,18 +97,24 @@ impl Setup {
         data: bool,
         device: Device,
     ) -> Result<Setup> {
-        let cfg = Config {
-            precision,
-            ..cfg.clone()
+        let cfg = {
+            let mut c = cfg.clone();
+            c.train.precision = precision;
+            c
         };
         let model = Model::build(&cfg, &data_info(ds), device)?;
-        let opt = Optimizer::new(&model.vs, cfg.optimizer, cfg.momentum, cfg.weight_decay);
+        let opt = Optimizer::new(
+            &model.vs,
+            cfg.train.optimizer,
+            cfg.train.momentum,
+            cfg.train.weight_decay,
+        );
         let input = if data {
             let train = Arc::new(ds.pretrain_split().clone());
-            if super::steps_per_epoch(train.len(), cfg.batch_size) == 0 {
+            if super::steps_per_epoch(train.len(), cfg.train.batch_size) == 0 {
                 bail!(
                     "batch_size = {} is larger than the {} training images",
-                    cfg.batch_size,
+                    cfg.train.batch_size,
                     train.len()
                 );
             }
@@ -119,7 +125,7 @@ impl Setup {
                 epoch: 0,
             }
         } else {
-            Input::Random(random_batch(&model, &cfg, ds, device))
+            Input::Random(random_batch(&model, &cfg.train, ds, device))
         };
         Ok(Setup {
             cfg,
@@ -141,7 +147,15 @@ impl Setup {
                 epoch,
             } => {
                 *epoch += 1;
-                Some(epoch_loader(cfg, train, views, *epoch, 0, device, (1, 0)))
+                Some(epoch_loader(
+                    &cfg.train,
+                    train,
+                    views,
+                    *epoch,
+                    0,
+                    device,
+                    (1, 0),
+                ))
             }
         };
         let total = opts.warmup + opts.steps;
@@ -167,7 +181,7 @@ impl Setup {
                     Some(b) => b,
                     None => {
                         *epoch += 1;
-                        *l = epoch_loader(cfg, train, views, *epoch, 0, device, (1, 0));
+                        *l = epoch_loader(&cfg.train, train, views, *epoch, 0, device, (1, 0));
                         l.next().context("an epoch without batches")?
                     }
                 },
@@ -180,14 +194,15 @@ impl Setup {
             };
             train_step(
                 &mut self.model,
+                None,
                 &mut self.opt,
                 &batch,
                 &ctx,
-                cfg.lr,
-                cfg.seed,
+                cfg.train.lr,
+                cfg.train.seed,
             )?;
         }
-        Ok((opts.steps * images_per_step(cfg)) as f64 / start.elapsed().as_secs_f64())
+        Ok((opts.steps * cfg.train.batch_size) as f64 / start.elapsed().as_secs_f64())
     }
 }
 
@@ -205,36 +220,36 @@ fn torch_args(
         );
     }
     let [c, h, w] = ds.pretrain_split().shape;
-    let (h, w) = match (cfg.aug_crop_size, h, w) {
+    let (h, w) = match (cfg.aug.aug_crop_size, h, w) {
         (0, h, w) => (h, w),
         (s, _, _) => (s, s),
     };
     let mut a: Vec<String> = vec![
         "--encoder".into(),
-        cfg.encoder.to_string(),
+        cfg.encoder.kind.to_string(),
         "--shape".into(),
         c.to_string(),
         h.to_string(),
         w.to_string(),
         "--cnn-widths".into(),
     ];
-    a.extend(cfg.cnn_widths.iter().map(|w| w.to_string()));
+    a.extend(cfg.encoder.cnn_widths.iter().map(|w| w.to_string()));
     let device = match device {
         Device::Cpu => "cpu".to_string(),
         Device::Cuda(i) => format!("cuda:{i}"),
         other => bail!("the PyTorch step runs on CPU or CUDA, not {other:?}"),
     };
     for (k, v) in [
-        ("--cnn-pool", cfg.cnn_pool.to_string()),
-        ("--resnet-width", cfg.resnet_width.to_string()),
-        ("--proj-hidden-dim", cfg.proj_hidden_dim.to_string()),
-        ("--proj-dim", cfg.proj_dim.to_string()),
-        ("--temperature", cfg.temperature.to_string()),
-        ("--batch-size", cfg.batch_size.to_string()),
-        ("--optimizer", cfg.optimizer.to_string()),
-        ("--lr", cfg.lr.to_string()),
-        ("--momentum", cfg.momentum.to_string()),
-        ("--weight-decay", cfg.weight_decay.to_string()),
+        ("--cnn-pool", cfg.encoder.cnn_pool.to_string()),
+        ("--resnet-width", cfg.encoder.resnet_width.to_string()),
+        ("--proj-hidden-dim", cfg.keys.proj_hidden_dim.to_string()),
+        ("--proj-dim", cfg.keys.proj_dim.to_string()),
+        ("--temperature", cfg.keys.temperature.to_string()),
+        ("--batch-size", cfg.train.batch_size.to_string()),
+        ("--optimizer", cfg.train.optimizer.to_string()),
+        ("--lr", cfg.train.lr.to_string()),
+        ("--momentum", cfg.train.momentum.to_string()),
+        ("--weight-decay", cfg.train.weight_decay.to_string()),
         ("--steps", opts.steps.to_string()),
         ("--warmup", opts.warmup.to_string()),
         // One round per call: `measure` interleaves PyTorch's rounds with selfsup's.
@@ -334,7 +349,7 @@ pub fn measure(
     for pair in setups.chunks(2) {
         rows.push(Row {
             system: "selfsup",
-            precision: pair[0].0.cfg.precision,
+            precision: pair[0].0.cfg.train.precision,
             layout: CHANNELS_LAST,
             compute: pair[0].1,
             end_to_end: Some(pair[1].1),
@@ -357,20 +372,26 @@ pub fn measure(
 /// What the step is, in one line: method, encoder, batch and input, threads, device.
 pub fn describe_step(cfg: &Config, ds: &Dataset, device: Device) -> String {
     let [c, h, w] = ds.pretrain_split().shape;
-    let encoder = match cfg.encoder {
-        EncoderKind::Cnn => format!("cnn {:?} pool {}", cfg.cnn_widths, cfg.cnn_pool),
-        EncoderKind::Resnet18 => format!("resnet18 x{}", cfg.resnet_width),
+    let encoder = match cfg.encoder.kind {
+        EncoderKind::Cnn => format!(
+            "cnn {:?} pool {}",
+            cfg.encoder.cnn_widths, cfg.encoder.cnn_pool
+        ),
+        EncoderKind::Resnet18 => format!("resnet18 x{}", cfg.encoder.resnet_width),
         EncoderKind::Vit => format!(
             "vit patch {} depth {} width {} heads {}",
-            cfg.vit_patch, cfg.vit_depth, cfg.vit_width, cfg.vit_heads
+            cfg.encoder.vit_patch,
+            cfg.encoder.vit_depth,
+            cfg.encoder.vit_width,
+            cfg.encoder.vit_heads
         ),
     };
     format!(
         "{} on {} ({c}x{h}x{w}), {encoder}, batch {}, {:?}, {} threads, device {device:?}",
         cfg.method,
         ds.name,
-        cfg.batch_size,
-        cfg.optimizer,
+        cfg.train.batch_size,
+        cfg.train.optimizer,
         tch::get_num_threads()
     )
 }
@@ -435,11 +456,12 @@ mod tests {
     fn bench_step_runs_a_tiny_simclr_step_in_selfsup_and_pytorch() {
         let _rng = crate::torch_rng_lock();
         let ds = super::super::tests::tiny_dataset();
-        let cfg = Config {
-            proj_hidden_dim: 16,
-            proj_dim: 8,
-            aug_crop_scale: [0.5, 1.0],
-            ..super::super::tests::tiny_config("simclr")
+        let cfg = {
+            let mut c = super::super::tests::tiny_config("simclr");
+            c.keys.proj_hidden_dim = 16;
+            c.keys.proj_dim = 8;
+            c.aug.aug_crop_scale = [0.5, 1.0];
+            c
         };
         let opts = BenchOptions {
             steps: 2,
@@ -501,10 +523,11 @@ mod tests {
     #[test]
     fn pytorch_arguments_follow_the_config_and_refuse_other_methods() {
         let ds = super::super::tests::tiny_dataset();
-        let cfg = Config {
-            aug_crop_size: 6,
-            cnn_pool: 2,
-            ..super::super::tests::tiny_config("simclr")
+        let cfg = {
+            let mut c = super::super::tests::tiny_config("simclr");
+            c.aug.aug_crop_size = 6;
+            c.encoder.cnn_pool = 2;
+            c
         };
         // Any number of rounds: each PyTorch call measures one, between selfsup's rounds.
         let opts = BenchOptions {

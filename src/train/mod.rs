@@ -2,109 +2,26 @@
 //! epoch and every `checkpoint_every`, and `--resume` from any of them (mid-epoch too).
 
 pub mod bench;
-pub mod checkpoint;
 pub mod data_parallel;
-pub mod lock;
-pub mod optim;
-pub mod run;
 
 use crate::augment::Views;
-use crate::config::{Config, Precision};
+use crate::config::{Config, TrainSpec};
 use crate::data::{self, Batch, Dataset, Loader, loader::ViewSpec};
 use crate::dist::DistEnv;
-use crate::methods::{self, DataInfo, Method, StepCtx};
+use crate::methods::StepCtx;
 use crate::metrics::{self, Summary};
+use crate::optim;
+use crate::run::checkpoint::{self, EpochSums};
+use crate::run::{Model, RunDir, data_info, lock};
 use crate::{faults, precision, schedule};
 use anyhow::{Context, Result, bail};
-use checkpoint::EpochSums;
 use data_parallel::DataParallel;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tch::{Device, Kind, Tensor, nn};
-
-/// A method with its variables, built from a config for a data set.
-pub struct Model {
-    pub spec: &'static methods::MethodSpec,
-    /// float32 whatever the precision: the master weights, as checkpoints hold them.
-    pub vs: nn::VarStore,
-    pub method: Box<dyn Method>,
-    /// The precision of its forward passes (`cfg.precision`).
-    pub precision: Precision,
-    /// Data-parallel over several processes; None: one process.
-    pub dist: Option<DataParallel>,
-}
-
-impl Model {
-    /// Builds the method named in `cfg.method`; initialisation is seeded by `cfg.seed`.
-    pub fn build(cfg: &Config, info: &DataInfo, device: Device) -> Result<Model> {
-        let spec = methods::find(&cfg.method)?;
-        tch::manual_seed(cfg.seed as i64);
-        let vs = nn::VarStore::new(device);
-        let mut method = (spec.build)(&vs.root(), cfg, info)?;
-        method.bind(&vs)?;
-        Ok(Model {
-            spec,
-            vs,
-            method,
-            precision: cfg.precision,
-            dist: None,
-        })
-    }
-}
-
-pub fn data_info(ds: &Dataset) -> DataInfo {
-    let [c, h, w] = ds.pretrain_split().shape.map(|d| d as i64);
-    DataInfo {
-        shape: [c, h, w],
-        num_classes: ds.num_classes as i64,
-    }
-}
-
-/// The picture `Method::examples` draws at the end of pretraining, in the run folder.
-pub const EXAMPLES_FILE: &str = "examples.png";
-
-/// Saves `method.examples` of the first 8 images of `split` as a PNG at `path` (nothing when
-/// the method has nothing to show), scaled up by an integer factor to at least 256 pixels high.
-pub fn save_examples(
-    method: &dyn Method,
-    split: &data::Split,
-    path: &Path,
-    device: Device,
-) -> Result<()> {
-    let n = split.len().min(8);
-    let [c, h, w] = split.shape.map(|d| d as i64);
-    let images = Tensor::from_slice(&split.images[..n * split.image_len()])
-        .view([n as i64, c, h, w])
-        .to_kind(Kind::Float)
-        .to_device(device)
-        / 255.0;
-    let Some(pic) = tch::no_grad(|| method.examples(&images)) else {
-        return Ok(());
-    };
-    let s = pic.size(); // [C, H', W']
-    let scale = (256 + s[1] - 1) / s[1];
-    let big = pic
-        .unsqueeze(0)
-        .upsample_nearest2d([s[1] * scale, s[2] * scale], None, None)
-        .squeeze_dim(0);
-    let bytes = (big.clamp(0.0, 1.0) * 255.0)
-        .round()
-        .to_kind(Kind::Uint8)
-        .to_device(Device::Cpu);
-    tch::vision::image::save(&bytes, path)
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Draws `loss.png` in the run folder `run` from its `metrics.jsonl`; returns the metrics.
-pub fn write_loss_plot(run: &Path, method: &str, data: &str) -> Result<metrics::Metrics> {
-    let m = metrics::Metrics::read(&run.join(metrics::FILE_NAME))?;
-    let title = format!("{method} on {data}: pretraining");
-    crate::plots::loss_plot(&m, &title, &run.join(crate::plots::LOSS_FILE))?;
-    Ok(m)
-}
+use tch::Device;
 
 /// Steps between two step records of metrics.jsonl: `log_every`, or fewer in runs shorter
 /// than 100 x `log_every` steps, so that every loss curve has about 100 points.
@@ -139,7 +56,7 @@ pub struct TrainOptions {
 }
 
 /// The data order of `epoch` without its first `skip` batches (done before a resume).
-fn epoch_order_from(n: usize, cfg: &Config, epoch: usize, skip: usize) -> Vec<usize> {
+fn epoch_order_from(n: usize, cfg: &TrainSpec, epoch: usize, skip: usize) -> Vec<usize> {
     let mut order = data::epoch_order(n, cfg.seed, epoch);
     order.drain(..(skip * cfg.batch_size).min(n));
     order
@@ -149,7 +66,7 @@ fn epoch_order_from(n: usize, cfg: &Config, epoch: usize, skip: usize) -> Vec<us
 /// made as they come (the last partial batch is dropped): with `(world, rank)` ranks, this
 /// rank's slice of each global batch (`(1, 0)`: one process, the whole batch).
 pub fn epoch_loader(
-    cfg: &Config,
+    cfg: &TrainSpec,
     train: &Arc<data::Split>,
     views: &Option<Arc<Views>>,
     epoch: usize,
@@ -178,7 +95,7 @@ pub fn epoch_loader(
 /// One optimizer step of `model` on `batch` with learning rate `lr`: libtorch's RNG seeded
 /// for the step (so that a resumed run draws the same), the loss, its gradients, the update
 /// and the method's after-step hook (momentum targets, queues). Returns the loss, which
-/// must be finite. Data-parallel (`model.dist`), `batch` is this rank's slice of the global
+/// must be finite. Data-parallel (`dist`), `batch` is this rank's slice of the global
 /// batch, the forward pass runs with the group current, the gradients are averaged over
 /// the ranks before the update, and the loss returned is the global batch's. The forward
 /// pass and the loss run in the model's precision (the methods compute their losses in
@@ -186,13 +103,14 @@ pub fn epoch_loader(
 /// PyTorch, gives float32 gradients of the float32 weights.
 pub fn train_step(
     model: &mut Model,
+    dist: Option<&DataParallel>,
     opt: &mut optim::Optimizer,
     batch: &Batch,
     ctx: &StepCtx,
     lr: f64,
     seed: u64,
 ) -> Result<f64> {
-    let rank = model.dist.as_ref().map_or(0, DataParallel::rank);
+    let rank = dist.map_or(0, DataParallel::rank);
     tch::manual_seed(data_parallel::rank_seed(
         checkpoint::step_seed(seed, ctx.step),
         rank,
@@ -201,18 +119,18 @@ pub fn train_step(
     let loss = {
         let _autocast = precision::scope(model.precision, batch.images.device())?;
         let mut forward = || model.method.loss(&batch.images, &batch.labels, ctx);
-        match &model.dist {
+        match dist {
             Some(dp) => dp.forward(forward)?,
             None => forward(),
         }
     };
-    match &model.dist {
+    match dist {
         Some(dp) => dp.backward(&loss, || opt.grads())?,
         None => loss.backward(),
     }
     opt.step(lr);
     tch::no_grad(|| model.method.after_step(ctx));
-    let l = match &model.dist {
+    let l = match dist {
         Some(dp) => dp.mean(loss.double_value(&[]))?,
         None => loss.double_value(&[]),
     };
@@ -239,17 +157,20 @@ pub fn pretrain(
     out: &Path,
     opts: &TrainOptions,
     device: Device,
-) -> Result<Summary> {
+) -> Result<Pretrained> {
     let (resume, quiet) = (opts.resume, opts.quiet);
-    let stop_at = opts.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
+    let stop_at = opts
+        .stop_after_epochs
+        .unwrap_or(cfg.train.epochs)
+        .min(cfg.train.epochs);
     // Joined first: a rank that fails after this is seen by the others at once.
     let timeout = opts.dist_timeout.unwrap_or(data_parallel::DEFAULT_TIMEOUT);
     let dp = (opts.dist.as_ref())
-        .map(|env| DataParallel::join(env, device, timeout, cfg.sync_bn))
+        .map(|env| DataParallel::join(env, device, timeout, cfg.train.sync_bn))
         .transpose()?;
     let (rank, world) = dp.as_ref().map_or((0, 1), |d| (d.rank(), d.world_size()));
     let writer = rank == 0;
-    data_parallel::check_batch(cfg.batch_size, world)?;
+    data_parallel::check_batch(cfg.train.batch_size, world)?;
     // Built first, so that a method refusing the data (colorization on grey images) leaves
     // no run folder behind.
     let mut model = Model::build(cfg, &data_info(ds), device)?;
@@ -265,7 +186,7 @@ pub fn pretrain(
         }
         false => None,
     };
-    let ckpt_path = out.join(checkpoint::FILE_NAME);
+    let ckpt_path = out.join(RunDir::CHECKPOINT);
     // Self-supervised methods train on the pretraining split (which may be unlabeled);
     // the supervised baseline needs the labelled training split.
     let source = if model.spec.uses_labels {
@@ -274,25 +195,30 @@ pub fn pretrain(
     } else {
         ds.pretrain_split()
     };
-    let train = Arc::new(source.subset(cfg.train_subset, cfg.seed));
-    let spe = steps_per_epoch(train.len(), cfg.batch_size);
+    let train = Arc::new(source.subset(cfg.data.train_subset, cfg.train.seed));
+    let spe = steps_per_epoch(train.len(), cfg.train.batch_size);
     if spe == 0 {
         bail!(
             "batch_size = {} is larger than the {} training images",
-            cfg.batch_size,
+            cfg.train.batch_size,
             train.len()
         );
     }
-    let total_steps = spe * cfg.epochs;
-    let warmup = (cfg.warmup_epochs * spe as f64).round() as usize;
-    let log_every = log_interval(cfg.log_every, total_steps);
+    let total_steps = spe * cfg.train.epochs;
+    let warmup = (cfg.train.warmup_epochs * spe as f64).round() as usize;
+    let log_every = log_interval(cfg.train.log_every, total_steps);
 
     let views = model.method.views();
     if let Some(v) = &views {
         v.validate(train.shape[1], train.shape[2])
             .context("augmentation options")?;
     }
-    let mut opt = optim::Optimizer::new(&model.vs, cfg.optimizer, cfg.momentum, cfg.weight_decay);
+    let mut opt = optim::Optimizer::new(
+        &model.vs,
+        cfg.train.optimizer,
+        cfg.train.momentum,
+        cfg.train.weight_decay,
+    );
     let (mut epoch, mut step, mut wall_before) = (0usize, 0usize, 0f64);
     // The batches of the first epoch already done, and that epoch's sums so far.
     let (mut skip, mut sums) = (0usize, EpochSums::default());
@@ -318,15 +244,14 @@ pub fn pretrain(
     if let Some(dp) = &dp {
         dp.broadcast_model(&model.vs)?;
     }
-    model.dist = dp;
     let mut log = match writer {
         true => {
             // The keys the method reads; the checkpoint carries the whole config.
             std::fs::write(
-                out.join("config.toml"),
+                out.join(RunDir::CONFIG),
                 cfg.to_toml_with(&model.spec.keys_read())?,
             )?;
-            let (log, note) = metrics::Log::open(&out.join(metrics::FILE_NAME), !resume)?;
+            let (log, note) = metrics::Log::open(&out.join(RunDir::METRICS), !resume)?;
             if let Some(n) = note {
                 eprintln!("note: {n}");
             }
@@ -346,11 +271,19 @@ pub fn pretrain(
     );
     bar.set_position(step as u64);
     let started = Instant::now();
-    let mut interval = checkpoint::Interval::new(cfg.checkpoint_every);
+    let mut interval = checkpoint::Interval::new(cfg.train.checkpoint_every);
     let (mut images_seen, mut final_loss) = (0usize, f64::NAN);
     while epoch < stop_at {
-        bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
-        let loader = epoch_loader(cfg, &train, &views, epoch, skip, device, (world, rank));
+        bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.train.epochs));
+        let loader = epoch_loader(
+            &cfg.train,
+            &train,
+            &views,
+            epoch,
+            skip,
+            device,
+            (world, rank),
+        );
         let epoch_start = Instant::now();
         let epoch_seconds = |sums: &EpochSums| sums.seconds + epoch_start.elapsed().as_secs_f64();
         let mut window = (Instant::now(), 0usize);
@@ -360,8 +293,22 @@ pub fn pretrain(
                 step,
                 total_steps,
             };
-            let lr = schedule::cosine_with_warmup(step, total_steps, warmup, cfg.lr, cfg.min_lr);
-            let l = train_step(&mut model, &mut opt, &batch, &ctx, lr, cfg.seed)?;
+            let lr = schedule::cosine_with_warmup(
+                step,
+                total_steps,
+                warmup,
+                cfg.train.lr,
+                cfg.train.min_lr,
+            );
+            let l = train_step(
+                &mut model,
+                dp.as_ref(),
+                &mut opt,
+                &batch,
+                &ctx,
+                lr,
+                cfg.train.seed,
+            )?;
             let b = batch.indices.len() * world; // the global batch
             (sums.loss_sum, images_seen) = (sums.loss_sum + l, images_seen + b);
             window.1 += b;
@@ -394,7 +341,7 @@ pub fn pretrain(
                     out,
                     &model.vs,
                     &opt.state_tensors(),
-                    &checkpoint::Meta::new(cfg, epoch, step, wall, now_sums),
+                    &checkpoint::Meta::new(cfg.clone(), epoch, step, wall, now_sums),
                 )?;
                 interval.saved(Instant::now());
             }
@@ -403,7 +350,7 @@ pub fn pretrain(
         epoch += 1;
         let secs = epoch_seconds(&sums);
         let mean_loss = sums.loss_sum / spe as f64;
-        let ips = (spe * cfg.batch_size) as f64 / secs;
+        let ips = (spe * cfg.train.batch_size) as f64 / secs;
         let wall = wall_before + started.elapsed().as_secs_f64();
         if let Some(log) = log.as_mut() {
             log.record(
@@ -411,13 +358,13 @@ pub fn pretrain(
                                "images_per_sec": ips, "epoch_seconds": secs, "time": wall}),
             )?;
             log.sync()?;
-            let meta = checkpoint::Meta::new(cfg, epoch, step, wall, EpochSums::default());
+            let meta = checkpoint::Meta::new(cfg.clone(), epoch, step, wall, EpochSums::default());
             checkpoint::save_epoch(
                 out,
                 &model.vs,
                 &opt.state_tensors(),
                 &meta,
-                cfg.keep_checkpoints,
+                cfg.train.keep_checkpoints,
             )?;
         }
         interval.saved(Instant::now());
@@ -425,44 +372,53 @@ pub fn pretrain(
         if !quiet && writer {
             bar.println(format!(
                 "epoch {epoch}/{}: mean loss {mean_loss:.5}, {ips:.0} img/s, {secs:.1}s; checkpoint saved",
-                cfg.epochs,
+                cfg.train.epochs,
             ));
         }
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    if writer {
-        if epoch == cfg.epochs {
-            save_examples(
-                model.method.as_ref(),
-                &train,
-                &out.join(EXAMPLES_FILE),
-                device,
-            )?;
-        }
-        // The curve is a by-product: a failure to draw it does not fail the training.
-        match write_loss_plot(out, &cfg.method, &ds.name) {
-            Ok(m) => m.notes.iter().for_each(|n| eprintln!("note: {n}")),
-            Err(e) => eprintln!("warning: {e:#}"),
-        }
-    }
     // Every rank waits for rank 0's last writes, then all leave the group together.
-    if let Some(dp) = model.dist.take() {
+    if let Some(dp) = dp {
         dp.shutdown()?;
     }
-    Ok(Summary {
+    let summary = Summary {
         epochs: epoch,
         steps: step,
         final_loss,
         images_per_sec: images_seen as f64 / secs.max(1e-9),
         wall_seconds: wall_before + secs,
+    };
+    let first: Vec<usize> = (0..train.len().min(8)).collect();
+    Ok(Pretrained {
+        summary,
+        model,
+        first_images: train.select(&first),
+        finished: epoch == cfg.train.epochs,
+        writer,
     })
+}
+
+/// What `pretrain` leaves besides its run folder: the trained model, and what the command
+/// needs to draw the run's pictures (the training loop does not draw).
+pub struct Pretrained {
+    pub summary: Summary,
+    pub model: Model,
+    /// The first images trained on, for `Method::examples`' picture.
+    pub first_images: data::Split,
+    /// Every epoch of the run is done (not stopped by `stop_after_epochs`).
+    pub finished: bool,
+    /// This process wrote the run folder (rank 0, or the one process).
+    pub writer: bool,
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::config::Precision;
     use crate::data::Split;
+    use crate::methods;
+    use tch::{Kind, Tensor, nn};
 
     /// 96 tiny 1x8x8 images: bright squares at a few positions, with labels.
     pub(crate) fn tiny_dataset() -> Dataset {
@@ -492,16 +448,19 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn tiny_config(method: &str) -> Config {
-        Config {
-            method: method.into(),
-            cnn_widths: vec![4, 8],
-            decoder_widths: vec![8, 4],
-            batch_size: 16,
-            epochs: 4,
-            warmup_epochs: 1.0,
-            lr: 1e-2,
-            log_every: 1,
-            ..Config::default()
+        {
+            let mut c = Config {
+                method: method.into(),
+                ..Config::default()
+            };
+            c.encoder.cnn_widths = vec![4, 8];
+            c.keys.decoder_widths = vec![8, 4];
+            c.train.batch_size = 16;
+            c.train.epochs = 4;
+            c.train.warmup_epochs = 1.0;
+            c.train.lr = 1e-2;
+            c.train.log_every = 1;
+            c
         }
     }
 
@@ -513,7 +472,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn epoch_losses(out: &Path) -> Vec<f64> {
-        let m = metrics::Metrics::read(&out.join(metrics::FILE_NAME)).unwrap();
+        let m = metrics::Metrics::read(&out.join(RunDir::METRICS)).unwrap();
         m.epochs.iter().map(|e| e.loss).collect()
     }
 
@@ -534,11 +493,14 @@ pub(crate) mod tests {
     fn autoencoder_loss_decreases() {
         let _rng = crate::torch_rng_lock();
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config {
-            epochs: 12,
-            ..tiny_config("autoencoder")
+        let cfg = {
+            let mut c = tiny_config("autoencoder");
+            c.train.epochs = 12;
+            c
         };
-        let s = pretrain(&cfg, &tiny_dataset(), dir.path(), &quiet(), Device::Cpu).unwrap();
+        let s = pretrain(&cfg, &tiny_dataset(), dir.path(), &quiet(), Device::Cpu)
+            .unwrap()
+            .summary;
         assert_eq!((s.epochs, s.steps), (12, 12 * 6));
         let l = epoch_losses(dir.path());
         assert_eq!(l.len(), 12);
@@ -550,9 +512,10 @@ pub(crate) mod tests {
         let _rng = crate::torch_rng_lock();
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
-        let cfg = Config {
-            epochs: 1,
-            ..tiny_config("denoising-autoencoder")
+        let cfg = {
+            let mut c = tiny_config("denoising-autoencoder");
+            c.train.epochs = 1;
+            c
         };
         pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
         let ck = checkpoint::load(dir.path()).unwrap();
@@ -560,9 +523,10 @@ pub(crate) mod tests {
         assert_eq!((ck.meta.epoch, ck.meta.step), (1, 6));
         // A model built with another seed differs until the checkpoint is loaded.
         let other = Model::build(
-            &Config {
-                seed: 99,
-                ..cfg.clone()
+            &{
+                let mut c = cfg.clone();
+                c.train.seed = 99;
+                c
             },
             &data_info(&ds),
             Device::Cpu,
@@ -597,7 +561,7 @@ pub(crate) mod tests {
             .collect();
         assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
         assert_eq!(
-            std::fs::read_to_string(dir.path().join(lock::FILE_NAME)).unwrap(),
+            std::fs::read_to_string(dir.path().join(RunDir::LOCK)).unwrap(),
             ""
         );
     }
@@ -607,16 +571,18 @@ pub(crate) mod tests {
         let _rng = crate::torch_rng_lock();
         let dir = tempfile::tempdir().unwrap();
         let ds = tiny_dataset();
-        let cfg = Config {
-            epochs: 1,
-            ..tiny_config("autoencoder")
+        let cfg = {
+            let mut c = tiny_config("autoencoder");
+            c.train.epochs = 1;
+            c
         };
         pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu).unwrap();
         let ck = checkpoint::load(dir.path()).unwrap();
         let wider = Model::build(
-            &Config {
-                cnn_widths: vec![4, 16],
-                ..cfg.clone()
+            &{
+                let mut c = cfg.clone();
+                c.encoder.cnn_widths = vec![4, 16];
+                c
             },
             &data_info(&ds),
             Device::Cpu,
@@ -626,7 +592,7 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("shape"), "{e}");
-        std::fs::write(dir.path().join(checkpoint::FILE_NAME), b"not a checkpoint").unwrap();
+        std::fs::write(dir.path().join(RunDir::CHECKPOINT), b"not a checkpoint").unwrap();
         let e = format!("{:#}", checkpoint::load(dir.path()).err().unwrap());
         assert!(
             e.contains("checkpoint.safetensors") && e.contains("not a valid safetensors"),
@@ -634,7 +600,8 @@ pub(crate) mod tests {
         );
         // An existing run is not overwritten without --resume.
         let e = pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu)
-            .unwrap_err()
+            .err()
+            .unwrap()
             .to_string();
         assert!(e.contains("--resume"), "{e}");
     }
@@ -651,7 +618,9 @@ pub(crate) mod tests {
             stop_after_epochs: Some(2),
             ..quiet()
         };
-        let s1 = pretrain(cfg, &ds, split.path(), &first, Device::Cpu).unwrap();
+        let s1 = pretrain(cfg, &ds, split.path(), &first, Device::Cpu)
+            .unwrap()
+            .summary;
         assert_eq!((s1.epochs, s1.steps), (2, 12));
         let s2 = pretrain(
             cfg,
@@ -663,7 +632,8 @@ pub(crate) mod tests {
             },
             Device::Cpu,
         )
-        .unwrap();
+        .unwrap()
+        .summary;
         assert_eq!((s2.epochs, s2.steps), (4, 24));
 
         assert_same_checkpoints(full.path(), split.path());
@@ -697,10 +667,11 @@ pub(crate) mod tests {
     #[test]
     fn stateful_methods_resume_exactly() {
         let _rng = crate::torch_rng_lock();
-        let swav = Config {
-            swav_queue: 32,
-            swav_freeze_epochs: 1,
-            ..small_heads("swav")
+        let swav = {
+            let mut c = small_heads("swav");
+            c.keys.swav_queue = 32;
+            c.keys.swav_freeze_epochs = 1;
+            c
         };
         let (run, _) = assert_resume_is_exact(&swav);
         let ck = checkpoint::load(run.path()).unwrap();
@@ -713,10 +684,11 @@ pub(crate) mod tests {
             rows.min().double_value(&[]) > 0.0,
             "the queue is full: {rows}"
         );
-        let dino = Config {
-            dino_warmup_teacher_temp: 0.02,
-            dino_warmup_teacher_epochs: 3,
-            ..small_heads("dino")
+        let dino = {
+            let mut c = small_heads("dino");
+            c.keys.dino_warmup_teacher_temp = 0.02;
+            c.keys.dino_warmup_teacher_epochs = 3;
+            c
         };
         let (run, _) = assert_resume_is_exact(&dino);
         let ck = checkpoint::load(run.path()).unwrap();
@@ -734,12 +706,13 @@ pub(crate) mod tests {
     fn multi_crop_simclr_and_byol_learn_and_resume_exactly() {
         let _rng = crate::torch_rng_lock();
         for method in ["simclr", "byol"] {
-            let cfg = Config {
-                multicrop_local: 2,
-                multicrop_local_size: 4,
-                multicrop_local_scale: [0.2, 0.5],
-                aug_crop_scale: [0.5, 1.0],
-                ..small_heads(method)
+            let cfg = {
+                let mut c = small_heads(method);
+                c.aug.multicrop_local = 2;
+                c.aug.multicrop_local_size = 4;
+                c.aug.multicrop_local_scale = [0.2, 0.5];
+                c.aug.aug_crop_scale = [0.5, 1.0];
+                c
             };
             let views = Model::build(&cfg, &data_info(&tiny_dataset()), Device::Cpu)
                 .unwrap()
@@ -769,20 +742,21 @@ pub(crate) mod tests {
     /// `tiny_config` with every method's heads, queues, patches and crops small enough for
     /// 8x8 images and a fast test.
     fn small_heads(method: &str) -> Config {
-        Config {
-            proj_hidden_dim: 16,
-            pred_hidden_dim: 8,
-            proj_dim: 8,
-            moco_queue: 32,
-            shuffle_bn_groups: 2,
-            cpc_negatives: 16,
-            cpc_patch: 4,
-            cpc_stride: 2,
-            tile_size: 2,
-            multicrop_local: 2,
-            swav_prototypes: 10,
-            dino_out_dim: 16,
-            ..tiny_config(method)
+        {
+            let mut c = tiny_config(method);
+            c.keys.proj_hidden_dim = 16;
+            c.keys.pred_hidden_dim = 8;
+            c.keys.proj_dim = 8;
+            c.keys.moco_queue = 32;
+            c.keys.shuffle_bn_groups = 2;
+            c.keys.cpc_negatives = 16;
+            c.keys.cpc_patch = 4;
+            c.keys.cpc_stride = 2;
+            c.keys.tile_size = 2;
+            c.aug.multicrop_local = 2;
+            c.keys.swav_prototypes = 10;
+            c.keys.dino_out_dim = 16;
+            c
         }
     }
 
@@ -793,20 +767,22 @@ pub(crate) mod tests {
         let _rng = crate::torch_rng_lock();
         let ds = crate::methods::colorization::tests::tiny_colour_dataset();
         for spec in methods::REGISTRY {
-            let cfg = Config {
-                epochs: 1,
-                encoder: crate::config::EncoderKind::Vit,
-                vit_patch: 2,
-                vit_depth: 1,
-                vit_width: 8,
-                vit_heads: 2,
-                vit_image_size: 8,
-                multicrop_local_size: 4,
-                ..small_heads(spec.name)
+            let cfg = {
+                let mut c = small_heads(spec.name);
+                c.train.epochs = 1;
+                c.encoder.kind = crate::config::EncoderKind::Vit;
+                c.encoder.vit_patch = 2;
+                c.encoder.vit_depth = 1;
+                c.encoder.vit_width = 8;
+                c.encoder.vit_heads = 2;
+                c.encoder.vit_image_size = 8;
+                c.aug.multicrop_local_size = 4;
+                c
             };
             let dir = tempfile::tempdir().unwrap();
             let s = pretrain(&cfg, &ds, dir.path(), &quiet(), Device::Cpu)
-                .unwrap_or_else(|e| panic!("{} with vit: {e:#}", spec.name));
+                .unwrap_or_else(|e| panic!("{} with vit: {e:#}", spec.name))
+                .summary;
             assert!(s.final_loss.is_finite(), "{} with vit", spec.name);
         }
     }
@@ -830,16 +806,18 @@ pub(crate) mod tests {
     fn bf16_training_lowers_the_loss_keeps_fp32_state_and_resumes_exactly_across_precisions() {
         let _rng = crate::torch_rng_lock();
         let ds = tiny_dataset();
-        let fp32 = Config {
-            epochs: 6,
-            proj_hidden_dim: 16,
-            proj_dim: 8,
-            aug_crop_scale: [0.5, 1.0],
-            ..tiny_config("simclr")
+        let fp32 = {
+            let mut c = tiny_config("simclr");
+            c.train.epochs = 6;
+            c.keys.proj_hidden_dim = 16;
+            c.keys.proj_dim = 8;
+            c.aug.aug_crop_scale = [0.5, 1.0];
+            c
         };
-        let bf16 = Config {
-            precision: Precision::Bf16,
-            ..fp32.clone()
+        let bf16 = {
+            let mut c = fp32.clone();
+            c.train.precision = Precision::Bf16;
+            c
         };
         let run = |cfg: &Config, dir: &Path, resume: bool, stop: Option<usize>| {
             let opts = TrainOptions {
@@ -847,7 +825,7 @@ pub(crate) mod tests {
                 stop_after_epochs: stop,
                 ..quiet()
             };
-            pretrain(cfg, &ds, dir, &opts, Device::Cpu).unwrap()
+            pretrain(cfg, &ds, dir, &opts, Device::Cpu).unwrap().summary
         };
         let straight = tempfile::tempdir().unwrap();
         run(&bf16, straight.path(), false, None);
@@ -900,9 +878,10 @@ pub(crate) mod tests {
         // Colour images, which every method takes (colorization needs them).
         let ds = crate::methods::colorization::tests::tiny_colour_dataset();
         for spec in methods::REGISTRY {
-            let cfg = Config {
-                epochs: 2,
-                ..small_heads(spec.name)
+            let cfg = {
+                let mut c = small_heads(spec.name);
+                c.train.epochs = 2;
+                c
             };
             let dir = tempfile::tempdir().unwrap();
             let first = TrainOptions {
@@ -910,12 +889,14 @@ pub(crate) mod tests {
                 ..quiet()
             };
             let s = pretrain(&cfg, &ds, dir.path(), &first, Device::Cpu)
-                .unwrap_or_else(|e| panic!("{}: {e:#}", spec.name));
+                .unwrap_or_else(|e| panic!("{}: {e:#}", spec.name))
+                .summary;
             assert!(s.final_loss.is_finite(), "{}", spec.name);
             // Resumed in bf16: every method's forward pass runs under autocast too.
-            let bf16 = Config {
-                precision: Precision::Bf16,
-                ..cfg.clone()
+            let bf16 = {
+                let mut c = cfg.clone();
+                c.train.precision = Precision::Bf16;
+                c
             };
             let s = pretrain(
                 &bf16,
@@ -927,7 +908,8 @@ pub(crate) mod tests {
                 },
                 Device::Cpu,
             )
-            .unwrap_or_else(|e| panic!("{} resume in bf16: {e:#}", spec.name));
+            .unwrap_or_else(|e| panic!("{} resume in bf16: {e:#}", spec.name))
+            .summary;
             assert!(s.final_loss.is_finite(), "{} in bf16", spec.name);
             // 64 images in batches of 16, 2 epochs (the supervised baseline too).
             assert_eq!(s.steps, 8, "{}", spec.name);

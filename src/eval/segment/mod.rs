@@ -32,13 +32,14 @@
 pub mod confusion;
 pub mod picture;
 
-use crate::config::{Config, OptimizerKind, Precision, SegHead};
+use crate::config::{Config, EncoderSpec, EvalView, OptimizerKind, Precision, SegHead};
 use crate::data::seg::{self, IGNORE, SegDataset, SegSplit};
 use crate::data::{Loader, Split, epoch_order};
 use crate::nets::{self, Encoder, EncoderInput};
+use crate::optim::Optimizer;
+use crate::run::LoadedRun;
+use crate::rundir::RunDir;
 use crate::schedule::cosine_with_warmup;
-use crate::train::optim::Optimizer;
-use crate::train::run::LoadedRun;
 use crate::{losses, precision};
 use anyhow::{Context, Result, bail};
 use confusion::Confusion;
@@ -50,9 +51,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
-
-/// The results of a run folder.
-pub const RESULT_FILE: &str = "segment.json";
 
 /// Test images shown in `segmentation.png`.
 pub const SHOWN: usize = 6;
@@ -107,21 +105,22 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(cfg: &Config, protocol: Protocol, encoder_epochs: usize) -> Settings {
+    pub fn new(cfg: &EvalView, protocol: Protocol, encoder_epochs: usize) -> Settings {
         Settings {
-            data: cfg.seg_data.clone(),
-            image_size: cfg.seg_image_size,
-            train_scenes: cfg.seg_train_scenes,
-            test_scenes: cfg.seg_test_scenes,
-            head: cfg.seg_head.to_string(),
+            data: cfg.seg.seg_data.clone(),
+            image_size: cfg.seg.seg_image_size,
+            train_scenes: cfg.seg.seg_train_scenes,
+            test_scenes: cfg.seg.seg_test_scenes,
+            head: cfg.seg.seg_head.to_string(),
             epochs: match protocol {
-                Protocol::Frozen => cfg.seg_frozen_epochs,
-                Protocol::Finetune => cfg.seg_finetune_epochs,
+                Protocol::Frozen => cfg.seg.seg_frozen_epochs,
+                Protocol::Finetune => cfg.seg.seg_finetune_epochs,
             },
-            batch_size: cfg.seg_batch_size,
-            lr: cfg.seg_lr,
-            weight_decay: cfg.seg_weight_decay,
-            encoder_lr_scale: (protocol == Protocol::Finetune).then_some(cfg.seg_encoder_lr_scale),
+            batch_size: cfg.seg.seg_batch_size,
+            lr: cfg.seg.seg_lr,
+            weight_decay: cfg.seg.seg_weight_decay,
+            encoder_lr_scale: (protocol == Protocol::Finetune)
+                .then_some(cfg.seg.seg_encoder_lr_scale),
             seed: cfg.seed,
             encoder_epochs,
         }
@@ -155,7 +154,7 @@ pub struct Record {
 impl Record {
     /// The record in `dir`, or an empty one when there is none.
     pub fn read(dir: &Path) -> Result<Record> {
-        let p = dir.join(RESULT_FILE);
+        let p = dir.join(RunDir::SEGMENT);
         match std::fs::read_to_string(&p) {
             Ok(text) => serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a segmentation record", p.display())),
@@ -166,7 +165,7 @@ impl Record {
 
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let p = dir.join(RESULT_FILE);
+        let p = dir.join(RunDir::SEGMENT);
         std::fs::write(&p, serde_json::to_string_pretty(self)?)
             .with_context(|| format!("cannot write {}", p.display()))
     }
@@ -306,13 +305,13 @@ impl Subject {
         (subject, r.cfg)
     }
 
-    /// The configured encoder, randomly initialised with `cfg.seed`, for `in_channels`.
-    pub fn random(cfg: &Config, in_channels: i64, device: Device) -> Subject {
-        tch::manual_seed(cfg.seed as i64);
+    /// The encoder of `spec`, randomly initialised with `seed`, for `in_channels`.
+    pub fn random(spec: &EncoderSpec, seed: u64, in_channels: i64, device: Device) -> Subject {
+        tch::manual_seed(seed as i64);
         let vs = nn::VarStore::new(device);
-        let encoder = nets::build_encoder(&(vs.root() / "encoder"), cfg, in_channels);
+        let encoder = nets::build_encoder(&(vs.root() / "encoder"), spec, in_channels);
         Subject {
-            label: format!("random-init {}", cfg.encoder),
+            label: format!("random-init {}", spec.kind),
             vs,
             encoder,
             epochs: 0,
@@ -366,7 +365,7 @@ pub struct Trained {
 pub fn train_protocol(
     subject: &Subject,
     ds: &SegDataset,
-    cfg: &Config,
+    cfg: &EvalView,
     protocol: Protocol,
     device: Device,
     quiet: bool,
@@ -383,9 +382,9 @@ pub fn train_protocol(
         &(head_vs.root() / "head"),
         &encoder.map_channels(),
         k,
-        cfg.seg_head,
+        cfg.seg.seg_head,
     );
-    let (momentum, wd) = (cfg.momentum, cfg.seg_weight_decay);
+    let (momentum, wd) = (cfg.momentum, cfg.seg.seg_weight_decay);
     let mut head_opt = Optimizer::new(&head_vs, OptimizerKind::AdamW, momentum, wd);
     let mut enc_opt =
         finetune.then(|| Optimizer::new(&subject.vs, OptimizerKind::AdamW, momentum, wd));
@@ -396,18 +395,18 @@ pub fn train_protocol(
 
     let train = Arc::new(ds.train.images.clone());
     let n = train.len();
-    let spe = n / cfg.seg_batch_size;
+    let spe = n / cfg.seg.seg_batch_size;
     if spe == 0 {
         bail!(
             "option seg_batch_size = {} is larger than the {n} training images of {}",
-            cfg.seg_batch_size,
+            cfg.seg.seg_batch_size,
             ds.name
         );
     }
     let epochs = if finetune {
-        cfg.seg_finetune_epochs
+        cfg.seg.seg_finetune_epochs
     } else {
-        cfg.seg_frozen_epochs
+        cfg.seg.seg_frozen_epochs
     };
     let total = spe * epochs;
     let warmup = total / 10;
@@ -419,7 +418,7 @@ pub fn train_protocol(
             encoder,
             &head,
             &train,
-            cfg.seg_batch_size,
+            cfg.seg.seg_batch_size,
             FROZEN_CACHE_BYTES,
             device,
             cfg.precision,
@@ -430,7 +429,14 @@ pub fn train_protocol(
         let order = epoch_order(n, cfg.seed, epoch);
         let (mut sum, mut count) = (0f64, 0usize);
         let t_epoch = Instant::now();
-        for batch in Loader::new(train.clone(), order, cfg.seg_batch_size, true, 2, device) {
+        for batch in Loader::new(
+            train.clone(),
+            order,
+            cfg.seg.seg_batch_size,
+            true,
+            2,
+            device,
+        ) {
             let masks = mask_batch(&ds.train, &batch.indices, device); // [B, H, W]
             let maps = match &cache {
                 Some(c) => {
@@ -454,10 +460,10 @@ pub fn train_protocol(
                 o.zero_grad();
             }
             loss.backward();
-            let lr = cosine_with_warmup(step, total, warmup, cfg.seg_lr, 0.0);
+            let lr = cosine_with_warmup(step, total, warmup, cfg.seg.seg_lr, 0.0);
             head_opt.step(lr);
             if let Some(o) = enc_opt.as_mut() {
-                o.step(lr * cfg.seg_encoder_lr_scale);
+                o.step(lr * cfg.seg.seg_encoder_lr_scale);
             }
             let l = loss.double_value(&[]);
             if !l.is_finite() {
@@ -484,7 +490,7 @@ pub fn train_protocol(
     let test = Arc::new(ds.test.images.clone());
     let order: Vec<usize> = (0..test.len()).collect();
     tch::no_grad(|| -> Result<()> {
-        for batch in Loader::new(test, order, cfg.seg_batch_size, false, 2, device) {
+        for batch in Loader::new(test, order, cfg.seg.seg_batch_size, false, 2, device) {
             let masks = mask_batch(&ds.test, &batch.indices, device);
             let maps = encoder_maps(encoder, &head, &batch.images, false, cfg.precision)?;
             let predicted = head.forward_t(&maps, size, false).argmax(1, false); // [B, H, W]
@@ -522,7 +528,7 @@ pub fn train_protocol(
 pub fn segment(
     subject: &Subject,
     ds: &SegDataset,
-    cfg: &Config,
+    cfg: &EvalView,
     protocols: &[Protocol],
     out: &Path,
     device: Device,
@@ -542,12 +548,17 @@ pub fn segment(
         columns.push((p, t.shown));
     }
     record.write(out)?;
-    picture::write(ds, &columns, &subject.label, &out.join(picture::FILE_NAME))?;
+    picture::write(
+        ds,
+        &columns,
+        &subject.label,
+        &out.join(RunDir::SEGMENTATION),
+    )?;
     Ok(record)
 }
 
 /// What `selfsup segment` prints about `record`.
-pub fn describe(record: &Record, ds: &SegDataset, cfg: &Config) -> String {
+pub fn describe(record: &Record, ds: &SegDataset, cfg: &EvalView) -> String {
     let mut s = format!(
         "segment {} on {}: {} train / {} test images, {} classes, head {}\n",
         record.label,
@@ -555,7 +566,7 @@ pub fn describe(record: &Record, ds: &SegDataset, cfg: &Config) -> String {
         ds.train.len(),
         ds.test.len(),
         ds.num_classes,
-        cfg.seg_head
+        cfg.seg.seg_head
     );
     for (p, o) in &record.results {
         let _ = writeln!(
@@ -592,10 +603,11 @@ pub fn for_run(
     quiet: bool,
 ) -> Result<String> {
     let (subject, cfg) = Subject::from_run(dir, checkpoint, sets, device)?;
-    let ds = seg::load(&cfg)?;
+    let ds = seg::load(&cfg.seg)?;
     let out = out.unwrap_or(dir);
-    let record = segment(&subject, &ds, &cfg, protocols, out, device, quiet)?;
-    Ok(describe(&record, &ds, &cfg) + &written(out))
+    let view = cfg.eval_view();
+    let record = segment(&subject, &ds, &view, protocols, out, device, quiet)?;
+    Ok(describe(&record, &ds, &view) + &written(out))
 }
 
 /// `selfsup segment --baseline random`: the randomly initialised encoder of `cfg`.
@@ -606,17 +618,23 @@ pub fn for_random(
     device: Device,
     quiet: bool,
 ) -> Result<String> {
-    let ds = seg::load(cfg)?;
-    let subject = Subject::random(cfg, ds.train.images.shape[0] as i64, device);
-    let record = segment(&subject, &ds, cfg, protocols, out, device, quiet)?;
-    Ok(describe(&record, &ds, cfg) + &written(out))
+    let ds = seg::load(&cfg.seg)?;
+    let subject = Subject::random(
+        &cfg.encoder,
+        cfg.train.seed,
+        ds.train.images.shape[0] as i64,
+        device,
+    );
+    let view = cfg.eval_view();
+    let record = segment(&subject, &ds, &view, protocols, out, device, quiet)?;
+    Ok(describe(&record, &ds, &view) + &written(out))
 }
 
 fn written(out: &Path) -> String {
     format!(
         "results -> {}, picture -> {}\n",
-        out.join(RESULT_FILE).display(),
-        out.join(picture::FILE_NAME).display()
+        out.join(RunDir::SEGMENT).display(),
+        out.join(RunDir::SEGMENTATION).display()
     )
 }
 
@@ -624,7 +642,7 @@ fn written(out: &Path) -> String {
 /// whose settings match `cfg`'s and computing (and saving) the others.
 pub fn ensure(
     subject: &Subject,
-    cfg: &Config,
+    cfg: &EvalView,
     out: &Path,
     device: Device,
     quiet: bool,
@@ -643,7 +661,7 @@ pub fn ensure(
     if missing.is_empty() {
         return Ok(record);
     }
-    let ds = seg::load(cfg)?;
+    let ds = seg::load(cfg.seg)?;
     eprintln!("segmenting with {} ({})", subject.label, out.display());
     segment(subject, &ds, cfg, &missing, out, device, quiet)
 }
@@ -695,26 +713,41 @@ mod tests {
     #[test]
     fn both_protocols_learn_an_easy_task_and_only_finetuning_moves_the_encoder() {
         let _rng = crate::torch_rng_lock();
-        let cfg = Config {
-            cnn_widths: vec![8, 16],
-            seg_head: SegHead::Fcn,
-            seg_frozen_epochs: 15,
-            seg_finetune_epochs: 15,
-            seg_batch_size: 16,
-            seg_lr: 3e-2,
-            ..Config::default()
+        let cfg = {
+            let mut c = Config::default();
+            c.encoder.cnn_widths = vec![8, 16];
+            c.seg.seg_head = SegHead::Fcn;
+            c.seg.seg_frozen_epochs = 15;
+            c.seg.seg_finetune_epochs = 15;
+            c.seg.seg_batch_size = 16;
+            c.seg.seg_lr = 3e-2;
+            c
         };
         let ds = toy();
-        let subject = Subject::random(&cfg, 1, Device::Cpu);
+        let subject = Subject::random(&cfg.encoder, cfg.train.seed, 1, Device::Cpu);
         let before = encoder_vars(&subject);
-        let frozen =
-            train_protocol(&subject, &ds, &cfg, Protocol::Frozen, Device::Cpu, true).unwrap();
+        let frozen = train_protocol(
+            &subject,
+            &ds,
+            &cfg.eval_view(),
+            Protocol::Frozen,
+            Device::Cpu,
+            true,
+        )
+        .unwrap();
         let after = encoder_vars(&subject);
         for ((k, a), (_, b)) in before.iter().zip(&after) {
             assert!(a.equal(b), "{k} changed under the frozen protocol");
         }
-        let tuned =
-            train_protocol(&subject, &ds, &cfg, Protocol::Finetune, Device::Cpu, true).unwrap();
+        let tuned = train_protocol(
+            &subject,
+            &ds,
+            &cfg.eval_view(),
+            Protocol::Finetune,
+            Device::Cpu,
+            true,
+        )
+        .unwrap();
         let moved = before
             .iter()
             .zip(&encoder_vars(&subject))
@@ -738,25 +771,34 @@ mod tests {
         assert_eq!(tuned.outcome.settings.encoder_lr_scale, Some(0.1));
         assert!(tuned.outcome.trainable_parameters > frozen.outcome.trainable_parameters);
         // A batch larger than the training set is refused, naming the option.
-        let big = Config {
-            seg_batch_size: 500,
-            ..cfg
+        let big = {
+            let mut c = cfg;
+            c.seg.seg_batch_size = 500;
+            c
         };
-        let e = train_protocol(&subject, &ds, &big, Protocol::Frozen, Device::Cpu, true)
-            .err()
-            .unwrap()
-            .to_string();
+        let e = train_protocol(
+            &subject,
+            &ds,
+            &big.eval_view(),
+            Protocol::Frozen,
+            Device::Cpu,
+            true,
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("seg_batch_size = 500"), "{e}");
     }
 
     #[test]
     fn frozen_maps_are_the_live_maps_in_half_precision_when_they_fit() {
         let _rng = crate::torch_rng_lock();
-        let cfg = Config {
-            cnn_widths: vec![4, 8],
-            ..Config::default()
+        let cfg = {
+            let mut c = Config::default();
+            c.encoder.cnn_widths = vec![4, 8];
+            c
         };
-        let subject = Subject::random(&cfg, 1, Device::Cpu);
+        let subject = Subject::random(&cfg.encoder, cfg.train.seed, 1, Device::Cpu);
         let vs = nn::VarStore::new(Device::Cpu);
         let head = Head::new(&vs.root(), &[4, 8], 5, SegHead::Fcn);
         let ds = toy();

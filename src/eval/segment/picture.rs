@@ -14,9 +14,6 @@ use image::{Rgb, RgbImage};
 use plotters::style::RGBColor;
 use std::path::Path;
 
-/// The picture's name in a run folder.
-pub const FILE_NAME: &str = "segmentation.png";
-
 /// The colour of class `c` of `num_classes` (background 0 included).
 pub fn class_colour(c: u8, num_classes: usize) -> [u8; 3] {
     match c {
@@ -92,6 +89,7 @@ pub fn write(
 mod tests {
     use super::*;
     use crate::data::seg::SegSplit;
+    use crate::rundir::RunDir;
 
     #[test]
     fn picture_shows_image_truth_and_predictions_in_the_palette() {
@@ -109,7 +107,7 @@ mod tests {
         };
         let frozen = vec![vec![0u8; 16], vec![2u8; 16]];
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join(FILE_NAME);
+        let out = dir.path().join(RunDir::SEGMENTATION);
         write(&ds, &[(Protocol::Frozen, frozen)], "toy run", &out).unwrap();
         let img = image::open(&out).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), plots::image_table_size(2, 3, 4));

@@ -16,8 +16,8 @@
 //! run sees the same scenes. Training scenes take their garments from Fashion-MNIST's
 //! training images, test scenes from its test images.
 
-use super::seg::{SegDataset, SegOptions, SegSplit};
-use super::{FASHION_MNIST_CLASSES, Split};
+use super::{SegDataset, SegOptions, SegSplit};
+use crate::data::{FASHION_MNIST_CLASSES, Split, load_mnist_dir};
 use anyhow::{Result, bail};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -124,7 +124,7 @@ pub fn load(dir: &Path, opts: &SegOptions) -> Result<SegDataset> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let fm = super::load_mnist_dir("fashion-mnist", dir, names)?;
+    let fm = load_mnist_dir("fashion-mnist", dir, names)?;
     Ok(SegDataset {
         name: format!("fashion-scenes ({0}x{0})", opts.size),
         train: make(&fm.train, opts.train_scenes, opts.size, TRAIN_SEED)?,

@@ -23,6 +23,8 @@
 //! Images become RGB. A missing mask, a size mismatch, an unreadable mask or a class index
 //! out of range is an error naming the file.
 
+pub mod scenes;
+
 use super::{Split, folder};
 use anyhow::{Context, Result, anyhow, bail};
 use rayon::prelude::*;
@@ -126,7 +128,7 @@ pub struct SegOptions {
 }
 
 impl SegOptions {
-    pub fn from_config(cfg: &crate::config::Config) -> SegOptions {
+    pub fn from_config(cfg: &crate::config::SegSpec) -> SegOptions {
         SegOptions {
             size: cfg.seg_image_size,
             train_scenes: cfg.seg_train_scenes,
@@ -136,7 +138,7 @@ impl SegOptions {
 }
 
 /// The segmentation data a config names (`seg_data`), read as its `seg_*` keys say.
-pub fn load(cfg: &crate::config::Config) -> Result<SegDataset> {
+pub fn load(cfg: &crate::config::SegSpec) -> Result<SegDataset> {
     let spec = SegSpec::parse(&cfg.seg_data).context("option seg_data")?;
     spec.load(&SegOptions::from_config(cfg))
 }
@@ -158,7 +160,7 @@ impl SegSpec {
 
     pub fn load(&self, opts: &SegOptions) -> Result<SegDataset> {
         match self {
-            SegSpec::FashionScenes(dir) => super::scenes::load(dir, opts),
+            SegSpec::FashionScenes(dir) => scenes::load(dir, opts),
             SegSpec::Folder(dir) => load_folder(dir, opts.size),
         }
     }

@@ -8,30 +8,17 @@
 //! `checkpoint-epochE.safetensors`.
 
 use crate::config::{CheckpointEvery, Config};
+use crate::rundir::RunDir;
 use crate::tensor_io::{self, read_safetensors, write_safetensors_atomic};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 use tch::{Tensor, nn};
 
-pub const FILE_NAME: &str = "checkpoint.safetensors";
 const META_KEY: &str = "selfsup";
 const FORMAT_VERSION: u32 = 1;
-
-/// The name of the kept checkpoint of epoch `epoch` (1-based).
-pub fn epoch_file_name(epoch: usize) -> String {
-    format!("checkpoint-epoch{epoch}.safetensors")
-}
-
-/// The epoch of a kept checkpoint's file name.
-fn epoch_of_file_name(name: &str) -> Option<usize> {
-    name.strip_prefix("checkpoint-epoch")?
-        .strip_suffix(".safetensors")?
-        .parse()
-        .ok()
-}
 
 /// The sums of the epoch in progress that its record in metrics.jsonl needs, carried by a
 /// mid-epoch checkpoint so that a resumed epoch logs what an uninterrupted one would.
@@ -65,7 +52,7 @@ pub struct Meta {
 
 impl Meta {
     pub fn new(
-        config: &Config,
+        config: Config,
         epoch: usize,
         step: usize,
         wall_seconds: f64,
@@ -73,11 +60,11 @@ impl Meta {
     ) -> Meta {
         Meta {
             format_version: FORMAT_VERSION,
-            config: config.clone(),
+            rng_seed: config.train.seed,
+            optimizer: config.train.optimizer.to_string(),
+            config,
             epoch,
             step,
-            rng_seed: config.seed,
-            optimizer: config.optimizer.to_string(),
             wall_seconds,
             in_epoch,
         }
@@ -140,7 +127,7 @@ pub fn save_file(
 
 /// Writes the rolling checkpoint of the run in `dir`.
 pub fn save(dir: &Path, vs: &nn::VarStore, optim: &[(String, Tensor)], meta: &Meta) -> Result<()> {
-    save_file(&dir.join(FILE_NAME), vs, optim, meta)
+    save_file(&dir.join(RunDir::CHECKPOINT), vs, optim, meta)
 }
 
 /// Writes the checkpoint of the end of epoch `meta.epoch`: the rolling one and, when `keep`
@@ -158,14 +145,14 @@ pub fn save_epoch(
     }
     // The kept file first: a kill between the two writes leaves the rolling checkpoint
     // older, so the epoch is trained and both written again on resume.
-    let kept = dir.join(epoch_file_name(meta.epoch));
+    let kept = dir.join(RunDir::epoch_checkpoint(meta.epoch));
     save_file(&kept, vs, optim, meta)?;
-    tensor_io::link_atomic(&kept, &dir.join(FILE_NAME))?;
+    tensor_io::link_atomic(&kept, &dir.join(RunDir::CHECKPOINT))?;
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
         let old = path
             .file_name()
-            .and_then(|n| epoch_of_file_name(&n.to_string_lossy()));
+            .and_then(|n| RunDir::epoch_of_checkpoint(&n.to_string_lossy()));
         if old.is_some_and(|e| e + keep <= meta.epoch) {
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
@@ -191,20 +178,9 @@ pub fn remove_temp_files(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The checkpoint `file` of the run in `dir`: `file` itself when it exists (or is
-/// absolute), else `dir/file`, so that `--checkpoint checkpoint-epoch3.safetensors` names
-/// a kept checkpoint of the run.
-pub fn resolve(dir: &Path, file: &Path) -> PathBuf {
-    if file.is_absolute() || file.exists() {
-        file.to_path_buf()
-    } else {
-        dir.join(file)
-    }
-}
-
 /// Loads the rolling checkpoint of the run in `dir`.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
-    let path = dir.join(FILE_NAME);
+    let path = dir.join(RunDir::CHECKPOINT);
     if !path.is_file() {
         bail!(
             "no checkpoint in {} (expected {})",
@@ -314,7 +290,7 @@ mod tests {
     use std::time::Duration;
 
     fn meta(epoch: usize, step: usize) -> Meta {
-        Meta::new(&Config::default(), epoch, step, 1.0, EpochSums::default())
+        Meta::new(Config::default(), epoch, step, 1.0, EpochSums::default())
     }
 
     #[test]
@@ -380,15 +356,22 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, [&epoch_file_name(3), &epoch_file_name(4), FILE_NAME]);
-        let kept = load_file(&dir.path().join(epoch_file_name(3))).unwrap();
+        assert_eq!(
+            names,
+            [
+                &RunDir::epoch_checkpoint(3),
+                &RunDir::epoch_checkpoint(4),
+                RunDir::CHECKPOINT
+            ]
+        );
+        let kept = load_file(&dir.path().join(RunDir::epoch_checkpoint(3))).unwrap();
         assert_eq!(kept.meta.epoch, 3);
         assert_eq!(Vec::<f32>::try_from(&kept.model[0].1).unwrap(), [3.0, 3.0]);
         assert_eq!(load(dir.path()).unwrap().meta.epoch, 4);
         // keep = 0 writes the rolling checkpoint only and deletes nothing.
         save_epoch(dir.path(), &vs, &[], &meta(5, 50), 0).unwrap();
         assert_eq!(load(dir.path()).unwrap().meta.epoch, 5);
-        assert!(dir.path().join(epoch_file_name(3)).is_file());
+        assert!(dir.path().join(RunDir::epoch_checkpoint(3)).is_file());
 
         let stale = [
             "checkpoint.safetensors.77-0.tmp",
@@ -404,8 +387,8 @@ mod tests {
         }
         assert!(dir.path().join("notes.tmp").exists());
         // A kept checkpoint is named by its file, or by its name in the run folder.
-        let named = resolve(dir.path(), Path::new(&epoch_file_name(4)));
-        assert_eq!(named, dir.path().join(epoch_file_name(4)));
+        let named = RunDir::new(dir.path()).resolve(Path::new(&RunDir::epoch_checkpoint(4)));
+        assert_eq!(named, dir.path().join(RunDir::epoch_checkpoint(4)));
         assert_eq!(load_file(&named).unwrap().meta.epoch, 4);
         let e = load_file(&dir.path().join("nope.safetensors"))
             .err()

@@ -5,12 +5,11 @@
 //! Readers (`eval`, `report`, `export`) take no lock: checkpoints are replaced by a rename,
 //! so they always read a whole one.
 
+use crate::rundir::RunDir;
 use anyhow::{Context, Result, bail};
 use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-pub const FILE_NAME: &str = "pretrain.lock";
 
 /// The lock on a run folder, held until dropped.
 #[derive(Debug)]
@@ -23,7 +22,7 @@ impl RunLock {
     /// Takes the lock of the run folder `dir` (which must exist), or fails at once naming
     /// the folder and the pid of the process that holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
-        let path = dir.join(FILE_NAME);
+        let path = dir.join(RunDir::LOCK);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -58,7 +57,7 @@ impl RunLock {
     /// Whether another process holds the lock of `dir` now (a check before slow work; the
     /// writer itself takes the lock with `acquire`).
     pub fn check_free(dir: &Path) -> Result<()> {
-        if dir.join(FILE_NAME).exists() {
+        if dir.join(RunDir::LOCK).exists() {
             RunLock::acquire(dir)?;
         }
         Ok(())
@@ -83,7 +82,7 @@ mod tests {
     fn a_second_holder_is_refused_with_the_pid_until_the_first_lets_go() {
         let dir = tempfile::tempdir().unwrap();
         let first = RunLock::acquire(dir.path()).unwrap();
-        let pid = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        let pid = std::fs::read_to_string(dir.path().join(RunDir::LOCK)).unwrap();
         assert_eq!(pid.trim(), std::process::id().to_string());
         // Another open file description conflicts, even in the same process.
         let e = RunLock::acquire(dir.path()).unwrap_err().to_string();
@@ -95,7 +94,7 @@ mod tests {
         assert!(RunLock::check_free(dir.path()).is_err());
         drop(first);
         assert_eq!(
-            std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap(),
+            std::fs::read_to_string(dir.path().join(RunDir::LOCK)).unwrap(),
             ""
         );
         RunLock::check_free(dir.path()).unwrap();
