@@ -38,11 +38,12 @@ fn colourise(split: &Split, seed: u64) -> Split {
         .iter()
         .map(|&y| (36.0 * y as f32 + rng.random_range(-10.0..10.0)).to_radians())
         .collect();
-    let mut out = Vec::with_capacity(split.images.len() * 3);
+    let pixels = split.memory().expect("Fashion-MNIST is held in memory");
+    let mut out = Vec::with_capacity(pixels.len() * 3);
     let per = split.image_len();
     for start in (0..split.len()).step_by(2000) {
         let n = (split.len() - start).min(2000);
-        let grey = Tensor::from_slice(&split.images[start * per..(start + n) * per])
+        let grey = Tensor::from_slice(&pixels[start * per..(start + n) * per])
             .view([n as i64, 1, h, w])
             .to_kind(Kind::Float)
             / 255.0;
@@ -113,8 +114,8 @@ fn main() -> Result<()> {
     let (tr, te) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
     let t = Instant::now();
     let rgb = eval::score(
-        &eval::pixel_features(&tr, device),
-        &eval::pixel_features(&te, device),
+        &eval::pixel_features(&tr, device)?,
+        &eval::pixel_features(&te, device)?,
         ds.num_classes as i64,
         &cfg.eval_view(),
     );

@@ -23,6 +23,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 pkgs=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || pkgs+=(dataset-fashion-mnist)
 command -v g++ >/dev/null || pkgs+=(g++)
+# libjpeg-turbo is built from the source the turbojpeg crate bundles: cmake, and nasm for its SIMD code.
+command -v cmake >/dev/null || pkgs+=(cmake)
+command -v nasm >/dev/null || pkgs+=(nasm)
 command -v python3 >/dev/null || pkgs+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
 if [ ${#pkgs[@]} -gt 0 ]; then
@@ -54,6 +57,11 @@ fi
 cuda_toolkit=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('cuda-toolkit'))" 2>/dev/null || true)
 if [ -n "$cuda_toolkit" ] && ! "$venv/bin/python" -c "import importlib.metadata as m; m.version('nvidia-cuda-crt'); m.version('nvidia-cuda-cccl')" 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check "cuda-toolkit[cccl,crt]==$cuda_toolkit"
+fi
+# The reference writers of the data formats selfsup reads (the tests read files they write):
+# webdataset's ShardWriter and pyarrow's Parquet writer.
+if ! "$venv/bin/python" -c "import webdataset, pyarrow" 2>/dev/null; then
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps webdataset braceexpand pyyaml pyarrow
 fi
 torch_dir=$("$venv/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
 ln -sfn "$torch_dir" "$root/.libtorch"

@@ -11,7 +11,17 @@ fn tune_malloc() {
     }
 }
 
+/// A closed pipe (`selfsup ... | head`) ends the process quietly, as for other command-line
+/// tools, instead of a panic on the next print.
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
+    default_sigpipe();
     tune_malloc();
     let cli = selfsup::cli::Cli::parse();
     if let Err(e) = selfsup::cli::run(cli) {

@@ -62,7 +62,11 @@ pub fn save_examples(
 ) -> Result<()> {
     let n = split.len().min(8);
     let [c, h, w] = split.shape.map(|d| d as i64);
-    let images = Tensor::from_slice(&split.images[..n * split.image_len()])
+    let mut bytes = Vec::with_capacity(n * split.image_len());
+    for i in 0..n {
+        bytes.extend_from_slice(&split.fixed(i)?);
+    }
+    let images = Tensor::from_slice(&bytes)
         .view([n as i64, c, h, w])
         .to_kind(Kind::Float)
         .to_device(device)

@@ -460,6 +460,7 @@ fn train_f64(
             Device::Cpu,
             spec,
         ) {
+            let batch = batch.unwrap();
             let batch = Batch {
                 images: batch.images.to_kind(Kind::Double),
                 ..batch

@@ -40,6 +40,18 @@ fn run_args(data: &Path) -> Vec<String> {
 /// `selfsup pretrain --quiet --out RUN` (with `--resume` or the run's `--set`s), with the
 /// fault `fault` armed.
 fn pretrain(run: &Path, data: &Path, resume: bool, fault: Option<&str>) -> Command {
+    pretrain_with(run, &run_args(data), resume, fault, &[])
+}
+
+/// `selfsup pretrain --quiet --out RUN` with `args` (a new run) or `--resume`, then the
+/// `--set`s of `sets`, with the fault `fault` armed.
+fn pretrain_with(
+    run: &Path,
+    args: &[String],
+    resume: bool,
+    fault: Option<&str>,
+    sets: &[&str],
+) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_selfsup"));
     c.args(["--device", "cpu", "pretrain", "--quiet", "--out"])
         .arg(run)
@@ -50,7 +62,10 @@ fn pretrain(run: &Path, data: &Path, resume: bool, fault: Option<&str>) -> Comma
     if resume {
         c.arg("--resume");
     } else {
-        c.args(run_args(data));
+        c.args(args);
+    }
+    for s in sets {
+        c.args(["--set", s]);
     }
     if let Some(f) = fault {
         c.env(selfsup::faults::ENV, f);
@@ -372,4 +387,97 @@ fn resume_before_the_first_checkpoint_starts_the_run_over() {
         "{}",
         stderr(&o)
     );
+}
+
+/// SimCLR streamed from an image folder of JPEGs (one of them broken, skipped): 56 images in
+/// batches of 8, 7 steps per epoch, 2 epochs, a checkpoint every 3 steps.
+fn streamed_args(folder: &Path) -> Vec<String> {
+    [
+        "method=\"simclr\"",
+        &format!("data=\"folder:{}\"", folder.display()),
+        "image_size=16",
+        "bad_images=\"skip\"",
+        "cnn_widths=[4, 8]",
+        "proj_hidden_dim=16",
+        "proj_dim=8",
+        "batch_size=8",
+        "epochs=2",
+        "checkpoint_every=3",
+    ]
+    .iter()
+    .flat_map(|s| ["--set".to_string(), s.to_string()])
+    .collect()
+}
+
+fn streamed_pretrain(
+    run: &Path,
+    folder: &Path,
+    resume: bool,
+    fault: Option<&str>,
+    sets: &[&str],
+) -> Command {
+    pretrain_with(run, &streamed_args(folder), resume, fault, sets)
+}
+
+#[test]
+fn a_streamed_folder_run_killed_mid_epoch_or_stopped_by_max_steps_resumes_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("imgs");
+    for i in 0..70 {
+        let class = ["a", "b", "c", "d"][i % 4];
+        std::fs::create_dir_all(folder.join(class)).unwrap();
+        let img = image::RgbImage::from_fn(40 + (i % 5) as u32 * 7, 30, |x, y| {
+            image::Rgb([(x * 5) as u8, (y * 7) as u8, (i * 3) as u8])
+        });
+        img.save(folder.join(class).join(format!("{i:03}.jpg")))
+            .unwrap();
+    }
+    // A broken file among them: reported and replaced, the same way in every run.
+    std::fs::write(folder.join("b").join("013.jpg"), b"\xff\xd8\xff not a jpeg").unwrap();
+    let (straight, killed, stopped) = (
+        tmp.path().join("straight"),
+        tmp.path().join("killed"),
+        tmp.path().join("stopped"),
+    );
+    let (status, err) = finish(&mut streamed_pretrain(&straight, &folder, false, None, &[]));
+    assert!(status.success(), "{err}");
+    assert!(err.contains("skipped") && err.contains("013.jpg"), "{err}");
+    // Killed after step 5 (the checkpoint of step 3 is there), then resumed.
+    let (status, err) = finish(&mut streamed_pretrain(
+        &killed,
+        &folder,
+        false,
+        Some("step:5"),
+        &[],
+    ));
+    assert_killed(status, &err, "step:5");
+    assert_eq!(checkpoint_step(&killed), 3);
+    let (status, err) = finish(&mut streamed_pretrain(&killed, &folder, true, None, &[]));
+    assert!(status.success(), "{err}");
+    // Stopped by max_steps in the middle of the second epoch, then run on without a limit.
+    let (status, err) = finish(&mut streamed_pretrain(
+        &stopped,
+        &folder,
+        false,
+        None,
+        &["max_steps=10"],
+    ));
+    assert!(status.success(), "{err}");
+    assert_eq!(checkpoint_step(&stopped), 10);
+    let (status, err) = finish(&mut streamed_pretrain(
+        &stopped,
+        &folder,
+        true,
+        None,
+        &["max_steps=0"],
+    ));
+    assert!(status.success(), "{err}");
+    for run in [&killed, &stopped] {
+        assert_same_tensors(
+            &straight.join("checkpoint.safetensors"),
+            &run.join("checkpoint.safetensors"),
+        );
+        assert_eq!(records(&straight).1, records(run).1, "{}", run.display());
+    }
+    assert_eq!(checkpoint_step(&straight), 14);
 }

@@ -133,7 +133,7 @@ fn every_method_exports_what_its_evaluation_sees() {
     let (n, shape) = (6usize, [3usize, 8, 8]);
     let pixels: Vec<u8> = (0..n * 192).map(|i| (i * 37 % 251) as u8).collect();
     let split = Arc::new(Split::new(pixels, vec![0; n], shape).unwrap());
-    let images = Tensor::from_slice(&split.images).view([n as i64, 3, 8, 8]) / 255.0;
+    let images = Tensor::from_slice(split.memory().unwrap()).view([n as i64, 3, 8, 8]) / 255.0;
     let info = DataInfo {
         shape: [3, 8, 8],
         num_classes: 4,

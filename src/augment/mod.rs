@@ -124,8 +124,35 @@ impl Pipeline {
     }
 
     pub fn apply(&self, img: &Image, rng: &mut impl Rng) -> Image {
-        let mut img = img.clone();
-        for op in &self.ops {
+        match self.first_crop(rng, img.h, img.w) {
+            Some((b, (oh, ow))) => self.apply_rest(ops::resized_crop(img, b, oh, ow), rng),
+            None => self.apply_rest(img.clone(), rng),
+        }
+    }
+
+    /// When the pipeline starts with a random resized crop: its box in an `h` x `w` image
+    /// (drawn from `rng` first, as `apply` draws it) and its output (h, w). Streamed images
+    /// take it in their full-resolution coordinates and decode only what it needs.
+    pub fn first_crop(
+        &self,
+        rng: &mut impl Rng,
+        h: usize,
+        w: usize,
+    ) -> Option<(CropBox, (usize, usize))> {
+        match self.ops.first()? {
+            Op::ResizedCrop { size, scale, ratio } => {
+                Some((random_crop_box(rng, h, w, *scale, *ratio), *size))
+            }
+            _ => None,
+        }
+    }
+
+    /// The ops after the first crop (`first_crop`), or all of them when there is none, on
+    /// `img` with the rest of `rng`'s draws.
+    pub fn apply_rest(&self, img: Image, rng: &mut impl Rng) -> Image {
+        let skip = matches!(self.ops.first(), Some(Op::ResizedCrop { .. })) as usize;
+        let mut img = img;
+        for op in &self.ops[skip..] {
             img = match op {
                 Op::ResizedCrop { size, scale, ratio } => {
                     let b = random_crop_box(rng, img.h, img.w, *scale, *ratio);

@@ -27,6 +27,13 @@ pub fn step(
     Ok(())
 }
 
+pub fn data(opts: &data::bench::BenchDataOptions, python: Option<PathBuf>) -> Result<()> {
+    let python = python.map_or_else(venv::python, Ok);
+    let rows = data::bench::measure(opts, python)?;
+    print!("{}", data::bench::table(&rows));
+    Ok(())
+}
+
 pub fn augment(images: usize, python: Option<PathBuf>) -> Result<()> {
     let python = python.map_or_else(venv::python, Ok);
     print!("{}", augment::bench::table(images, python)?);

@@ -57,7 +57,7 @@ pub struct ConfigArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
     /// Data set, as the `data` key: fashion-mnist (default), fashion-mnist:DIR, mnist:DIR,
-    /// cifar10:DIR, cifar100:DIR, stl10:DIR, folder:DIR.
+    /// cifar10:DIR, cifar100:DIR, stl10:DIR, folder:DIR, wds:PATH, parquet:PATH.
     #[arg(long, value_name = "KIND:PATH")]
     pub data: Option<String>,
 }
@@ -312,6 +312,32 @@ pub enum Command {
         #[arg(long)]
         python: Option<PathBuf>,
     },
+    /// Benchmark: SimCLR's two-view pipeline streamed from an image folder (and from its
+    /// packed WebDataset shards) next to torchvision's ImageFolder + DataLoader with as
+    /// many workers, in interleaved rounds, with JPEG decoding alone as the reference.
+    /// Make a folder with scripts/make_image_folder.py.
+    BenchData {
+        /// An image folder with class subfolders.
+        #[arg(long, value_name = "DIR")]
+        folder: PathBuf,
+        /// The same images packed as WebDataset shards, e.g. wds:DIR (`selfsup data pack`).
+        #[arg(long, value_name = "wds:PATH")]
+        shards: Option<String>,
+        /// View sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "96,224")]
+        sizes: Vec<usize>,
+        /// Images per measurement.
+        #[arg(long, default_value_t = 2000)]
+        images: usize,
+        /// Rounds of measurements; the best of each setup counts.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        /// Python with torch and torchvision (default: the setup venv).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
     /// Print the effective config as TOML (defaults, --config file, --set overrides).
     Config {
         #[command(flatten)]
@@ -334,6 +360,22 @@ pub enum DataCommand {
         /// Where to write the PNG grid of samples.
         #[arg(long, value_name = "FILE.png", default_value = "data-inspect.png")]
         out: PathBuf,
+    },
+    /// Write a data set as WebDataset shards (train-000000.tar, ..., test-000000.tar; each
+    /// sample KEY.jpg and, when labeled, KEY.cls), images scaled down to --max-side and
+    /// re-encoded where larger: a large collection then reads fast and in order.
+    Pack {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// An empty folder for the shards.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Images larger than this (either side) are scaled down to it.
+        #[arg(long, default_value_t = 256)]
+        max_side: u32,
+        /// A new shard starts once one holds this much, e.g. 512MB, 1GB.
+        #[arg(long, default_value = "512MB")]
+        shard_size: String,
     },
 }
 
@@ -362,6 +404,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data {
             command: DataCommand::Inspect { cfg, out },
         } => data::inspect(&cfg, &out),
+        Command::Data {
+            command:
+                DataCommand::Pack {
+                    cfg,
+                    out,
+                    max_side,
+                    shard_size,
+                },
+        } => data::pack(&cfg, &out, max_side, &shard_size),
         Command::Pretrain(args) => pretrain::command(args, &cli.device, cli.threads, device),
         Command::Eval {
             run,
@@ -396,5 +447,24 @@ pub fn run(cli: Cli) -> Result<()> {
             bench::step(&cfg, opts, python, device)
         }
         Command::BenchAugment { images, python } => bench::augment(images, python),
+        Command::BenchData {
+            folder,
+            shards,
+            sizes,
+            images,
+            rounds,
+            batch_size,
+            python,
+        } => {
+            let opts = crate::data::bench::BenchDataOptions {
+                folder,
+                shards,
+                sizes,
+                images,
+                rounds,
+                batch_size,
+            };
+            bench::data(&opts, python)
+        }
     }
 }

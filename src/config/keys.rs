@@ -31,8 +31,9 @@ macro_rules! keys {
 keys! {
     /// How the data set is read (`data::DataOptions` is built from these).
     pub struct DataKeys {
-        /// Data set, `KIND[:DIR]`: `fashion-mnist` (Debian's package), `fashion-mnist:DIR`,
-        /// `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, `stl10:DIR` or `folder:DIR`.
+        /// Data set, `KIND[:PATH]`: `fashion-mnist` (Debian's package), `fashion-mnist:DIR`,
+        /// `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, `stl10:DIR`, or streamed: `folder:DIR`,
+        /// `wds:PATH` (WebDataset shards) or `parquet:PATH` (Hugging Face Parquet).
         #[serde(rename = "data")]
         pub source: String = "fashion-mnist".into(),
         /// Use only this many pretraining images (a seeded random subset); 0 means all.
@@ -42,9 +43,12 @@ keys! {
         /// STL-10: pretrain on a seeded random subset of this many images of the 100k unlabeled
         /// split, read one by one from disk (0 = pretrain on the labeled train split instead).
         pub stl10_unlabeled: usize = 10_000,
-        /// Image folders: the central square of each image is scaled to this size.
+        /// Streamed data: the size images are evaluated at (the central square, scaled to it)
+        /// and the base size of the random views.
         pub image_size: usize = 32,
-        /// Image folders: an image that cannot be decoded is an `error`, or is reported and `skip`ped.
+        /// Streamed data: an image that cannot be read or decoded is an `error` (the run stops
+        /// naming it), or is reported and `skip`ped (its place in the batch goes to the next
+        /// readable image).
         pub bad_images: BadImages = BadImages::Error,
     }
 }
@@ -80,6 +84,11 @@ keys! {
     pub struct TrainSpec {
         pub epochs: usize = 10,
         pub batch_size: usize = 256,
+        /// End pretraining after this many steps of the run (0: no limit), with a
+        /// checkpoint as at an epoch's end; for benchmarks and smoke runs. The schedule
+        /// stays that of the whole run, so a run stopped here resumes (`--resume --set
+        /// max_steps=0`) exactly as if it had not stopped.
+        pub max_steps: usize = 0,
         /// `sgd` (with momentum), `adam` or `adamw`.
         pub optimizer: OptimizerKind = OptimizerKind::AdamW,
         /// Peak learning rate, reached after the warm-up.

@@ -1,7 +1,7 @@
-//! Image folders (PNG and JPEG, decoded with the `image` crate).
+//! Image folders (JPEG, PNG and the other formats the `image` crate reads), streamed.
 //!
 //! Layouts, tried in this order:
-//! - `DIR/train/<class>/*` and `DIR/test/<class>/*`: the given split;
+//! - `DIR/train/<class>/*` and `DIR/test/<class>/*` (or `val/`): the given split;
 //! - `DIR/<class>/*`: one subfolder per class; in each class, every fifth file in name
 //!   order (the 5th, 10th, ...) is held out as the test split;
 //! - `DIR/*`: a flat folder without labels, used only for pretraining.
@@ -9,16 +9,18 @@
 //! Classes are the subfolder names in sorted order. Files other than `.png`, `.jpg` and
 //! `.jpeg` (any case) and names starting with `.` are ignored.
 //!
-//! Every image becomes RGB (grey and alpha images too) and `size` x `size`: its central
-//! square (as wide as its shorter side) is cut out and scaled to `size` (bilinear filter),
-//! which is the same as scaling the shorter side to `size` and cropping the centre. An image that cannot be decoded is an error naming the file, or, when
-//! `skip_bad` is set, reported on stderr and left out.
+//! Loading lists the files, nothing more: an image is read and decoded when a batch needs
+//! it (`stream`), from its full resolution: a random view from its crop of the whole
+//! image, the evaluation's image as the central square (as wide as the shorter side)
+//! scaled to `image_size`. An image that cannot be decoded is an error naming the file
+//! when a batch meets it, or, with `bad_images = "skip"`, reported and replaced.
 
+use super::stream::{Source, Streamed};
 use super::{Dataset, Split};
 use anyhow::{Context, Result, anyhow, bail};
 use image::imageops::FilterType;
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Largest width or height accepted from an image header, and the decoder's memory limit.
 const MAX_SIDE: u32 = 16_384;
@@ -27,10 +29,29 @@ const MAX_DECODE_BYTES: u64 = 512 << 20;
 /// How to decode a folder's images.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FolderOptions {
-    /// Output height and width.
+    /// The height and width of the evaluation's images (and the base size of the views).
     pub size: usize,
-    /// Leave out (and report) images that cannot be decoded instead of failing.
+    /// Replace (and report) images that cannot be decoded instead of failing.
     pub skip_bad: bool,
+}
+
+/// The image files of a folder, by index, named relative to it.
+pub struct FolderSource {
+    root: PathBuf,
+    files: Vec<Box<str>>,
+}
+
+impl Source for FolderSource {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+    fn describe(&self, i: usize) -> String {
+        self.root.join(&*self.files[i]).display().to_string()
+    }
+    fn read(&self, i: usize) -> Result<Vec<u8>> {
+        let p = self.root.join(&*self.files[i]);
+        std::fs::read(&p).with_context(|| format!("cannot read image {}", p.display()))
+    }
 }
 
 fn is_image(p: &Path) -> bool {
@@ -121,31 +142,6 @@ pub fn central_square(w: u32, h: u32) -> (u32, u32, u32) {
     ((w - side) / 2, (h - side) / 2, side)
 }
 
-/// Decodes `files` (with their labels) in parallel into one split, skipping or failing on
-/// unreadable images. Returns the split and the number of skipped files.
-fn decode_all(files: &[(PathBuf, i64)], opts: FolderOptions) -> Result<(Split, usize)> {
-    let decoded: Vec<(Result<Vec<u8>>, i64)> = files
-        .par_iter()
-        .map(|(p, l)| (decode(p, opts.size), *l))
-        .collect();
-    let (mut images, mut labels, mut skipped) = (Vec::new(), Vec::new(), 0);
-    for (r, l) in decoded {
-        match r {
-            Ok(px) => {
-                images.extend_from_slice(&px);
-                labels.push(l);
-            }
-            Err(e) if opts.skip_bad => {
-                eprintln!("warning: skipped {e:#}");
-                skipped += 1;
-            }
-            Err(e) => bail!("{e:#} (set bad_images = \"skip\" to leave such files out)"),
-        }
-    }
-    let split = Split::new(images, labels, [3, opts.size, opts.size])?;
-    Ok((split, skipped))
-}
-
 /// The images of each class folder, labelled by position in `classes`.
 fn class_files(root: &Path, classes: &[String]) -> Result<Vec<(PathBuf, i64)>> {
     let (dirs, stray) = list(root)?;
@@ -175,14 +171,13 @@ fn class_names(root: &Path) -> Result<Vec<String>> {
     Ok(list(root)?.0.iter().map(|d| file_name(d)).collect())
 }
 
-/// Loads an image folder in one of the layouts described in the module documentation.
+/// Lists an image folder in one of the layouts described in the module documentation.
 pub fn load(dir: &Path, opts: FolderOptions) -> Result<Dataset> {
     if !dir.is_dir() {
         bail!("data folder {} does not exist", dir.display());
     }
     let (dirs, files) = list(dir)?;
     let name = format!("folder:{}", dir.display());
-    let empty = || Split::new(Vec::new(), Vec::new(), [3, opts.size, opts.size]);
     let (train_files, test_files, classes) = if dir.join("train").is_dir() {
         let classes = class_names(&dir.join("train"))?;
         let train = class_files(&dir.join("train"), &classes)?;
@@ -219,12 +214,11 @@ pub fn load(dir: &Path, opts: FolderOptions) -> Result<Dataset> {
             );
         }
         let files: Vec<(PathBuf, i64)> = files.into_iter().map(|f| (f, -1)).collect();
-        let (unlabeled, skipped) = decode_all(&files, opts)?;
-        report_skipped(dir, skipped, files.len());
+        let [unlabeled, train, test] = streamed_splits(dir, [&files, &[], &[]], opts);
         return Ok(Dataset {
             name,
-            train: empty()?,
-            test: empty()?,
+            train,
+            test,
             unlabeled: Some(unlabeled),
             num_classes: 0,
             class_names: Vec::new(),
@@ -236,9 +230,7 @@ pub fn load(dir: &Path, opts: FolderOptions) -> Result<Dataset> {
             dir.display()
         );
     }
-    let (train, s1) = decode_all(&train_files, opts)?;
-    let (test, s2) = decode_all(&test_files, opts)?;
-    report_skipped(dir, s1 + s2, train_files.len() + test_files.len());
+    let [train, test, _] = streamed_splits(dir, [&train_files, &test_files, &[]], opts);
     Ok(Dataset {
         name,
         train,
@@ -249,13 +241,29 @@ pub fn load(dir: &Path, opts: FolderOptions) -> Result<Dataset> {
     })
 }
 
-fn report_skipped(dir: &Path, skipped: usize, total: usize) {
-    if skipped > 0 {
-        eprintln!(
-            "{}: skipped {skipped} unreadable image(s) of {total}",
-            dir.display()
-        );
-    }
+/// Three streamed splits of `files` (with their labels), over one source of all of them.
+fn streamed_splits(root: &Path, parts: [&[(PathBuf, i64)]; 3], opts: FolderOptions) -> [Split; 3] {
+    let relative =
+        |p: &PathBuf| -> Box<str> { p.strip_prefix(root).unwrap_or(p).to_string_lossy().into() };
+    let files: Vec<Box<str>> = parts
+        .iter()
+        .flat_map(|p| p.iter().map(|(f, _)| relative(f)))
+        .collect();
+    let source: Arc<dyn Source> = Arc::new(FolderSource {
+        root: root.to_path_buf(),
+        files,
+    });
+    let mut first = 0;
+    parts.map(|part| {
+        let items: Vec<usize> = (first..first + part.len()).collect();
+        first += part.len();
+        let labels = part.iter().map(|(_, l)| *l).collect();
+        Split::streamed(
+            Streamed::new(source.clone(), items, opts.skip_bad),
+            labels,
+            opts.size,
+        )
+    })
 }
 
 #[cfg(test)]
@@ -339,8 +347,9 @@ mod tests {
         assert_eq!(d.train.labels, vec![0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
         assert_eq!(d.test.labels, vec![0, 1]);
         // The test image of "dog" is its 5th file, 04.png: blue plane = 14.
-        assert_eq!(d.test.image(1)[32], 14);
-        assert_eq!(d.train.image(5)[32], 10);
+        assert_eq!(d.test.fixed(1).unwrap()[32], 14);
+        assert_eq!(d.train.fixed(5).unwrap()[32], 10);
+        assert!(d.train.stream().is_some(), "listed, not decoded");
     }
 
     #[test]
@@ -373,11 +382,21 @@ mod tests {
             b"\x89PNG not really",
         )
         .unwrap();
-        let e = format!("{:#}", load(dir.path(), OPTS).unwrap_err());
-        assert!(
-            e.contains("broken.png") && e.contains("unreadable image") && e.contains("skip"),
-            "{e}"
-        );
+        // Listing does not decode: the broken file is the 7th training image (dog's 00, 01,
+        // 02 come after it in name order: "broken.png" < "00.png" is false, so it is last).
+        let d = load(dir.path(), OPTS).unwrap();
+        assert_eq!(d.train.len() + d.test.len(), 7);
+        let broken = (0..d.train.len())
+            .find(|&i| {
+                d.train
+                    .stream()
+                    .unwrap()
+                    .describe(i)
+                    .ends_with("broken.png")
+            })
+            .unwrap();
+        let e = format!("{:#}", d.train.fixed(broken).unwrap_err());
+        assert!(e.contains("broken.png") && e.contains("skip"), "{e}");
         let d = load(
             dir.path(),
             FolderOptions {
@@ -386,7 +405,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(d.train.len() + d.test.len(), 6);
+        assert_eq!(d.train.fixed(broken).unwrap().len(), 48);
         let empty = tempfile::tempdir().unwrap();
         let e = format!("{:#}", load(empty.path(), OPTS).unwrap_err());
         assert!(e.contains("no PNG or JPEG"), "{e}");

@@ -3,6 +3,7 @@
 use super::{Dataset, Split};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -23,21 +24,32 @@ pub fn histogram(split: &Split, num_classes: usize) -> Vec<usize> {
     h
 }
 
-/// Mean of each channel over `split`, in [0, 255].
-pub fn channel_means(split: &Split) -> Vec<f64> {
+/// Images a streamed split's channel means are taken over (evenly spaced), so that
+/// inspecting a large collection decodes only these.
+pub const MEAN_SAMPLE: usize = 256;
+
+/// Mean of each channel, in [0, 255], over every image of an in-memory split or over
+/// `MEAN_SAMPLE` evenly spaced images of a streamed one; and the number of images used.
+pub fn channel_means(split: &Split) -> Result<(Vec<f64>, usize)> {
     let [c, h, w] = split.shape;
+    let used: Vec<usize> = match split.stream() {
+        Some(_) if split.len() > MEAN_SAMPLE => (0..MEAN_SAMPLE)
+            .map(|k| k * split.len() / MEAN_SAMPLE)
+            .collect(),
+        _ => (0..split.len()).collect(),
+    };
     let mut sums = vec![0u64; c];
-    for i in 0..split.len() {
-        for (ch, plane) in split.image(i).chunks_exact(h * w).enumerate() {
+    for &i in &used {
+        for (ch, plane) in split.fixed(i)?.chunks_exact(h * w).enumerate() {
             sums[ch] += plane.iter().map(|&v| v as u64).sum::<u64>();
         }
     }
-    let n = (split.len() * h * w).max(1) as f64;
-    sums.iter().map(|&s| s as f64 / n).collect()
+    let n = (used.len() * h * w).max(1) as f64;
+    Ok((sums.iter().map(|&s| s as f64 / n).collect(), used.len()))
 }
 
 /// The text report: counts, image shape, channels, per-channel means, class histogram.
-pub fn describe(ds: &Dataset) -> String {
+pub fn describe(ds: &Dataset) -> Result<String> {
     let mut out = String::new();
     let unlabeled = ds.unlabeled.as_ref().map_or(0, Split::len);
     let [c, h, w] = ds.pretrain_split().shape;
@@ -57,19 +69,21 @@ pub fn describe(ds: &Dataset) -> String {
         out,
         "image shape [C, H, W] = [{c}, {h}, {w}]: {c} channel(s) {kind}, u8"
     );
-    let means: Vec<String> = channel_means(ds.pretrain_split())
-        .iter()
-        .map(|m| format!("{m:.1}"))
-        .collect();
+    let (means, used) = channel_means(ds.pretrain_split())?;
+    let means: Vec<String> = means.iter().map(|m| format!("{m:.1}")).collect();
+    let over = match used == ds.pretrain_split().len() {
+        true => String::new(),
+        false => format!(" (over {used} images)"),
+    };
     let _ = writeln!(
         out,
-        "pretraining split: {} images, channel means [{}]",
+        "pretraining split: {} images, channel means [{}]{over}",
         ds.pretrain_split().len(),
         means.join(", ")
     );
     if ds.num_classes == 0 {
         let _ = writeln!(out, "no classes (unlabeled data)");
-        return out;
+        return Ok(out);
     }
     let _ = writeln!(out, "{} classes:", ds.num_classes);
     let (tr, te) = (
@@ -85,7 +99,7 @@ pub fn describe(ds: &Dataset) -> String {
         let name = ds.class_names.get(k).map_or("", String::as_str);
         let _ = writeln!(out, "  {k:>3}  {name:<20} {:>8} {:>8}", tr[k], te[k]);
     }
-    out
+    Ok(out)
 }
 
 /// Which images go in the grid, row by row: for up to 10 classes, one row per class with
@@ -114,7 +128,7 @@ pub fn grid_rows(ds: &Dataset) -> (&Split, Vec<Vec<usize>>) {
 
 /// One cell of a tile grid: an image `[C, H, W]` and an optional frame colour.
 pub struct Tile<'a> {
-    pub pixels: &'a [u8],
+    pub pixels: Cow<'a, [u8]>,
     pub frame: Option<Rgb<u8>>,
 }
 
@@ -152,25 +166,27 @@ pub fn tile_grid(rows: &[Vec<Tile>], shape: [usize; 3], cols: usize) -> RgbImage
 }
 
 /// Draws the sample grid of `grid_rows`.
-pub fn sample_grid(ds: &Dataset) -> RgbImage {
+pub fn sample_grid(ds: &Dataset) -> Result<RgbImage> {
     let (split, rows) = grid_rows(ds);
     let tiles: Vec<Vec<Tile>> = rows
         .iter()
         .map(|row| {
             row.iter()
-                .map(|&i| Tile {
-                    pixels: split.image(i),
-                    frame: None,
+                .map(|&i| {
+                    Ok(Tile {
+                        pixels: split.fixed(i)?,
+                        frame: None,
+                    })
                 })
-                .collect()
+                .collect::<Result<_>>()
         })
-        .collect();
-    tile_grid(&tiles, split.shape, GRID_COLS)
+        .collect::<Result<_>>()?;
+    Ok(tile_grid(&tiles, split.shape, GRID_COLS))
 }
 
 /// Writes the sample grid as a PNG.
 pub fn write_grid(ds: &Dataset, path: &Path) -> Result<()> {
-    sample_grid(ds)
+    sample_grid(ds)?
         .save_with_format(path, image::ImageFormat::Png)
         .with_context(|| format!("cannot write {}", path.display()))
 }
@@ -197,7 +213,7 @@ mod tests {
     fn histogram_and_report_count_each_class() {
         let d = dataset([1, 2, 2], vec![0, 2, 2, 1, 2], 3);
         assert_eq!(histogram(&d.train, 3), vec![1, 1, 3]);
-        let text = describe(&d);
+        let text = describe(&d).unwrap();
         assert!(text.contains("5 train / 5 test / 0 unlabeled"), "{text}");
         assert!(text.contains("[1, 2, 2]: 1 channel(s) greyscale"), "{text}");
         assert!(
@@ -213,7 +229,7 @@ mod tests {
         let d = dataset([3, 2, 2], vec![1, 0, 1], 2);
         let (_, rows) = grid_rows(&d);
         assert_eq!(rows, vec![vec![1], vec![0, 2]]);
-        let g = sample_grid(&d);
+        let g = sample_grid(&d).unwrap();
         // 2x2 images are enlarged 8 times: 16-pixel cells.
         assert_eq!(g.dimensions(), (2 + 8 * 18, 2 + 2 * 18));
         // Row 0 shows image 1, whose pixel (0, 0) has R, G, B at bytes 12, 16, 20.

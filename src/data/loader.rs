@@ -8,7 +8,9 @@
 //! (the step of the Fashion-MNIST SimCLR preset is ~25% faster in bf16, see README).
 
 use super::Split;
+use super::stream::Streamed;
 use crate::augment::{Image, Views, sample_rng};
+use anyhow::Result;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
@@ -55,10 +57,18 @@ struct HostBatch {
 }
 
 /// Turns the images at `indices` into a `[B, H, W, C]` float batch (or `[V * B, h, w, C]`
-/// with views), one image (view) per rayon task.
-fn prepare(split: &Split, indices: &[usize], views: Option<&ViewSpec>) -> HostBatch {
+/// with views), one image (view) per rayon task; a streamed split's images are read and
+/// decoded here, one image (all its views) per task.
+fn prepare(split: &Split, indices: &[usize], views: Option<&ViewSpec>) -> Result<HostBatch> {
     let labels = indices.iter().map(|&i| split.labels[i]).collect();
     let [c, h, w] = split.shape;
+    if let Some(stream) = split.stream() {
+        return Ok(HostBatch {
+            images: prepare_streamed(stream, split.shape, indices, views)?,
+            labels,
+            indices: indices.to_vec(),
+        });
+    }
     let images = match views {
         None => {
             let mut images = vec![0f32; indices.len() * c * h * w];
@@ -92,11 +102,44 @@ fn prepare(split: &Split, indices: &[usize], views: Option<&ViewSpec>) -> HostBa
             images
         }
     };
-    HostBatch {
+    Ok(HostBatch {
         images,
         labels,
         indices: indices.to_vec(),
+    })
+}
+
+/// `prepare` for a streamed split: each image is read and decoded once, into its fixed
+/// image or into all its views, and written to its places in the view-major batch.
+fn prepare_streamed(
+    stream: &Streamed,
+    [c, h, w]: [usize; 3],
+    indices: &[usize],
+    views: Option<&ViewSpec>,
+) -> Result<Vec<f32>> {
+    let b = indices.len();
+    let sizes = views.map_or(vec![(h, w)], |s| s.views.sizes(h, w));
+    let per_view: Vec<usize> = sizes.iter().map(|(oh, ow)| c * oh * ow).collect();
+    let decoded: Vec<Vec<Image>> = indices
+        .par_iter()
+        .map(|&i| match views {
+            None => Ok(vec![stream.fixed(i, h)?]),
+            Some(spec) => stream.views(i, &spec.views, spec.seed, spec.epoch, h),
+        })
+        .collect::<Result<_>>()?;
+    let mut images = vec![0f32; per_view.iter().sum::<usize>() * b];
+    let mut offset = 0;
+    for (v, &n) in per_view.iter().enumerate() {
+        for (k, imgs) in decoded.iter().enumerate() {
+            to_float_hwc(
+                &imgs[v].data,
+                c,
+                &mut images[offset + k * n..offset + (k + 1) * n],
+            );
+        }
+        offset += n * b;
     }
+    Ok(images)
 }
 
 /// A `[C, H, W]` u8 image into `[H, W, C]` floats in [0, 1].
@@ -122,7 +165,7 @@ pub fn nhwc_batch(images: &Tensor, [c, h, w]: [i64; 3]) -> Tensor {
 
 /// An iterator over the batches of one pass through `order`.
 pub struct Loader {
-    rx: Receiver<HostBatch>,
+    rx: Receiver<Result<HostBatch>>,
     /// `[C, h, w]` of the tensors produced; `None` for views of several sizes, whose
     /// batches stay flat (see `methods::views::unpack`).
     shape: Option<[usize; 3]>,
@@ -170,8 +213,10 @@ impl Loader {
         let (tx, rx) = sync_channel(prefetch.max(1));
         std::thread::spawn(move || {
             for chunk in chunks {
+                let batch = prepare(&split, &chunk, views.as_ref());
+                let failed = batch.is_err();
                 // A send error means the loader was dropped: stop quietly.
-                if tx.send(prepare(&split, &chunk, views.as_ref())).is_err() {
+                if tx.send(batch).is_err() || failed {
                     return;
                 }
             }
@@ -192,10 +237,18 @@ impl Loader {
     }
 }
 
+/// The batches in order; an image that could not be read or decoded ends the iteration
+/// with its error (naming it).
 impl Iterator for Loader {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
-        let hb = self.rx.recv().ok()?;
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
+        let hb = match self.rx.recv().ok()? {
+            Ok(hb) => hb,
+            Err(e) => {
+                self.remaining = 0;
+                return Some(Err(e));
+            }
+        };
         self.remaining -= 1;
         let mut images = Tensor::from_slice(&hb.images);
         if let Some([c, h, w]) = self.shape.map(|s| s.map(|d| d as i64)) {
@@ -203,11 +256,11 @@ impl Iterator for Loader {
         }
         let images = images.to_device(self.device);
         let labels = Tensor::from_slice(&hb.labels).to_device(self.device);
-        Some(Batch {
+        Some(Ok(Batch {
             images,
             labels,
             indices: hb.indices,
-        })
+        }))
     }
 }
 
@@ -224,8 +277,9 @@ mod tests {
     fn batches_have_the_right_shapes_and_values() {
         let s = split(10);
         let order = epoch_order(10, 1, 0);
-        let batches: Vec<Batch> =
-            Loader::new(s.clone(), order.clone(), 4, false, 2, Device::Cpu).collect();
+        let batches: Vec<Batch> = Loader::new(s.clone(), order.clone(), 4, false, 2, Device::Cpu)
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(
             batches.iter().map(|b| b.images.size()).collect::<Vec<_>>(),
             vec![vec![4, 2, 3, 3], vec![4, 2, 3, 3], vec![2, 2, 3, 3]]
@@ -253,9 +307,15 @@ mod tests {
         let s = Arc::new(Split::new(images, vec![0; 3], [1, 4, 4]).unwrap());
         let b = Loader::new(s.clone(), vec![0, 1, 2], 3, false, 1, Device::Cpu)
             .next()
+            .unwrap()
             .unwrap();
         assert_eq!(b.images.stride(), vec![16, 1, 4, 1]);
-        let want: Vec<f32> = s.images.iter().map(|&v| v as f32 / 255.0).collect();
+        let want: Vec<f32> = s
+            .memory()
+            .unwrap()
+            .iter()
+            .map(|&v| v as f32 / 255.0)
+            .collect();
         assert_eq!(Vec::<f32>::try_from(b.images.flatten(0, -1)).unwrap(), want);
         // A convolution to 8 channels gives NHWC strides: the layout carries on.
         let k = Tensor::ones([8, 1, 3, 3], (tch::Kind::Float, Device::Cpu));
@@ -279,7 +339,7 @@ mod tests {
         let s = split(9);
         let run = || -> Vec<Vec<usize>> {
             Loader::new(s.clone(), epoch_order(9, 5, 2), 3, true, 1, Device::Cpu)
-                .map(|b| b.indices)
+                .map(|b| b.unwrap().indices)
                 .collect()
         };
         assert_eq!(run(), run());
@@ -318,6 +378,7 @@ mod tests {
                 Device::Cpu,
                 Some(spec.clone()),
             )
+            .map(Result::unwrap)
             .collect()
         };
         let batches = run(3);
@@ -374,6 +435,7 @@ mod tests {
         };
         let b = Loader::with_views(s.clone(), vec![2, 0], 2, false, 1, Device::Cpu, Some(spec))
             .next()
+            .unwrap()
             .unwrap();
         // 2 images x 2 channels: 2 x 8 values of the global views, then 2 x 2 x 2 local ones.
         assert_eq!(b.images.size(), vec![2 * 8 + 2 * 2 * 2]);

@@ -2,16 +2,22 @@
 //! unlabeled split for pretraining), segmentation data (images with masks: `seg`,
 //! `scenes`) and the batch loader.
 
+pub mod bench;
 pub mod cifar;
+pub mod decode;
 pub mod folder;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod idx;
 pub mod inspect;
 pub mod loader;
+pub mod pack;
+pub mod parquet;
 
 pub mod seg;
 pub mod stl;
+pub mod stream;
+pub mod wds;
 
 pub use loader::{Batch, Loader, epoch_order};
 
@@ -24,13 +30,23 @@ use std::path::{Path, PathBuf};
 /// Where Debian's `dataset-fashion-mnist` package puts the IDX files.
 pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
-/// Images stored as u8, `[N, C, H, W]` row-major, with one label each (-1 = no label).
+/// A split's images with one label each (-1 = no label), as `[C, H, W]` u8 images of one
+/// `shape`: held in memory (the small fixed-size sets: IDX, CIFAR, STL-10), or streamed
+/// from a `Source` and decoded when a batch needs them (image folders, WebDataset shards,
+/// Parquet; `shape` is then the size they are decoded to, `[3, image_size, image_size]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
-    pub images: Vec<u8>,
     pub labels: Vec<i64>,
     /// `[C, H, W]`
     pub shape: [usize; 3],
+    pixels: Pixels,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Pixels {
+    /// `[N, C, H, W]` row-major.
+    Memory(Vec<u8>),
+    Streamed(stream::Streamed),
 }
 
 impl Split {
@@ -44,10 +60,19 @@ impl Split {
             );
         }
         Ok(Split {
-            images,
             labels,
             shape,
+            pixels: Pixels::Memory(images),
         })
+    }
+    /// The images of `stream` with their `labels`, decoded to `[3, size, size]`.
+    pub fn streamed(stream: stream::Streamed, labels: Vec<i64>, size: usize) -> Split {
+        assert_eq!(stream.len(), labels.len(), "one label per streamed image");
+        Split {
+            labels,
+            shape: [3, size, size],
+            pixels: Pixels::Streamed(stream),
+        }
     }
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -58,21 +83,54 @@ impl Split {
     pub fn image_len(&self) -> usize {
         self.shape.iter().product()
     }
+    /// The `[N, C, H, W]` bytes of an in-memory split; None for a streamed one.
+    pub fn memory(&self) -> Option<&[u8]> {
+        match &self.pixels {
+            Pixels::Memory(m) => Some(m),
+            Pixels::Streamed(_) => None,
+        }
+    }
+    /// The images' source, for a streamed split.
+    pub fn stream(&self) -> Option<&stream::Streamed> {
+        match &self.pixels {
+            Pixels::Memory(_) => None,
+            Pixels::Streamed(s) => Some(s),
+        }
+    }
+    /// Image `i` of an in-memory split (the data sets held in memory, and the code made
+    /// only for them: segmentation, the parsers); see `fixed` for any split.
     pub fn image(&self, i: usize) -> &[u8] {
+        let Some(m) = self.memory() else {
+            panic!("Split::image on a streamed split: use Split::fixed");
+        };
         let n = self.image_len();
-        &self.images[i * n..(i + 1) * n]
+        &m[i * n..(i + 1) * n]
+    }
+    /// Image `i` as `[C, H, W]` bytes of `shape`: as stored, or for a streamed split decoded
+    /// as the evaluation sees it (`stream::fixed_image`).
+    pub fn fixed(&self, i: usize) -> Result<std::borrow::Cow<'_, [u8]>> {
+        match &self.pixels {
+            Pixels::Memory(_) => Ok(std::borrow::Cow::Borrowed(self.image(i))),
+            Pixels::Streamed(s) => Ok(std::borrow::Cow::Owned(s.fixed(i, self.shape[1])?.data)),
+        }
     }
     /// The images at `indices`, in that order.
     pub fn select(&self, indices: &[usize]) -> Split {
-        let mut images = Vec::with_capacity(indices.len() * self.image_len());
-        for &i in indices {
-            images.extend_from_slice(self.image(i));
-        }
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
+        let pixels = match &self.pixels {
+            Pixels::Memory(_) => {
+                let mut images = Vec::with_capacity(indices.len() * self.image_len());
+                for &i in indices {
+                    images.extend_from_slice(self.image(i));
+                }
+                Pixels::Memory(images)
+            }
+            Pixels::Streamed(s) => Pixels::Streamed(s.select(indices)),
+        };
         Split {
-            images,
             labels,
             shape: self.shape,
+            pixels,
         }
     }
     /// The number of images `subset(n, _)` holds.
@@ -171,10 +229,13 @@ pub enum DataSpec {
     Cifar100(PathBuf),
     Stl10(PathBuf),
     Folder(PathBuf),
+    /// WebDataset shards: a folder, a `.tar` file or a brace pattern.
+    Wds(String),
+    /// Hugging Face Parquet files: a file, a folder or a brace pattern.
+    Parquet(String),
 }
 
-pub const DATA_KINDS: &str =
-    "fashion-mnist, fashion-mnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR, stl10:DIR, folder:DIR";
+pub const DATA_KINDS: &str = "fashion-mnist, fashion-mnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR, stl10:DIR, folder:DIR, wds:PATH, parquet:PATH";
 
 /// The config keys that shape how a data set is read (see `Config` for their meaning).
 #[derive(Debug, Clone, PartialEq)]
@@ -231,6 +292,13 @@ impl DataSpec {
             "cifar100" => DataSpec::Cifar100,
             "stl10" => DataSpec::Stl10,
             "folder" => DataSpec::Folder,
+            "wds" | "parquet" => {
+                return match path {
+                    Some(p) if !p.is_empty() && kind == "wds" => Ok(DataSpec::Wds(p.into())),
+                    Some(p) if !p.is_empty() => Ok(DataSpec::Parquet(p.into())),
+                    _ => bail!("data '{s}': {kind} needs a path, as {kind}:PATH"),
+                };
+            }
             _ => bail!("data '{s}' is not understood; expected one of: {DATA_KINDS}"),
         };
         match path {
@@ -253,6 +321,8 @@ impl DataSpec {
             DataSpec::Cifar100(dir) => cifar::load_cifar100(dir, opts.cifar100_fine),
             DataSpec::Stl10(dir) => stl::load(dir, opts.stl10_unlabeled, opts.seed),
             DataSpec::Folder(dir) => folder::load(dir, opts.folder),
+            DataSpec::Wds(path) => wds::load(path, opts.folder.size, opts.folder.skip_bad),
+            DataSpec::Parquet(path) => parquet::load(path, opts.folder.size, opts.folder.skip_bad),
         }
     }
 }

@@ -42,8 +42,8 @@ impl Baseline {
         match self {
             Baseline::Raw => {
                 let (tr, te) = (Arc::new(ds.train.clone()), Arc::new(ds.test.clone()));
-                let train = pixel_features(&tr, device);
-                let test = pixel_features(&te, device);
+                let train = pixel_features(&tr, device)?;
+                let test = pixel_features(&te, device)?;
                 Ok((
                     score(&train, &test, ds.num_classes as i64, &cfg.eval_view()),
                     0,

@@ -42,7 +42,7 @@ pub fn encoder_features(
 }
 
 /// Raw pixels in [0, 1] as features: `[N, C*H*W]`.
-pub fn pixel_features(split: &Arc<Split>, device: Device) -> (Tensor, Tensor) {
+pub fn pixel_features(split: &Arc<Split>, device: Device) -> Result<(Tensor, Tensor)> {
     collect_features(split, 1024, device, |x| x.flatten(1, -1))
 }
 
@@ -57,7 +57,7 @@ pub fn features_with(
 ) -> Result<(Tensor, Tensor)> {
     // One scope for all batches: the weights are cast to the lower precision once.
     let _autocast = precision::scope(precision, device)?;
-    Ok(collect_features(split, batch_size, device, f))
+    collect_features(split, batch_size, device, f)
 }
 
 /// Runs `f` over the split in order, without gradients; (features `[N, D]` float32, labels `[N]`).
@@ -66,16 +66,18 @@ fn collect_features(
     batch_size: usize,
     device: Device,
     f: impl Fn(&Tensor) -> Tensor,
-) -> (Tensor, Tensor) {
+) -> Result<(Tensor, Tensor)> {
     let order: Vec<usize> = (0..split.len()).collect();
     let (mut feats, mut labels) = (Vec::new(), Vec::new());
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         for b in Loader::new(split.clone(), order, batch_size, false, 2, device) {
+            let b = b?;
             feats.push(f(&b.images).to_kind(Kind::Float));
             labels.push(b.labels);
         }
-    });
-    (Tensor::cat(&feats, 0), Tensor::cat(&labels, 0))
+        Ok(())
+    })?;
+    Ok((Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)))
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

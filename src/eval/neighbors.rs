@@ -44,28 +44,30 @@ pub fn neighbor_grid(
     test: &Split,
     queries: &[usize],
     neighbors: &[Vec<usize>],
-) -> RgbImage {
+) -> Result<RgbImage> {
     let rows: Vec<Vec<Tile>> = queries
         .iter()
         .zip(neighbors)
         .map(|(&q, nn)| {
             let mut row = vec![Tile {
-                pixels: test.image(q),
+                pixels: test.fixed(q)?,
                 frame: Some(QUERY),
             }];
-            row.extend(nn.iter().map(|&i| Tile {
-                pixels: train.image(i),
-                frame: Some(if train.labels[i] == test.labels[q] {
-                    SAME
-                } else {
-                    OTHER
-                }),
-            }));
-            row
+            for &i in nn {
+                row.push(Tile {
+                    pixels: train.fixed(i)?,
+                    frame: Some(if train.labels[i] == test.labels[q] {
+                        SAME
+                    } else {
+                        OTHER
+                    }),
+                });
+            }
+            Ok(row)
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let cols = neighbors.iter().map(|n| n.len()).max().unwrap_or(0) + 1;
-    tile_grid(&rows, test.shape, cols)
+    Ok(tile_grid(&rows, test.shape, cols))
 }
 
 /// The queries of a neighbour picture and what was found for them.
@@ -102,7 +104,7 @@ pub fn write_picture(
         &test_features.index_select(0, &idx),
         k as i64,
     );
-    neighbor_grid(train, test, &q, &nn)
+    neighbor_grid(train, test, &q, &nn)?
         .save_with_format(out, image::ImageFormat::Png)
         .with_context(|| format!("cannot write {}", out.display()))?;
     let same_label = q
@@ -195,7 +197,7 @@ mod tests {
         assert_eq!(nearest(&train_f, &q, 2), vec![vec![0, 2]]);
         let train = Split::new(vec![10, 20, 30], vec![0, 1, 0], [1, 1, 1]).unwrap();
         let test = Split::new(vec![99], vec![1], [1, 1, 1]).unwrap();
-        let g = neighbor_grid(&train, &test, &[0], &[vec![0, 1]]);
+        let g = neighbor_grid(&train, &test, &[0], &[vec![0, 1]]).unwrap();
         // 1x1 images are enlarged 8 times: cells of 8 px with 2 px gaps.
         assert_eq!(g.dimensions(), (2 + 3 * 10, 2 + 10));
         assert_eq!(g.get_pixel(2, 2), &Rgb([99, 99, 99]));

@@ -178,11 +178,11 @@ impl Setup {
                     },
                     Some(l),
                 ) => match l.next() {
-                    Some(b) => b,
+                    Some(b) => b?,
                     None => {
                         *epoch += 1;
                         *l = epoch_loader(&cfg.train, train, views, *epoch, 0, device, (1, 0));
-                        l.next().context("an epoch without batches")?
+                        l.next().context("an epoch without batches")??
                     }
                 },
                 (Input::Data { .. }, None) => unreachable!("a data input has its loader"),

@@ -273,7 +273,13 @@ pub fn pretrain(
     let started = Instant::now();
     let mut interval = checkpoint::Interval::new(cfg.train.checkpoint_every);
     let (mut images_seen, mut final_loss) = (0usize, f64::NAN);
-    while epoch < stop_at {
+    // `max_steps`: the run ends after that step, checkpointed as at an epoch's end.
+    let limit = match cfg.train.max_steps {
+        0 => usize::MAX,
+        n => n,
+    };
+    let mut stopped_mid_epoch = false;
+    while epoch < stop_at && step < limit {
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.train.epochs));
         let loader = epoch_loader(
             &cfg.train,
@@ -288,6 +294,7 @@ pub fn pretrain(
         let epoch_seconds = |sums: &EpochSums| sums.seconds + epoch_start.elapsed().as_secs_f64();
         let mut window = (Instant::now(), 0usize);
         for batch in loader {
+            let batch = batch?;
             let ctx = StepCtx {
                 epoch,
                 step,
@@ -327,10 +334,11 @@ pub fn pretrain(
                 )?;
                 window = (Instant::now(), 0);
             }
-            // The epoch's end writes its own checkpoint below.
+            // The epoch's end writes its own checkpoint below; `max_steps` ends the run here.
+            let stop = step >= limit && step % spe != 0;
             if let Some(log) = log.as_mut()
                 && step % spe != 0
-                && interval.due(step, Instant::now())
+                && (stop || interval.due(step, Instant::now()))
             {
                 let now_sums = EpochSums {
                     seconds: epoch_seconds(&sums),
@@ -346,6 +354,13 @@ pub fn pretrain(
                 interval.saved(Instant::now());
             }
             faults::point("step");
+            if stop {
+                stopped_mid_epoch = true;
+                break;
+            }
+        }
+        if stopped_mid_epoch {
+            break;
         }
         epoch += 1;
         let secs = epoch_seconds(&sums);
@@ -394,7 +409,7 @@ pub fn pretrain(
         summary,
         model,
         first_images: train.select(&first),
-        finished: epoch == cfg.train.epochs,
+        finished: epoch == cfg.train.epochs || step >= limit,
         writer,
     })
 }
@@ -406,7 +421,7 @@ pub struct Pretrained {
     pub model: Model,
     /// The first images trained on, for `Method::examples`' picture.
     pub first_images: data::Split,
-    /// Every epoch of the run is done (not stopped by `stop_after_epochs`).
+    /// Every epoch of the run is done, or its `max_steps` (not stopped by `stop_after_epochs`).
     pub finished: bool,
     /// This process wrote the run folder (rank 0, or the one process).
     pub writer: bool,

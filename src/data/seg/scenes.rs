@@ -159,7 +159,10 @@ mod tests {
         let a = make(&g, 40, 9, 7).unwrap();
         assert_eq!(a, make(&g, 40, 9, 7).unwrap());
         let fewer = make(&g, 10, 9, 7).unwrap();
-        assert_eq!(fewer.images.images[..], a.images.images[..10 * 81]);
+        assert_eq!(
+            fewer.images.memory().unwrap(),
+            &a.images.memory().unwrap()[..10 * 81]
+        );
         assert_ne!(a, make(&g, 40, 9, 8).unwrap());
         // 2 to 4 garments per scene, all inside the canvas, and every count occurs.
         let mut counts = [0; 5];
@@ -214,7 +217,7 @@ mod tests {
         }
         // The same holds for generated scenes: image and mask agree everywhere.
         let s = make(&g, 30, 8, 3).unwrap();
-        for (&v, &m) in s.images.images.iter().zip(&s.masks) {
+        for (&v, &m) in s.images.memory().unwrap().iter().zip(&s.masks) {
             assert_eq!(v, if m == 0 { 0 } else { 100 + m - 1 });
         }
         assert!(s.masks.contains(&0) && s.masks.iter().any(|&m| m > 0));

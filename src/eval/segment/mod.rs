@@ -251,6 +251,7 @@ fn frozen_maps(
     let Some(one) = Loader::new(split.clone(), vec![0], 1, false, 1, device).next() else {
         return Ok(None);
     };
+    let one = one?;
     let per_image: i64 = maps(&one.images)?.iter().map(|m| m.numel() as i64).sum();
     if 2 * per_image * split.len() as i64 > limit {
         return Ok(None);
@@ -258,6 +259,7 @@ fn frozen_maps(
     let order: Vec<usize> = (0..split.len()).collect();
     let mut parts: Vec<Vec<Tensor>> = Vec::new();
     for b in Loader::new(split.clone(), order, batch, false, 2, device) {
+        let b = b?;
         let m = maps(&b.images)?;
         parts.resize_with(m.len(), Vec::new);
         for (p, t) in parts.iter_mut().zip(m) {
@@ -437,6 +439,7 @@ pub fn train_protocol(
             2,
             device,
         ) {
+            let batch = batch?;
             let masks = mask_batch(&ds.train, &batch.indices, device); // [B, H, W]
             let maps = match &cache {
                 Some(c) => {
@@ -491,6 +494,7 @@ pub fn train_protocol(
     let order: Vec<usize> = (0..test.len()).collect();
     tch::no_grad(|| -> Result<()> {
         for batch in Loader::new(test, order, cfg.seg.seg_batch_size, false, 2, device) {
+            let batch = batch?;
             let masks = mask_batch(&ds.test, &batch.indices, device);
             let maps = encoder_maps(encoder, &head, &batch.images, false, cfg.precision)?;
             let predicted = head.forward_t(&maps, size, false).argmax(1, false); // [B, H, W]
