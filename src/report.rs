@@ -5,7 +5,7 @@
 
 use crate::config::{EncoderKind, ProbeSpec};
 use crate::data::{self, numbered_names};
-use crate::eval::{self, Scores, SplitFeatures, neighbors, segment, tsne};
+use crate::eval::{self, Scores, neighbors, segment, tsne};
 use crate::methods::Method;
 use crate::metrics::{self, Summary};
 use crate::run::{LoadedRun, Model, RunDir};
@@ -148,10 +148,9 @@ pub fn for_run(dir: &Path, points: usize, sets: &[String], device: Device) -> Re
 pub fn write(r: &LoadedRun, opts: &Options, device: Device) -> Result<Report> {
     let (run, cfg, meta, ds, model) = (r.dir.path(), &r.cfg, &r.meta, &r.ds, &r.model);
     ds.require_labels()?;
-    let method = model.method.as_ref();
     let t0 = Instant::now();
     // One pass of the encoder serves the scores, the neighbours and the map.
-    let features = SplitFeatures::of_method(method, ds, device, cfg.train.precision)?;
+    let features = eval::run_features(r, device)?;
     let scores = features.score(ds.num_classes as i64, &cfg.eval_view());
     let eval_seconds = t0.elapsed().as_secs_f64();
     let found = neighbors::write_picture(

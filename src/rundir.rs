@@ -25,6 +25,8 @@ impl RunDir {
     pub const EXAMPLES: &str = "examples.png";
     /// The scores of `eval --run` (and `report`).
     pub const EVAL: &str = "eval.json";
+    /// The evaluation's features of a streamed data set (train and test), computed once.
+    pub const FEATURES: &str = "features.safetensors";
     /// `report`'s t-SNE map of test embeddings.
     pub const EMBEDDING: &str = "embedding.png";
     /// Test images and their nearest training images.

@@ -936,3 +936,131 @@ fn bench_step_measures_the_default_preset_on_a_tiny_configuration() {
         );
     }
 }
+
+/// `eval` of a run on a streamed data set computes its features once: the second `eval`
+/// (and `neighbors`) reads them back from features.safetensors and prints the same scores;
+/// a later checkpoint of the run computes them anew. `data pack` through the command line.
+#[test]
+fn a_streamed_runs_features_are_computed_once_and_packed_shards_train_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_tiny_formats(tmp.path());
+    let folder = tmp.path().join("folder");
+    let run = tmp.path().join("run");
+    let pretrain = |extra: &[&str]| {
+        let mut args = vec![
+            "pretrain",
+            "--quiet",
+            "--method",
+            "autoencoder",
+            "--out",
+            run.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = selfsup(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let data = format!("folder:{}", folder.display());
+    pretrain(&[
+        "--data",
+        &data,
+        "--set",
+        "image_size=8",
+        "--set",
+        "cnn_widths=[4]",
+        "--set",
+        "decoder_widths=[4]",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "epochs=1",
+    ]);
+    let eval = || {
+        let o = selfsup(&[
+            "eval",
+            "--run",
+            run.to_str().unwrap(),
+            "--set",
+            "probe_epochs=2",
+            "--set",
+            "knn_k=3",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line = stdout(&o)
+            .lines()
+            .filter(|l| l.contains("top-1"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        line
+    };
+    use std::os::unix::fs::MetadataExt;
+    let inode = || {
+        std::fs::metadata(run.join("features.safetensors"))
+            .unwrap()
+            .ino()
+    };
+    let first = eval();
+    let written = inode();
+    assert_eq!(eval(), first, "scores from the cached features");
+    assert_eq!(inode(), written, "the cache was not written again");
+    let o = selfsup(&[
+        "neighbors",
+        "--run",
+        run.to_str().unwrap(),
+        "--queries",
+        "2",
+        "--k",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(inode(), written);
+    // Another epoch: another checkpoint, other features.
+    pretrain(&["--resume", "--set", "epochs=2"]);
+    eval();
+    assert_ne!(
+        inode(),
+        written,
+        "a new checkpoint's features are computed anew"
+    );
+
+    let shards = tmp.path().join("shards");
+    let o = selfsup(&[
+        "data",
+        "pack",
+        "--data",
+        &data,
+        "--out",
+        shards.to_str().unwrap(),
+        "--max-side",
+        "64",
+        "--shard-size",
+        "2kB",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("packed 10 samples"), "{}", stdout(&o));
+    let o = selfsup(&[
+        "data",
+        "inspect",
+        "--data",
+        &format!("wds:{}", shards.display()),
+        "--out",
+        tmp.path().join("g.png").to_str().unwrap(),
+    ]);
+    assert!(
+        stdout(&o).contains("8 train / 2 test / 0 unlabeled"),
+        "{}",
+        stdout(&o)
+    );
+    let o = selfsup(&[
+        "data",
+        "pack",
+        "--data",
+        &data,
+        "--out",
+        shards.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("already holds .tar shards"),
+        "{}",
+        stderr(&o)
+    );
+}

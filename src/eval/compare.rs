@@ -177,12 +177,8 @@ pub fn evaluate(plan: &Plan, runs: &Runs, device: Device) -> Result<Vec<Row>> {
         let run = LoadedRun::load(dir, None, &eval_sets, device)?;
         run.ds.require_labels()?;
         eprintln!("compare: evaluating {} ({})", run.cfg.method, dir.display());
-        let scores = super::evaluate_method(
-            run.model.method.as_ref(),
-            &run.ds,
-            &run.cfg.eval_view(),
-            device,
-        )?;
+        let scores = super::run_features(&run, device)?
+            .score(run.ds.num_classes as i64, &run.cfg.eval_view());
         let mut row = Row {
             method: run.cfg.method.clone(),
             scores,

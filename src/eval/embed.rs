@@ -59,21 +59,30 @@ pub fn for_run(
     device: Device,
 ) -> Result<String> {
     let r = LoadedRun::load(dir, checkpoint, &[], device)?;
-    let data = Arc::new(match split {
-        "train" => r.ds.train.clone(),
-        "test" => r.ds.test.clone(),
+    let data = match split {
+        "train" => &r.ds.train,
+        "test" => &r.ds.test,
         other => bail!("--split '{other}' is not one of train, test"),
-    });
+    };
     if data.is_empty() {
         bail!("the {split} split of {} is empty", r.ds.name);
     }
-    let (f, l) = super::method_features(
-        r.model.method.as_ref(),
-        &data,
-        512,
-        device,
-        r.cfg.train.precision,
-    )?;
+    let (f, l) = if data.stream().is_some() && r.ds.require_labels().is_ok() {
+        let all = super::run_features(&r, device)?;
+        if split == "train" {
+            all.train
+        } else {
+            all.test
+        }
+    } else {
+        super::method_features(
+            r.model.method.as_ref(),
+            &Arc::new(data.clone()),
+            512,
+            device,
+            r.cfg.train.precision,
+        )?
+    };
     let (fp, lp) = write_embeddings(out, split, &f, &l)?;
     Ok(format!(
         "wrote {} x {} embeddings to {} and labels to {}",

@@ -141,7 +141,7 @@ pub fn for_run(
     let r = LoadedRun::load(dir, checkpoint, sets, device)?;
     r.ds.require_labels()?;
     let t0 = Instant::now();
-    let scores = evaluate_method(r.model.method.as_ref(), &r.ds, &r.cfg.eval_view(), device)?;
+    let scores = run_features(&r, device)?.score(r.ds.num_classes as i64, &r.cfg.eval_view());
     let secs = t0.elapsed().as_secs_f64();
     let json = run_json(
         &r.cfg.method,
@@ -261,6 +261,58 @@ impl SplitFeatures {
     pub fn score(&self, num_classes: i64, cfg: &EvalView) -> Scores {
         score(&self.train, &self.test, num_classes, cfg)
     }
+}
+
+/// The features of both splits of a loaded run as its evaluation sees them. For a streamed
+/// data set (whose images are decoded anew on every pass) they are computed once and kept
+/// in the run folder (`features.safetensors`, or named after `--checkpoint`), with a key
+/// of what they depend on: the data, the image size, the precision and the checkpoint.
+/// `eval`, `report`, `neighbors`, `embed` and `compare` then read them back.
+pub fn run_features(r: &LoadedRun, device: Device) -> Result<SplitFeatures> {
+    let precision = r.cfg.train.precision;
+    let method = r.model.method.as_ref();
+    if r.ds.train.stream().is_none() && r.ds.test.stream().is_none() {
+        return SplitFeatures::of_method(method, &r.ds, device, precision);
+    }
+    let path = r.output(crate::rundir::RunDir::FEATURES);
+    let key = json!({
+        "data": r.cfg.data.source, "image_size": r.cfg.data.image_size,
+        "precision": precision.as_str(), "epoch": r.meta.epoch, "step": r.meta.step,
+        "wall_seconds": r.meta.wall_seconds, "train": r.ds.train.len(), "test": r.ds.test.len(),
+    })
+    .to_string();
+    if let Ok((tensors, meta)) = crate::tensor_io::read_safetensors(&path)
+        && meta.get("key") == Some(&key)
+    {
+        let get = |name: &str| {
+            tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.to_device(device))
+        };
+        if let (Some(a), Some(b), Some(c), Some(d)) = (
+            get("train.features"),
+            get("train.labels"),
+            get("test.features"),
+            get("test.labels"),
+        ) {
+            return Ok(SplitFeatures {
+                train: (a, b),
+                test: (c, d),
+            });
+        }
+    }
+    let f = SplitFeatures::of_method(method, &r.ds, device, precision)?;
+    let tensors = [
+        ("train.features", &f.train.0),
+        ("train.labels", &f.train.1),
+        ("test.features", &f.test.0),
+        ("test.labels", &f.test.1),
+    ]
+    .map(|(n, t)| (n.to_string(), t.to_device(Device::Cpu)));
+    let meta = std::collections::HashMap::from([("key".to_string(), key)]);
+    crate::tensor_io::write_safetensors_atomic(&path, &tensors, meta)?;
+    Ok(f)
 }
 
 /// Fraction of rows of `scores` `[N, C]` whose top-`k` classes contain `labels` `[N]`.

@@ -162,12 +162,7 @@ pub fn for_run(
     }
     let r = LoadedRun::load(dir, checkpoint, &[], device)?;
     r.ds.require_labels()?;
-    let f = super::SplitFeatures::of_method(
-        r.model.method.as_ref(),
-        &r.ds,
-        device,
-        r.cfg.train.precision,
-    )?;
+    let f = super::run_features(&r, device)?;
     let out = out.unwrap_or_else(|| r.output(RunDir::NEIGHBORS));
     let (train, test) = (&r.ds.train, &r.ds.test);
     let found = write_picture(train, test, &f.train.0, &f.test.0, queries, k, seed, &out)?;
