@@ -41,6 +41,8 @@ pub enum EncoderInput {
 #[derive(Debug)]
 pub struct Backbone {
     stages: Vec<nn::SequentialT>,
+    /// A Vision Transformer: its one stage, with its token-level steps public.
+    vit: Option<vit::Vit>,
     /// Output channels of each stage.
     widths: Vec<i64>,
     /// The last map is average-pooled to a `pool` x `pool` grid and flattened (1: global).
@@ -53,9 +55,25 @@ impl Backbone {
         assert!(!stages.is_empty(), "a backbone has at least one stage");
         Backbone {
             stages,
+            vit: None,
             widths,
             pool,
         }
+    }
+
+    /// A one-stage backbone of a Vision Transformer (global average pooling of its tokens).
+    pub fn transformer(vit: vit::Vit) -> Backbone {
+        Backbone {
+            stages: Vec::new(),
+            widths: vec![vit.width()],
+            vit: Some(vit),
+            pool: 1,
+        }
+    }
+
+    /// The Vision Transformer, for token-level use (MAE); None for convolutional networks.
+    pub fn vit(&self) -> Option<&vit::Vit> {
+        self.vit.as_ref()
     }
 
     /// Length of the pooled feature vector.
@@ -65,6 +83,9 @@ impl Backbone {
 
     /// The output `[B, widths[i], H_i, W_i]` of every stage, first (finest) to last.
     pub fn maps(&self, xs: &Tensor, train: bool) -> Vec<Tensor> {
+        if let Some(v) = &self.vit {
+            return vec![v.map(xs)];
+        }
         let mut x = xs.shallow_clone();
         let mut out = Vec::with_capacity(self.stages.len());
         for s in &self.stages {
@@ -119,10 +140,13 @@ pub fn adaptive_pool_matrix(h: i64, w: i64, g: i64) -> Tensor {
 impl ModuleT for Backbone {
     /// `[B, C, H, W]` -> `[B, dim]`: the stages, then the pooling.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let last = self
-            .stages
-            .iter()
-            .fold(xs.shallow_clone(), |x, s| s.forward_t(&x, train));
+        let last = match &self.vit {
+            Some(v) => v.map(xs),
+            None => self
+                .stages
+                .iter()
+                .fold(xs.shallow_clone(), |x, s| s.forward_t(&x, train)),
+        };
         self.pool(&last)
     }
 }

@@ -16,7 +16,7 @@
 
 use super::Backbone;
 use tch::Tensor;
-use tch::nn::{self, Module, ModuleT};
+use tch::nn::{self, Module};
 
 /// The ViT's shape (the `vit_*` keys).
 #[derive(Debug, Clone, Copy)]
@@ -96,8 +96,11 @@ impl Block {
     }
 }
 
+/// The ViT with its token-level steps public (`patch_tokens`, `blocks`, `norm`), for
+/// methods that work on tokens (MAE runs the blocks on the visible patches only); the
+/// backbone (`vit`) wraps the same network.
 #[derive(Debug)]
-struct Vit {
+pub struct Vit {
     patch_embed: nn::Conv2D,
     /// `[1, g * g, D]` for the `g` x `g` grid of `vit_image_size`.
     pos_embed: Tensor,
@@ -107,8 +110,36 @@ struct Vit {
 }
 
 impl Vit {
+    /// The token width D.
+    pub fn width(&self) -> i64 {
+        self.pos_embed.size()[2]
+    }
+
+    /// The patch tokens of `[B, C, H, W]` images with their position embeddings added:
+    /// `[B, N, D]` (N = gh * gw, row-major), and the grid (gh, gw).
+    pub fn patch_tokens(&self, xs: &Tensor) -> (Tensor, (i64, i64)) {
+        let t = self.patch_embed.forward(xs); // [B, D, gh, gw]
+        let (_, _, gh, gw) = t.size4().unwrap();
+        let x = t.flatten(2, 3).transpose(1, 2) + self.pos_embed_for(gh, gw); // [B, N, D]
+        (x, (gh, gw))
+    }
+
+    /// The transformer blocks on any set of tokens `[B, n, D]` (every patch, or a subset).
+    pub fn blocks(&self, tokens: &Tensor) -> Tensor {
+        let mut x = tokens.shallow_clone();
+        for block in &self.blocks {
+            x = block.forward(&x);
+        }
+        x
+    }
+
+    /// The final LayerNorm of every token.
+    pub fn norm(&self, tokens: &Tensor) -> Tensor {
+        self.norm.forward(tokens)
+    }
+
     /// The position embeddings for a `gh` x `gw` grid: `[1, gh * gw, D]`.
-    fn pos_embed_for(&self, gh: i64, gw: i64) -> Tensor {
+    pub fn pos_embed_for(&self, gh: i64, gw: i64) -> Tensor {
         if (gh, gw) == (self.grid, self.grid) {
             return self.pos_embed.shallow_clone();
         }
@@ -122,23 +153,19 @@ impl Vit {
     }
 }
 
-impl ModuleT for Vit {
+impl Vit {
     /// `[B, C, H, W]` -> the normalised patch tokens on their grid `[B, D, H / p, W / p]`.
-    fn forward_t(&self, xs: &Tensor, _train: bool) -> Tensor {
-        let t = self.patch_embed.forward(xs); // [B, D, gh, gw]
-        let (b, d, gh, gw) = t.size4().unwrap();
-        let mut x = t.flatten(2, 3).transpose(1, 2) + self.pos_embed_for(gh, gw); // [B, N, D]
-        for block in &self.blocks {
-            x = block.forward(&x);
-        }
-        self.norm
-            .forward(&x)
+    pub fn map(&self, xs: &Tensor) -> Tensor {
+        let (x, (gh, gw)) = self.patch_tokens(xs); // [B, N, D]
+        let (b, _, d) = x.size3().unwrap();
+        self.norm(&self.blocks(&x))
             .transpose(1, 2)
             .reshape([b, d, gh, gw])
     }
 }
 
-/// The ViT as a one-stage `Backbone` with global average pooling of the patch tokens.
+/// The ViT as a one-stage `Backbone` with global average pooling of the patch tokens; its
+/// token-level steps stay reachable (`Backbone::vit`).
 pub fn vit(p: &nn::Path, in_channels: i64, s: VitShape) -> Backbone {
     let conv = nn::ConvConfig {
         stride: s.patch,
@@ -167,12 +194,13 @@ pub fn vit(p: &nn::Path, in_channels: i64, s: VitShape) -> Backbone {
             .collect(),
         norm: layer_norm(p / "norm", s.width),
     };
-    Backbone::new(vec![nn::seq_t().add(body)], vec![s.width], 1)
+    Backbone::transformer(body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::nn::ModuleT;
     use tch::{Device, Kind};
 
     const TINY: VitShape = VitShape {
@@ -207,6 +235,35 @@ mod tests {
         let got: i64 = vars.values().map(|t| t.numel() as i64).sum();
         assert_eq!(got, want);
         assert_eq!(net.dim(), 12);
+    }
+
+    #[test]
+    fn the_token_steps_compose_to_the_backbone_and_run_on_token_subsets() {
+        let _rng = crate::torch_rng_lock();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = vit(&vs.root(), 3, TINY);
+        let vit = net.vit().unwrap();
+        let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let (tokens, grid) = vit.patch_tokens(&x);
+        assert_eq!(
+            (tokens.size(), grid, vit.width()),
+            (vec![2, 16, 12], (4, 4), 12)
+        );
+        let whole = vit.norm(&vit.blocks(&tokens)); // [2, 16, 12]
+        let map = net.maps(&x, false)[0].shallow_clone(); // [2, 12, 4, 4]
+        assert!(
+            whole
+                .transpose(1, 2)
+                .reshape([2, 12, 4, 4])
+                .allclose(&map, 1e-6, 1e-6, false)
+        );
+        // The blocks on 5 of the 16 tokens: attention sees only those, so the result differs
+        // from the same tokens' outputs in the full sequence.
+        let idx = Tensor::from_slice(&[0i64, 3, 5, 10, 15]);
+        let subset = vit.blocks(&tokens.index_select(1, &idx));
+        assert_eq!(subset.size(), vec![2, 5, 12]);
+        let full = vit.blocks(&tokens).index_select(1, &idx);
+        assert!((subset - full).abs().max().double_value(&[]) > 1e-4);
     }
 
     #[test]
