@@ -985,12 +985,11 @@ fn a_streamed_runs_features_are_computed_once_and_packed_shards_train_alike() {
             "knn_k=3",
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
-        let line = stdout(&o)
+        stdout(&o)
             .lines()
             .filter(|l| l.contains("top-1"))
             .collect::<Vec<_>>()
-            .join("\n");
-        line
+            .join("\n")
     };
     use std::os::unix::fs::MetadataExt;
     let inode = || {
