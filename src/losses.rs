@@ -333,6 +333,23 @@ pub fn pixel_cross_entropy(logits: &Tensor, target: &Tensor, ignore: i64) -> Ten
 }
 
 /// Mean binary cross-entropy of `logits` (any shape) against one constant `target` in [0, 1].
+/// MAE's loss (He et al. 2021, facebookresearch/mae `forward_loss`): the mean squared error
+/// of `pred` `[N, L, P]` against the patches `target` `[N, L, P]`, averaged per patch, then
+/// over the masked patches only (`mask` `[N, L]`, 1 = masked). With `norm_pix`, each target
+/// patch is first normalised by its mean and (unbiased) variance, + 1e-6.
+pub fn mae(pred: &Tensor, target: &Tensor, mask: &Tensor, norm_pix: bool) -> Tensor {
+    let target = if norm_pix {
+        let mean = target.mean_dim(&[-1i64][..], true, target.kind());
+        let var = target.var_dim(&[-1i64][..], true, true);
+        (target - mean) / (var + 1e-6).sqrt()
+    } else {
+        target.shallow_clone()
+    };
+    let kind = pred.kind();
+    let per_patch = (pred - target).square().mean_dim(&[-1i64][..], false, kind); // [N, L]
+    (per_patch * mask).sum(kind) / mask.sum(kind)
+}
+
 pub fn bce_with_logits(logits: &Tensor, target: f64) -> Tensor {
     logits.binary_cross_entropy_with_logits::<&Tensor>(
         &logits.full_like(target),

@@ -403,13 +403,18 @@ fn equivalence_config(method: &str) -> Config {
         c.keys.proj_dim = 8;
         c.keys.pred_hidden_dim = 8;
         c.keys.moco_queue = 40;
+        c.keys.nnclr_queue = 40;
         c.keys.shuffle_bn_groups = 4;
         c.keys.ema_momentum = 0.9;
         c.aug.aug_crop_scale = [0.5, 1.0];
         c.aug.multicrop_local = 2;
         c.keys.swav_prototypes = 10;
         c.keys.dino_out_dim = 16;
-        c
+        match method {
+            // MAE needs a ViT: patches of 2 on the 8x8 images.
+            "mae" => c.with_tiny_vit(),
+            _ => c,
+        }
     }
 }
 
@@ -525,7 +530,7 @@ fn difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> ((f64, String),
     (relative, absolute)
 }
 
-const EQUIVALENCE_METHODS: [&str; 8] = [
+const EQUIVALENCE_METHODS: [&str; 10] = [
     "simclr",
     "moco-v2",
     "moco-v3",
@@ -534,6 +539,8 @@ const EQUIVALENCE_METHODS: [&str; 8] = [
     "vicreg",
     "swav",
     "dino",
+    "mae",
+    "nnclr",
 ];
 
 /// The runs that must agree on 2 ranks and 1 process, by name: every method of

@@ -152,11 +152,15 @@ fn every_method_exports_what_its_evaluation_sees() {
             c.keys.pred_hidden_dim = 8;
             c.keys.proj_dim = 8;
             c.keys.moco_queue = 32;
+            c.keys.nnclr_queue = 32;
             c.keys.cpc_negatives = 16;
             c.keys.cpc_patch = 4;
             c.keys.cpc_stride = 2;
             c.keys.tile_size = 2;
-            c
+            match spec.encoders.contains(&selfsup::config::EncoderKind::Cnn) {
+                true => c,
+                false => c.with_tiny_vit(),
+            }
         };
         let model = selfsup::run::Model::build(&cfg, &info, Device::Cpu).unwrap();
         let encoder = model.method.encoder();

@@ -229,6 +229,18 @@ keys! {
         pub tile_size: i64 = 7,
         /// Jigsaw: number of permutations of the 9 tiles, chosen for maximal Hamming distance.
         pub jigsaw_permutations: usize = 100,
+        /// NNCLR: the length of the support queue of past projections (paper: 98304 on
+        /// ImageNet).
+        pub nnclr_queue: i64 = 8192,
+        /// MAE: the fraction of patches hidden per image (paper: 0.75), the decoder's token
+        /// width, blocks and heads (paper, ViT-B: 512, 8, 16; lighter here for small ViTs),
+        /// and whether the loss compares pixels normalised per patch (the paper's better
+        /// setting).
+        pub mae_mask_ratio: f64 = 0.75,
+        pub mae_decoder_width: i64 = 128,
+        pub mae_decoder_depth: i64 = 2,
+        pub mae_decoder_heads: i64 = 4,
+        pub mae_norm_pix_loss: bool = true,
         /// Colorization: `classify` (cross-entropy over quantized ab bins with class
         /// rebalancing) or `regress` (L2 on ab).
         pub colorization_loss: ColorizationLoss = ColorizationLoss::Classify,

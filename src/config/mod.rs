@@ -44,6 +44,27 @@ pub struct EvalView<'a> {
 }
 
 impl Config {
+    /// A ViT small enough for tests on 8x8 images (patch 2, one block of width 8), and
+    /// MAE's decoder to match.
+    pub fn with_tiny_vit(mut self) -> Config {
+        let e = &mut self.encoder;
+        e.kind = EncoderKind::Vit;
+        (
+            e.vit_patch,
+            e.vit_depth,
+            e.vit_width,
+            e.vit_heads,
+            e.vit_image_size,
+        ) = (2, 1, 8, 2, 8);
+        let k = &mut self.keys;
+        (
+            k.mae_decoder_width,
+            k.mae_decoder_depth,
+            k.mae_decoder_heads,
+        ) = (8, 1, 2);
+        self
+    }
+
     pub fn eval_view(&self) -> EvalView<'_> {
         EvalView {
             probe: &self.probe,

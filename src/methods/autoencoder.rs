@@ -14,6 +14,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: &[&["decoder_widths"]],
     validate: super::no_own_keys,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(Autoencoder::new(p, cfg, data, None)?)),
 };
 

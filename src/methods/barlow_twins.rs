@@ -23,6 +23,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: KEYS,
     validate,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(BarlowTwins::new(p, cfg, data))),
 };
 

@@ -32,6 +32,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: &[&["decoder_widths", "colorization_loss"]],
     validate: super::no_own_keys,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(Colorization::new(p, cfg, data)?)),
 };
 

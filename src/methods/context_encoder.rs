@@ -49,6 +49,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     ]],
     validate,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(ContextEncoder::new(p, cfg, data)?)),
 };
 

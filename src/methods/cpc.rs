@@ -32,6 +32,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     ]],
     validate,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(Cpc::new(p, cfg, data)?)),
 };
 

@@ -15,6 +15,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: &[&["decoder_widths", "noise", "noise_std", "mask_ratio"]],
     validate,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| {
         Ok(Box::new(Autoencoder::new(
             p,

@@ -31,6 +31,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: KEYS,
     validate,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(Dino::new(p, cfg, data))),
 };
 

@@ -28,6 +28,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: &[&["tile_size", "jigsaw_permutations"]],
     validate,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(Jigsaw::new(p, cfg, data)?)),
 };
 

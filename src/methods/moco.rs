@@ -26,6 +26,7 @@ pub const SPEC_V1: MethodSpec = MethodSpec {
     keys: KEYS_V1,
     validate,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(Moco::new(p, cfg, data, false)?)),
 };
 
@@ -35,6 +36,7 @@ pub const SPEC_V2: MethodSpec = MethodSpec {
     keys: KEYS_V2,
     validate,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(Moco::new(p, cfg, data, true)?)),
 };
 

@@ -26,6 +26,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: KEYS,
     validate: super::no_own_keys,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(MocoV3::new(p, cfg, data)?)),
 };
 

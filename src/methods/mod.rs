@@ -10,8 +10,10 @@ pub mod cpc;
 pub mod denoising;
 pub mod dino;
 pub mod jigsaw;
+pub mod mae;
 pub mod moco;
 pub mod moco_v3;
+pub mod nnclr;
 pub mod patches;
 pub mod relative_patch;
 pub mod rotation;
@@ -23,7 +25,7 @@ pub mod vicreg;
 pub mod views;
 
 use crate::augment::Views;
-use crate::config::{self, AugSpec, Config, EncoderSpec, MethodKeys, check};
+use crate::config::{self, AugSpec, Config, EncoderKind, EncoderSpec, MethodKeys, check};
 use crate::nets::Encoder;
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
@@ -116,8 +118,14 @@ pub struct MethodSpec {
     /// `loss` uses the labels (only the supervised baseline): training then takes the
     /// labelled training split instead of the pretraining split.
     pub uses_labels: bool,
+    /// The encoders it works with (`ANY_ENCODER`, or MAE's ViT alone); `check_config`
+    /// refuses the others.
+    pub encoders: &'static [EncoderKind],
     pub build: fn(&nn::Path, &MethodConfig, &DataInfo) -> Result<Box<dyn Method>>,
 }
+
+/// `MethodSpec::encoders` of a method that works with every encoder.
+pub const ANY_ENCODER: &[EncoderKind] = EncoderKind::ALL;
 
 /// `MethodSpec::validate` of a method without keys of its own.
 pub fn no_own_keys(_: &MethodConfig) -> Result<()> {
@@ -149,6 +157,15 @@ pub fn check_config(cfg: &Config, given: &[String]) -> Result<Vec<String>> {
     }
     let spec = find(&cfg.method)?;
     cfg.validate()?;
+    if !spec.encoders.contains(&cfg.encoder.kind) {
+        let names: Vec<String> = spec.encoders.iter().map(|e| format!("\"{e}\"")).collect();
+        bail!(
+            "method {} needs encoder = {} (it is \"{}\")",
+            spec.name,
+            names.join(" or "),
+            cfg.encoder.kind
+        );
+    }
     let view = MethodConfig::of(cfg);
     for key in spec.keys() {
         shared_check(&view, key)?;
@@ -197,6 +214,7 @@ pub const REGISTRY: &[MethodSpec] = &[
     moco::SPEC_V1,
     moco::SPEC_V2,
     moco_v3::SPEC,
+    nnclr::SPEC,
     byol::SPEC,
     simsiam::SPEC,
     barlow_twins::SPEC,
@@ -209,6 +227,7 @@ pub const REGISTRY: &[MethodSpec] = &[
     jigsaw::SPEC,
     relative_patch::SPEC,
     colorization::SPEC,
+    mae::SPEC,
 ];
 
 /// Puts the batches in `columns` (each `[N, C, H, W]`, same shape, values in [0, 1]) side
@@ -308,6 +327,12 @@ mod tests {
             "dino_warmup_teacher_temp" => "0.02",
             "dino_warmup_teacher_epochs" => "3",
             "dino_center_momentum" => "0.5",
+            "nnclr_queue" => "48",
+            "mae_mask_ratio" => "0.5",
+            "mae_decoder_width" => "16",
+            "mae_decoder_depth" => "3",
+            "mae_decoder_heads" => "8",
+            "mae_norm_pix_loss" => "false",
             other => panic!("no other value for key {other}: add one here"),
         }
     }
@@ -363,12 +388,16 @@ mod tests {
                 c.keys.proj_dim = 8;
                 c.keys.pred_hidden_dim = 8;
                 c.keys.moco_queue = 32;
+                c.keys.nnclr_queue = 32;
                 c.keys.shuffle_bn_groups = 2;
                 c.keys.cpc_patch = 4;
                 c.keys.cpc_stride = 2;
                 c.keys.cpc_negatives = 16;
                 c.keys.tile_size = 2;
-                c
+                match spec.encoders.contains(&EncoderKind::Cnn) {
+                    true => c,
+                    false => c.with_tiny_vit(),
+                }
             };
             let (vars, views, loss) = fingerprint(&base);
             for key in all

@@ -25,6 +25,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: &[&["tile_size"]],
     validate: super::no_own_keys,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(RelativePatch::new(p, cfg, data)?)),
 };
 

@@ -16,6 +16,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: &[],
     validate: super::no_own_keys,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(Rotation::new(p, cfg, data)?)),
 };
 

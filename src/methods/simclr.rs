@@ -22,6 +22,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: KEYS,
     validate: super::no_own_keys,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(SimClr::new(p, cfg, data)?)),
 };
 

@@ -15,6 +15,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: &[],
     validate: super::no_own_keys,
     uses_labels: true,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(Supervised::new(p, cfg, data)?)),
 };
 

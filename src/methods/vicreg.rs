@@ -22,6 +22,7 @@ pub const SPEC: MethodSpec = MethodSpec {
     keys: KEYS,
     validate,
     uses_labels: false,
+    encoders: super::ANY_ENCODER,
     build: |p, cfg, data| Ok(Box::new(Vicreg::new(p, cfg, data))),
 };
 

@@ -183,6 +183,11 @@ impl Encoder {
         }
     }
 
+    /// The Vision Transformer behind this encoder, for token-level methods (MAE).
+    pub fn vit(&self) -> Option<&vit::Vit> {
+        self.net.vit()
+    }
+
     /// `[B, C, H, W]` -> `[B, dim]`, the network applied as `input` says.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         match self.input {

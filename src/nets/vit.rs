@@ -28,8 +28,9 @@ pub struct VitShape {
     pub image_size: i64,
 }
 
+/// A pre-norm transformer block (timm's `Block`).
 #[derive(Debug)]
-struct Block {
+pub struct Block {
     norm1: nn::LayerNorm,
     qkv: nn::Linear,
     proj: nn::Linear,
@@ -39,7 +40,8 @@ struct Block {
     heads: i64,
 }
 
-fn layer_norm(p: nn::Path, width: i64) -> nn::LayerNorm {
+/// timm's LayerNorm (eps 1e-6).
+pub fn layer_norm(p: nn::Path, width: i64) -> nn::LayerNorm {
     let cfg = nn::LayerNormConfig {
         eps: 1e-6,
         ..Default::default()
@@ -49,7 +51,7 @@ fn layer_norm(p: nn::Path, width: i64) -> nn::LayerNorm {
 
 /// A Linear with timm's initialisation: weights N(0, 0.02) (timm truncates at 2 sigma),
 /// zero bias.
-fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
+pub fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
     let cfg = nn::LinearConfig {
         ws_init: nn::Init::Randn {
             mean: 0.0,
@@ -62,7 +64,7 @@ fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
 }
 
 impl Block {
-    fn new(p: &nn::Path, width: i64, heads: i64) -> Block {
+    pub fn new(p: &nn::Path, width: i64, heads: i64) -> Block {
         let (attn, mlp) = (p / "attn", p / "mlp");
         Block {
             norm1: layer_norm(p / "norm1", width),
@@ -76,7 +78,7 @@ impl Block {
     }
 
     /// `[B, N, D]` -> `[B, N, D]`: x + attn(norm1(x)), then + mlp(norm2(.)).
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
         let (b, n, d) = x.size3().unwrap();
         let h = self.heads;
         let qkv = self
@@ -113,6 +115,11 @@ impl Vit {
     /// The token width D.
     pub fn width(&self) -> i64 {
         self.pos_embed.size()[2]
+    }
+
+    /// The patch side p.
+    pub fn patch(&self) -> i64 {
+        self.patch_embed.ws.size()[2]
     }
 
     /// The patch tokens of `[B, C, H, W]` images with their position embeddings added:

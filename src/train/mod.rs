@@ -430,7 +430,7 @@ pub struct Pretrained {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::Precision;
+    use crate::config::{EncoderKind, Precision};
     use crate::data::Split;
     use crate::methods;
     use tch::{Kind, Tensor, nn};
@@ -763,6 +763,7 @@ pub(crate) mod tests {
             c.keys.pred_hidden_dim = 8;
             c.keys.proj_dim = 8;
             c.keys.moco_queue = 32;
+            c.keys.nnclr_queue = 32;
             c.keys.shuffle_bn_groups = 2;
             c.keys.cpc_negatives = 16;
             c.keys.cpc_patch = 4;
@@ -771,7 +772,10 @@ pub(crate) mod tests {
             c.aug.multicrop_local = 2;
             c.keys.swav_prototypes = 10;
             c.keys.dino_out_dim = 16;
-            c
+            match methods::find(method).is_ok_and(|s| !s.encoders.contains(&EncoderKind::Cnn)) {
+                true => c.with_tiny_vit(),
+                false => c,
+            }
         }
     }
 
