@@ -304,31 +304,12 @@ mod tests {
     use crate::config::Config;
     use tch::Device;
 
+    use crate::methods::tests::{fixture as fixture_of, fixture_tensor as tensor};
+
     /// facebookresearch/mae's `random_masking` and `forward_loss` transcribed in Python and
     /// run in float64 on fixed inputs (scripts/make_method_fixtures.py).
     fn fixture() -> serde_json::Value {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/methods.json"
-        ))
-        .unwrap();
-        serde_json::from_str::<serde_json::Value>(&text).unwrap()["mae"].clone()
-    }
-
-    fn tensor(v: &serde_json::Value) -> Tensor {
-        let shape: Vec<i64> = v["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_i64().unwrap())
-            .collect();
-        let data: Vec<f64> = v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        Tensor::from_slice(&data).view(shape.as_slice())
+        fixture_of("mae")
     }
 
     #[test]

@@ -268,10 +268,36 @@ pub fn find(name: &str) -> Result<&'static MethodSpec> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::run::Model;
     use tch::{Device, Kind};
+
+    /// An entry of tests/fixtures/methods.json (scripts/make_method_fixtures.py: reference
+    /// implementations run in float64).
+    pub(crate) fn fixture(name: &str) -> serde_json::Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/methods.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()[name].clone()
+    }
+
+    /// A float64 tensor of a fixture, written as {"shape": [...], "data": [...]}.
+    pub(crate) fn fixture_tensor(v: &serde_json::Value) -> Tensor {
+        let ints = |k: &str| -> Vec<i64> {
+            v[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect()
+        };
+        let data: Vec<f64> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        Tensor::from_slice(&data).view(ints("shape").as_slice())
+    }
 
     /// Another valid value for every key that some method reads and others do not.
     fn other_value(key: &str) -> &'static str {

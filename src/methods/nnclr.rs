@@ -145,35 +145,14 @@ impl Method for Nnclr {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tensor(v: &serde_json::Value) -> Tensor {
-        let shape: Vec<i64> = v["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_i64().unwrap())
-            .collect();
-        let data: Vec<f64> = v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        Tensor::from_slice(&data).view(shape.as_slice())
-    }
+    use crate::methods::tests::{fixture, fixture_tensor as tensor};
 
     /// lightly's `NNMemoryBankModule` and `NTXentLoss` on fixed inputs, in float64
     /// (scripts/make_method_fixtures.py): the neighbours, the loss, and the bank after the
     /// second view's update.
     #[test]
     fn neighbours_loss_and_queue_match_lightly_in_float64() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/methods.json"
-        ))
-        .unwrap();
-        let f: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let f = &f["nnclr"];
+        let f = &fixture("nnclr");
         let (z1, z2, p1, p2, bank) = (
             tensor(&f["z0"]),
             tensor(&f["z1"]),
