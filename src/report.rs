@@ -251,6 +251,19 @@ pub fn write(r: &LoadedRun, opts: &Options, device: Device) -> Result<Report> {
         eval_seconds,
     );
     // Segmentation is trained by `selfsup segment`; the report shows a result that exists.
+    // Fine-tuning is run by `selfsup finetune`; the report shows the results it recorded.
+    match eval::finetune::read(run) {
+        Ok(all) => metrics.extend(all.iter().map(|(name, o)| {
+            (
+                format!(
+                    "fine-tuned on {name} of the labels ({} images, {} epochs): test top-1 / top-5",
+                    o.images, o.epochs
+                ),
+                format!("{} / {}", pct(o.top1), pct(o.top5)),
+            )
+        })),
+        Err(e) => warnings.push(format!("{e:#}")),
+    }
     match segment::Record::read(run) {
         Ok(rec) if !rec.results.is_empty() => {
             metrics.extend(segmentation_rows(&rec));

@@ -27,6 +27,8 @@ impl RunDir {
     pub const EVAL: &str = "eval.json";
     /// The evaluation's features of a streamed data set (train and test), computed once.
     pub const FEATURES: &str = "features.safetensors";
+    /// The test accuracy of the run's encoder fine-tuned on each fraction of the labels.
+    pub const FINETUNE: &str = "finetune.json";
     /// `report`'s t-SNE map of test embeddings.
     pub const EMBEDDING: &str = "embedding.png";
     /// Test images and their nearest training images.

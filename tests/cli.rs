@@ -1063,3 +1063,161 @@ fn a_streamed_runs_features_are_computed_once_and_packed_shards_train_alike() {
         stderr(&o)
     );
 }
+
+/// `finetune` fine-tunes a run's encoder on fractions of the labels and records test
+/// top-1/top-5; a second call reuses the finished fine-tunings; `compare --finetune` adds a
+/// column from them (and fine-tunes the random encoder); `report` shows them; bad fractions
+/// are clear errors.
+#[test]
+fn finetune_on_fractions_of_the_labels_then_compare_and_report_them() {
+    let (tmp, _) = tiny_mnist_in_temp_dir();
+    let run = tiny_autoencoder_run(tmp.path(), 1);
+    let finetune = |labels: &str| {
+        selfsup(&[
+            "--device",
+            "cpu",
+            "finetune",
+            "--quiet",
+            "--run",
+            run.to_str().unwrap(),
+            "--labels",
+            labels,
+            "--set",
+            "finetune_epochs=2",
+            "--set",
+            "finetune_batch_size=16",
+        ])
+    };
+    let o = finetune("10%,100%");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed = stdout(&o);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("finetune.json")).unwrap()).unwrap();
+    // 10% of the 32 training images of each of the 4 classes: 3 each.
+    for (name, images) in [("10%", 12), ("100%", 128)] {
+        let r = &record[name];
+        assert_eq!(r["images"], images, "{record}");
+        assert_eq!(r["epochs"], 2);
+        let (top1, top5) = (r["top1"].as_f64().unwrap(), r["top5"].as_f64().unwrap());
+        assert!(
+            (0.0..=1.0).contains(&top1) && top1.is_finite() && top5 >= top1,
+            "{record}"
+        );
+        let line = format!("on {name} of the labels ({images} images, 2 epochs");
+        let shown = printed
+            .lines()
+            .find(|l| l.contains(&line))
+            .unwrap_or_else(|| panic!("{printed}"));
+        assert!(
+            shown.contains(&format!("test top-1 {:.2}%", 100.0 * top1)),
+            "{shown}"
+        );
+    }
+    // It trains: the fine-tuning's loss falls from the first step to the last epoch.
+    let m = selfsup::metrics::Metrics::read(&run.join("finetune-100pct").join("metrics.jsonl"))
+        .unwrap();
+    let (first, last) = (m.steps[0].loss, m.epochs.last().unwrap().loss);
+    assert!(last < first, "fine-tuning loss {first} -> {last}");
+    use std::os::unix::fs::MetadataExt;
+    let ck = run.join("finetune-10pct").join("checkpoint.safetensors");
+    let inode = std::fs::metadata(&ck).unwrap().ino();
+    let again = finetune("10%");
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        std::fs::metadata(&ck).unwrap().ino(),
+        inode,
+        "a finished fine-tuning is reused"
+    );
+    assert!(stdout(&again).contains(&format!(
+        "{:.2}%",
+        100.0 * record["10%"]["top1"].as_f64().unwrap()
+    )));
+
+    let cmp = tmp.path().join("cmp");
+    let o = selfsup(&[
+        "--device",
+        "cpu",
+        "compare",
+        "--quiet",
+        "--runs",
+        run.to_str().unwrap(),
+        "--baselines",
+        "raw,random",
+        "--finetune",
+        "10",
+        "--set",
+        "probe_epochs=2",
+        "--set",
+        "finetune_epochs=2",
+        "--set",
+        "finetune_batch_size=16",
+        "--out",
+        cmp.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(cmp.join("compare.md")).unwrap();
+    // The cell of a row's column, by the header's names.
+    let cells =
+        |line: &str| -> Vec<String> { line.split('|').map(|c| c.trim().to_string()).collect() };
+    let header = cells(md.lines().next().unwrap());
+    let cell = |method: &str, column: &str| -> String {
+        let col = header
+            .iter()
+            .position(|h| h == column)
+            .unwrap_or_else(|| panic!("{column}: {md}"));
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {method}")))
+            .unwrap();
+        cells(line)[col].clone()
+    };
+    let pct = |v: &serde_json::Value| format!("{:.2}", 100.0 * v["top1"].as_f64().unwrap());
+    assert_eq!(
+        cell("autoencoder", "fine-tuned 10% top-1 %"),
+        pct(&record["10%"]),
+        "{md}"
+    );
+    assert_eq!(
+        cell("autoencoder", "fine-tuned 100% top-1 %"),
+        pct(&record["100%"]),
+        "{md}"
+    );
+    let random: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cmp.join("random-init").join("finetune.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        cell("random-init", "fine-tuned 10% top-1 %"),
+        pct(&random["10%"]),
+        "{md}"
+    );
+    assert_eq!(cell("raw pixels", "fine-tuned 10% top-1 %"), "-", "{md}");
+
+    let o = selfsup(&[
+        "--device",
+        "cpu",
+        "report",
+        "--run",
+        run.to_str().unwrap(),
+        "--points",
+        "20",
+        "--set",
+        "probe_epochs=2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let html = std::fs::read_to_string(run.join("index.html")).unwrap();
+    assert!(
+        html.contains("fine-tuned on 10% of the labels (12 images, 2 epochs)"),
+        "report"
+    );
+
+    for (labels, says) in [
+        ("0%", "must be in (0%, 100%]"),
+        ("1%", "without any"),
+        ("ten", "a percentage"),
+    ] {
+        let o = finetune(labels);
+        assert!(!o.status.success(), "{labels}");
+        assert!(stderr(&o).contains(says), "{labels}: {}", stderr(&o));
+    }
+}

@@ -481,3 +481,79 @@ fn a_streamed_folder_run_killed_mid_epoch_or_stopped_by_max_steps_resumes_bit_id
     }
     assert_eq!(checkpoint_step(&straight), 14);
 }
+
+/// Fine-tuning runs through the training loop: killed in the middle, the same `finetune`
+/// command resumes it and ends bit-identical to an uninterrupted one, with the same scores.
+#[test]
+fn a_killed_finetuning_resumes_bit_identical() {
+    let (tmp, data) = tiny_mnist_in_temp_dir();
+    let run = tmp.path().join("run");
+    let (status, err) = finish(&mut pretrain_with(
+        &run,
+        &[
+            "method=\"autoencoder\"".to_string(),
+            format!("data=\"mnist:{}\"", data.display()),
+            "cnn_widths=[4, 8]".into(),
+            "decoder_widths=[8, 4]".into(),
+            "batch_size=16".into(),
+            "epochs=1".into(),
+            "checkpoint_every=3".into(),
+        ]
+        .iter()
+        .flat_map(|s| ["--set".to_string(), s.clone()])
+        .collect::<Vec<_>>(),
+        false,
+        None,
+        &[],
+    ));
+    assert!(status.success(), "{err}");
+    let copy = tmp.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["checkpoint.safetensors", "config.toml", "metrics.jsonl"] {
+        std::fs::copy(run.join(f), copy.join(f)).unwrap();
+    }
+    let finetune = |dir: &Path, fault: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_selfsup"));
+        c.args([
+            "--device", "cpu", "finetune", "--quiet", "--labels", "50%", "--run",
+        ])
+        .arg(dir)
+        .args([
+            "--set",
+            "finetune_epochs=2",
+            "--set",
+            "finetune_batch_size=8",
+        ])
+        .env("RAYON_NUM_THREADS", "2")
+        .env_remove(selfsup::faults::ENV)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if let Some(f) = fault {
+            c.env(selfsup::faults::ENV, f);
+        }
+        c
+    };
+    let (status, err) = finish(&mut finetune(&run, None));
+    assert!(status.success(), "{err}");
+    // 50% of 128 images in batches of 8: 8 steps per epoch; killed after step 5 (the
+    // checkpoint of step 3 is there).
+    let (status, err) = finish(&mut finetune(&copy, Some("step:5")));
+    assert_killed(status, &err, "finetune step:5");
+    assert_eq!(checkpoint_step(&copy.join("finetune-50pct")), 3);
+    let (status, err) = finish(&mut finetune(&copy, None));
+    assert!(status.success(), "{err}");
+    assert_same_tensors(
+        &run.join("finetune-50pct").join("checkpoint.safetensors"),
+        &copy.join("finetune-50pct").join("checkpoint.safetensors"),
+    );
+    let score = |d: &Path| {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("finetune.json")).unwrap())
+                .unwrap();
+        (
+            v["50%"]["top1"].as_f64().unwrap(),
+            v["50%"]["top5"].as_f64().unwrap(),
+        )
+    };
+    assert_eq!(score(&run), score(&copy));
+}

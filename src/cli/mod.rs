@@ -11,6 +11,7 @@ mod device;
 mod embed;
 mod eval;
 mod export;
+mod finetune;
 mod launch;
 mod neighbors;
 mod pretrain;
@@ -165,11 +166,46 @@ pub struct CompareArgs {
     /// Output folder for compare.md, compare.csv and the runs trained here.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Add fine-tuned test top-1 columns, one per percentage of the labels (e.g. 1,10,100):
+    /// each run's encoder, and the random one, fine-tuned as `selfsup finetune` does
+    /// (results in each run's finetune.json are reused).
+    #[arg(long, value_delimiter = ',', value_name = "PCT,...")]
+    pub finetune: Vec<String>,
     /// Add segmentation mIoU columns (frozen and fine-tuned, with their wall times), as
     /// `selfsup segment` with the seg_* keys; results in a run's segment.json whose
     /// settings match are reused.
     #[arg(long)]
     pub segmentation: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// A run folder written by `pretrain`: its encoder is fine-tuned (results in its
+    /// finetune.json, runs in RUN/finetune-10pct, ...).
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "baseline",
+        required_unless_present = "baseline"
+    )]
+    pub run: Option<PathBuf>,
+    /// Fractions of the training labels, comma-separated: 1%, 10%, 100%.
+    #[arg(long, value_delimiter = ',', value_name = "PCT,...", required = true)]
+    pub labels: Vec<String>,
+    /// A baseline instead of a run: `random`, the same architecture trained from its random
+    /// initialisation on the same images with the same budget (the supervised baseline).
+    #[arg(long, value_parser = ["random"], requires = "out")]
+    pub baseline: Option<String>,
+    /// Config for a baseline, or finetune_* overrides (finetune_epochs, finetune_lr, ...)
+    /// for a run.
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// Folder for a baseline's fine-tuning runs and finetune.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -219,6 +255,13 @@ pub enum Command {
         #[command(flatten)]
         cfg: ConfigArgs,
     },
+    /// Fine-tune a run's encoder (or a randomly initialised one) with a linear head, end to
+    /// end, on a class-balanced fraction of the training labels; test top-1/top-5 into
+    /// finetune.json. A finished fine-tuning is reused, an unfinished one resumed.
+    #[command(
+        after_help = "Example:\n  selfsup finetune --run runs/simclr --labels 1%,10%,100%\n  selfsup finetune --baseline random --labels 1% --out runs/scratch"
+    )]
+    Finetune(FinetuneArgs),
     /// Export a run's encoder for PyTorch: safetensors with torchvision-style names
     /// (see src/nets/export.rs for the differences from torchvision's resnet18).
     Export {
@@ -424,6 +467,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report { run, points, sets } => report::command(&run, points, &sets, device),
         Command::Compare(args) => compare::command(args, device),
         Command::Export { run, out } => export::command(&run, &out, device),
+        Command::Finetune(args) => finetune::command(args, device),
         Command::Embed { run, split, out } => embed::command(&run, &split, &out, device),
         Command::Neighbors {
             run,

@@ -71,6 +71,7 @@ pub fn command(
         stop_after_epochs: None,
         dist,
         dist_timeout: args.dist_timeout,
+        init_encoder: None,
     };
     let done = train::pretrain(&cfg, &ds, &out, &opts, device)?;
     if done.writer {
@@ -88,8 +89,14 @@ pub fn command(
 }
 
 /// Pretrains `cfg` into `dir` unless a finished run of its method is there; resumes an
-/// unfinished one.
-pub fn ensure_trained(cfg: &Config, dir: &Path, quiet: bool, device: Device) -> Result<()> {
+/// unfinished one. A new run's encoder starts from `init`'s when given (fine-tuning).
+pub fn ensure_trained(
+    cfg: &Config,
+    dir: &Path,
+    quiet: bool,
+    device: Device,
+    init: Option<&Path>,
+) -> Result<()> {
     let resume = match checkpoint::load(dir) {
         Ok(ck) if ck.meta.config.method != cfg.method => bail!(
             "{} holds a {} run, not {}",
@@ -102,10 +109,11 @@ pub fn ensure_trained(cfg: &Config, dir: &Path, quiet: bool, device: Device) -> 
         Err(_) => false,
     };
     let ds = data::load(&cfg.data, cfg.train.seed)?;
-    eprintln!("pretraining {} into {}", cfg.method, dir.display());
+    eprintln!("training {} into {}", cfg.method, dir.display());
     let opts = TrainOptions {
         resume,
         quiet,
+        init_encoder: init.map(Path::to_path_buf),
         ..Default::default()
     };
     let done = train::pretrain(cfg, &ds, dir, &opts, device)?;

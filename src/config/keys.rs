@@ -262,6 +262,26 @@ keys! {
 }
 
 keys! {
+    /// Fine-tuning with few labels (`selfsup finetune`; evaluation keys): the encoder and a
+    /// linear head trained end to end on a class-balanced subset of the training labels.
+    pub struct FinetuneSpec {
+        /// The fraction of each class's training images that keep their label, in (0, 1]
+        /// (`--labels 1%` sets 0.01); the subset is drawn with `finetune_seed`, not the run's
+        /// seed, so every method is fine-tuned on the same images.
+        pub finetune_labels: f64 = 1.0,
+        pub finetune_seed: u64 = 0,
+        /// Epochs over the labeled subset, AdamW learning rate, batch size, weight decay.
+        pub finetune_epochs: usize = 30,
+        pub finetune_lr: f64 = 1e-3,
+        pub finetune_batch_size: usize = 256,
+        pub finetune_weight_decay: f64 = 1e-4,
+        /// The training views: random resized crop with this area-fraction range, and flip.
+        pub finetune_crop_scale: [f64; 2] = [0.5, 1.0],
+        pub finetune_flip_p: f64 = 0.5,
+    }
+}
+
+keys! {
     /// Segmentation transfer (evaluation keys).
     pub struct SegSpec {
         /// Segmentation transfer (`selfsup segment`): the data, `fashion-scenes` (built from
@@ -373,6 +393,23 @@ impl ProbeSpec {
         at_least("knn_k", self.knn_k, 1)?;
         positive("knn_temperature", self.knn_temperature)?;
         Ok(())
+    }
+}
+
+impl FinetuneSpec {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.finetune_labels > 0.0 && self.finetune_labels <= 1.0) {
+            bail!(
+                "option finetune_labels = {} must be a fraction in (0, 1] (e.g. --labels 10%)",
+                self.finetune_labels
+            );
+        }
+        at_least("finetune_epochs", self.finetune_epochs, 1)?;
+        positive("finetune_lr", self.finetune_lr)?;
+        at_least("finetune_batch_size", self.finetune_batch_size, 1)?;
+        non_negative("finetune_weight_decay", self.finetune_weight_decay)?;
+        ordered_pair("finetune_crop_scale", self.finetune_crop_scale, Some(1.0))?;
+        probability("finetune_flip_p", self.finetune_flip_p)
     }
 }
 

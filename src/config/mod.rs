@@ -29,6 +29,7 @@ pub struct Config {
     pub aug: AugSpec,
     pub keys: MethodKeys,
     pub probe: ProbeSpec,
+    pub finetune: FinetuneSpec,
     pub seg: SegSpec,
 }
 
@@ -101,6 +102,7 @@ pub static GENERAL_KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
 pub static EVAL_KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     let mut keys = vec!["precision"];
     keys.extend(names_of::<ProbeSpec>());
+    keys.extend(names_of::<FinetuneSpec>());
     keys.extend(names_of::<SegSpec>());
     keys
 });
@@ -122,6 +124,7 @@ impl Config {
             toml::Table::try_from(&self.aug),
             toml::Table::try_from(&self.keys),
             toml::Table::try_from(&self.probe),
+            toml::Table::try_from(&self.finetune),
             toml::Table::try_from(&self.seg),
         ];
         for section in sections {
@@ -159,6 +162,7 @@ impl Config {
             aug: take(&mut table)?,
             keys: take(&mut table)?,
             probe: take(&mut table)?,
+            finetune: take(&mut table)?,
             seg: take(&mut table)?,
         };
         if let Some(key) = table.keys().next() {
@@ -260,6 +264,7 @@ impl Config {
         self.encoder.validate()?;
         self.train.validate()?;
         self.probe.validate()?;
+        self.finetune.validate()?;
         self.seg.validate()
     }
 }

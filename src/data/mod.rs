@@ -141,6 +141,45 @@ impl Split {
             n.min(self.len())
         }
     }
+    /// A class-balanced seeded subset: `fraction` of each class's images (rounded, in their
+    /// order), the same whatever else the run sets, so that every method is fine-tuned on
+    /// the same images. All of them for a fraction of 1; an error naming the class when the
+    /// fraction leaves one empty.
+    pub fn balanced_subset(
+        &self,
+        fraction: f64,
+        seed: u64,
+        class_names: &[String],
+    ) -> Result<Split> {
+        if fraction >= 1.0 {
+            return Ok(self.clone());
+        }
+        let classes = self.labels.iter().copied().max().map_or(0, |m| m + 1) as usize;
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+        for (i, &l) in self.labels.iter().enumerate() {
+            if l >= 0 {
+                by_class[l as usize].push(i);
+            }
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xba1a_4ced);
+        let mut chosen = Vec::new();
+        for (c, mut members) in by_class.into_iter().enumerate() {
+            let k = (fraction * members.len() as f64).round() as usize;
+            if k == 0 && !members.is_empty() {
+                let name = class_names.get(c).cloned().unwrap_or_else(|| c.to_string());
+                bail!(
+                    "{:.3}% of the labels leaves class '{name}' ({} training images) without any; use a larger fraction",
+                    100.0 * fraction,
+                    members.len()
+                );
+            }
+            members.shuffle(&mut rng);
+            members.truncate(k);
+            chosen.extend(members);
+        }
+        chosen.sort_unstable();
+        Ok(self.select(&chosen))
+    }
     /// A seeded random subset of `n` images (all of them, in order, when `n` is 0 or too big).
     pub fn subset(&self, n: usize, seed: u64) -> Split {
         if n == 0 || n >= self.len() {
@@ -480,6 +519,40 @@ mod tests {
         assert!(e.contains("/no/such/dir"), "{e}");
         assert!(DataSpec::parse("cifar11:x").is_err());
         assert!(DataSpec::parse("mnist").is_err());
+    }
+
+    #[test]
+    fn balanced_subsets_keep_each_classs_share_and_refuse_to_empty_one() {
+        // 3 classes of 10, 20 and 30 images.
+        let labels: Vec<i64> = (0..60)
+            .map(|i| {
+                if i < 10 {
+                    0
+                } else if i < 30 {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        let s = Split::new((0..60u8).collect(), labels, [1, 1, 1]).unwrap();
+        let names = numbered_names(3);
+        let a = s.balanced_subset(0.1, 7, &names).unwrap();
+        let count = |sp: &Split, c: i64| sp.labels.iter().filter(|&&l| l == c).count();
+        assert_eq!((count(&a, 0), count(&a, 1), count(&a, 2)), (1, 2, 3));
+        assert_eq!(a, s.balanced_subset(0.1, 7, &names).unwrap(), "seeded");
+        assert_ne!(a, s.balanced_subset(0.1, 8, &names).unwrap());
+        // Each kept image is itself, with its own label.
+        for i in 0..a.len() {
+            let orig = a.image(i)[0] as usize;
+            assert_eq!(a.labels[i], s.labels[orig]);
+        }
+        assert_eq!(s.balanced_subset(1.0, 7, &names).unwrap(), s);
+        let e = s.balanced_subset(0.04, 7, &names).unwrap_err().to_string();
+        assert!(
+            e.contains("class '0'") && e.contains("10 training images"),
+            "{e}"
+        );
     }
 
     #[test]

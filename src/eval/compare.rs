@@ -2,14 +2,15 @@
 //! baselines, one row each, written as Markdown and CSV; with `segmentation`, also the
 //! segmentation mIoU of each encoder, frozen and fine-tuned (`eval::segment`).
 
-use super::Scores;
 use super::baselines::Baseline;
 use super::segment::{self, Protocol, Subject};
+use super::{Scores, finetune};
 use crate::config::{self, Config};
 use crate::run::LoadedRun;
 use crate::run::checkpoint;
 use crate::{data, methods};
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -73,6 +74,17 @@ pub struct Runs {
 }
 
 impl Plan {
+    /// The overrides of evaluation keys (probe_*, finetune_*, seg_*): they apply to every
+    /// row, the runs trained before included.
+    pub fn eval_sets(&self) -> Vec<String> {
+        (self.sets.iter())
+            .filter(|s| {
+                config::EVAL_KEYS.contains(&s.split_once('=').map_or(s.as_str(), |(k, _)| k.trim()))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// The folder of a run trained here.
     pub fn run_dir(&self, cfg: &Config) -> PathBuf {
         self.out.join(&cfg.method)
@@ -129,14 +141,7 @@ pub fn evaluate(plan: &Plan, runs: &Runs, device: Device) -> Result<Vec<Row>> {
     let mut run_dirs = plan.runs.clone();
     run_dirs.extend(runs.to_train.iter().map(|c| plan.run_dir(c)));
     // The eval keys of the overrides (probe_*, seg_*) apply to every row.
-    let eval_sets: Vec<String> = plan
-        .sets
-        .iter()
-        .filter(|s| {
-            config::EVAL_KEYS.contains(&s.split_once('=').map_or(s.as_str(), |(k, _)| k.trim()))
-        })
-        .cloned()
-        .collect();
+    let eval_sets = plan.eval_sets();
     let first = runs.first.with_overrides(&eval_sets)?;
     let mut rows = Vec::new();
     if !plan.baselines.is_empty() {
@@ -164,12 +169,18 @@ pub fn evaluate(plan: &Plan, runs: &Runs, device: Device) -> Result<Vec<Row>> {
                     )?))
                 }
             };
+            // The random encoder's fine-tuning (`compare --finetune`) lives in random-init/.
+            let finetune = match b {
+                Baseline::Random => finetune::read(&plan.out.join("random-init"))?,
+                Baseline::Raw => BTreeMap::new(),
+            };
             rows.push(Row {
                 method: b.label(first.encoder.kind),
                 scores,
                 pretrain_seconds: None,
                 parameters,
                 segmentation: seg,
+                finetune,
             });
         }
     }
@@ -185,6 +196,7 @@ pub fn evaluate(plan: &Plan, runs: &Runs, device: Device) -> Result<Vec<Row>> {
             pretrain_seconds: Some(run.meta.wall_seconds),
             parameters: run.encoder_parameters(),
             segmentation: None,
+            finetune: finetune::read(dir)?,
         };
         if plan.segmentation {
             let (subject, cfg) = Subject::from_loaded(run);
@@ -212,6 +224,8 @@ pub struct Row {
     pub parameters: i64,
     /// Segmentation results, when asked for.
     pub segmentation: Option<SegCells>,
+    /// Fine-tuning results by fraction of the labels (`1%`), from the row's finetune.json.
+    pub finetune: BTreeMap<String, finetune::Outcome>,
 }
 
 /// A row's segmentation results: (mean IoU, wall seconds of training and scoring) per
@@ -254,15 +268,34 @@ const SEG_HEADER: [&str; 4] = [
 ];
 
 /// The column names: the segmentation columns when any row has them.
-fn header(rows: &[Row]) -> Vec<&'static str> {
-    let mut h = HEADER.to_vec();
+/// The fractions of the labels some row was fine-tuned on, smallest first.
+fn finetune_names(rows: &[Row]) -> Vec<String> {
+    let mut names: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.finetune.keys().cloned())
+        .collect();
+    names.sort_by(|a, b| {
+        let f = |n: &str| finetune::parse_labels(n).unwrap_or(f64::MAX);
+        f(a).total_cmp(&f(b))
+    });
+    names.dedup();
+    names
+}
+
+fn header(rows: &[Row]) -> Vec<String> {
+    let mut h: Vec<String> = HEADER.iter().map(|s| s.to_string()).collect();
     if rows.iter().any(|r| r.segmentation.is_some()) {
-        h.extend(SEG_HEADER);
+        h.extend(SEG_HEADER.iter().map(|s| s.to_string()));
     }
+    h.extend(
+        finetune_names(rows)
+            .iter()
+            .map(|n| format!("fine-tuned {n} top-1 %")),
+    );
     h
 }
 
-fn cells(r: &Row, with_seg: bool) -> Vec<String> {
+fn cells(r: &Row, with_seg: bool, finetune: &[String]) -> Vec<String> {
     let mut c = vec![
         r.method.clone(),
         format!("{:.2}", 100.0 * r.scores.linear_top1),
@@ -284,23 +317,38 @@ fn cells(r: &Row, with_seg: bool) -> Vec<String> {
             seg.finetune.map_or_else(dash, |(_, s)| format!("{s:.0}")),
         ]);
     }
+    c.extend(finetune.iter().map(|n| {
+        r.finetune
+            .get(n)
+            .map_or("-".to_string(), |o| format!("{:.2}", 100.0 * o.top1))
+    }));
     c
+}
+
+/// The table's columns: whether it has the segmentation ones, and its fine-tuning ones.
+fn columns(rows: &[Row]) -> (bool, Vec<String>) {
+    (
+        rows.iter().any(|r| r.segmentation.is_some()),
+        finetune_names(rows),
+    )
 }
 
 pub fn markdown(rows: &[Row]) -> String {
     let h = header(rows);
+    let (seg, ft) = columns(rows);
     let mut s = format!("| {} |\n|{}\n", h.join(" | "), "---|".repeat(h.len()));
     for r in rows {
-        let _ = writeln!(s, "| {} |", cells(r, h.len() > HEADER.len()).join(" | "));
+        let _ = writeln!(s, "| {} |", cells(r, seg, &ft).join(" | "));
     }
     s
 }
 
 pub fn csv(rows: &[Row]) -> String {
     let h = header(rows);
+    let (seg, ft) = columns(rows);
     let mut s = h.join(",") + "\n";
     for r in rows {
-        let c = cells(r, h.len() > HEADER.len());
+        let c = cells(r, seg, &ft);
         let quoted: Vec<String> = c
             .iter()
             .map(|x| {
@@ -345,6 +393,7 @@ mod tests {
                 pretrain_seconds: None,
                 parameters: 0,
                 segmentation: None,
+                finetune: BTreeMap::new(),
             },
             Row {
                 method: "simclr, \"v1\"".into(),
@@ -352,6 +401,7 @@ mod tests {
                 pretrain_seconds: Some(61.4),
                 parameters: 1234,
                 segmentation: None,
+                finetune: BTreeMap::new(),
             },
         ];
         let md = markdown(&rows);
@@ -383,5 +433,23 @@ mod tests {
             "{}",
             csv(&rows)
         );
+        // Fine-tuning columns, one per fraction some row has, smallest first.
+        let outcome = |top1| finetune::Outcome {
+            images: 10,
+            top1,
+            top5: 0.9,
+            epochs: 3,
+            seconds: 1.0,
+            run: "r".into(),
+        };
+        rows[1].finetune =
+            BTreeMap::from([("10%".into(), outcome(0.4321)), ("1%".into(), outcome(0.2))]);
+        let md = markdown(&rows);
+        assert!(
+            md.contains("| seg finetune s | fine-tuned 1% top-1 % | fine-tuned 10% top-1 % |"),
+            "{md}"
+        );
+        assert!(md.contains("| 95 | - | 20.00 | 43.21 |"), "{md}");
+        assert!(md.contains("| - | - | - | - | - | - |"), "{md}");
     }
 }

@@ -4,6 +4,7 @@
 pub mod baselines;
 pub mod compare;
 pub mod embed;
+pub mod finetune;
 pub mod knn;
 pub mod linear;
 pub mod neighbors;

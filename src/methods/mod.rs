@@ -9,6 +9,7 @@ pub mod context_encoder;
 pub mod cpc;
 pub mod denoising;
 pub mod dino;
+pub mod finetune;
 pub mod jigsaw;
 pub mod mae;
 pub mod moco;
@@ -25,7 +26,9 @@ pub mod vicreg;
 pub mod views;
 
 use crate::augment::Views;
-use crate::config::{self, AugSpec, Config, EncoderKind, EncoderSpec, MethodKeys, check};
+use crate::config::{
+    self, AugSpec, Config, EncoderKind, EncoderSpec, FinetuneSpec, MethodKeys, check,
+};
 use crate::nets::Encoder;
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
@@ -53,6 +56,8 @@ pub struct MethodConfig<'a> {
     pub encoder: &'a EncoderSpec,
     pub aug: &'a AugSpec,
     pub keys: &'a MethodKeys,
+    /// The fine-tuning method's views.
+    pub finetune: &'a FinetuneSpec,
     /// The global batch (MoCo's BatchNorm groups and SwAV's queue are fitted to it).
     pub batch_size: usize,
 }
@@ -63,6 +68,7 @@ impl<'a> MethodConfig<'a> {
             encoder: &cfg.encoder,
             aug: &cfg.aug,
             keys: &cfg.keys,
+            finetune: &cfg.finetune,
             batch_size: cfg.train.batch_size,
         }
     }
@@ -99,6 +105,11 @@ pub trait Method {
     /// original); the training loop saves it as `examples.png` at the end of pretraining.
     /// Called without gradients; `None` for methods with nothing to show.
     fn examples(&self, _images: &Tensor) -> Option<Tensor> {
+        None
+    }
+    /// Class scores `[N, K]` of images `[N, C, H, W]`, for the methods trained with labels
+    /// (the supervised baseline, fine-tuning): their test accuracy. None for the others.
+    fn logits(&self, _images: &Tensor) -> Option<Tensor> {
         None
     }
 }
@@ -257,7 +268,14 @@ pub fn side_by_side(columns: &[Tensor]) -> Tensor {
     Tensor::cat(&out, 1)
 }
 
+/// The fine-tuning of `selfsup finetune`: trained as a method, not a pretraining one, so
+/// not in `REGISTRY` (nor in `selfsup methods`).
+pub const FINETUNE: &MethodSpec = &finetune::SPEC;
+
 pub fn find(name: &str) -> Result<&'static MethodSpec> {
+    if name == FINETUNE.name {
+        return Ok(FINETUNE);
+    }
     match REGISTRY.iter().find(|m| m.name == name) {
         Some(m) => Ok(m),
         None => {

@@ -56,4 +56,10 @@ impl Method for Supervised {
     fn encoder(&self) -> &Encoder {
         &self.encoder
     }
+    fn logits(&self, images: &Tensor) -> Option<Tensor> {
+        Some(
+            self.classifier
+                .forward(&self.encoder.forward_t(images, false)),
+        )
+    }
 }

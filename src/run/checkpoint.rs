@@ -284,6 +284,43 @@ pub fn load_into(vs: &nn::VarStore, tensors: &[(String, Tensor)]) -> Result<()> 
     Ok(())
 }
 
+/// Copies the variables of `tensors` whose names start with `prefix` (`encoder.`) into the
+/// same-named variables of `vs`: a fine-tuning run starts from a pretrained encoder. Every
+/// variable of `vs` under `prefix` must be given, with its shape.
+pub fn load_prefix_into(
+    vs: &nn::VarStore,
+    tensors: &[(String, Tensor)],
+    prefix: &str,
+) -> Result<usize> {
+    let given: HashMap<&str, &Tensor> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let vars = vs.variables();
+    let mine: Vec<(&String, &Tensor)> =
+        vars.iter().filter(|(k, _)| k.starts_with(prefix)).collect();
+    if mine.is_empty() {
+        bail!("the model has no variables under '{prefix}'");
+    }
+    for (name, var) in &mine {
+        let Some(src) = given.get(name.as_str()) else {
+            bail!("the checkpoint lacks variable '{name}'")
+        };
+        if src.size() != var.size() {
+            bail!(
+                "variable '{name}': checkpoint shape {:?}, model shape {:?}",
+                src.size(),
+                var.size()
+            );
+        }
+    }
+    tch::no_grad(|| {
+        for (name, var) in &mine {
+            let src = given[name.as_str()];
+            var.shallow_clone()
+                .copy_(&src.to_kind(var.kind()).to_device(var.device()));
+        }
+    });
+    Ok(mine.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,9 @@ pub struct TrainOptions {
     /// How long a collective waits for the other ranks before the run fails (default
     /// `data_parallel::DEFAULT_TIMEOUT`).
     pub dist_timeout: Option<Duration>,
+    /// A new run's encoder starts from the `encoder.*` variables of this checkpoint (a
+    /// pretrained run's, for fine-tuning) instead of its random initialisation.
+    pub init_encoder: Option<PathBuf>,
 }
 
 /// The data order of `epoch` without its first `skip` batches (done before a resume).
@@ -189,11 +192,14 @@ pub fn pretrain(
     let ckpt_path = out.join(RunDir::CHECKPOINT);
     // Self-supervised methods train on the pretraining split (which may be unlabeled);
     // the supervised baseline needs the labelled training split.
+    // Methods trained with labels take `finetune_labels` of them (all by default).
     let source = if model.spec.uses_labels {
         ds.require_labels()?;
-        &ds.train
+        let f = &cfg.finetune;
+        ds.train
+            .balanced_subset(f.finetune_labels, f.finetune_seed, &ds.class_names)?
     } else {
-        ds.pretrain_split()
+        ds.pretrain_split().clone()
     };
     let train = Arc::new(source.subset(cfg.data.train_subset, cfg.train.seed));
     let spe = steps_per_epoch(train.len(), cfg.train.batch_size);
@@ -240,6 +246,11 @@ pub fn pretrain(
             "{} already holds a run; pass --resume to continue it or choose another --out",
             out.display()
         );
+    }
+    if !resume && let Some(init) = &opts.init_encoder {
+        let ck = checkpoint::load_file(init)?;
+        checkpoint::load_prefix_into(&model.vs, &ck.model, "encoder.")
+            .with_context(|| format!("the encoder of {}", init.display()))?;
     }
     if let Some(dp) = &dp {
         dp.broadcast_model(&model.vs)?;
