@@ -3,9 +3,11 @@
 //! self-supervised methods are compared against.
 
 use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx};
+use crate::augment::Views;
 use crate::nets::{self, Encoder};
 use crate::{losses, precision};
 use anyhow::{Result, bail};
+use std::sync::Arc;
 use tch::Tensor;
 use tch::nn::{self, Module};
 
@@ -19,16 +21,29 @@ pub const SPEC: MethodSpec = MethodSpec {
     build: |p, cfg, data| Ok(Box::new(Supervised::new(p, cfg, data)?)),
 };
 
+/// An encoder and a linear classifier trained with cross-entropy; fine-tuning
+/// (`finetune.rs`) is the same network on random views.
 pub struct Supervised {
     encoder: Encoder,
     classifier: nn::Linear,
+    views: Option<Arc<Views>>,
 }
 
 impl Supervised {
     pub fn new(p: &nn::Path, cfg: &MethodConfig, data: &DataInfo) -> Result<Supervised> {
+        Supervised::with_views(p, cfg, data, None)
+    }
+
+    /// The classifier trained on `views` of the images (plain images with None).
+    pub fn with_views(
+        p: &nn::Path,
+        cfg: &MethodConfig,
+        data: &DataInfo,
+        views: Option<Arc<Views>>,
+    ) -> Result<Supervised> {
         if data.num_classes < 2 {
             bail!(
-                "method supervised needs labelled data with at least 2 classes, found {}",
+                "training with labels needs labelled data with at least 2 classes, found {}",
                 data.num_classes
             );
         }
@@ -42,6 +57,7 @@ impl Supervised {
         Ok(Supervised {
             encoder,
             classifier,
+            views,
         })
     }
 }
@@ -55,6 +71,9 @@ impl Method for Supervised {
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder
+    }
+    fn views(&self) -> Option<Arc<Views>> {
+        self.views.clone()
     }
     fn logits(&self, images: &Tensor) -> Option<Tensor> {
         Some(

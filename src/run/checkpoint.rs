@@ -258,6 +258,15 @@ impl Interval {
 /// Copies `tensors` into the variables of `vs`; names and shapes must match exactly.
 pub fn load_into(vs: &nn::VarStore, tensors: &[(String, Tensor)]) -> Result<()> {
     let vars = vs.variables();
+    if let Some((extra, _)) = tensors.iter().find(|(k, _)| !vars.contains_key(k)) {
+        bail!("checkpoint has variable '{extra}' that the model lacks");
+    }
+    copy_vars(vars.iter().collect(), tensors)
+}
+
+/// Copies each of `vars` from the same-named tensor of `tensors`, after checking that every
+/// one is there with its shape.
+fn copy_vars(vars: Vec<(&String, &Tensor)>, tensors: &[(String, Tensor)]) -> Result<()> {
     let given: HashMap<&str, &Tensor> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     for (name, var) in &vars {
         let Some(src) = given.get(name.as_str()) else {
@@ -270,9 +279,6 @@ pub fn load_into(vs: &nn::VarStore, tensors: &[(String, Tensor)]) -> Result<()> 
                 var.size()
             );
         }
-    }
-    if let Some((extra, _)) = tensors.iter().find(|(k, _)| !vars.contains_key(k)) {
-        bail!("checkpoint has variable '{extra}' that the model lacks");
     }
     tch::no_grad(|| {
         for (name, var) in &vars {
@@ -292,33 +298,15 @@ pub fn load_prefix_into(
     tensors: &[(String, Tensor)],
     prefix: &str,
 ) -> Result<usize> {
-    let given: HashMap<&str, &Tensor> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let vars = vs.variables();
     let mine: Vec<(&String, &Tensor)> =
         vars.iter().filter(|(k, _)| k.starts_with(prefix)).collect();
     if mine.is_empty() {
         bail!("the model has no variables under '{prefix}'");
     }
-    for (name, var) in &mine {
-        let Some(src) = given.get(name.as_str()) else {
-            bail!("the checkpoint lacks variable '{name}'")
-        };
-        if src.size() != var.size() {
-            bail!(
-                "variable '{name}': checkpoint shape {:?}, model shape {:?}",
-                src.size(),
-                var.size()
-            );
-        }
-    }
-    tch::no_grad(|| {
-        for (name, var) in &mine {
-            let src = given[name.as_str()];
-            var.shallow_clone()
-                .copy_(&src.to_kind(var.kind()).to_device(var.device()));
-        }
-    });
-    Ok(mine.len())
+    let n = mine.len();
+    copy_vars(mine, tensors)?;
+    Ok(n)
 }
 
 #[cfg(test)]
