@@ -557,3 +557,57 @@ fn a_killed_finetuning_resumes_bit_identical() {
     };
     assert_eq!(score(&run), score(&copy));
 }
+
+/// With `bad_images = "error"`, an image that turns bad in the middle of a streamed run
+/// stops it with an error naming the file, and the run folder keeps its last checkpoint,
+/// from which the run resumes once the file is fixed.
+#[test]
+fn a_bad_image_stops_a_streamed_run_naming_it_and_the_checkpoint_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("imgs");
+    for i in 0..30 {
+        let class = ["a", "b"][i % 2];
+        std::fs::create_dir_all(folder.join(class)).unwrap();
+        image::RgbImage::from_fn(24, 20, |x, y| {
+            image::Rgb([(x * 9) as u8, (y * 11) as u8, (i * 7) as u8])
+        })
+        .save(folder.join(class).join(format!("{i:02}.jpg")))
+        .unwrap();
+    }
+    let run = tmp.path().join("run");
+    let args: Vec<String> = [
+        "method=\"simclr\"".to_string(),
+        format!("data=\"folder:{}\"", folder.display()),
+        "image_size=16".into(),
+        "cnn_widths=[4, 8]".into(),
+        "proj_hidden_dim=16".into(),
+        "proj_dim=8".into(),
+        "batch_size=8".into(),
+        "epochs=1".into(),
+    ]
+    .iter()
+    .flat_map(|s| ["--set".to_string(), s.clone()])
+    .collect();
+    let (status, err) = finish(&mut pretrain_with(&run, &args, false, None, &[]));
+    assert!(status.success(), "{err}");
+    let before = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    let bad = folder.join("b").join("07.jpg");
+    let good = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &good[..good.len() / 2]).unwrap();
+    let (status, err) = finish(&mut pretrain_with(&run, &args, true, None, &["epochs=2"]));
+    assert!(!status.success());
+    assert!(
+        err.contains("07.jpg") && err.contains("bad_images"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(run.join("checkpoint.safetensors")).unwrap(),
+        before,
+        "the last checkpoint stays"
+    );
+    assert_eq!(checkpoint::load(&run).unwrap().meta.epoch, 1);
+    std::fs::write(&bad, &good).unwrap();
+    let (status, err) = finish(&mut pretrain_with(&run, &args, true, None, &["epochs=2"]));
+    assert!(status.success(), "{err}");
+    assert_eq!(checkpoint::load(&run).unwrap().meta.epoch, 2);
+}

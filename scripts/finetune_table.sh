@@ -1,0 +1,26 @@
+#!/bin/bash
+# Fine-tuning with 1%, 10% and 100% of the labels on Fashion-MNIST (docs/results.md, "Fine-tuning
+# with few labels"): SimCLR, BYOL, NNCLR and MAE (ViT) pretrained with their presets at the
+# every-method budget (3 epochs on 20k images), the supervised baseline, and the random
+# encoders; linear probe, kNN and fine-tuned test top-1 in one table. Fine-tuning is shortened
+# to FT_EPOCHS (default 3) epochs for a 2-core CPU. Runs are kept in runs/finetune and reused.
+cd "$(dirname "$0")/.."
+set -e
+B=./target/release/selfsup
+O=${OUT:-runs/finetune}
+E=${FT_EPOCHS:-3}
+mkdir -p $O
+for m in simclr byol nnclr; do
+  [ -f $O/$m/checkpoint.safetensors ] || $B pretrain --quiet --config presets/fashion-mnist-$m.toml \
+    --set epochs=3 --set train_subset=20000 --out $O/$m
+done
+[ -f $O/mae/checkpoint.safetensors ] || $B pretrain --quiet --config presets/fashion-mnist-mae.toml \
+  --set epochs=3 --set train_subset=20000 --out $O/mae
+[ -f $O/supervised/checkpoint.safetensors ] || $B pretrain --quiet --method supervised --set cnn_pool=3 \
+  --set epochs=3 --set train_subset=20000 --out $O/supervised
+# The random ViT, fine-tuned from scratch as MAE's baseline.
+$B finetune --quiet --baseline random --set encoder=vit --set vit_patch=4 --set vit_depth=6 \
+  --set vit_image_size=28 --labels 1%,10%,100% --set finetune_epochs=$E --out $O/random-vit
+$B compare --quiet --runs $O/simclr,$O/byol,$O/nnclr,$O/mae,$O/supervised --baselines raw,random \
+  --finetune 1,10,100 --set finetune_epochs=$E --out $O/table
+cat $O/random-vit/finetune.json
