@@ -397,7 +397,7 @@ fn epoch_batches(ds: &Dataset, threads: usize) -> Vec<Vec<f32>> {
             Device::Cpu,
             Some(spec),
         )
-        .map(|b| Vec::<f32>::try_from(b.unwrap().images.flatten(0, -1)).unwrap())
+        .map(|b| Vec::<f32>::try_from(b.unwrap().plain().flatten(0, -1)).unwrap())
         .collect()
     })
 }

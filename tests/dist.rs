@@ -467,7 +467,11 @@ fn train_f64(
         ) {
             let batch = batch.unwrap();
             let batch = Batch {
-                images: batch.images.to_kind(Kind::Double),
+                images: batch
+                    .images
+                    .iter()
+                    .map(|t| t.to_kind(Kind::Double))
+                    .collect(),
                 ..batch
             };
             let step = losses.len();

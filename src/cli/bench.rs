@@ -20,7 +20,10 @@ pub fn step(
     let file = cfg.config.clone().unwrap_or(preset);
     let config = config::of_method(Some(&file), cfg)?;
     let ds = data::load(&config.data, config.train.seed)?;
-    println!("{}", train::bench::describe_step(&config, &ds, device));
+    println!(
+        "{}",
+        train::bench::describe_step(&config.method, &config.encoder, &config.train, &ds, device)
+    );
     let python = python.map_or_else(venv::python, Ok);
     let rows = train::bench::measure(&config, &ds, device, &opts, python)?;
     print!("{}", train::bench::table(&rows));

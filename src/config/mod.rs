@@ -44,6 +44,18 @@ pub struct EvalView<'a> {
     pub momentum: f64,
 }
 
+/// A method's view of the config: what `MethodSpec::build` and `validate` read.
+#[derive(Debug, Clone, Copy)]
+pub struct MethodConfig<'a> {
+    pub encoder: &'a EncoderSpec,
+    pub aug: &'a AugSpec,
+    pub keys: &'a MethodKeys,
+    /// The fine-tuning method's views.
+    pub finetune: &'a FinetuneSpec,
+    /// The global batch (MoCo's BatchNorm groups and SwAV's queue are fitted to it).
+    pub batch_size: usize,
+}
+
 impl Config {
     /// A ViT small enough for tests on 8x8 images (patch 2, one block of width 8), and
     /// MAE's decoder to match.
@@ -64,6 +76,16 @@ impl Config {
             k.mae_decoder_heads,
         ) = (8, 1, 2);
         self
+    }
+
+    pub fn method_view(&self) -> MethodConfig<'_> {
+        MethodConfig {
+            encoder: &self.encoder,
+            aug: &self.aug,
+            keys: &self.keys,
+            finetune: &self.finetune,
+            batch_size: self.train.batch_size,
+        }
     }
 
     pub fn eval_view(&self) -> EvalView<'_> {

@@ -19,15 +19,55 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use tch::{Device, Tensor};
 
 pub struct Batch {
-    /// `[B, C, H, W]`, float in [0, 1], channels-last in memory; with V random views,
-    /// `[V * B, C, h, w]`: all first views, then all second views, and so on; with views of
-    /// several sizes (multi-crop), the same order flat, each image `[h, w, C]` (see
-    /// `methods::views::unpack`).
-    pub images: Tensor,
+    /// The images, float in [0, 1], channels-last in memory, one tensor per crop size:
+    /// `[B, C, H, W]` without views; with views, `[n B, C, h, w]` for the n views of each
+    /// size (all first views, then all second views, ...), global crops before local ones.
+    /// Made by `pack`.
+    pub images: Vec<Tensor>,
     /// `[B]`, int64
     pub labels: Tensor,
     /// The positions of these images in the split.
     pub indices: Vec<usize>,
+}
+
+impl Batch {
+    /// The images of a batch without views: `[B, C, H, W]` (or of views of one size).
+    pub fn plain(&self) -> &Tensor {
+        assert_eq!(self.images.len(), 1, "a batch of views of several sizes");
+        &self.images[0]
+    }
+}
+
+/// The crop sizes of a batch: (number of views, `[C, h, w]`) per size, in order, for
+/// images of `shape` made into `views` (one group of one view without views).
+pub fn size_groups(shape: [usize; 3], views: Option<&Views>) -> Vec<(usize, [usize; 3])> {
+    let [c, h, w] = shape;
+    match views {
+        None => vec![(1, shape)],
+        Some(v) => v
+            .size_groups(h, w)
+            .into_iter()
+            .map(|(n, (gh, gw))| (n, [c, gh, gw]))
+            .collect(),
+    }
+}
+
+/// The loader's host layout (every view's B images one after the other, each `[h, w, C]`)
+/// as `Batch::images`: one channels-last `[n B, C, h, w]` tensor per size group, without
+/// a copy.
+pub fn pack(flat: &Tensor, groups: &[(usize, [usize; 3])]) -> Vec<Tensor> {
+    let per_image: usize = groups.iter().map(|(n, [c, h, w])| n * c * h * w).sum();
+    let b = flat.numel() / per_image;
+    let mut at = 0;
+    groups
+        .iter()
+        .map(|&(n, [c, h, w])| {
+            let len = (n * b * c * h * w) as i64;
+            let part = flat.narrow(0, at, len);
+            at += len;
+            nhwc_batch(&part, [c, h, w].map(|d| d as i64))
+        })
+        .collect()
 }
 
 /// The order of the `n` images in `epoch`: a permutation fixed by (seed, epoch).
@@ -166,9 +206,8 @@ pub fn nhwc_batch(images: &Tensor, [c, h, w]: [i64; 3]) -> Tensor {
 /// An iterator over the batches of one pass through `order`.
 pub struct Loader {
     rx: Receiver<Result<HostBatch>>,
-    /// `[C, h, w]` of the tensors produced; `None` for views of several sizes, whose
-    /// batches stay flat (see `methods::views::unpack`).
-    shape: Option<[usize; 3]>,
+    /// The crop sizes of the batches (see `pack`).
+    groups: Vec<(usize, [usize; 3])>,
     device: Device,
     remaining: usize,
 }
@@ -202,14 +241,7 @@ impl Loader {
             chunks.pop();
         }
         let remaining = chunks.len();
-        let [c, h, w] = split.shape;
-        let shape = match &views {
-            None => Some([c, h, w]),
-            Some(v) => match v.views.size_groups(h, w)[..] {
-                [(_, (oh, ow))] => Some([c, oh, ow]),
-                _ => None,
-            },
-        };
+        let groups = size_groups(split.shape, views.as_ref().map(|v| &*v.views));
         let (tx, rx) = sync_channel(prefetch.max(1));
         std::thread::spawn(move || {
             for chunk in chunks {
@@ -223,7 +255,7 @@ impl Loader {
         });
         Loader {
             rx,
-            shape,
+            groups,
             device,
             remaining,
         }
@@ -250,11 +282,10 @@ impl Iterator for Loader {
             }
         };
         self.remaining -= 1;
-        let mut images = Tensor::from_slice(&hb.images);
-        if let Some([c, h, w]) = self.shape.map(|s| s.map(|d| d as i64)) {
-            images = nhwc_batch(&images, [c, h, w]);
-        }
-        let images = images.to_device(self.device);
+        let images = pack(&Tensor::from_slice(&hb.images), &self.groups)
+            .iter()
+            .map(|t| t.to_device(self.device))
+            .collect();
         let labels = Tensor::from_slice(&hb.labels).to_device(self.device);
         Some(Ok(Batch {
             images,
@@ -281,13 +312,13 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(
-            batches.iter().map(|b| b.images.size()).collect::<Vec<_>>(),
+            batches.iter().map(|b| b.plain().size()).collect::<Vec<_>>(),
             vec![vec![4, 2, 3, 3], vec![4, 2, 3, 3], vec![2, 2, 3, 3]]
         );
         let b = &batches[1];
         // Channels-last: [B, C, H, W] with NHWC strides.
-        assert_eq!(b.images.stride(), vec![18, 1, 6, 2]);
-        let got = Vec::<f32>::try_from(b.images.get(0).flatten(0, -1)).unwrap();
+        assert_eq!(b.plain().stride(), vec![18, 1, 6, 2]);
+        let got = Vec::<f32>::try_from(b.plain().get(0).flatten(0, -1)).unwrap();
         let want: Vec<f32> = s
             .image(order[4])
             .iter()
@@ -309,17 +340,20 @@ mod tests {
             .next()
             .unwrap()
             .unwrap();
-        assert_eq!(b.images.stride(), vec![16, 1, 4, 1]);
+        assert_eq!(b.plain().stride(), vec![16, 1, 4, 1]);
         let want: Vec<f32> = s
             .memory()
             .unwrap()
             .iter()
             .map(|&v| v as f32 / 255.0)
             .collect();
-        assert_eq!(Vec::<f32>::try_from(b.images.flatten(0, -1)).unwrap(), want);
+        assert_eq!(
+            Vec::<f32>::try_from(b.plain().flatten(0, -1)).unwrap(),
+            want
+        );
         // A convolution to 8 channels gives NHWC strides: the layout carries on.
         let k = Tensor::ones([8, 1, 3, 3], (tch::Kind::Float, Device::Cpu));
-        let y = b.images.conv2d(&k, None::<Tensor>, [1], [1], [1], 1); // [3, 8, 4, 4]
+        let y = b.plain().conv2d(&k, None::<Tensor>, [1], [1], [1], 1); // [3, 8, 4, 4]
         assert_eq!(y.stride(), vec![128, 1, 32, 8]);
     }
 
@@ -382,7 +416,7 @@ mod tests {
             .collect()
         };
         let batches = run(3);
-        assert_eq!(batches[0].images.size(), vec![6, 2, 2, 2]);
+        assert_eq!(batches[0].plain().size(), vec![6, 2, 2, 2]);
         // Row v * B + b is view v of image b, exactly as augment makes it.
         for (v, b) in [(0, 0), (1, 2)] {
             let i = batches[0].indices[b];
@@ -394,7 +428,7 @@ mod tests {
                 .collect::<Vec<_>>();
             let got = Vec::<f32>::try_from(
                 batches[0]
-                    .images
+                    .plain()
                     .get(v as i64 * 3 + b as i64)
                     .flatten(0, -1),
             )
@@ -406,7 +440,7 @@ mod tests {
         let first_view = |bs: &[Batch], n: usize| -> Vec<f32> {
             let b = bs.iter().find(|b| b.indices.contains(&n)).unwrap();
             let pos = b.indices.iter().position(|&x| x == n).unwrap() as i64;
-            Vec::<f32>::try_from(b.images.get(pos).flatten(0, -1)).unwrap()
+            Vec::<f32>::try_from(b.plain().get(pos).flatten(0, -1)).unwrap()
         };
         for n in 0..6 {
             assert_eq!(first_view(&batches, n), first_view(&one, n));
@@ -414,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn views_of_several_sizes_come_flat_in_view_major_order() {
+    fn views_of_several_sizes_come_one_tensor_per_size_view_major() {
         use crate::augment::{Op, Pipeline};
         let s = split(4);
         let crop = |size| Pipeline {
@@ -437,10 +471,11 @@ mod tests {
             .next()
             .unwrap()
             .unwrap();
-        // 2 images x 2 channels: 2 x 8 values of the global views, then 2 x 2 x 2 local ones.
-        assert_eq!(b.images.size(), vec![2 * 8 + 2 * 2 * 2]);
-        let flat = Vec::<f32>::try_from(&b.images).unwrap();
-        // Each view as the loader stores it: [h, w, C] floats.
+        // One tensor per size: B = 2 global views of 2x2, then 2 x 2 local ones of 1x1.
+        let sizes: Vec<Vec<i64>> = b.images.iter().map(|t| t.size()).collect();
+        assert_eq!(sizes, vec![vec![2, 2, 2, 2], vec![4, 2, 1, 1]]);
+        assert_eq!(b.images[0].stride(), vec![8, 1, 4, 2]); // channels-last
+        // Each view as augment makes it, as [h, w, C] floats.
         let want = |v: usize, i: usize| -> Vec<f32> {
             let img = Image::new(2, 3, 3, s.image(i).to_vec());
             let view = &views.apply(&img, 4, 0, i)[v];
@@ -448,9 +483,12 @@ mod tests {
             to_float_hwc(&view.data, 2, &mut out);
             out
         };
-        assert_eq!(&flat[8..16], want(0, 0).as_slice());
-        // The second local view of image 0 (the batch's second image): after 2 x 8 + 2 x 2.
-        assert_eq!(&flat[22..24], want(2, 0).as_slice());
+        let hwc = |t: Tensor| Vec::<f32>::try_from(t.permute([1, 2, 0]).flatten(0, -1)).unwrap();
+        // Image 0 is the batch's second image: row 1 of the global views, and its second
+        // local view is row 1 * B + 1 of the local ones.
+        assert_eq!(hwc(b.images[0].get(1)), want(0, 0));
+        assert_eq!(hwc(b.images[1].get(3)), want(2, 0));
+        assert_eq!(hwc(b.images[1].get(0)), want(1, 2));
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub fn test_accuracy(
         for b in Loader::new(test, order, 512, false, 2, device) {
             let b = b?;
             let l = method
-                .logits(&b.images)
+                .logits(b.plain())
                 .context("the method has no classifier to score")?;
             logits.push(l.to_kind(Kind::Float));
             labels.push(b.labels);

@@ -73,7 +73,7 @@ fn collect_features(
     tch::no_grad(|| -> Result<()> {
         for b in Loader::new(split.clone(), order, batch_size, false, 2, device) {
             let b = b?;
-            feats.push(f(&b.images).to_kind(Kind::Float));
+            feats.push(f(b.plain()).to_kind(Kind::Float));
             labels.push(b.labels);
         }
         Ok(())

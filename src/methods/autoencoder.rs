@@ -45,7 +45,8 @@ impl Autoencoder {
 }
 
 impl Method for Autoencoder {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [B, C, H, W]
         let input = match &self.corrupt {
             Some(f) => f(images),
             None => images.shallow_clone(),

@@ -85,7 +85,8 @@ impl BarlowTwins {
 impl Method for BarlowTwins {
     /// Every rank computes the loss of the whole global batch; the gather sums each rank's
     /// gradient into its rows and the all-reduce averages, which gives the global gradient.
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [2B, C, H, W]: the two views
         let z = projections(&self.encoder, &self.projector, images);
         global_loss(z, |z1, z2| losses::barlow_twins(z1, z2, self.lambda))
     }

@@ -46,7 +46,6 @@ const KEYS: &[&[&str]] = &[
 pub struct Byol {
     nets: OnlineTarget,
     base_m: f64,
-    shape: [i64; 3],
     views: Arc<Views>,
 }
 
@@ -82,15 +81,14 @@ impl Byol {
         Ok(Byol {
             nets,
             base_m: cfg.keys.ema_momentum,
-            shape: data.shape,
             views: views::multi_crop(cfg.aug, data, global, views::pipeline(cfg.aug, data)),
         })
     }
 }
 
 impl Method for Byol {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
-        let x = views::crops(&self.views, images, self.shape); // V x [B, C, h, w]
+    fn loss(&mut self, images: &[Tensor], labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let x = views::crops(images, labels.size()[0]); // V x [B, C, h, w]
         // Every crop through the online network on its own (its own BatchNorm statistics),
         // the 2 global crops through the target.
         let p: Vec<Tensor> = x.iter().map(|x| self.nets.online(x)).collect(); // V x [B, dim]
@@ -130,7 +128,7 @@ mod tests {
     #[test]
     fn views_are_asymmetric_as_in_the_paper() {
         let v = byol_views(
-            &MethodConfig::of(&Config::default()),
+            &Config::default().method_view(),
             &DataInfo {
                 shape: [3, 32, 32],
                 num_classes: 10,

@@ -202,7 +202,8 @@ impl Colorization {
 }
 
 impl Method for Colorization {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [B, C, H, W]
         let lab = tch::no_grad(|| rgb_to_lab(images)); // [B, 3, H, W]
         let l = lab.narrow(1, 0, 1) / 100.0; // [B, 1, H, W]
         let out = self.forward(&l, true);
@@ -335,7 +336,7 @@ pub(crate) mod tests {
         };
         let e = Colorization::new(
             &vs.root(),
-            &MethodConfig::of(&tiny_config("colorization")),
+            &tiny_config("colorization").method_view(),
             &grey,
         )
         .err()
@@ -357,7 +358,7 @@ pub(crate) mod tests {
         };
         let c = Colorization::new(
             &vs.root(),
-            &MethodConfig::of(&tiny_config("colorization")),
+            &tiny_config("colorization").method_view(),
             &info,
         )
         .unwrap();

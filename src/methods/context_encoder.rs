@@ -182,7 +182,8 @@ fn discriminator(p: &nn::Path, channels: i64) -> nn::Sequential {
 }
 
 impl Method for ContextEncoder {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [B, C, H, W]
         let (mask, input) = self.mask_batch(images); // [B, 1, H, W], [B, C, H, W]
         let z = self.encoder.forward_t(&input, true); // [B, D]
         let pred = self.decoder.forward_t(&z, true); // [B, C, H, W]
@@ -319,7 +320,7 @@ mod tests {
             shape: [1, 8, 8],
             num_classes: 4,
         };
-        let ce = ContextEncoder::new(&vs.root(), &MethodConfig::of(&cfg), &info).unwrap();
+        let ce = ContextEncoder::new(&vs.root(), &cfg.method_view(), &info).unwrap();
         let x = Tensor::rand([3, 1, 8, 8], (Kind::Float, Device::Cpu));
         let (mask, input) = ce.mask_batch(&x);
         let mean = x.mean(Kind::Float).double_value(&[]);
@@ -370,10 +371,10 @@ mod tests {
         let grads = |full: bool| {
             let vs = nn::VarStore::new(Device::Cpu);
             tch::manual_seed(0);
-            let mut ce = ContextEncoder::new(&vs.root(), &MethodConfig::of(&cfg), &info).unwrap();
+            let mut ce = ContextEncoder::new(&vs.root(), &cfg.method_view(), &info).unwrap();
             tch::manual_seed(1);
             let l = if full {
-                ce.loss(&x, &x, &ctx)
+                ce.loss(std::slice::from_ref(&x), &x, &ctx)
             } else {
                 let (mask, _) = ce.mask_batch(&x);
                 let d = ce.discriminator.as_ref().unwrap();

@@ -187,7 +187,8 @@ impl Cpc {
 }
 
 impl Method for Cpc {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [B, C, H, W]
         let z = self.codes(images, true); // [B, D, rows, cols]
         let c = self.context.forward(&z); // [B, D, rows, cols]
         let mut total = Tensor::zeros([], (Kind::Float, images.device()));
@@ -334,14 +335,18 @@ mod tests {
             shape: [1, 16, 16],
             num_classes: 2,
         };
-        let mut m = Cpc::new(&vs.root(), &MethodConfig::of(&cfg), &data).unwrap();
+        let mut m = Cpc::new(&vs.root(), &cfg.method_view(), &data).unwrap();
         let x = Tensor::rand([3, 1, 16, 16], (Kind::Float, Device::Cpu));
         let ctx = StepCtx {
             epoch: 0,
             step: 0,
             total_steps: 1,
         };
-        let l = m.loss(&x, &Tensor::zeros([3], (Kind::Int64, Device::Cpu)), &ctx);
+        let l = m.loss(
+            std::slice::from_ref(&x),
+            &Tensor::zeros([3], (Kind::Int64, Device::Cpu)),
+            &ctx,
+        );
         // Near log(1 + negatives) at initialisation.
         assert!(
             l.double_value(&[]) > 1.0 && l.double_value(&[]) < 5.0,
@@ -362,7 +367,7 @@ mod tests {
             c.keys.cpc_steps = 3;
             c
         };
-        let e = Cpc::new(&vs.root(), &MethodConfig::of(&too_far), &data)
+        let e = Cpc::new(&vs.root(), &too_far.method_view(), &data)
             .err()
             .unwrap()
             .to_string();

@@ -59,7 +59,7 @@ mod tests {
             c
         };
         let x = Tensor::ones([8, 3, 16, 16], (Kind::Float, tch::Device::Cpu)) * 0.5;
-        let y = corruption(&MethodConfig::of(&cfg))(&x);
+        let y = corruption(&cfg.method_view())(&x);
         let zero = y.eq(0.0).to_kind(Kind::Float);
         let frac = zero.mean(Kind::Float).double_value(&[]);
         assert!((frac - 0.3).abs() < 0.03, "masked fraction {frac}");
@@ -86,7 +86,7 @@ mod tests {
             c
         };
         let x = Tensor::ones([4, 1, 64, 64], (Kind::Float, tch::Device::Cpu)) * 0.5;
-        let y = corruption(&MethodConfig::of(&cfg))(&x);
+        let y = corruption(&cfg.method_view())(&x);
         let std = (&y - &x).std(true).double_value(&[]);
         assert!((std - 0.1).abs() < 0.005, "std {std}");
         assert!(y.min().double_value(&[]) >= 0.0 && y.max().double_value(&[]) <= 1.0);

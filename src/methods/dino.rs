@@ -110,7 +110,6 @@ pub struct Dino {
     teacher_temp: [f64; 2],
     warmup_epochs: usize,
     center_m: f64,
-    shape: [i64; 3],
     views: Arc<Views>,
 }
 
@@ -148,23 +147,18 @@ impl Dino {
             ],
             warmup_epochs: cfg.keys.dino_warmup_teacher_epochs,
             center_m: cfg.keys.dino_center_momentum,
-            shape: data.shape,
             views: dino_views(cfg, data),
         }
     }
 }
 
 impl Method for Dino {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, ctx: &StepCtx) -> Tensor {
-        let groups = views::unpack(&self.views, images, self.shape); // global crops first
-        let h: Vec<Tensor> = groups
-            .iter()
-            .map(|g| self.encoder.forward_t(g, true))
-            .collect();
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, ctx: &StepCtx) -> Tensor {
+        // images: the global crops [2B, C, H, W], then the local ones [(V - 2) B, C, h, w]
         let v = self.views.pipelines.len() as i64;
-        let student = self.head.forward(&Tensor::cat(&h, 0)); // [V B, K]
+        let student = self.head.forward(&views::encode(&self.encoder, images)); // [V B, K]
         let teacher = tch::no_grad(|| {
-            let h = self.teacher_encoder.forward_t(&groups[0], true);
+            let h = self.teacher_encoder.forward_t(&images[0], true);
             self.teacher_head.forward(&h) // [2B, K]
         });
         let [warm, temp] = self.teacher_temp;

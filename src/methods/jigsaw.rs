@@ -121,7 +121,8 @@ impl Jigsaw {
 }
 
 impl Method for Jigsaw {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [B, C, H, W]
         let (tiles, labels) = self.puzzles(images); // [B, 9, C, T, T], [B]
         let logits = self.head.forward(&self.encoder, &tiles); // [B, P]
         precision::in_fp32([&logits], |[l]| losses::cross_entropy(&l, &labels))
@@ -180,7 +181,7 @@ mod tests {
             shape: [1, 28, 28],
             num_classes: 10,
         };
-        let j = Jigsaw::new(&vs.root(), &MethodConfig::of(&cfg), &info).unwrap();
+        let j = Jigsaw::new(&vs.root(), &cfg.method_view(), &info).unwrap();
         let perms = max_hamming_permutations(10);
         tch::manual_seed(2);
         let img = coordinate_images(6, 28, 28);

@@ -240,7 +240,8 @@ impl Mae {
 }
 
 impl Method for Mae {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [B, C, H, W]
         let vit = self.encoder.vit().expect("validated: a ViT encoder");
         let p = vit.patch();
         let (n, _, h, w) = images.size4().unwrap();
@@ -384,7 +385,7 @@ mod tests {
             shape: [3, 8, 8],
             num_classes: 2,
         };
-        let mae = Mae::new(&vs.root(), &MethodConfig::of(&cfg), &info).unwrap();
+        let mae = Mae::new(&vs.root(), &cfg.method_view(), &info).unwrap();
         tch::manual_seed(3);
         let x = Tensor::rand([2, 3, 8, 8], (Kind::Float, Device::Cpu));
         let noise = Tensor::rand([2, 4], (Kind::Float, Device::Cpu));

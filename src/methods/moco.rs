@@ -148,7 +148,8 @@ pub fn enqueue(queue: &Tensor, ptr: &Tensor, keys: &Tensor) {
 }
 
 impl Method for Moco {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [2B, C, H, W]: the two views
         let x = images.chunk(2, 0); // 2 x [B, C, H, W]
         let q_net = |t: &Tensor| self.head.forward_t(&self.encoder.forward_t(t, true), true);
         let q = nets::split_bn_forward(q_net, &x[0], self.groups, false); // [B, dim]
@@ -278,7 +279,11 @@ mod tests {
             total_steps: 1,
         };
         let x = Tensor::rand([8, 1, 8, 8], (Kind::Float, Device::Cpu)); // 2 views of 4 images
-        let loss = m.loss(&x, &Tensor::zeros([4], (Kind::Int64, Device::Cpu)), &ctx);
+        let loss = m.loss(
+            std::slice::from_ref(&x),
+            &Tensor::zeros([4], (Kind::Int64, Device::Cpu)),
+            &ctx,
+        );
         loss.backward();
         let before_target = target.copy();
         tch::no_grad(|| online.shallow_clone().copy_(&(online + 1.0)));

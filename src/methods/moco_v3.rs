@@ -46,7 +46,6 @@ pub struct MocoV3 {
     nets: OnlineTarget,
     base_m: f64,
     temperature: f64,
-    shape: [i64; 3],
     views: Arc<Views>,
 }
 
@@ -63,15 +62,14 @@ impl MocoV3 {
             nets,
             base_m: cfg.keys.ema_momentum,
             temperature: cfg.keys.temperature,
-            shape: data.shape,
             views: views::two_views_and_local_crops(cfg.aug, data),
         })
     }
 }
 
 impl Method for MocoV3 {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
-        let x = views::crops(&self.views, images, self.shape); // V x [B, C, h, w]
+    fn loss(&mut self, images: &[Tensor], labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let x = views::crops(images, labels.size()[0]); // V x [B, C, h, w]
         // Every crop's query on its own (its own BatchNorm statistics), keys of the 2 global
         // crops.
         let q: Vec<Tensor> = x.iter().map(|x| self.nets.online(x)).collect(); // V x [B, dim]

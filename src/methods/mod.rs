@@ -26,9 +26,8 @@ pub mod vicreg;
 pub mod views;
 
 use crate::augment::Views;
-use crate::config::{
-    self, AugSpec, Config, EncoderKind, EncoderSpec, FinetuneSpec, MethodKeys, check,
-};
+pub use crate::config::MethodConfig;
+use crate::config::{self, Config, EncoderKind, check};
 use crate::nets::Encoder;
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
@@ -50,34 +49,12 @@ pub struct DataInfo {
     pub num_classes: i64,
 }
 
-/// A method's view of the config: what `MethodSpec::build` and `validate` read.
-#[derive(Debug, Clone, Copy)]
-pub struct MethodConfig<'a> {
-    pub encoder: &'a EncoderSpec,
-    pub aug: &'a AugSpec,
-    pub keys: &'a MethodKeys,
-    /// The fine-tuning method's views.
-    pub finetune: &'a FinetuneSpec,
-    /// The global batch (MoCo's BatchNorm groups and SwAV's queue are fitted to it).
-    pub batch_size: usize,
-}
-
-impl<'a> MethodConfig<'a> {
-    pub fn of(cfg: &'a Config) -> MethodConfig<'a> {
-        MethodConfig {
-            encoder: &cfg.encoder,
-            aug: &cfg.aug,
-            keys: &cfg.keys,
-            finetune: &cfg.finetune,
-            batch_size: cfg.train.batch_size,
-        }
-    }
-}
-
 pub trait Method {
-    /// The scalar training loss for a batch. `images`: `[B, C, H, W]` in [0, 1];
-    /// `labels`: `[B]` (only the supervised baseline may look at them).
-    fn loss(&mut self, images: &Tensor, labels: &Tensor, ctx: &StepCtx) -> Tensor;
+    /// The scalar training loss for a batch. `images`: in [0, 1], one tensor per crop size
+    /// (`data::loader::Batch`): without views a single `[B, C, H, W]`; with views one
+    /// `[n * B, C, h, w]` per size, its n views view-major. `labels`: `[B]` (only the
+    /// supervised baseline may look at them).
+    fn loss(&mut self, images: &[Tensor], labels: &Tensor, ctx: &StepCtx) -> Tensor;
     /// The encoder that evaluation, embeddings and the PyTorch export see: for most methods
     /// the trained encoder on whole images; for colorization the same network on the
     /// images' lightness, for CPC on a grid of patches whose codes are mean-pooled (see
@@ -90,8 +67,9 @@ pub trait Method {
     fn bind(&mut self, _vs: &nn::VarStore) -> Result<()> {
         Ok(())
     }
-    /// Random views the loader should make of each image. With V views, `loss` receives
-    /// `[V * B, C, h, w]`: all first views, then all second views, and so on.
+    /// Random views the loader should make of each image. `loss` receives one tensor per
+    /// crop size, `[n * B, C, h, w]` for the n views of that size: all first views, then all
+    /// second views, and so on (`views::crops` splits them per view).
     fn views(&self) -> Option<Arc<Views>> {
         None
     }
@@ -177,7 +155,7 @@ pub fn check_config(cfg: &Config, given: &[String]) -> Result<Vec<String>> {
             cfg.encoder.kind
         );
     }
-    let view = MethodConfig::of(cfg);
+    let view = cfg.method_view();
     for key in spec.keys() {
         shared_check(&view, key)?;
     }
@@ -391,15 +369,12 @@ pub(crate) mod tests {
         let mut vars: Vec<_> = model.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let views = model.method.views();
-        // A batch of 8 images' views: every view's pixels, flat when sizes differ.
-        let sizes = views.as_ref().map_or(vec![(8, 8)], |v| v.sizes(8, 8));
-        let numel: usize = sizes.iter().map(|(h, w)| 8 * 3 * h * w).sum();
+        // A batch of 8 images' views, as the loader makes it.
+        let groups = crate::data::loader::size_groups([3, 8, 8], views.as_deref());
+        let numel: usize = groups.iter().map(|(n, [c, h, w])| 8 * n * c * h * w).sum();
         tch::manual_seed(7);
-        let x = Tensor::rand([numel as i64], (Kind::Float, Device::Cpu));
-        let x = match sizes.iter().all(|s| *s == sizes[0]) {
-            true => x.view([-1, 3, sizes[0].0 as i64, sizes[0].1 as i64]),
-            false => x,
-        };
+        let x = Tensor::rand([numel as i64], (Kind::Float, Device::Cpu)); // [numel]
+        let x = crate::data::loader::pack(&x, &groups);
         let labels = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(4);
         let ctx = StepCtx {
             epoch: 0,

@@ -102,7 +102,8 @@ impl Nnclr {
 }
 
 impl Method for Nnclr {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [2B, C, H, W]: the two views
         let x = images.chunk(2, 0); // 2 x [B, C, H, W]
         let project = |t: &Tensor| {
             self.projector

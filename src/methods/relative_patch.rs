@@ -60,7 +60,8 @@ impl RelativePatch {
 }
 
 impl Method for RelativePatch {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [B, C, H, W]
         let (pairs, labels) = self.pairs(images); // [B, 2, C, T, T], [B]
         let logits = self.head.forward(&self.encoder, &pairs); // [B, 8]
         precision::in_fp32([&logits], |[l]| losses::cross_entropy(&l, &labels))
@@ -88,7 +89,7 @@ mod tests {
         };
         let rp = RelativePatch::new(
             &vs.root(),
-            &MethodConfig::of(&tiny_config("relative-patch")),
+            &tiny_config("relative-patch").method_view(),
             &info,
         )
         .unwrap();

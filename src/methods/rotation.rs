@@ -49,7 +49,8 @@ pub fn rotations(images: &Tensor) -> (Tensor, Tensor) {
 }
 
 impl Method for Rotation {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [B, C, H, W]
         let (x, y) = rotations(images); // [4B, C, H, H], [4B]
         let z = self.encoder.forward_t(&x, true); // [4B, D]
         let logits = self.head.forward(&z); // [4B, 4]
@@ -138,7 +139,7 @@ mod tests {
             shape: [1, 8, 6],
             num_classes: 2,
         };
-        let e = Rotation::new(&vs.root(), &MethodConfig::of(&cfg), &info)
+        let e = Rotation::new(&vs.root(), &cfg.method_view(), &info)
             .err()
             .unwrap();
         assert!(

@@ -36,7 +36,6 @@ pub struct SimClr {
     encoder: Encoder,
     projector: nn::SequentialT,
     temperature: f64,
-    shape: [i64; 3],
     views: Arc<Views>,
 }
 
@@ -53,16 +52,15 @@ impl SimClr {
             encoder,
             projector,
             temperature: cfg.keys.temperature,
-            shape: data.shape,
             views: views::two_views_and_local_crops(cfg.aug, data),
         })
     }
 }
 
 impl Method for SimClr {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
         // The encoder once per crop size, the projector on every crop together.
-        let h = views::encode(&self.encoder, &self.views, images, self.shape); // [V B, D]
+        let h = views::encode(&self.encoder, images); // [V B, D]
         let z = self.projector.forward_t(&h, true); // [V B, proj_dim]
         let v = self.views.pipelines.len() as i64;
         let (t, offset) = (self.temperature, dist::rank() as i64 * (z.size()[0] / v));

@@ -36,7 +36,6 @@ pub struct SimSiam {
     encoder: Encoder,
     projector: nn::SequentialT,
     predictor: nn::SequentialT,
-    shape: [i64; 3],
     views: Arc<Views>,
 }
 
@@ -63,15 +62,14 @@ impl SimSiam {
             encoder,
             projector,
             predictor,
-            shape: data.shape,
             views: views::two_views_and_local_crops(cfg.aug, data),
         })
     }
 }
 
 impl Method for SimSiam {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
-        let h = views::encode(&self.encoder, &self.views, images, self.shape); // [V B, D]
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let h = views::encode(&self.encoder, images); // [V B, D]
         let z = self.projector.forward_t(&h, true); // [V B, dim]
         let p = self.predictor.forward_t(&z, true); // [V B, dim]
         let v = self.views.pipelines.len() as i64;

@@ -63,7 +63,8 @@ impl Supervised {
 }
 
 impl Method for Supervised {
-    fn loss(&mut self, images: &Tensor, labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [B, C, H, W]
         let logits = self
             .classifier
             .forward(&self.encoder.forward_t(images, true)); // [B, K]

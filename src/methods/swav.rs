@@ -75,7 +75,6 @@ pub struct Swav {
     epsilon: f64,
     iterations: usize,
     freeze_epochs: usize,
-    shape: [i64; 3],
     views: Arc<Views>,
 }
 
@@ -110,7 +109,6 @@ impl Swav {
             epsilon: cfg.keys.swav_epsilon,
             iterations: cfg.keys.swav_iterations,
             freeze_epochs: cfg.keys.swav_freeze_epochs,
-            shape: data.shape,
             views,
         }
     }
@@ -136,13 +134,13 @@ impl Swav {
 }
 
 impl Method for Swav {
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, ctx: &StepCtx) -> Tensor {
         tch::no_grad(|| {
             let normalised = l2_normalize(&self.prototypes);
             self.prototypes.shallow_clone().copy_(&normalised);
         });
         // The encoder once per crop size, the projector on every crop together.
-        let h = views::encode(&self.encoder, &self.views, images, self.shape); // [V B, D]
+        let h = views::encode(&self.encoder, images); // [V B, D]
         let z = self.projector.forward_t(&h, true); // [V B, D]
         // Scores, codes and loss in float32 whatever the training precision.
         precision::in_fp32([&z], |[z]| {
@@ -198,7 +196,7 @@ mod tests {
     use crate::run::Model;
     use tch::Device;
 
-    fn tiny(freeze: usize, queue: i64) -> (Model, Tensor) {
+    fn tiny(freeze: usize, queue: i64) -> (Model, Vec<Tensor>) {
         let cfg = {
             let mut c = crate::train::tests::tiny_config("swav");
             c.keys.proj_hidden_dim = 16;
@@ -214,17 +212,15 @@ mod tests {
             num_classes: 4,
         };
         let model = Model::build(&cfg, &info, Device::Cpu).unwrap();
-        let sizes = model.method.views().unwrap().sizes(8, 8);
-        let numel: usize = sizes.iter().map(|(h, w)| 16 * h * w).sum();
-        (
-            model,
-            Tensor::rand([numel as i64], (Kind::Float, Device::Cpu)),
-        )
+        let groups = crate::data::loader::size_groups([1, 8, 8], model.method.views().as_deref());
+        let numel: usize = groups.iter().map(|(n, [c, h, w])| 16 * n * c * h * w).sum();
+        let x = Tensor::rand([numel as i64], (Kind::Float, Device::Cpu));
+        (model, crate::data::loader::pack(&x, &groups))
     }
 
     /// One SGD-like step on the prototypes; returns them before and after (after the
     /// normalisation of the next step).
-    fn step(model: &mut Model, x: &Tensor, epoch: usize) -> (Tensor, Tensor) {
+    fn step(model: &mut Model, x: &[Tensor], epoch: usize) -> (Tensor, Tensor) {
         let ctx = StepCtx {
             epoch,
             step: 0,

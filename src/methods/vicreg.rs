@@ -60,7 +60,8 @@ impl Vicreg {
 impl Method for Vicreg {
     /// The loss of the whole global batch on every rank (see `BarlowTwins::loss`): the
     /// invariance term's mean over the global batch is the mean of the ranks' local ones.
-    fn loss(&mut self, images: &Tensor, _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+    fn loss(&mut self, images: &[Tensor], _labels: &Tensor, _ctx: &StepCtx) -> Tensor {
+        let images = &images[0]; // [2B, C, H, W]: the two views
         let z = barlow_twins::projections(&self.encoder, &self.projector, images);
         let [sim, var, cov] = self.weights;
         barlow_twins::global_loss(z, |z1, z2| losses::vicreg(z1, z2, sim, var, cov))

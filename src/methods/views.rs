@@ -5,7 +5,6 @@
 use super::DataInfo;
 use crate::augment::{Op, Pipeline, Views};
 use crate::config::{AugSpec, check};
-use crate::data::loader::nhwc_batch;
 use crate::nets::Encoder;
 use anyhow::Result;
 use std::sync::Arc;
@@ -155,86 +154,45 @@ pub fn two_views_and_local_crops(aug: &AugSpec, data: &DataInfo) -> Arc<Views> {
     multi_crop(aug, data, vec![p.clone(), p.clone()], p)
 }
 
-/// The encoder's features `[V B, D]` of a loader batch of `views` of B `[c, h, w]` images
-/// (see `unpack`): the encoder runs once per crop size (so BatchNorm sees every view of a
+/// The encoder's features `[V B, D]` of a batch's views (`data::Batch::images`: one tensor
+/// per crop size): the encoder runs once per crop size (so BatchNorm sees every view of a
 /// size together), views in order.
-pub fn encode(encoder: &Encoder, views: &Views, images: &Tensor, shape: [i64; 3]) -> Tensor {
-    let h: Vec<Tensor> = unpack(views, images, shape)
-        .iter()
-        .map(|g| encoder.forward_t(g, true))
-        .collect();
+pub fn encode(encoder: &Encoder, images: &[Tensor]) -> Tensor {
+    let h: Vec<Tensor> = images.iter().map(|g| encoder.forward_t(g, true)).collect();
     Tensor::cat(&h, 0)
 }
 
-/// A loader batch of `views` of B `[c, h, w]` images as one tensor per view, `[B, c, h_v,
-/// w_v]` each, in order (global crops first).
-pub fn crops(views: &Views, images: &Tensor, shape: [i64; 3]) -> Vec<Tensor> {
-    let groups = views.size_groups(shape[1] as usize, shape[2] as usize);
-    unpack(views, images, shape)
+/// A batch's views (one `[n B, C, h, w]` tensor per crop size) as one `[B, C, h, w]`
+/// tensor per view, in order (global crops first).
+pub fn crops(images: &[Tensor], b: i64) -> Vec<Tensor> {
+    images
         .iter()
-        .zip(&groups)
-        .flat_map(|(g, (n, _))| g.chunk(*n as i64, 0))
+        .flat_map(|g| g.chunk(g.size()[0] / b, 0))
         .collect()
-}
-
-/// Splits a batch of the `views` of B `[c, h, w]` images, as the loader makes it, into
-/// one tensor per size group, `[n_g * B, c, h_g, w_g]` (views in order, each view's B
-/// images together). The loader's batch is that tensor already, `[V * B, c, h', w']`, when
-/// every view has one size, and flat when sizes differ: every view's B images one after
-/// the other, each `[h_g, w_g, c]` (channels-last, as `data::loader::nhwc_batch` reads it).
-pub fn unpack(views: &Views, images: &Tensor, [c, h, w]: [i64; 3]) -> Vec<Tensor> {
-    if images.dim() == 4 {
-        return vec![images.shallow_clone()];
-    }
-    let groups = views.size_groups(h as usize, w as usize);
-    let numel = |(n, (gh, gw)): &(usize, (usize, usize))| (n * gh * gw) as i64 * c;
-    let b = images.numel() as i64 / groups.iter().map(numel).sum::<i64>();
-    let mut at = 0;
-    let mut out = Vec::new();
-    for g in &groups {
-        let (_, (gh, gw)) = *g;
-        let part = images.narrow(0, at, b * numel(g));
-        out.push(nhwc_batch(&part, [c, gh as i64, gw as i64]));
-        at += b * numel(g);
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::augment::Pipeline;
     use tch::{Device, Kind};
 
-    fn crop(size: usize) -> Pipeline {
-        Pipeline {
-            ops: vec![Op::ResizedCrop {
-                size: (size, size),
-                scale: (0.2, 1.0),
-                ratio: (0.75, 4.0 / 3.0),
-            }],
-        }
-    }
-
     #[test]
-    fn multi_crop_batches_are_unpacked_by_size() {
-        let _rng = crate::torch_rng_lock();
-        let views = Views {
-            pipelines: vec![crop(16), crop(16), crop(8), crop(8), crop(8)],
-        };
-        // B = 2 images of 1 channel: 2 x 2 x 256 values, then 3 x 2 x 64 (with one channel
-        // channels-last is the plain order).
-        let flat = Tensor::arange(2 * 2 * 256 + 3 * 2 * 64, (Kind::Float, Device::Cpu));
-        let groups = unpack(&views, &flat, [1, 28, 28]);
-        assert_eq!(groups[0].size(), vec![4, 1, 16, 16]);
-        assert_eq!(groups[1].size(), vec![6, 1, 8, 8]);
-        assert_eq!(groups[1].flatten(0, -1).double_value(&[0]), 1024.0);
-        // One size: the loader's 4-D batch comes back whole.
-        let two = Views {
-            pipelines: vec![crop(8), crop(8)],
-        };
-        let x = Tensor::rand([6, 3, 8, 8], (Kind::Float, Device::Cpu));
-        let got = unpack(&two, &x, [3, 28, 28]);
-        assert!(got.len() == 1 && got[0].equal(&x));
+    fn crops_split_each_size_group_into_its_views() {
+        // B = 2: two global views of 4x4, then three local views of 2x2; value = view.
+        let global = (Tensor::arange(4, (Kind::Float, Device::Cpu)) / 2)
+            .floor()
+            .view([4, 1, 1, 1])
+            .expand([4, 1, 4, 4], false);
+        let local = ((Tensor::arange(6, (Kind::Float, Device::Cpu)) / 2).floor() + 2)
+            .view([6, 1, 1, 1])
+            .expand([6, 1, 2, 2], false);
+        let x = crops(&[global, local], 2);
+        assert_eq!(x.len(), 5);
+        for (v, t) in x.iter().enumerate() {
+            assert_eq!(t.size()[0], 2);
+            assert_eq!(t.size()[2], if v < 2 { 4 } else { 2 });
+            assert_eq!(t.min().double_value(&[]), v as f64);
+            assert_eq!(t.max().double_value(&[]), v as f64);
+        }
     }
 }

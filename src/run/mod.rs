@@ -29,7 +29,7 @@ impl Model {
         let spec = methods::find(&cfg.method)?;
         tch::manual_seed(cfg.train.seed as i64);
         let vs = nn::VarStore::new(device);
-        let mut method = (spec.build)(&vs.root(), &methods::MethodConfig::of(cfg), info)?;
+        let mut method = (spec.build)(&vs.root(), &cfg.method_view(), info)?;
         method.bind(&vs)?;
         Ok(Model {
             spec,

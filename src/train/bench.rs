@@ -5,7 +5,7 @@
 //! memory layouts: selfsup is compared with the faster of the two, PyTorch's best.
 
 use super::{Model, data_info, epoch_loader, optim::Optimizer, train_step};
-use crate::config::{Config, EncoderKind, Precision, TrainSpec};
+use crate::config::{Config, EncoderKind, EncoderSpec, MethodConfig, Precision, TrainSpec};
 use crate::data::Dataset;
 use crate::methods::StepCtx;
 use crate::venv;
@@ -41,28 +41,23 @@ pub struct Row {
     pub end_to_end: Option<f64>,
 }
 
-/// The step's input for random data: `[V * B, C, h, w]` in the loader's memory layout
-/// (flat for views of several sizes).
+/// The step's input for random data: B images' views in the loader's layout (`Batch::images`).
 fn random_batch(
     model: &Model,
     train: &TrainSpec,
     ds: &Dataset,
     device: Device,
 ) -> crate::data::Batch {
-    let [c, h, w] = ds.pretrain_split().shape;
-    let sizes = model.method.views().map_or(vec![(h, w)], |v| v.sizes(h, w));
+    let groups = crate::data::loader::size_groups(
+        ds.pretrain_split().shape,
+        model.method.views().as_deref(),
+    );
     let b = train.batch_size;
     tch::manual_seed(train.seed as i64);
-    let numel: usize = sizes.iter().map(|(h, w)| b * h * w * c).sum();
-    let nhwc = Tensor::rand([numel as i64], (Kind::Float, device));
-    let (vh, vw) = sizes[0];
-    let images = match sizes.iter().all(|s| *s == sizes[0]) {
-        true => crate::data::loader::nhwc_batch(&nhwc, [c, vh, vw].map(|d| d as i64)),
-        // Views of several sizes (multi-crop) come flat, as the loader hands them.
-        false => nhwc,
-    };
+    let numel: usize = groups.iter().map(|(n, [c, h, w])| n * b * c * h * w).sum();
+    let nhwc = Tensor::rand([numel as i64], (Kind::Float, device)); // [numel]
     crate::data::Batch {
-        images,
+        images: crate::data::loader::pack(&nhwc, &groups),
         labels: Tensor::zeros([b as i64], (Kind::Int64, device)),
         indices: (0..b).collect(),
     }
@@ -90,18 +85,15 @@ struct Setup {
 }
 
 impl Setup {
+    /// Owns its copy of the config: `precision` replaces the config's.
     fn new(
-        cfg: &Config,
+        mut cfg: Config,
         ds: &Dataset,
         precision: Precision,
         data: bool,
         device: Device,
     ) -> Result<Setup> {
-        let cfg = {
-            let mut c = cfg.clone();
-            c.train.precision = precision;
-            c
-        };
+        cfg.train.precision = precision;
         let model = Model::build(&cfg, &data_info(ds), device)?;
         let opt = Optimizer::new(
             &model.vs,
@@ -166,7 +158,7 @@ impl Setup {
             }
             let batch = match (&mut self.input, &mut loader) {
                 (Input::Random(b), _) => crate::data::Batch {
-                    images: b.images.shallow_clone(),
+                    images: b.images.iter().map(Tensor::shallow_clone).collect(),
                     labels: b.labels.shallow_clone(),
                     indices: b.indices.clone(),
                 },
@@ -206,50 +198,50 @@ impl Setup {
     }
 }
 
-/// The arguments of `scripts/bench_step_torch.py` that build `cfg`'s step.
+/// The arguments of `scripts/bench_step_torch.py` that build the step of `method` with
+/// `m` and `train`.
 fn torch_args(
-    cfg: &Config,
+    method: &str,
+    m: MethodConfig,
+    train: &TrainSpec,
     ds: &Dataset,
     opts: &BenchOptions,
     device: Device,
 ) -> Result<Vec<String>> {
-    if cfg.method != "simclr" {
-        bail!(
-            "the PyTorch step is SimCLR's; {} has no PyTorch counterpart here",
-            cfg.method
-        );
+    if method != "simclr" {
+        bail!("the PyTorch step is SimCLR's; {method} has no PyTorch counterpart here");
     }
     let [c, h, w] = ds.pretrain_split().shape;
-    let (h, w) = match (cfg.aug.aug_crop_size, h, w) {
+    let (h, w) = match (m.aug.aug_crop_size, h, w) {
         (0, h, w) => (h, w),
         (s, _, _) => (s, s),
     };
     let mut a: Vec<String> = vec![
         "--encoder".into(),
-        cfg.encoder.kind.to_string(),
+        m.encoder.kind.to_string(),
         "--shape".into(),
         c.to_string(),
         h.to_string(),
         w.to_string(),
         "--cnn-widths".into(),
     ];
-    a.extend(cfg.encoder.cnn_widths.iter().map(|w| w.to_string()));
+    a.extend(m.encoder.cnn_widths.iter().map(|w| w.to_string()));
     let device = match device {
         Device::Cpu => "cpu".to_string(),
         Device::Cuda(i) => format!("cuda:{i}"),
         other => bail!("the PyTorch step runs on CPU or CUDA, not {other:?}"),
     };
     for (k, v) in [
-        ("--cnn-pool", cfg.encoder.cnn_pool.to_string()),
-        ("--resnet-width", cfg.encoder.resnet_width.to_string()),
-        ("--proj-hidden-dim", cfg.keys.proj_hidden_dim.to_string()),
-        ("--proj-dim", cfg.keys.proj_dim.to_string()),
-        ("--temperature", cfg.keys.temperature.to_string()),
-        ("--batch-size", cfg.train.batch_size.to_string()),
-        ("--optimizer", cfg.train.optimizer.to_string()),
-        ("--lr", cfg.train.lr.to_string()),
-        ("--momentum", cfg.train.momentum.to_string()),
-        ("--weight-decay", cfg.train.weight_decay.to_string()),
+        ("--cnn-pool", m.encoder.cnn_pool.to_string()),
+        ("--resnet-width", m.encoder.resnet_width.to_string()),
+        ("--proj-hidden-dim", m.keys.proj_hidden_dim.to_string()),
+        ("--proj-dim", m.keys.proj_dim.to_string()),
+        ("--temperature", m.keys.temperature.to_string()),
+        ("--batch-size", train.batch_size.to_string()),
+        ("--optimizer", train.optimizer.to_string()),
+        ("--lr", train.lr.to_string()),
+        ("--momentum", train.momentum.to_string()),
+        ("--weight-decay", train.weight_decay.to_string()),
         ("--steps", opts.steps.to_string()),
         ("--warmup", opts.warmup.to_string()),
         // One round per call: `measure` interleaves PyTorch's rounds with selfsup's.
@@ -312,12 +304,17 @@ pub fn measure(
     let mut setups = Vec::new();
     for precision in Precision::ALL {
         for data in [false, true] {
-            setups.push((Setup::new(cfg, ds, *precision, data, device)?, 0f64));
+            setups.push((Setup::new(cfg.clone(), ds, *precision, data, device)?, 0f64));
         }
     }
     // PyTorch: its arguments checked once; where it cannot run, a note and selfsup alone.
     let mut torch = python
-        .and_then(|py| Ok((py, torch_args(cfg, ds, opts, device)?)))
+        .and_then(|py| {
+            Ok((
+                py,
+                torch_args(&cfg.method, cfg.method_view(), &cfg.train, ds, opts, device)?,
+            ))
+        })
         .map_err(|e| eprintln!("PyTorch comparison skipped: {e:#}"))
         .ok();
     let mut torch_best: Vec<(Precision, &'static str, f64)> = Vec::new();
@@ -370,28 +367,28 @@ pub fn measure(
 }
 
 /// What the step is, in one line: method, encoder, batch and input, threads, device.
-pub fn describe_step(cfg: &Config, ds: &Dataset, device: Device) -> String {
+pub fn describe_step(
+    method: &str,
+    encoder: &EncoderSpec,
+    train: &TrainSpec,
+    ds: &Dataset,
+    device: Device,
+) -> String {
     let [c, h, w] = ds.pretrain_split().shape;
-    let encoder = match cfg.encoder.kind {
-        EncoderKind::Cnn => format!(
-            "cnn {:?} pool {}",
-            cfg.encoder.cnn_widths, cfg.encoder.cnn_pool
-        ),
-        EncoderKind::Resnet18 => format!("resnet18 x{}", cfg.encoder.resnet_width),
+    let encoder = match encoder.kind {
+        EncoderKind::Cnn => format!("cnn {:?} pool {}", encoder.cnn_widths, encoder.cnn_pool),
+        EncoderKind::Resnet18 => format!("resnet18 x{}", encoder.resnet_width),
         EncoderKind::Vit => format!(
             "vit patch {} depth {} width {} heads {}",
-            cfg.encoder.vit_patch,
-            cfg.encoder.vit_depth,
-            cfg.encoder.vit_width,
-            cfg.encoder.vit_heads
+            encoder.vit_patch, encoder.vit_depth, encoder.vit_width, encoder.vit_heads
         ),
     };
     format!(
         "{} on {} ({c}x{h}x{w}), {encoder}, batch {}, {:?}, {} threads, device {device:?}",
-        cfg.method,
+        method,
         ds.name,
-        cfg.train.batch_size,
-        cfg.train.optimizer,
+        train.batch_size,
+        train.optimizer,
         tch::get_num_threads()
     )
 }
@@ -535,7 +532,16 @@ mod tests {
             warmup: 2,
             rounds: 4,
         };
-        let a = torch_args(&cfg, &ds, &opts, Device::Cpu).unwrap().join(" ");
+        let a = torch_args(
+            &cfg.method,
+            cfg.method_view(),
+            &cfg.train,
+            &ds,
+            &opts,
+            Device::Cpu,
+        )
+        .unwrap()
+        .join(" ");
         for part in [
             "--shape 1 6 6",
             "--cnn-widths 4 8 --cnn-pool 2",
@@ -546,9 +552,17 @@ mod tests {
         ] {
             assert!(a.contains(part), "{part} not in {a}");
         }
-        let e = torch_args(&tiny_byol(), &ds, &opts, Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let byol = tiny_byol();
+        let e = torch_args(
+            &byol.method,
+            byol.method_view(),
+            &byol.train,
+            &ds,
+            &opts,
+            Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("byol"), "{e}");
     }
 

@@ -120,7 +120,7 @@ pub fn train_step(
     ));
     opt.zero_grad();
     let loss = {
-        let _autocast = precision::scope(model.precision, batch.images.device())?;
+        let _autocast = precision::scope(model.precision, batch.labels.device())?;
         let mut forward = || model.method.loss(&batch.images, &batch.labels, ctx);
         match dist {
             Some(dp) => dp.forward(forward)?,

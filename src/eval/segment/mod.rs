@@ -252,7 +252,7 @@ fn frozen_maps(
         return Ok(None);
     };
     let one = one?;
-    let per_image: i64 = maps(&one.images)?.iter().map(|m| m.numel() as i64).sum();
+    let per_image: i64 = maps(one.plain())?.iter().map(|m| m.numel() as i64).sum();
     if 2 * per_image * split.len() as i64 > limit {
         return Ok(None);
     }
@@ -260,7 +260,7 @@ fn frozen_maps(
     let mut parts: Vec<Vec<Tensor>> = Vec::new();
     for b in Loader::new(split.clone(), order, batch, false, 2, device) {
         let b = b?;
-        let m = maps(&b.images)?;
+        let m = maps(b.plain())?;
         parts.resize_with(m.len(), Vec::new);
         for (p, t) in parts.iter_mut().zip(m) {
             p.push(t.to_kind(Kind::Half));
@@ -450,10 +450,10 @@ pub fn train_protocol(
                         .collect()
                 }
                 None if finetune => {
-                    encoder_maps(encoder, &head, &batch.images, true, cfg.precision)?
+                    encoder_maps(encoder, &head, batch.plain(), true, cfg.precision)?
                 }
                 None => tch::no_grad(|| {
-                    encoder_maps(encoder, &head, &batch.images, false, cfg.precision)
+                    encoder_maps(encoder, &head, batch.plain(), false, cfg.precision)
                 })?,
             };
             let logits = head.forward_t(&maps, size, true); // [B, K, H, W]
@@ -496,7 +496,7 @@ pub fn train_protocol(
         for batch in Loader::new(test, order, cfg.seg.seg_batch_size, false, 2, device) {
             let batch = batch?;
             let masks = mask_batch(&ds.test, &batch.indices, device);
-            let maps = encoder_maps(encoder, &head, &batch.images, false, cfg.precision)?;
+            let maps = encoder_maps(encoder, &head, batch.plain(), false, cfg.precision)?;
             let predicted = head.forward_t(&maps, size, false).argmax(1, false); // [B, H, W]
             confusion.add(&predicted, &masks)?;
             for (j, &i) in batch.indices.iter().enumerate() {
