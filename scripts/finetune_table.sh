@@ -6,7 +6,7 @@
 # to FT_EPOCHS (default 3) epochs for a 2-core CPU. Runs are kept in runs/finetune and reused.
 cd "$(dirname "$0")/.."
 set -e
-B=./target/release/selfsup
+B=${SELFSUP_BIN:-./target/release/selfsup}
 O=${OUT:-runs/finetune}
 E=${FT_EPOCHS:-3}
 mkdir -p $O
