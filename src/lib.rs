@@ -36,3 +36,10 @@ pub(crate) fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// `deadline::within(limit, f)`: a test body that could block for ever (a loader waiting on
+/// its producer thread) fails after `limit` instead of hanging `cargo test`. The file is
+/// shared with the end-to-end tests.
+#[cfg(test)]
+#[path = "../tests/common/deadline.rs"]
+pub(crate) mod deadline;

@@ -17,18 +17,17 @@ use tch::Device;
 fn reference_data(dir: &Path) -> Vec<(String, String, i64, usize)> {
     let python = selfsup::venv::python().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make_reference_data.py");
-    let o = std::process::Command::new(python)
-        .arg(script)
-        .args([
+    let o = common::output_within(
+        std::process::Command::new(python).arg(script).args([
             "--out",
             dir.to_str().unwrap(),
             "--images",
             "40",
             "--classes",
             "4",
-        ])
-        .output()
-        .unwrap();
+        ]),
+        common::COMMAND_LIMIT,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
@@ -339,10 +338,10 @@ fn parquet_rows_without_image_bytes_are_errors_or_skipped() {
         tmp.path().join("img.jpg").display(),
         file.display()
     );
-    let o = std::process::Command::new(python)
-        .args(["-c", &code])
-        .output()
-        .unwrap();
+    let o = common::output_within(
+        std::process::Command::new(python).args(["-c", &code]),
+        common::COMMAND_LIMIT,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let spec = format!("parquet:{}", file.display());
     let ds = load(&spec, 8, false).unwrap();
@@ -404,6 +403,11 @@ fn epoch_batches(ds: &Dataset, threads: usize) -> Vec<Vec<f32>> {
 
 #[test]
 fn the_same_seed_gives_the_same_streamed_batches_on_any_number_of_threads() {
+    // Loaders: a producer or consumer blocked for ever fails the test after a minute.
+    common::within(std::time::Duration::from_secs(60), same_streamed_batches);
+}
+
+fn same_streamed_batches() {
     let tmp = tempfile::tempdir().unwrap();
     let folder = jpeg_folder(&tmp.path().join("imgs"), 30, 50, 36);
     let ds = load(&format!("folder:{}", folder.display()), 16, false).unwrap();

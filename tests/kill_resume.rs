@@ -75,7 +75,7 @@ fn pretrain_with(
 
 /// Runs `c` to its end; returns how it ended and its stderr.
 fn finish(c: &mut Command) -> (ExitStatus, String) {
-    let o = c.output().expect("the selfsup binary runs");
+    let o = output_within(c, COMMAND_LIMIT);
     (o.status, stderr(&o))
 }
 
@@ -262,17 +262,20 @@ fn a_second_writer_fails_at_once_and_a_killed_writer_leaves_no_lock() {
     let (tmp, data) = tiny_mnist_in_temp_dir();
     let run = tmp.path().join("run");
     // The first writer stops itself after step 7 (a checkpoint at step 5), holding the lock.
-    let mut first = pretrain(&run, &data, false, Some("step:7:stop"))
-        .spawn()
-        .unwrap();
-    let pid = first.id();
+    // Killed at the end of the test, also when it fails.
+    let mut first = KillOnDrop(
+        pretrain(&run, &data, false, Some("step:7:stop"))
+            .spawn()
+            .unwrap(),
+    );
+    let pid = first.0.id();
     let t0 = Instant::now();
     while process_state(pid) != Some('T') {
         assert!(
-            t0.elapsed() < Duration::from_secs(300),
+            t0.elapsed() < COMMAND_LIMIT,
             "the first writer never stopped"
         );
-        if let Some(status) = first.try_wait().unwrap() {
+        if let Some(status) = first.0.try_wait().unwrap() {
             panic!("the first writer ended: {status:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -304,8 +307,8 @@ fn a_second_writer_fails_at_once_and_a_killed_writer_leaves_no_lock() {
     }
 
     // SIGKILL frees the lock (a stopped process dies of it too).
-    first.kill().unwrap();
-    assert_eq!(first.wait().unwrap().signal(), Some(libc::SIGKILL));
+    first.0.kill().unwrap();
+    assert_eq!(first.0.wait().unwrap().signal(), Some(libc::SIGKILL));
     let (status, err) = finish(&mut pretrain(&run, &data, true, None));
     assert!(status.success(), "{err}");
     assert_eq!(checkpoint_step(&run), 48);
@@ -374,13 +377,14 @@ fn resume_before_the_first_checkpoint_starts_the_run_over() {
     }
     // Another method than the saved config's.
     std::fs::remove_file(killed.join("checkpoint.safetensors")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_selfsup"))
-        .args([
-            "--device", "cpu", "pretrain", "--quiet", "--resume", "--method", "simclr", "--out",
-        ])
-        .arg(&killed)
-        .output()
-        .unwrap();
+    let o = output_within(
+        Command::new(env!("CARGO_BIN_EXE_selfsup"))
+            .args([
+                "--device", "cpu", "pretrain", "--quiet", "--resume", "--method", "simclr", "--out",
+            ])
+            .arg(&killed),
+        COMMAND_LIMIT,
+    );
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("--method simclr differs from the method 'moco-v2'"),

@@ -64,7 +64,7 @@ fn pretrain_with(
     if let Some(f) = fault {
         c.env(selfsup::faults::ENV, f);
     }
-    c.output().expect("selfsup runs")
+    output_within(&mut c, COMMAND_LIMIT)
 }
 
 fn succeeded(o: &Output, what: &str) {
@@ -199,22 +199,23 @@ const BF16_TOLERANCE: f64 = 1e-1;
 #[test]
 fn a_global_batch_that_does_not_split_is_a_clear_error() {
     let (tmp, data) = tiny_mnist_in_temp_dir();
-    let o = Command::new(env!("CARGO_BIN_EXE_selfsup"))
-        .args([
-            "--device",
-            "cpu",
-            "launch",
-            "--nproc-per-node",
-            "3",
-            "--",
-            "pretrain",
-            "--quiet",
-            "--out",
-        ])
-        .arg(tmp.path().join("run"))
-        .args(run_args(&data, 1))
-        .output()
-        .unwrap();
+    let o = output_within(
+        Command::new(env!("CARGO_BIN_EXE_selfsup"))
+            .args([
+                "--device",
+                "cpu",
+                "launch",
+                "--nproc-per-node",
+                "3",
+                "--",
+                "pretrain",
+                "--quiet",
+                "--out",
+            ])
+            .arg(tmp.path().join("run"))
+            .args(run_args(&data, 1)),
+        COMMAND_LIMIT,
+    );
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(
@@ -222,18 +223,15 @@ fn a_global_batch_that_does_not_split_is_a_clear_error() {
         "{e}"
     );
     assert!(e.contains("of 3 failed (exit status 1)"), "{e}");
-    let o = Command::new(env!("CARGO_BIN_EXE_selfsup"))
-        .args([
-            "launch",
-            "--nproc-per-node",
-            "2",
-            "--",
-            "eval",
-            "--baseline",
-            "raw",
-        ])
-        .output()
-        .unwrap();
+    let o = selfsup(&[
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "eval",
+        "--baseline",
+        "raw",
+    ]);
     assert!(
         stderr(&o).contains("launch runs `selfsup pretrain` on every rank"),
         "{}",
@@ -281,11 +279,11 @@ fn rank0_when_rank1_fails(fault: &str, timeout: &str) -> (Output, f64, tempfile:
     let port = selfsup::launch::free_port().unwrap();
     let t0 = Instant::now();
     let rank0 = start_rank(0, port, &run, &data, timeout, None);
-    let mut rank1 = start_rank(1, port, &run, &data, timeout, Some(fault));
-    let out = rank0.wait_with_output().unwrap();
+    // Killed when rank 0 has ended (a stopped rank is still there), or when the test fails.
+    let rank1 = KillOnDrop(start_rank(1, port, &run, &data, timeout, Some(fault)));
+    let out = wait_within(rank0, COMMAND_LIMIT, "rank 0");
     let secs = t0.elapsed().as_secs_f64();
-    let _ = rank1.kill(); // a stopped rank is still there
-    let _ = rank1.wait();
+    drop(rank1);
     (out, secs, tmp)
 }
 

@@ -298,6 +298,11 @@ impl Iterator for Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deadline::within;
+
+    /// A loader test that blocks longer than this (a producer or a consumer waiting for
+    /// ever) fails instead of hanging `cargo test`.
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
     fn split(n: usize) -> Arc<Split> {
         let images: Vec<u8> = (0..n * 2 * 3 * 3).map(|i| (i % 251) as u8).collect();
@@ -306,55 +311,60 @@ mod tests {
 
     #[test]
     fn batches_have_the_right_shapes_and_values() {
-        let s = split(10);
-        let order = epoch_order(10, 1, 0);
-        let batches: Vec<Batch> = Loader::new(s.clone(), order.clone(), 4, false, 2, Device::Cpu)
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(
-            batches.iter().map(|b| b.plain().size()).collect::<Vec<_>>(),
-            vec![vec![4, 2, 3, 3], vec![4, 2, 3, 3], vec![2, 2, 3, 3]]
-        );
-        let b = &batches[1];
-        // Channels-last: [B, C, H, W] with NHWC strides.
-        assert_eq!(b.plain().stride(), vec![18, 1, 6, 2]);
-        let got = Vec::<f32>::try_from(b.plain().get(0).flatten(0, -1)).unwrap();
-        let want: Vec<f32> = s
-            .image(order[4])
-            .iter()
-            .map(|&v| v as f32 / 255.0)
-            .collect();
-        assert_eq!(got, want);
-        assert_eq!(
-            Vec::<i64>::try_from(&b.labels).unwrap(),
-            order[4..8].iter().map(|&i| i as i64).collect::<Vec<_>>()
-        );
-        assert_eq!(Loader::new(s, order, 4, true, 2, Device::Cpu).count(), 2);
+        within(LIMIT, || {
+            let s = split(10);
+            let order = epoch_order(10, 1, 0);
+            let batches: Vec<Batch> =
+                Loader::new(s.clone(), order.clone(), 4, false, 2, Device::Cpu)
+                    .map(Result::unwrap)
+                    .collect();
+            assert_eq!(
+                batches.iter().map(|b| b.plain().size()).collect::<Vec<_>>(),
+                vec![vec![4, 2, 3, 3], vec![4, 2, 3, 3], vec![2, 2, 3, 3]]
+            );
+            let b = &batches[1];
+            // Channels-last: [B, C, H, W] with NHWC strides.
+            assert_eq!(b.plain().stride(), vec![18, 1, 6, 2]);
+            let got = Vec::<f32>::try_from(b.plain().get(0).flatten(0, -1)).unwrap();
+            let want: Vec<f32> = s
+                .image(order[4])
+                .iter()
+                .map(|&v| v as f32 / 255.0)
+                .collect();
+            assert_eq!(got, want);
+            assert_eq!(
+                Vec::<i64>::try_from(&b.labels).unwrap(),
+                order[4..8].iter().map(|&i| i as i64).collect::<Vec<_>>()
+            );
+            assert_eq!(Loader::new(s, order, 4, true, 2, Device::Cpu).count(), 2);
+        })
     }
 
     #[test]
     fn one_channel_batches_are_channels_last_and_convolutions_keep_it() {
-        let images: Vec<u8> = (0..3 * 16).map(|i| (i * 5) as u8).collect();
-        let s = Arc::new(Split::new(images, vec![0; 3], [1, 4, 4]).unwrap());
-        let b = Loader::new(s.clone(), vec![0, 1, 2], 3, false, 1, Device::Cpu)
-            .next()
-            .unwrap()
-            .unwrap();
-        assert_eq!(b.plain().stride(), vec![16, 1, 4, 1]);
-        let want: Vec<f32> = s
-            .memory()
-            .unwrap()
-            .iter()
-            .map(|&v| v as f32 / 255.0)
-            .collect();
-        assert_eq!(
-            Vec::<f32>::try_from(b.plain().flatten(0, -1)).unwrap(),
-            want
-        );
-        // A convolution to 8 channels gives NHWC strides: the layout carries on.
-        let k = Tensor::ones([8, 1, 3, 3], (tch::Kind::Float, Device::Cpu));
-        let y = b.plain().conv2d(&k, None::<Tensor>, [1], [1], [1], 1); // [3, 8, 4, 4]
-        assert_eq!(y.stride(), vec![128, 1, 32, 8]);
+        within(LIMIT, || {
+            let images: Vec<u8> = (0..3 * 16).map(|i| (i * 5) as u8).collect();
+            let s = Arc::new(Split::new(images, vec![0; 3], [1, 4, 4]).unwrap());
+            let b = Loader::new(s.clone(), vec![0, 1, 2], 3, false, 1, Device::Cpu)
+                .next()
+                .unwrap()
+                .unwrap();
+            assert_eq!(b.plain().stride(), vec![16, 1, 4, 1]);
+            let want: Vec<f32> = s
+                .memory()
+                .unwrap()
+                .iter()
+                .map(|&v| v as f32 / 255.0)
+                .collect();
+            assert_eq!(
+                Vec::<f32>::try_from(b.plain().flatten(0, -1)).unwrap(),
+                want
+            );
+            // A convolution to 8 channels gives NHWC strides: the layout carries on.
+            let k = Tensor::ones([8, 1, 3, 3], (tch::Kind::Float, Device::Cpu));
+            let y = b.plain().conv2d(&k, None::<Tensor>, [1], [1], [1], 1); // [3, 8, 4, 4]
+            assert_eq!(y.stride(), vec![128, 1, 32, 8]);
+        })
     }
 
     #[test]
@@ -370,132 +380,146 @@ mod tests {
 
     #[test]
     fn same_seed_gives_the_same_batches() {
-        let s = split(9);
-        let run = || -> Vec<Vec<usize>> {
-            Loader::new(s.clone(), epoch_order(9, 5, 2), 3, true, 1, Device::Cpu)
-                .map(|b| b.unwrap().indices)
-                .collect()
-        };
-        assert_eq!(run(), run());
+        within(LIMIT, || {
+            let s = split(9);
+            let run = || -> Vec<Vec<usize>> {
+                Loader::new(s.clone(), epoch_order(9, 5, 2), 3, true, 1, Device::Cpu)
+                    .map(|b| b.unwrap().indices)
+                    .collect()
+            };
+            assert_eq!(run(), run());
+        })
     }
 
     #[test]
     fn views_are_stacked_view_major_and_independent_of_batching() {
-        use crate::augment::{Op, Pipeline};
-        let s = split(6);
-        let crop = |p| Pipeline {
-            ops: vec![
-                Op::ResizedCrop {
-                    size: (2, 2),
-                    scale: (0.3, 1.0),
-                    ratio: (0.5, 2.0),
-                },
-                Op::HFlip { p },
-            ],
-        };
-        let views = Arc::new(Views {
-            pipelines: vec![crop(0.5), crop(1.0)],
-        });
-        let spec = ViewSpec {
-            views: views.clone(),
-            seed: 3,
-            epoch: 1,
-        };
-        let order = epoch_order(6, 0, 0);
-        let run = |bs| -> Vec<Batch> {
-            Loader::with_views(
-                s.clone(),
-                order.clone(),
-                bs,
-                false,
-                2,
-                Device::Cpu,
-                Some(spec.clone()),
-            )
-            .map(Result::unwrap)
-            .collect()
-        };
-        let batches = run(3);
-        assert_eq!(batches[0].plain().size(), vec![6, 2, 2, 2]);
-        // Row v * B + b is view v of image b, exactly as augment makes it.
-        for (v, b) in [(0, 0), (1, 2)] {
-            let i = batches[0].indices[b];
-            let img = Image::new(2, 3, 3, s.image(i).to_vec());
-            let want = views.apply(&img, 3, 1, i)[v]
-                .data
-                .iter()
-                .map(|&x| x as f32 / 255.0)
-                .collect::<Vec<_>>();
-            let got = Vec::<f32>::try_from(
-                batches[0]
-                    .plain()
-                    .get(v as i64 * 3 + b as i64)
-                    .flatten(0, -1),
-            )
-            .unwrap();
-            assert_eq!(got, want);
-        }
-        // The same image gets the same views whatever the batch size.
-        let one = run(1);
-        let first_view = |bs: &[Batch], n: usize| -> Vec<f32> {
-            let b = bs.iter().find(|b| b.indices.contains(&n)).unwrap();
-            let pos = b.indices.iter().position(|&x| x == n).unwrap() as i64;
-            Vec::<f32>::try_from(b.plain().get(pos).flatten(0, -1)).unwrap()
-        };
-        for n in 0..6 {
-            assert_eq!(first_view(&batches, n), first_view(&one, n));
-        }
+        within(LIMIT, || {
+            use crate::augment::{Op, Pipeline};
+            let s = split(6);
+            let crop = |p| Pipeline {
+                ops: vec![
+                    Op::ResizedCrop {
+                        size: (2, 2),
+                        scale: (0.3, 1.0),
+                        ratio: (0.5, 2.0),
+                    },
+                    Op::HFlip { p },
+                ],
+            };
+            let views = Arc::new(Views {
+                pipelines: vec![crop(0.5), crop(1.0)],
+            });
+            let spec = ViewSpec {
+                views: views.clone(),
+                seed: 3,
+                epoch: 1,
+            };
+            let order = epoch_order(6, 0, 0);
+            let run = |bs| -> Vec<Batch> {
+                Loader::with_views(
+                    s.clone(),
+                    order.clone(),
+                    bs,
+                    false,
+                    2,
+                    Device::Cpu,
+                    Some(spec.clone()),
+                )
+                .map(Result::unwrap)
+                .collect()
+            };
+            let batches = run(3);
+            assert_eq!(batches[0].plain().size(), vec![6, 2, 2, 2]);
+            // Row v * B + b is view v of image b, exactly as augment makes it.
+            for (v, b) in [(0, 0), (1, 2)] {
+                let i = batches[0].indices[b];
+                let img = Image::new(2, 3, 3, s.image(i).to_vec());
+                let want = views.apply(&img, 3, 1, i)[v]
+                    .data
+                    .iter()
+                    .map(|&x| x as f32 / 255.0)
+                    .collect::<Vec<_>>();
+                let got = Vec::<f32>::try_from(
+                    batches[0]
+                        .plain()
+                        .get(v as i64 * 3 + b as i64)
+                        .flatten(0, -1),
+                )
+                .unwrap();
+                assert_eq!(got, want);
+            }
+            // The same image gets the same views whatever the batch size.
+            let one = run(1);
+            let first_view = |bs: &[Batch], n: usize| -> Vec<f32> {
+                let b = bs.iter().find(|b| b.indices.contains(&n)).unwrap();
+                let pos = b.indices.iter().position(|&x| x == n).unwrap() as i64;
+                Vec::<f32>::try_from(b.plain().get(pos).flatten(0, -1)).unwrap()
+            };
+            for n in 0..6 {
+                assert_eq!(first_view(&batches, n), first_view(&one, n));
+            }
+        })
     }
 
     #[test]
     fn views_of_several_sizes_come_one_tensor_per_size_view_major() {
-        use crate::augment::{Op, Pipeline};
-        let s = split(4);
-        let crop = |size| Pipeline {
-            ops: vec![Op::ResizedCrop {
-                size: (size, size),
-                scale: (0.3, 1.0),
-                ratio: (0.5, 2.0),
-            }],
-        };
-        // Multi-crop: one 2x2 global view, then two 1x1 local ones.
-        let views = Arc::new(Views {
-            pipelines: vec![crop(2), crop(1), crop(1)],
-        });
-        let spec = ViewSpec {
-            views: views.clone(),
-            seed: 4,
-            epoch: 0,
-        };
-        let b = Loader::with_views(s.clone(), vec![2, 0], 2, false, 1, Device::Cpu, Some(spec))
-            .next()
-            .unwrap()
-            .unwrap();
-        // One tensor per size: B = 2 global views of 2x2, then 2 x 2 local ones of 1x1.
-        let sizes: Vec<Vec<i64>> = b.images.iter().map(|t| t.size()).collect();
-        assert_eq!(sizes, vec![vec![2, 2, 2, 2], vec![4, 2, 1, 1]]);
-        assert_eq!(b.images[0].stride(), vec![8, 1, 4, 2]); // channels-last
-        // Each view as augment makes it, as [h, w, C] floats.
-        let want = |v: usize, i: usize| -> Vec<f32> {
-            let img = Image::new(2, 3, 3, s.image(i).to_vec());
-            let view = &views.apply(&img, 4, 0, i)[v];
-            let mut out = vec![0f32; view.data.len()];
-            to_float_hwc(&view.data, 2, &mut out);
-            out
-        };
-        let hwc = |t: Tensor| Vec::<f32>::try_from(t.permute([1, 2, 0]).flatten(0, -1)).unwrap();
-        // Image 0 is the batch's second image: row 1 of the global views, and its second
-        // local view is row 1 * B + 1 of the local ones.
-        assert_eq!(hwc(b.images[0].get(1)), want(0, 0));
-        assert_eq!(hwc(b.images[1].get(3)), want(2, 0));
-        assert_eq!(hwc(b.images[1].get(0)), want(1, 2));
+        within(LIMIT, || {
+            use crate::augment::{Op, Pipeline};
+            let s = split(4);
+            let crop = |size| Pipeline {
+                ops: vec![Op::ResizedCrop {
+                    size: (size, size),
+                    scale: (0.3, 1.0),
+                    ratio: (0.5, 2.0),
+                }],
+            };
+            // Multi-crop: one 2x2 global view, then two 1x1 local ones.
+            let views = Arc::new(Views {
+                pipelines: vec![crop(2), crop(1), crop(1)],
+            });
+            let spec = ViewSpec {
+                views: views.clone(),
+                seed: 4,
+                epoch: 0,
+            };
+            let b = Loader::with_views(s.clone(), vec![2, 0], 2, false, 1, Device::Cpu, Some(spec))
+                .next()
+                .unwrap()
+                .unwrap();
+            // One tensor per size: B = 2 global views of 2x2, then 2 x 2 local ones of 1x1.
+            let sizes: Vec<Vec<i64>> = b.images.iter().map(|t| t.size()).collect();
+            assert_eq!(sizes, vec![vec![2, 2, 2, 2], vec![4, 2, 1, 1]]);
+            assert_eq!(b.images[0].stride(), vec![8, 1, 4, 2]); // channels-last
+            // Each view as augment makes it, as [h, w, C] floats.
+            let want = |v: usize, i: usize| -> Vec<f32> {
+                let img = Image::new(2, 3, 3, s.image(i).to_vec());
+                let view = &views.apply(&img, 4, 0, i)[v];
+                let mut out = vec![0f32; view.data.len()];
+                to_float_hwc(&view.data, 2, &mut out);
+                out
+            };
+            let hwc =
+                |t: Tensor| Vec::<f32>::try_from(t.permute([1, 2, 0]).flatten(0, -1)).unwrap();
+            // Image 0 is the batch's second image: row 1 of the global views, and its second
+            // local view is row 1 * B + 1 of the local ones.
+            assert_eq!(hwc(b.images[0].get(1)), want(0, 0));
+            assert_eq!(hwc(b.images[1].get(3)), want(2, 0));
+            assert_eq!(hwc(b.images[1].get(0)), want(1, 2));
+        })
     }
 
     #[test]
-    fn dropping_a_loader_early_does_not_hang() {
-        let s = split(50);
-        let mut l = Loader::new(s, epoch_order(50, 0, 0), 2, false, 1, Device::Cpu);
-        assert!(l.next().is_some());
-        drop(l);
+    fn dropping_a_loader_early_ends_its_producer() {
+        within(LIMIT, || {
+            let s = split(50);
+            let mut l = Loader::new(s.clone(), epoch_order(50, 0, 0), 2, false, 1, Device::Cpu);
+            assert!(l.next().is_some());
+            drop(l);
+            // The producer thread holds the split until it ends: one blocked for ever on
+            // its full channel would hold it for ever, and the test fails at its deadline.
+            while Arc::strong_count(&s) > 1 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
     }
 }

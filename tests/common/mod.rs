@@ -1,16 +1,75 @@
-//! Helpers of the end-to-end tests: running the `selfsup` binary, and a tiny MNIST-format
-//! data set. Each test file uses part of them.
+//! Helpers of the end-to-end tests: running the `selfsup` binary (and any other program)
+//! with a deadline, and a tiny MNIST-format data set. Each test file uses part of them.
 #![allow(dead_code)]
 
+mod deadline;
+
+#[allow(unused_imports)] // used by some of the test files that include this module
+pub use deadline::within;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long one command of a test may run before the test kills it and fails: a command
+/// that hangs (on a lock, a collective, the loader) fails its test instead of hanging
+/// `cargo test`. The slowest command of the suite takes well under a minute.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `c` to its end with stdout and stderr captured, like `Command::output`; when it
+/// runs longer than `limit` it is killed (SIGKILL; `selfsup launch`'s ranks die with their
+/// launcher) and the test fails with what it printed so far.
+pub fn output_within(c: &mut Command, limit: Duration) -> Output {
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{c:?} does not start: {e}"));
+    wait_within(child, limit, &format!("{c:?}"))
+}
+
+/// `Child::wait_with_output` for a child spawned with piped output, with `output_within`'s
+/// deadline; `what` names it in the failure.
+pub fn wait_within(child: Child, limit: Duration, what: &str) -> Output {
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || drop(tx.send(child.wait_with_output())));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: signals our own child, which is not reaped before the output is read
+            // below, so its pid cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let out = rx.recv().unwrap().unwrap();
+            panic!(
+                "{what} did not finish within {} s; killed. Its output:\n{}{}",
+                limit.as_secs(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// A child process that is killed (and reaped) when this goes out of scope, also when the
+/// test fails before it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 pub fn selfsup(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_selfsup"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("the selfsup binary runs")
+    output_within(
+        Command::new(env!("CARGO_BIN_EXE_selfsup"))
+            .args(args)
+            .env("RAYON_NUM_THREADS", "2"),
+        COMMAND_LIMIT,
+    )
 }
 
 pub fn stderr(o: &Output) -> String {
