@@ -6,9 +6,12 @@ Each IO.safetensors holds `input` [B, C, H, W] (the data images) and `output` [B
 selfsup's evaluation extracts from them). The metadata's `input` says what the network is
 applied to: `image`, `lightness` (Lab L / 100 of sRGB images, colorization) or
 `patch-mean` (each patch of a grid encoded, the codes averaged, CPC). Prints the largest
-difference of each pair; exits 0 when all are within T (default 1e-4).
+difference of each pair; exits 0 when every output is finite and every difference is
+within T (default 1e-4): a NaN or an infinity anywhere fails the check, whichever pair it
+is in (Python's `max` would drop a NaN that does not come first).
 """
 import json
+import math
 import sys
 
 import torch
@@ -168,9 +171,11 @@ def check(weights, io):
     t = load_file(io)
     with torch.no_grad():
         out = forward(t["input"])
-    diff = (out - t["output"]).abs().max().item()
+    finite = bool(torch.isfinite(out).all() and torch.isfinite(t["output"]).all())
+    diff = (out - t["output"]).abs().max().item() if finite else math.inf
     params = sum(p.numel() for p in model.parameters())
-    print(f"{meta.get('method', '-')}: {meta['encoder']} on {kind}, {params} parameters, max |torch - selfsup| = {diff:.3g}")
+    note = "" if finite else " (not finite: NaN or infinity in the features)"
+    print(f"{meta.get('method', '-')}: {meta['encoder']} on {kind}, {params} parameters, max |torch - selfsup| = {diff:.3g}{note}")
     return diff
 
 
@@ -181,8 +186,8 @@ def main():
         tol, args = float(args[1]), args[2:]
     if not args or len(args) % 2:
         raise SystemExit(__doc__)
-    worst = max(check(w, io) for w, io in zip(args[::2], args[1::2]))
-    sys.exit(0 if worst <= tol else 1)
+    diffs = [check(w, io) for w, io in zip(args[::2], args[1::2])]
+    sys.exit(0 if all(math.isfinite(d) and d <= tol for d in diffs) else 1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 //! Process groups of two ranks over Gloo on loopback. Each test runs this test binary twice
 //! more, only itself (`--exact`), as rank 0 and rank 1 with the launcher's variables set; those
 //! children do the worker part and print `RESULT` lines, which the test checks.
+mod common;
+
 use selfsup::config::{Config, OptimizerKind};
 use selfsup::data::Split;
 use selfsup::data::loader::{Batch, Loader, ViewSpec, epoch_order};
@@ -508,9 +510,9 @@ fn train_f64(
 }
 
 /// How far two states are apart: (the largest relative difference max|a - b| / max|b| of a
-/// tensor, and where), over the tensors of magnitude above 1e-6; and (the largest absolute
-/// difference of the others, and where). Those are the parameters whose gradient is zero
-/// analytically, such as the bias of a BatchNorm followed by a Linear and another BatchNorm
+/// tensor, and where), over the tensors of magnitude above 1e-6, infinity for a tensor that
+/// holds a NaN or an infinity; and (the largest absolute difference of the others, and
+/// where). Those are the parameters whose gradient is zero analytically, such as the bias of a BatchNorm followed by a Linear and another BatchNorm
 /// (which removes any constant shift): they hold rounding noise (a gradient of ~1e-17 that
 /// AdamW turns into steps of ~lr * 1e-17 / eps), different in any two runs.
 fn difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> ((f64, String), (f64, String)) {
@@ -520,12 +522,17 @@ fn difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> ((f64, String),
     );
     let (mut relative, mut absolute) = ((0.0, String::new()), (0.0, String::new()));
     for ((name, x), (_, y)) in a.iter().zip(b) {
-        let (x, y) = (x.to_kind(Kind::Double), y.to_kind(Kind::Double));
-        let scale = y.abs().max().double_value(&[]);
-        let d = (&x - &y).abs().max().double_value(&[]);
-        let (worst, d) = match scale > 1e-6 {
-            true => (&mut relative, d / scale),
-            false => (&mut absolute, d),
+        let (worst, d) = if !(common::all_finite(x) && common::all_finite(y)) {
+            // A NaN compares false with everything: non-finite is the largest difference.
+            (&mut relative, f64::INFINITY)
+        } else {
+            let (x, y) = (x.to_kind(Kind::Double), y.to_kind(Kind::Double));
+            let scale = y.abs().max().double_value(&[]);
+            let d = (&x - &y).abs().max().double_value(&[]);
+            match scale > 1e-6 {
+                true => (&mut relative, d / scale),
+                false => (&mut absolute, d),
+            }
         };
         if d > worst.0 || worst.1.is_empty() {
             *worst = (d, name.clone());

@@ -72,7 +72,8 @@ fn succeeded(o: &Output, what: &str) {
 }
 
 /// The largest relative difference max|a - b| / max|b| of a tensor of two checkpoints
-/// (model and optimizer state), with its name; the step counts must be equal.
+/// (model and optimizer state), with its name; infinity when a tensor holds a NaN or an
+/// infinity. The step counts must be equal.
 fn checkpoint_difference(a: &Path, b: &Path) -> (f64, String) {
     checkpoint_difference_in(a, b, true)
 }
@@ -89,9 +90,8 @@ fn checkpoint_difference_in(a: &Path, b: &Path, optim: bool) -> (f64, String) {
     let mut worst = (0.0, String::new());
     for ((ka, x), (kb, y)) in ta.zip(tb) {
         assert_eq!(ka, kb);
-        let (x, y) = (x.to_kind(tch::Kind::Double), y.to_kind(tch::Kind::Double));
-        let d =
-            (&x - &y).abs().max().double_value(&[]) / y.abs().max().double_value(&[]).max(1e-30);
+        // Infinity for a NaN or an infinity in either: the largest difference of all.
+        let d = relative_difference(x, y);
         if d >= worst.0 {
             worst = (d, ka.clone());
         }
@@ -186,9 +186,10 @@ fn bf16_runs_train_on_2_ranks_as_in_1_process() {
         let ((d, at), (d32, at32)) = (models(&one, &two), models(&fp32, &two));
         println!("{method} bf16, 2 ranks vs 1 process: {d:.2e} (in {at}); vs fp32 {d32:.2e}");
         assert!(d < BF16_TOLERANCE, "{method}: {d:.3e} in {at}");
+        // Different from fp32, but finite: NaN weights differ from everything too.
         assert!(
-            d32 > FLOAT32_TOLERANCE,
-            "{method}: bf16 = fp32 ({d32:.3e} in {at32})"
+            d32 > FLOAT32_TOLERANCE && d32.is_finite(),
+            "{method}: bf16 = fp32 or not finite ({d32:.3e} in {at32})"
         );
     }
 }

@@ -3,6 +3,8 @@
 //! for every registered method (colorization's lightness input and CPC's mean-pooled patch
 //! grid included). Runs the check script with the setup venv's Python.
 
+mod common;
+
 use selfsup::config::{Config, EncoderKind};
 use selfsup::data::Split;
 use selfsup::eval;
@@ -13,20 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor, nn};
 
-/// Runs scripts/check_torch_export.py on (weights, io) pairs; returns what it printed.
+/// Runs scripts/check_torch_export.py on (weights, io) pairs, which must pass; returns what
+/// it printed.
 fn check_in_pytorch(pairs: &[(PathBuf, PathBuf)]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_torch_export.py");
-    let out = std::process::Command::new(selfsup::venv::python().unwrap())
-        .arg(&script)
-        .args(pairs.iter().flat_map(|(w, io)| [w, io]))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let (passed, text) = common::check_torch_export(pairs);
+    assert!(passed, "{text}");
     assert_eq!(
         text.matches("max |torch - selfsup|").count(),
         pairs.len(),
@@ -186,6 +179,44 @@ fn every_method_exports_what_its_evaluation_sees() {
     let text = check_in_pytorch(&pairs);
     assert!(text.contains("colorization: cnn on lightness"), "{text}");
     assert!(text.contains("cpc: cnn on patch-mean"), "{text}");
+}
+
+/// The check fails on features that are not finite, wherever they are: a NaN in the second
+/// of three pairs (Python's `max` over the differences would drop it), an infinity in the
+/// third.
+#[test]
+fn the_check_fails_on_a_nan_or_an_infinity_in_any_pair() {
+    let cfg = Config::default();
+    let shape = [2, 1, 8, 8];
+    tch::manual_seed(6);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let enc = nets::build_encoder(&(vs.root() / "encoder"), &cfg.encoder, shape[1]);
+    let x = Tensor::rand(shape, (Kind::Float, Device::Cpu));
+    let y = tch::no_grad(|| enc.forward_t(&x, false));
+    let dir = tempfile::tempdir().unwrap();
+    let planted = |name: &str, value: f64| {
+        let y = y.copy();
+        let _ = y.get(1).get(3).fill_(value);
+        export_pair(dir.path(), name, &vs, &cfg, &enc, &x, &y)
+    };
+    let pairs = [
+        export_pair(dir.path(), "good", &vs, &cfg, &enc, &x, &y),
+        planted("nan", f64::NAN),
+        planted("inf", f64::INFINITY),
+    ];
+    let (passed, text) = common::check_torch_export(&pairs);
+    assert!(!passed, "NaN and infinity passed:\n{text}");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("max |torch")).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    // The good pair agrees: the failure is the planted values'.
+    let good: f64 = lines[0].rsplit("= ").next().unwrap().parse().unwrap();
+    assert!(good < 1e-4, "{text}");
+    for line in &lines[1..] {
+        assert!(
+            line.ends_with("= inf (not finite: NaN or infinity in the features)"),
+            "{text}"
+        );
+    }
 }
 
 #[test]

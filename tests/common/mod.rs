@@ -1,12 +1,13 @@
 //! Helpers of the end-to-end tests: running the `selfsup` binary (and any other program)
-//! with a deadline, and a tiny MNIST-format data set. Each test file uses part of them.
+//! with a deadline, comparisons that fail on NaN and infinity, and a tiny MNIST-format data
+//! set. Each test file uses part of them.
 #![allow(dead_code)]
 
 mod deadline;
 
 #[allow(unused_imports)] // used by some of the test files that include this module
 pub use deadline::within;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -70,6 +71,41 @@ pub fn selfsup(args: &[&str]) -> Output {
             .env("RAYON_NUM_THREADS", "2"),
         COMMAND_LIMIT,
     )
+}
+
+/// Runs scripts/check_torch_export.py with the setup venv's Python on (exported weights,
+/// input/output) pairs: whether every pair's PyTorch features matched, and what it printed.
+pub fn check_torch_export(pairs: &[(PathBuf, PathBuf)]) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_torch_export.py");
+    let out = output_within(
+        Command::new(selfsup::venv::python().unwrap())
+            .arg(&script)
+            .args(pairs.iter().flat_map(|(w, io)| [w, io])),
+        COMMAND_LIMIT,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Whether every element of `t` is finite: no NaN, no infinity.
+pub fn all_finite(t: &tch::Tensor) -> bool {
+    t.isfinite().all().int64_value(&[]) == 1
+}
+
+/// max |a - b| / max |b| (float64; max |b| at least 1e-30), or infinity when `a` or `b`
+/// holds a NaN or an infinity: a NaN compares false with everything and would pass a
+/// `d > worst` maximum unseen, so non-finite values are the largest difference of all.
+pub fn relative_difference(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    if !(all_finite(a) && all_finite(b)) {
+        return f64::INFINITY;
+    }
+    let (a, b) = (a.to_kind(tch::Kind::Double), b.to_kind(tch::Kind::Double));
+    let scale = b.abs().max().double_value(&[]).max(1e-30);
+    (&a - &b).abs().max().double_value(&[]) / scale
 }
 
 pub fn stderr(o: &Output) -> String {
