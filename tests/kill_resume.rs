@@ -79,6 +79,25 @@ fn finish(c: &mut Command) -> (ExitStatus, String) {
     (o.status, stderr(&o))
 }
 
+/// Waits until `child`, training into `run`, has logged step `step` (it must not end first).
+fn wait_for_step(child: &mut std::process::Child, run: &Path, step: u64) {
+    let t0 = Instant::now();
+    let logged = |run: &Path| {
+        Metrics::read(&run.join("metrics.jsonl"))
+            .is_ok_and(|m| m.steps.iter().any(|s| s.step >= step))
+    };
+    while !logged(run) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended before step {step}: {status:?}");
+        }
+        assert!(
+            t0.elapsed() < COMMAND_LIMIT,
+            "no step {step} within {COMMAND_LIMIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn assert_killed(status: ExitStatus, err: &str, what: &str) {
     assert_eq!(
         status.signal(),
@@ -164,7 +183,9 @@ fn assert_clean_log(run: &Path) {
 fn killed_anywhere_and_resumed_a_run_ends_bit_identical_to_an_uninterrupted_one() {
     let (tmp, data) = tiny_mnist_in_temp_dir();
     let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    let t0 = Instant::now();
     let (status, err) = finish(&mut pretrain(&straight, &data, false, None));
+    let straight_time = t0.elapsed();
     assert!(status.success(), "{err}");
 
     // After step 7 of epoch 1: the checkpoint of step 5 is there, mid-epoch.
@@ -199,15 +220,29 @@ fn killed_anywhere_and_resumed_a_run_ends_bit_identical_to_an_uninterrupted_one(
     assert!(temp_files(&killed).is_empty(), "{:?}", temp_files(&killed));
     assert!(killed.join("checkpoint-epoch1.safetensors").is_file());
 
-    // From outside, at a moment the test does not choose.
-    let mut child = pretrain(&killed, &data, true, None).spawn().unwrap();
+    // From outside, at a moment the test does not choose: once the resumed run (from step
+    // 20) has logged step 23, after a random delay of up to the time 17 steps took in the
+    // straight run. So that the run is still there to be killed however long the delay, it
+    // stops itself (SIGSTOP) after its 20th step (step 40 of 48): the kill lands in the
+    // middle of training or at that step, never after the end, and must be a kill.
+    let mut child = KillOnDrop(
+        pretrain(&killed, &data, true, Some("step:20:stop"))
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_step(&mut child.0, &killed, 23);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    std::thread::sleep(Duration::from_millis(200 + (nanos % 1500) as u64));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let delay = straight_time.mul_f64(17.0 / 48.0 * (nanos % 1000) as f64 / 1000.0);
+    std::thread::sleep(delay);
+    child.0.kill().unwrap();
+    let status = child.0.wait().unwrap();
+    assert_killed(status, "", "the outside kill");
+    let at = checkpoint_step(&killed);
+    eprintln!("killed from outside {delay:?} after step 23; the last checkpoint: step {at}");
+    assert!((20..=40).contains(&at), "checkpoint of step {at}");
 
     let (status, err) = finish(&mut pretrain(&killed, &data, true, None));
     assert!(status.success(), "{err}");
