@@ -342,32 +342,6 @@ fn stuck_peer_times_out() {
     assert!(late.contains("all-reduce failed on rank 1"), "{late}");
 }
 
-#[test]
-fn nccl_without_cuda_headers_is_a_clear_error() {
-    if selfsup::dist::nccl_compiled() {
-        return; // this build has NCCL; creating a group needs a GPU
-    }
-    let env = DistEnv {
-        rank: 0,
-        world_size: 2,
-        local_rank: 0,
-        master_addr: "127.0.0.1".into(),
-        master_port: 1,
-        agent_store_prefix: None,
-    };
-    let e = ProcessGroup::new(
-        &env,
-        Backend::Nccl { cuda_device: 0 },
-        Duration::from_secs(1),
-    )
-    .err()
-    .unwrap();
-    assert!(
-        format!("{e:#}").contains("this selfsup build has no NCCL support"),
-        "{e:#}"
-    );
-}
-
 /// The data of the equivalence runs: 48 1x8x8 images of a bright square in one quadrant.
 fn tiny_split() -> Split {
     let mut images = vec![0u8; 48 * 64];
