@@ -202,6 +202,21 @@ mod tests {
     use crate::config::Config;
     use tch::Device;
 
+    /// MoCo v2 with a small CNN and heads, a queue of 8 keys and 2 BatchNorm sub-batches.
+    fn tiny_config() -> Config {
+        let mut c = Config {
+            method: "moco-v2".into(),
+            ..Config::default()
+        };
+        c.encoder.cnn_widths = vec![4, 8];
+        c.keys.proj_hidden_dim = 8;
+        c.keys.proj_dim = 4;
+        c.keys.moco_queue = 8;
+        c.keys.shuffle_bn_groups = 2;
+        c.keys.ema_momentum = 0.9;
+        c
+    }
+
     fn rows(t: &Tensor) -> Vec<f32> {
         Vec::<f32>::try_from(t.select(1, 0)).unwrap()
     }
@@ -241,22 +256,65 @@ mod tests {
         assert_eq!(held, vec![12., 13., 14., 15., 16., 17.]);
     }
 
+    /// MoCo's shuffling BN: the key encoder runs on sub-batches of a random permutation of
+    /// the batch (so that BatchNorm statistics cannot leak which key belongs to which
+    /// query), and each key comes back to its own image's row.
+    #[test]
+    fn the_key_encoder_runs_on_shuffled_sub_batches() {
+        let _rng = crate::torch_rng_lock();
+        let cfg = tiny_config();
+        let info = DataInfo {
+            shape: [1, 8, 8],
+            num_classes: 2,
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        tch::manual_seed(0);
+        let mut m = Moco::new(&vs.root(), &MethodConfig::of(&cfg), &info, true).unwrap();
+        let x = Tensor::rand([8, 1, 8, 8], (Kind::Float, Device::Cpu)); // 2 views of 4 images
+        let ctx = StepCtx {
+            epoch: 0,
+            step: 0,
+            total_steps: 1,
+        };
+        // The key encoder's permutation is the loss's first random draw after the seed.
+        tch::manual_seed(1);
+        let _ = m.loss(&x, &Tensor::zeros([4], (Kind::Int64, Device::Cpu)), &ctx);
+        let keys = m.pending_keys.take().unwrap(); // [4, dim], one process: this batch's
+        tch::manual_seed(1);
+        let perm = Vec::<i64>::try_from(Tensor::randperm(4, (Kind::Int64, Device::Cpu))).unwrap();
+        // The keys of the second view's images when `groups` (each a list of images) are
+        // the sub-batches, by image.
+        let keys_of = |groups: &[&[i64]]| {
+            let view = x.narrow(0, 4, 4);
+            let mut out: Vec<Option<Tensor>> = (0..4).map(|_| None).collect();
+            tch::no_grad(|| {
+                for g in groups {
+                    let images = view.index_select(0, &Tensor::from_slice(g));
+                    let k = m
+                        .key_head
+                        .forward_t(&m.key_encoder.forward_t(&images, true), true);
+                    for (row, &i) in g.iter().enumerate() {
+                        out[i as usize] = Some(losses::l2_normalize(&k).get(row as i64));
+                    }
+                }
+            });
+            Tensor::stack(&out.into_iter().map(Option::unwrap).collect::<Vec<_>>(), 0)
+        };
+        let shuffled = keys_of(&[&perm[..2], &perm[2..]]);
+        assert!(
+            keys.allclose(&shuffled, 1e-5, 1e-6, false),
+            "{keys} vs {shuffled}"
+        );
+        // With this permutation the sub-batches differ from the unshuffled ones, and so do
+        // the keys: the test tells shuffled from unshuffled BatchNorm.
+        let plain = keys_of(&[&[0, 1], &[2, 3]]);
+        assert!(!keys.allclose(&plain, 1e-3, 1e-3, false), "{perm:?}");
+    }
+
     #[test]
     fn a_step_enqueues_keys_and_moves_the_key_encoder_by_ema() {
         let _rng = crate::torch_rng_lock();
-        let cfg = {
-            let mut c = Config {
-                method: "moco-v2".into(),
-                ..Config::default()
-            };
-            c.encoder.cnn_widths = vec![4, 8];
-            c.keys.proj_hidden_dim = 8;
-            c.keys.proj_dim = 4;
-            c.keys.moco_queue = 8;
-            c.keys.shuffle_bn_groups = 2;
-            c.keys.ema_momentum = 0.9;
-            c
-        };
+        let cfg = tiny_config();
         let model = crate::run::Model::build(
             &cfg,
             &DataInfo {

@@ -573,10 +573,24 @@ mod tests {
         let want =
             Tensor::from_slice(&[-1.5f32, -0.5, 0.5, 1.5, -1.5, -0.5, 0.5, 1.5]).view([8, 1]);
         assert!(y.allclose(&want, 1e-6, 1e-6, false));
-        // Shuffled: identity-like f keeps every sample in its place.
+        // Shuffled into 4 sub-batches of 2: sample i loses the mean of the sub-batch it was
+        // shuffled into, the pair it shares in the permutation (drawn here with the same
+        // seed), and comes back in its own row.
         tch::manual_seed(1);
-        let y = split_bn_forward(|t: &Tensor| t * 2.0, &x, 4, true);
-        assert!(y.equal(&(&x * 2.0)));
+        let perm = Vec::<i64>::try_from(Tensor::randperm(8, (Kind::Int64, Device::Cpu))).unwrap();
+        let mut want = [0f32; 8];
+        for pair in perm.chunks(2) {
+            for &i in pair {
+                want[i as usize] = (2 * i - pair[0] - pair[1]) as f32 / 2.0;
+            }
+        }
+        tch::manual_seed(1);
+        let y = split_bn_forward(f, &x, 4, true);
+        let want = Tensor::from_slice(&want).view([8, 1]);
+        assert!(y.allclose(&want, 1e-6, 1e-6, false), "{y} vs {want}");
+        // Shuffling changes the result: unshuffled pairs (0, 1), (2, 3), ... give -0.5, 0.5.
+        let plain = split_bn_forward(f, &x, 4, false);
+        assert!(!y.allclose(&plain, 1e-3, 1e-3, false), "{perm:?}");
     }
 
     #[test]
