@@ -376,5 +376,27 @@ mod tests {
         // row 0: top-1 = 1 (hit); row 1: top-1 = 0 (miss), top-2 = {0, 1} or {0, 2}; row 2: top-1 = 2 (miss)
         assert!((topk_accuracy(&s, &y, 1) - 1.0 / 3.0).abs() < 1e-9);
         assert!((topk_accuracy(&s, &y, 3) - 1.0).abs() < 1e-9);
+        // k below the number of classes (5), no ties: the label's rank in its row decides.
+        // Ranks (1 = highest score): row 0 label 2 is 1st, row 1 label 4 is 2nd, row 2
+        // label 0 is 3rd, row 3 label 1 is 5th (last).
+        let s = Tensor::from_slice(&[
+            0.1f32, 0.2, 0.9, 0.3, 0.0, // row 0
+            0.5, 0.1, 0.2, 0.9, 0.6, // row 1
+            0.4, 0.9, 0.1, 0.7, 0.2, // row 2
+            0.3, 0.0, 0.8, 0.2, 0.5, // row 3
+        ])
+        .view([4, 5]);
+        let y = Tensor::from_slice(&[2i64, 4, 0, 1]);
+        for (k, want) in [
+            (1, 0.25),
+            (2, 0.5),
+            (3, 0.75),
+            (4, 0.75),
+            (5, 1.0),
+            (9, 1.0),
+        ] {
+            let got = topk_accuracy(&s, &y, k);
+            assert!((got - want).abs() < 1e-9, "top-{k}: {got}, want {want}");
+        }
     }
 }
