@@ -225,6 +225,50 @@ fn fuzz_stl_arbitrary_bytes() {
     });
 }
 
+/// `n` whole STL-10 images of arbitrary bytes (from `seed`), `delta` bytes more or fewer.
+fn stl_image_bytes(n: usize, delta: i64, seed: u64) -> Vec<u8> {
+    let len = (n * stl::IMAGE_BYTES) as i64 + delta;
+    let mut state = seed | 1;
+    (0..len.max(0))
+        .map(|_| {
+            // xorshift64: arbitrary bytes without proptest holding (and shrinking) 27 kB.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Inputs of whole-image sizes (0 to 3 images of 96x96x3 arbitrary bytes, most often
+/// exactly, else a byte or two more or fewer) with label files of about the same count
+/// whose bytes lie around the valid 1..=10: both the accepting and the rejecting paths run,
+/// and the test says how often each did.
+#[test]
+fn fuzz_stl_whole_image_sizes() {
+    let delta = prop_oneof![6 => Just(0i64), 1 => -2i64..=2];
+    let s = (
+        0usize..4,
+        delta,
+        any::<u64>(),
+        prop_oneof![6 => Just(0i64), 1 => -1i64..=1],
+        prop::collection::vec(prop_oneof![9 => 1u8..=10, 1 => any::<u8>()], 4),
+    );
+    let (accepted, rejected) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    fuzz("stl whole images", s, |(n, dx, seed, dy, labels)| {
+        let x = stl_image_bytes(n, dx, seed);
+        let ny = (n as i64 + dy).clamp(0, 4) as usize;
+        let ok = check_stl(&x, &labels[..ny]);
+        [&rejected, &accepted][ok as usize].fetch_add(1, Ordering::Relaxed);
+        ok
+    });
+    let (a, r) = (accepted.into_inner(), rejected.into_inner());
+    assert!(
+        a > 0 && r > 0,
+        "{a} parsed, {r} rejected: one path never ran"
+    );
+}
+
 #[test]
 fn fuzz_stl_mutated_files() {
     let s = (
