@@ -165,7 +165,12 @@ def main():
         "loss": float(dino(student, teacher, center, ncrops, 0.1, 0.04)),
         "loss_teacher_temp_07": float(dino(student, teacher, center, ncrops, 0.1, 0.07)),
     }
-    out = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "ssl_losses.json")
+    write("ssl_losses.json", fixtures)
+
+
+def write(name, fixtures):
+    """Writes `fixtures` as tests/fixtures/`name` (JSON, one value per line)."""
+    out = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", name)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(fixtures, f, indent=1)

@@ -251,6 +251,32 @@ pub fn mean_over_crop_pairs(
     }))
 }
 
+/// SimSiam's loss (Chen & He 2021): the negative cosine D(p, z) of each crop's prediction
+/// `p[v]` `[N, dim]` against every other global crop's projection `z[g]` `[N, dim]` (the
+/// first `z.len()` crops; the caller stops their gradient), averaged over the pairs: with
+/// two crops 0.5 (D(p1, z2) + D(p2, z1)).
+pub fn simsiam(p: &[Tensor], z: &[Tensor]) -> Tensor {
+    mean_over_crop_pairs(p, z, negative_cosine)
+}
+
+/// BYOL's loss (Grill et al. 2020): 2 - 2 cos(p, z) of each crop's online prediction `p[v]`
+/// against every other global crop's target projection `z[g]`, summed over the two views
+/// as the paper sums L + L~: the mean over the pairs, times 2 (multi-crop too).
+pub fn byol(p: &[Tensor], z: &[Tensor]) -> Tensor {
+    simsiam(p, z) * 4.0 + 4.0
+}
+
+/// MoCo v3's loss (Chen, Xie and He 2021): ctr(q, k) = 2T InfoNCE(q, k) (cosine / T, the
+/// other keys of the global batch as negatives) of each crop's queries against every other
+/// global crop's keys, summed as the paper sums ctr(q1, k2) + ctr(q2, k1): the mean over
+/// the pairs, times 2. `q[v]` `[b, dim]`: this rank's queries of crop v, rows
+/// `offset..offset + b` of the global batch; `k[g]` `[N, dim]`: global crop g's keys of the
+/// whole global batch (gathered from every rank).
+pub fn moco_v3(q: &[Tensor], k: &[Tensor], offset: i64, temperature: f64) -> Tensor {
+    let nce = |q: &Tensor, k: &Tensor| info_nce_global(q, k, offset, temperature);
+    mean_over_crop_pairs(q, k, nce) * 2.0 * (2.0 * temperature)
+}
+
 /// The mean of scalar tensors (at least one).
 fn mean_of(terms: impl Iterator<Item = Tensor>) -> Tensor {
     let terms: Vec<Tensor> = terms.collect();
@@ -357,6 +383,47 @@ pub fn bce_with_logits(logits: &Tensor, target: f64) -> Tensor {
         None,
         Reduction::Mean,
     )
+}
+
+/// Reference values of the losses, written once by the scripts that name them and read by
+/// the tests without Python: tests/fixtures/ssl_losses.json (scripts/make_loss_fixtures.py,
+/// the papers' reference implementations) and tests/fixtures/lightly_losses.json
+/// (scripts/make_lightly_fixtures.py, lightly's loss classes). Float64 throughout.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use tch::Tensor;
+
+    /// The fixture `name` of tests/fixtures/`file`.
+    pub fn load(file: &str, name: &str) -> serde_json::Value {
+        let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+        let all: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(all[name].is_object(), "no fixture {name} in {path}");
+        all[name].clone()
+    }
+
+    /// `v[key]` (a flat list of numbers) as a float64 tensor of `shape`.
+    pub fn tensor(v: &serde_json::Value, key: &str, shape: &[i64]) -> Tensor {
+        let xs: Vec<f64> = serde_json::from_value(v[key].clone()).unwrap();
+        Tensor::from_slice(&xs).view(shape)
+    }
+
+    pub fn num(v: &serde_json::Value, key: &str) -> f64 {
+        v[key].as_f64().unwrap()
+    }
+
+    pub fn int(v: &serde_json::Value, key: &str) -> i64 {
+        v[key].as_i64().unwrap()
+    }
+
+    /// A scalar tensor equal to `want` to 1e-9, relative (a NaN is never close).
+    pub fn close(got: &Tensor, want: f64) {
+        let got = got.double_value(&[]);
+        assert!(
+            (got - want).abs() < 1e-9 * (1.0 + want.abs()),
+            "{got} vs {want}"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -694,38 +761,12 @@ mod tests {
         assert!((l0.double_value(&[]) - 4f64.ln()).abs() < 1e-6);
     }
 
+    use fixtures::{close, int, num, tensor};
+
     /// A fixture of tests/fixtures/ssl_losses.json (scripts/make_loss_fixtures.py: the
     /// reference implementations in PyTorch, float64).
     fn fixture(name: &str) -> serde_json::Value {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/ssl_losses.json"
-        );
-        let all: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        all[name].clone()
-    }
-
-    /// `v[key]` (a flat list of numbers) as a float64 tensor of `shape`.
-    fn tensor(v: &serde_json::Value, key: &str, shape: &[i64]) -> Tensor {
-        let xs: Vec<f64> = serde_json::from_value(v[key].clone()).unwrap();
-        Tensor::from_slice(&xs).view(shape)
-    }
-
-    fn num(v: &serde_json::Value, key: &str) -> f64 {
-        v[key].as_f64().unwrap()
-    }
-
-    fn int(v: &serde_json::Value, key: &str) -> i64 {
-        v[key].as_i64().unwrap()
-    }
-
-    fn close(got: &Tensor, want: f64) {
-        let got = got.double_value(&[]);
-        assert!(
-            (got - want).abs() < 1e-9 * (1.0 + want.abs()),
-            "{got} vs {want}"
-        );
+        fixtures::load("ssl_losses.json", name)
     }
 
     /// Four samples of two standardised, uncorrelated dimensions.
@@ -905,5 +946,41 @@ mod tests {
         assert!(!l.requires_grad());
         let q = codes[0].copy().set_requires_grad(true);
         assert!(!swav(&scores, &[q], 0.1).requires_grad());
+    }
+
+    /// A fixture of tests/fixtures/lightly_losses.json (scripts/make_lightly_fixtures.py).
+    fn lightly(name: &str) -> serde_json::Value {
+        fixtures::load("lightly_losses.json", name)
+    }
+
+    #[test]
+    fn contrastive_losses_match_lightly() {
+        let f = lightly("nt_xent");
+        let shape: Vec<i64> = serde_json::from_value(f["shape"].clone()).unwrap();
+        let (z1, z2) = (tensor(&f, "z1", &shape), tensor(&f, "z2", &shape));
+        close(&nt_xent(&z1, &z2, 0.5), num(&f, "loss_t_0_5"));
+        close(&nt_xent(&z1, &z2, 0.1), num(&f, "loss_t_0_1"));
+        // MoCo v3: ctr(q, k) = 2T info_nce_batch(q, k, T), the loss ctr(q1, k2) + ctr(q2, k1).
+        let f = lightly("moco_v3");
+        let shape: Vec<i64> = serde_json::from_value(f["shape"].clone()).unwrap();
+        let [q1, q2, k1, k2] = ["q1", "q2", "k1", "k2"].map(|k| tensor(&f, k, &shape));
+        let t = num(&f, "temperature");
+        close(
+            &(info_nce_batch(&q1, &k2, t) * 2.0 * t),
+            num(&f, "ctr_q1_k2"),
+        );
+        close(&moco_v3(&[q1, q2], &[k1, k2], 0, t), num(&f, "loss"));
+    }
+
+    #[test]
+    fn negative_cosine_matches_lightly() {
+        let f = lightly("negative_cosine");
+        let shape: Vec<i64> = serde_json::from_value(f["shape"].clone()).unwrap();
+        let [p1, p2, z1, z2] = ["p1", "p2", "z1", "z2"].map(|k| tensor(&f, k, &shape));
+        close(&negative_cosine(&p1, &z2), num(&f, "loss_p1_z2"));
+        close(&negative_cosine(&p2, &z1), num(&f, "loss_p2_z1"));
+        let (p, z) = ([p1, p2], [z1, z2]);
+        close(&simsiam(&p, &z), num(&f, "simsiam"));
+        close(&byol(&p, &z), num(&f, "byol"));
     }
 }

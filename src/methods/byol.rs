@@ -94,15 +94,9 @@ impl Method for Byol {
         let p: Vec<Tensor> = x.iter().map(|x| self.nets.online(x)).collect(); // V x [B, dim]
         let z: Vec<Tensor> = x[..2].iter().map(|x| self.nets.target(x)).collect(); // 2 x [B, dim]
         let v = x.len() as i64;
-        // 2 - 2 cos = 2 + 2 * negative_cosine, averaged over the pairs, times 2.
         let (p, z) = (Tensor::cat(&p, 0), Tensor::cat(&z, 0)); // [V B, dim], [2B, dim]
         precision::in_fp32([&p, &z], |[p, z]| {
-            let pairs = losses::mean_over_crop_pairs(
-                &p.chunk(v, 0),
-                &z.chunk(2, 0),
-                losses::negative_cosine,
-            );
-            pairs * 4.0 + 4.0
+            losses::byol(&p.chunk(v, 0), &z.chunk(2, 0))
         })
     }
     fn after_step(&mut self, ctx: &StepCtx) {

@@ -256,6 +256,34 @@ mod tests {
         assert_eq!(held, vec![12., 13., 14., 15., 16., 17.]);
     }
 
+    /// MoCo's loss and queue over two steps against lightly's NTXentLoss with a memory bank
+    /// (tests/fixtures/lightly_losses.json): the InfoNCE of normalised queries and keys
+    /// against the queue, the keys enqueued after the step, the second step scored against
+    /// them.
+    #[test]
+    fn loss_and_queue_match_lightlys_memory_bank() {
+        use crate::losses::fixtures::{close, int, load, num, tensor};
+        let f = load("lightly_losses.json", "info_nce_queue");
+        let (b, d, k) = (int(&f, "batch"), int(&f, "dim"), int(&f, "queue_size"));
+        let t = num(&f, "temperature");
+        let queue = tensor(&f, "queue", &[k, d]);
+        let ptr = Tensor::zeros([], (Kind::Int64, Device::Cpu));
+        for step in ["1", "2"] {
+            let q = losses::l2_normalize(&tensor(&f, &format!("q{step}"), &[b, d]));
+            let keys = losses::l2_normalize(&tensor(&f, &format!("k{step}"), &[b, d]));
+            close(
+                &losses::info_nce(&q, &keys, &queue, t, None),
+                num(&f, &format!("loss_step{step}")),
+            );
+            enqueue(&queue, &ptr, &keys);
+            let want = tensor(&f, &format!("queue_after_step{step}"), &[k, d]);
+            assert!(
+                queue.allclose(&want, 1e-12, 1e-12, false),
+                "step {step}: {queue} vs {want}"
+            );
+        }
+    }
+
     /// MoCo's shuffling BN: the key encoder runs on sub-batches of a random permutation of
     /// the batch (so that BatchNorm statistics cannot leak which key belongs to which
     /// query), and each key comes back to its own image's row.

@@ -82,8 +82,7 @@ impl Method for MocoV3 {
         // The keys are gathered in float32, inside the loss boundary.
         precision::in_fp32([&q, &k], |[q, k]| {
             let k: Vec<Tensor> = k.chunk(2, 0).iter().map(dist::all_gather).collect(); // 2 x [W B, dim]
-            let nce = |q: &Tensor, k: &Tensor| losses::info_nce_global(q, k, offset, t);
-            losses::mean_over_crop_pairs(&q.chunk(v, 0), &k, nce) * 2.0 * (2.0 * t)
+            losses::moco_v3(&q.chunk(v, 0), &k, offset, t)
         })
     }
     fn after_step(&mut self, ctx: &StepCtx) {

@@ -76,7 +76,7 @@ impl Method for SimSiam {
         let b = z.size()[0] / v;
         let targets = z.narrow(0, 0, 2 * b).detach(); // [2B, dim]: the global crops'
         precision::in_fp32([&p, &targets], |[p, z]| {
-            losses::mean_over_crop_pairs(&p.chunk(v, 0), &z.chunk(2, 0), losses::negative_cosine)
+            losses::simsiam(&p.chunk(v, 0), &z.chunk(2, 0))
         })
     }
     fn encoder(&self) -> &Encoder {
