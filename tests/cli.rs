@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use selfsup::methods::REGISTRY;
 use selfsup::rundir::RunDir;
 use std::path::Path;
 
@@ -31,6 +32,51 @@ fn tiny_autoencoder_run(root: &Path, epochs: usize) -> std::path::PathBuf {
     let o = selfsup(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     run
+}
+
+/// The scores `eval` (or `report`) printed, as fractions: [linear top-1, linear top-5, kNN
+/// top-1], from its `top-1 xx.xx%` lines.
+fn printed_scores(out: &str) -> [f64; 3] {
+    let pct: Vec<f64> = out
+        .lines()
+        .filter(|l| l.contains("top-1"))
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|w| w.strip_suffix('%')?.parse::<f64>().ok())
+        .map(|p| p / 100.0)
+        .collect();
+    pct.try_into()
+        .unwrap_or_else(|p| panic!("expected 3 scores, got {p:?} in: {out}"))
+}
+
+/// The scores of an `eval.json` (or a run's entry): [linear top-1, linear top-5, kNN top-1].
+fn json_scores(v: &serde_json::Value) -> [f64; 3] {
+    ["linear_top1", "linear_top5", "knn_top1"].map(|k| {
+        v["scores"][k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {k} in {v}"))
+    })
+}
+
+/// Scores equal to those printed with 2 decimals in percent.
+fn assert_same_scores(a: [f64; 3], printed: [f64; 3], what: &str) {
+    for (x, p) in a.iter().zip(printed) {
+        assert!(
+            (x - p).abs() <= 0.00005 + 1e-12,
+            "{what}: {a:?} vs {printed:?}"
+        );
+    }
+}
+
+/// The test images of the tiny data in `data`, as the encoder sees them: `[N, 1, 8, 8]` in
+/// [0, 1], in the data's order.
+fn tiny_test_images(data: &Path) -> tch::Tensor {
+    let spec = format!("mnist:{}", data.display());
+    let ds = selfsup::data::DataSpec::parse(&spec)
+        .unwrap()
+        .load(&selfsup::data::DataOptions::default())
+        .unwrap();
+    let n = ds.test.len() as i64;
+    tch::Tensor::from_slice(ds.test.memory().unwrap()).view([n, 1, 8, 8]) / 255.0
 }
 
 #[test]
@@ -105,11 +151,24 @@ fn pretrain_then_eval_on_a_tiny_folder() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("linear probe") && out.contains("kNN"), "{out}");
+    assert!(
+        out.contains("eval denoising-autoencoder (3 epochs) on mnist: 128 train / 40 test images, 8-d features"),
+        "{out}"
+    );
     let eval: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
-    let top1 = eval["scores"]["linear_top1"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&top1));
+    let scores = json_scores(&eval);
+    assert_same_scores(
+        scores,
+        printed_scores(&out),
+        "eval.json against the printed scores",
+    );
+    // 4 classes of the 10 of MNIST's format: 5 guesses of an under-trained probe (5 epochs)
+    // may miss; the 5 nearest neighbours of an image of a square in one quadrant are
+    // images of squares there (seen: 100%).
+    assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)), "{eval}");
+    assert!(scores[2] >= 0.75, "kNN top-1 {}", scores[2]);
+    assert_eq!(eval["epochs"], 3, "{eval}");
 
     // A config file that names the method needs no --method.
     let toml = tmp.path().join("ae.toml");
@@ -183,6 +242,26 @@ fn pretrain_then_eval_on_a_tiny_folder() {
         weights.to_str().unwrap(),
     ]);
     assert!(o.status.success() && weights.is_file(), "{}", stderr(&o));
+    // The exported encoder, loaded into PyTorch's module, gives the embeddings `embed`
+    // wrote for the test images.
+    let npy = npyz::NpyFile::new(&npy[..]).unwrap();
+    assert_eq!(npy.shape(), &[40, 8]);
+    let features: Vec<f32> = npy.into_vec().unwrap();
+    let io = tmp.path().join("io.safetensors");
+    tch::Tensor::write_safetensors(
+        &[
+            ("input", &tiny_test_images(&data)),
+            ("output", &tch::Tensor::from_slice(&features).view([40, 8])),
+        ],
+        &io,
+    )
+    .unwrap();
+    let (matched, text) = check_torch_export(&[(weights.clone(), io)]);
+    assert!(matched, "{text}");
+    assert!(
+        text.contains("denoising-autoencoder: cnn on image"),
+        "{text}"
+    );
 
     // Raw pixels separate these four classes perfectly with a linear probe.
     let o = selfsup(&[
@@ -202,10 +281,33 @@ fn pretrain_then_eval_on_a_tiny_folder() {
     let out = stdout(&o);
     let linear = out.lines().find(|l| l.contains("linear probe")).unwrap();
     assert!(linear.contains("top-1 100.00%"), "{out}");
-    let mut a = vec!["eval", "--baseline", "random"];
+    // The randomly initialised CNN (8 channels, globally pooled: only the borders tell
+    // where the square is): well above chance (25%) on these four classes, its label always
+    // among the top 5 of the probe's 10 outputs (seen: 72.5%, 100%, kNN 100%).
+    let mut a = vec![
+        "eval",
+        "--baseline",
+        "random",
+        "--set",
+        "knn_k=5",
+        "--set",
+        "probe_batch_size=32",
+        "--set",
+        "probe_epochs=100",
+    ];
     a.extend(&common);
     let o = selfsup(&a);
     assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("eval random-init cnn on mnist: 128 train / 40 test images, 8-d features"),
+        "{out}"
+    );
+    let [top1, top5, knn] = printed_scores(&out);
+    assert!(
+        (0.5..=1.0).contains(&top1) && top5 == 1.0 && knn >= 0.75,
+        "{out}"
+    );
 }
 
 #[test]
@@ -335,21 +437,32 @@ fn bad_options_get_clear_errors() {
     }
 }
 
+/// `selfsup methods` lists every method of the registry, in its order, with its summary,
+/// and the README's method table names the same methods.
 #[test]
-fn methods_lists_the_registry() {
+fn methods_lists_every_registered_method_and_the_readme_names_them_all() {
     let o = selfsup(&["methods"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    for name in [
-        "autoencoder",
-        "denoising-autoencoder",
-        "context-encoder",
-        "rotation",
-        "jigsaw",
-        "relative-patch",
-        "colorization",
-    ] {
-        assert!(out.lines().any(|l| l.starts_with(name)), "{name}: {out}");
-    }
+    let listed: Vec<(&str, &str)> = out
+        .lines()
+        .map(|l| {
+            let (name, summary) = l.split_once(' ').unwrap_or((l, ""));
+            (name, summary.trim_start())
+        })
+        .collect();
+    let registry: Vec<(&str, &str)> = REGISTRY.iter().map(|m| (m.name, m.summary)).collect();
+    assert_eq!(listed, registry, "{out}");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split_once('`').map(|(name, _)| name))
+        .collect();
+    let names: Vec<&str> = REGISTRY.iter().map(|m| m.name).collect();
+    assert_eq!(table, names, "README.md's method table");
+    let count = format!("holds {} pretraining methods", names.len());
+    assert!(readme.contains(&count), "README.md should say it {count}");
 }
 
 #[test]
@@ -602,6 +715,50 @@ fn compare_trains_methods_and_adds_the_three_baselines() {
     }
     let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
+    // Every row's numbers are what `eval` gives for it alone, with the same eval keys: the
+    // eval.json of `eval --run` for the runs compare trained, `eval --baseline`'s printed
+    // scores for the baselines.
+    let eval_sets = [
+        "--set",
+        "knn_k=5",
+        "--set",
+        "probe_batch_size=32",
+        "--set",
+        "probe_epochs=100",
+    ];
+    let row = |method: &str| -> [f64; 3] {
+        let line = csv
+            .lines()
+            .find(|l| l.split(',').next() == Some(method))
+            .unwrap_or_else(|| panic!("no row {method} in:\n{csv}"));
+        let cells: Vec<f64> = line
+            .split(',')
+            .skip(1)
+            .take(3)
+            .map(|c| c.parse::<f64>().unwrap() / 100.0)
+            .collect();
+        cells.try_into().unwrap()
+    };
+    for method in ["autoencoder", "supervised"] {
+        let dir = out.join(method);
+        let mut a = vec!["eval", "--run", dir.to_str().unwrap()];
+        a.extend(eval_sets);
+        let o = selfsup(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let eval: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
+        assert_same_scores(json_scores(&eval), row(method), method);
+    }
+    for (baseline, label) in [("raw", "raw pixels"), ("random", "random-init cnn")] {
+        let mut a = vec!["eval", "--baseline", baseline, "--data", &data_arg];
+        a.extend(eval_sets);
+        a.extend(TINY_NET);
+        let o = selfsup(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_same_scores(printed_scores(&stdout(&o)), row(label), label);
+    }
+    // The supervised upper bound learns these four classes (seen: 100%).
+    assert!(row("supervised")[0] >= 0.9, "{csv}");
     // A second call reuses the finished runs instead of training again.
     let o = selfsup(&args);
     assert!(
@@ -662,8 +819,18 @@ fn report_writes_metrics_plots_and_a_page_into_the_run() {
     }
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
-    let top1 = m["scores"]["linear_top1"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&top1), "{m}");
+    // What the report printed, what eval.json holds and what the page shows agree.
+    let scores = json_scores(&m);
+    assert_same_scores(
+        scores,
+        printed_scores(&out),
+        "eval.json against the printed scores",
+    );
+    assert!(
+        scores.iter().all(|s| (0.0..=1.0).contains(s)) && scores[2] >= 0.75,
+        "{m}"
+    );
+    let top1 = scores[0];
     assert_eq!(m["pretraining"]["epochs"], 2, "{m}");
     let html = std::fs::read_to_string(run.join("index.html")).unwrap();
     let shown = format!("{:.2}%", 100.0 * top1);
@@ -1219,5 +1386,96 @@ fn finetune_on_fractions_of_the_labels_then_compare_and_report_them() {
         let o = finetune(labels);
         assert!(!o.status.success(), "{labels}");
         assert!(stderr(&o).contains(says), "{labels}: {}", stderr(&o));
+    }
+}
+
+/// `selfsup config` prints the effective config: the defaults with a config file and
+/// `--set`s applied, as TOML that reads back to itself.
+#[test]
+fn config_prints_the_effective_config_as_toml_that_reads_back() {
+    let o = selfsup(&["config", "--set", "epochs=5", "--set", "method=\"byol\""]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed = stdout(&o);
+    let got: toml::Table = toml::from_str(&printed).unwrap();
+    // Every key with its default, but the two set.
+    let mut want: toml::Table =
+        toml::from_str(&toml::to_string(&selfsup::config::Config::default()).unwrap()).unwrap();
+    want.insert("epochs".into(), toml::Value::Integer(5));
+    want.insert("method".into(), toml::Value::String("byol".into()));
+    assert_eq!(got, want, "{printed}");
+    // As a config file, with one more --set on top.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("c.toml");
+    std::fs::write(&file, &printed).unwrap();
+    let o = selfsup(&["config", "--config", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), printed);
+    let o = selfsup(&[
+        "config",
+        "--config",
+        file.to_str().unwrap(),
+        "--set",
+        "lr=0.5",
+    ]);
+    let again: toml::Table = toml::from_str(&stdout(&o)).unwrap();
+    want.insert("lr".into(), toml::Value::Float(0.5));
+    assert_eq!(again, want);
+    let o = selfsup(&["config", "--set", "epochs=-1"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("epochs"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `selfsup bench-augment` with a few images: every shape on 1 thread and on all of them,
+/// selfsup's and torchvision's throughput (the comparison ran: a torchvision failure would
+/// leave `-` and a note) and their ratio.
+#[test]
+fn bench_augment_measures_selfsup_and_torchvision_on_every_shape() {
+    let o = selfsup(&["bench-augment", "--images", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(!err.contains("skipped"), "{err}");
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
+    let mut lines = out.lines();
+    assert!(
+        lines.next().unwrap().split_whitespace().eq([
+            "shape",
+            "threads",
+            "selfsup",
+            "img/s",
+            "torchvision",
+            "img/s",
+            "ratio"
+        ]),
+        "{out}"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    let mut want = Vec::new();
+    for shape in ["1x28x28", "3x32x32", "3x96x96"] {
+        for t in &threads {
+            want.push((shape.to_string(), t.to_string()));
+        }
+    }
+    let got: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r[0].to_string(), r[1].to_string()))
+        .collect();
+    assert_eq!(got, want, "{out}");
+    for r in &rows {
+        let ours: f64 = r[2].parse().unwrap();
+        let theirs: f64 = r[3]
+            .parse()
+            .unwrap_or_else(|_| panic!("no torchvision figure: {out}"));
+        let ratio: f64 = r[4].strip_suffix('x').unwrap().parse().unwrap();
+        assert!(ours > 0.0 && theirs > 0.0, "{out}");
+        // The ratio of the unrounded figures: within the rounding of the printed ones.
+        let (lo, hi) = (
+            (ours - 0.5) / (theirs + 0.5),
+            (ours + 0.5) / (theirs - 0.5).max(0.5),
+        );
+        assert!((lo - 0.005..=hi + 0.005).contains(&ratio), "{r:?}");
     }
 }
