@@ -45,7 +45,9 @@ fn quickstart_runs_on_tiny_data() {
         "{config}"
     );
     // The table it printed is compare.md: the run next to both baselines.
-    let md = std::fs::read_to_string(run.join("compare/compare.md")).unwrap();
+    let table = run.join("compare/compare.md");
+    let md = std::fs::read_to_string(&table)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{out}", table.display()));
     assert!(out.contains(&md), "{out}\n---\n{md}");
     for row in ["| raw pixels |", "| random-init cnn |", "| simclr |"] {
         assert!(md.contains(row), "{row}: {md}");
