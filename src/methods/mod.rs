@@ -272,9 +272,7 @@ pub(crate) mod tests {
     /// An entry of tests/fixtures/methods.json (scripts/make_method_fixtures.py: reference
     /// implementations run in float64).
     pub(crate) fn fixture(name: &str) -> serde_json::Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/methods.json");
-        let text = std::fs::read_to_string(path).unwrap();
-        serde_json::from_str::<serde_json::Value>(&text).unwrap()[name].clone()
+        crate::losses::fixtures::load("methods.json", name)
     }
 
     /// A float64 tensor of a fixture, written as {"shape": [...], "data": [...]}.
