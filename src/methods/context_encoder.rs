@@ -389,7 +389,7 @@ mod tests {
         };
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let mut ce = ContextEncoder::new(&vs.root(), &MethodConfig::of(&cfg), &info).unwrap();
+        let mut ce = ContextEncoder::new(&vs.root(), &cfg.method_view(), &info).unwrap();
         let train = tiny_dataset().train;
         let x = Tensor::from_slice(&train.memory().unwrap()[..16 * 64]).view([16, 1, 8, 8]) / 255.0;
         let ctx = StepCtx {
@@ -402,7 +402,7 @@ mod tests {
         let mut seen = Vec::new();
         for step in 0..30 {
             let (rec, d) = parts(&ce, &x);
-            let l = ce.loss(&x, &x, &ctx);
+            let l = ce.loss(std::slice::from_ref(&x), &x, &ctx);
             let logged = l.double_value(&[]);
             assert!(
                 (logged - ((1.0 - lambda) * rec + d)).abs() < 1e-4,

@@ -297,7 +297,7 @@ mod tests {
         };
         let vs = nn::VarStore::new(Device::Cpu);
         tch::manual_seed(0);
-        let mut m = Moco::new(&vs.root(), &MethodConfig::of(&cfg), &info, true).unwrap();
+        let mut m = Moco::new(&vs.root(), &cfg.method_view(), &info, true).unwrap();
         let x = Tensor::rand([8, 1, 8, 8], (Kind::Float, Device::Cpu)); // 2 views of 4 images
         let ctx = StepCtx {
             epoch: 0,
@@ -306,7 +306,7 @@ mod tests {
         };
         // The key encoder's permutation is the loss's first random draw after the seed.
         tch::manual_seed(1);
-        let _ = m.loss(&x, &Tensor::zeros([4], (Kind::Int64, Device::Cpu)), &ctx);
+        let _ = m.loss(std::slice::from_ref(&x), &Tensor::zeros([4], (Kind::Int64, Device::Cpu)), &ctx);
         let keys = m.pending_keys.take().unwrap(); // [4, dim], one process: this batch's
         tch::manual_seed(1);
         let perm = Vec::<i64>::try_from(Tensor::randperm(4, (Kind::Int64, Device::Cpu))).unwrap();
