@@ -306,7 +306,11 @@ mod tests {
         };
         // The key encoder's permutation is the loss's first random draw after the seed.
         tch::manual_seed(1);
-        let _ = m.loss(std::slice::from_ref(&x), &Tensor::zeros([4], (Kind::Int64, Device::Cpu)), &ctx);
+        let _ = m.loss(
+            std::slice::from_ref(&x),
+            &Tensor::zeros([4], (Kind::Int64, Device::Cpu)),
+            &ctx,
+        );
         let keys = m.pending_keys.take().unwrap(); // [4, dim], one process: this batch's
         tch::manual_seed(1);
         let perm = Vec::<i64>::try_from(Tensor::randperm(4, (Kind::Int64, Device::Cpu))).unwrap();

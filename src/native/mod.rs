@@ -1,5 +1,6 @@
 //! The C ABI of `shim.cpp` (compiled by build.rs) and its error strings. The safe API over
-//! it is `dist` (c10d process groups) and `precision` (autocast), the modules above it.
+//! it is `dist` (c10d process groups), `precision` (autocast) and `optim` (the fused
+//! optimizer kernels), the modules above it.
 //!
 //! Each fallible function returns null on success or an error message allocated by the shim,
 //! which `check` turns into an `anyhow::Error` and frees.
@@ -67,6 +68,32 @@ unsafe extern "C" {
     ) -> *mut c_char;
     pub(crate) safe fn selfsup_autocast_is_enabled(device_type: c_int) -> c_int;
     pub(crate) safe fn selfsup_autocast_set_enabled(device_type: c_int, enabled: c_int) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn selfsup_fused_adam(
+        decoupled: c_int,
+        params: *const *const C_tensor,
+        grads: *const *const C_tensor,
+        exp_avgs: *const *const C_tensor,
+        exp_avg_sqs: *const *const C_tensor,
+        n: c_int,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        step: i64,
+    ) -> *mut c_char;
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn selfsup_fused_sgd(
+        params: *const *const C_tensor,
+        grads: *const *const C_tensor,
+        bufs: *const *const C_tensor,
+        n: c_int,
+        weight_decay: f64,
+        momentum: f64,
+        lr: f64,
+        first_step: c_int,
+    ) -> *mut c_char;
 }
 
 /// The result of a shim call: Ok for null, else its message (which is freed here).

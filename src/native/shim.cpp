@@ -1,9 +1,13 @@
 // selfsup's one native module: PyTorch's own c10d (TCPStore, Gloo, NCCL, the functional
-// collectives) and libtorch's autocast switches, behind a small C ABI for src/native/mod.rs.
+// collectives), libtorch's autocast switches and its fused optimizer kernels (which tch does
+// not bind: they take lists of tensors), behind a small C ABI for src/native/mod.rs.
 //
 // Tensors cross as tch's `torch::Tensor*`. Every entry point returns NULL on success or a
 // malloc'ed error message (freed by selfsup_free_error): no C++ exception crosses into Rust.
 #include <ATen/autocast_mode.h>
+#include <ATen/ops/_fused_adam.h>
+#include <ATen/ops/_fused_adamw.h>
+#include <ATen/ops/_fused_sgd.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -21,6 +25,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -339,6 +344,49 @@ int selfsup_autocast_set_enabled(int device_type, int enabled) {
   const int prev = at::autocast::is_autocast_enabled(device);
   at::autocast::set_autocast_enabled(device, enabled != 0);
   return prev;
+}
+
+namespace {
+std::vector<at::Tensor> tensors(const at::Tensor* const* ts, int n) {
+  std::vector<at::Tensor> v;
+  v.reserve(n);
+  for (int i = 0; i < n; ++i) v.push_back(*ts[i]);
+  return v;
+}
+}  // namespace
+
+// One step of torch.optim.Adam(fused=True) (AdamW when `decoupled`) over n parameters, their
+// gradients and moment estimates, all updated in place. `step` is the step being taken (1 for
+// the first), as the state_steps that torch.optim increments before calling the kernel.
+char* selfsup_fused_adam(int decoupled, const at::Tensor* const* params, const at::Tensor* const* grads,
+                         const at::Tensor* const* exp_avgs, const at::Tensor* const* exp_avg_sqs, int n,
+                         double lr, double beta1, double beta2, double weight_decay, double eps,
+                         int64_t step) {
+  return guarded([&] {
+    if (n == 0) return;
+    auto p = tensors(params, n), g = tensors(grads, n), m = tensors(exp_avgs, n), v = tensors(exp_avg_sqs, n);
+    std::vector<at::Tensor> steps;
+    steps.reserve(n);
+    for (int i = 0; i < n; ++i)
+      steps.push_back(at::full({}, static_cast<double>(step), p[i].options().dtype(at::kFloat)));
+    if (decoupled)
+      at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, false, false);
+    else
+      at::_fused_adam_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, false, false);
+  });
+}
+
+// One step of torch.optim.SGD(fused=True) (dampening 0, not Nesterov) over n parameters, their
+// gradients and momentum buffers; with `first_step` the buffers are set to the gradients.
+char* selfsup_fused_sgd(const at::Tensor* const* params, const at::Tensor* const* grads,
+                        const at::Tensor* const* bufs, int n, double weight_decay, double momentum,
+                        double lr, int first_step) {
+  return guarded([&] {
+    if (n == 0) return;
+    auto p = tensors(params, n), g = tensors(grads, n);
+    auto b = momentum != 0 ? tensors(bufs, n) : std::vector<at::Tensor>{};
+    at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, 0.0, false, false, first_step != 0);
+  });
 }
 
 }  // extern "C"

@@ -131,7 +131,7 @@ pub fn train_step(
         Some(dp) => dp.backward(&loss, || opt.grads())?,
         None => loss.backward(),
     }
-    opt.step(lr);
+    opt.step(lr)?;
     tch::no_grad(|| model.method.after_step(ctx));
     let l = match dist {
         Some(dp) => dp.mean(loss.double_value(&[]))?,

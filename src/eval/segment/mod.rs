@@ -464,9 +464,9 @@ pub fn train_protocol(
             }
             loss.backward();
             let lr = cosine_with_warmup(step, total, warmup, cfg.seg.seg_lr, 0.0);
-            head_opt.step(lr);
+            head_opt.step(lr)?;
             if let Some(o) = enc_opt.as_mut() {
-                o.step(lr * cfg.seg.seg_encoder_lr_scale);
+                o.step(lr * cfg.seg.seg_encoder_lr_scale)?;
             }
             let l = loss.double_value(&[]);
             if !l.is_finite() {
