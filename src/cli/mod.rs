@@ -262,14 +262,18 @@ pub enum Command {
         after_help = "Example:\n  selfsup finetune --run runs/simclr --labels 1%,10%,100%\n  selfsup finetune --baseline random --labels 1% --out runs/scratch"
     )]
     Finetune(FinetuneArgs),
-    /// Export a run's encoder for PyTorch: safetensors with torchvision-style names
-    /// (see src/nets/export.rs for the differences from torchvision's resnet18).
+    /// Export a run's encoder for PyTorch: safetensors with torchvision's and timm's names
+    /// (see src/nets/export.rs for the differences from torchvision's resnet18), or an ONNX
+    /// model made by the installed torch's exporter (SELFSUP_PYTHON, with onnx and onnxscript).
     Export {
         #[command(flatten)]
         run: RunArgs,
-        /// Output file (.safetensors).
+        /// Output file (.safetensors, or .onnx).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// `safetensors` or `onnx` (default: onnx when --out ends in .onnx).
+        #[arg(long, value_parser = ["safetensors", "onnx"])]
+        format: Option<String>,
     },
     /// Write a run's encoder features of one split as NumPy files (embeddings_SPLIT.npy
     /// [N, D] float32, labels_SPLIT.npy [N] int64).
@@ -466,7 +470,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Segment(args) => segment::command(args, device),
         Command::Report { run, points, sets } => report::command(&run, points, &sets, device),
         Command::Compare(args) => compare::command(args, device),
-        Command::Export { run, out } => export::command(&run, &out, device),
+        Command::Export { run, out, format } => {
+            export::command(&run, &out, format.as_deref(), device)
+        }
         Command::Finetune(args) => finetune::command(args, device),
         Command::Embed { run, split, out } => embed::command(&run, &split, &out, device),
         Command::Neighbors {

@@ -17,12 +17,14 @@
 //! The metadata's `input` says what the network is applied to, as selfsup's evaluation
 //! does it: `image`; `lightness` (colorization: the Lab L / 100 of sRGB images, a
 //! 1-channel network); `patch-mean` (CPC: every `patch` x `patch` patch at `stride`
-//! encoded on its own, the codes averaged). scripts/check_torch_export.py builds each.
+//! encoded on its own, the codes averaged). `input_shape` is `[C, H, W]` of the images the
+//! evaluation feeds it (values in [0, 1]). `python/selfsup/models.py` builds each, as
+//! torchvision, timm or its own modules; it also writes the ONNX model (`write_onnx`).
 
 use super::{Encoder, EncoderInput};
 use crate::config::EncoderSpec;
 use crate::tensor_io::write_safetensors_atomic;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -50,14 +52,16 @@ pub fn encoder_state_dict(vars: &HashMap<String, Tensor>) -> Result<Vec<(String,
 }
 
 /// Writes the encoder of `vars` to `path`; the metadata names the architecture and what
-/// the network is applied to (`EncoderInput`), which the PyTorch side must reproduce to get
-/// the features that selfsup's evaluation extracts.
+/// the network is applied to (`EncoderInput`, and the `input_shape` `[C, H, W]` of the
+/// evaluation's images), which the PyTorch side must reproduce to get the features that
+/// selfsup's evaluation extracts.
 pub fn write_encoder(
     path: &Path,
     vars: &HashMap<String, Tensor>,
     method: &str,
     spec: &EncoderSpec,
     encoder: &Encoder,
+    input_shape: [i64; 3],
 ) -> Result<()> {
     let tensors = encoder_state_dict(vars)?;
     let mut meta = HashMap::from([
@@ -79,6 +83,10 @@ pub fn write_encoder(
             spec.vit_image_size.to_string(),
         ),
         ("method".to_string(), method.to_string()),
+        (
+            "input_shape".to_string(),
+            serde_json::to_string(&input_shape)?,
+        ),
     ]);
     let input = match encoder.input {
         EncoderInput::Image => "image",
@@ -91,4 +99,36 @@ pub fn write_encoder(
     };
     meta.insert("input".into(), input.into());
     write_safetensors_atomic(path, &tensors, meta)
+}
+
+/// The module builders of the Python package, run by `write_onnx` as a script (they import
+/// only torch, torchvision, timm and safetensors).
+const MODELS_PY: &str = include_str!("../../python/selfsup/models.py");
+
+/// Writes the ONNX model of the encoder exported to `weights` (by `write_encoder`) to
+/// `out`: `python` (a Python with torch 2.11, onnx and onnxscript) builds the PyTorch module
+/// and runs torch's exporter; with onnxruntime installed it also runs the model and
+/// compares. Returns the script's report (a JSON object).
+pub fn write_onnx(weights: &Path, out: &Path, python: &Path) -> Result<serde_json::Value> {
+    let run = std::process::Command::new(python)
+        .arg("-c")
+        .arg(MODELS_PY)
+        .arg("onnx")
+        .arg(weights)
+        .arg(out)
+        .output()
+        .with_context(|| format!("cannot run {} (set SELFSUP_PYTHON)", python.display()))?;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    if !run.status.success() {
+        bail!(
+            "the ONNX export of {} with {} failed: {}",
+            weights.display(),
+            python.display(),
+            stderr.trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .with_context(|| format!("the ONNX export printed '{last}' instead of its report"))
 }

@@ -396,10 +396,16 @@ pub fn pretrain(
         interval.saved(Instant::now());
         (skip, sums) = (0, EpochSums::default());
         if !quiet && writer {
-            bar.println(format!(
+            let line = format!(
                 "epoch {epoch}/{}: mean loss {mean_loss:.5}, {ips:.0} img/s, {secs:.1}s; checkpoint saved",
                 cfg.train.epochs,
-            ));
+            );
+            // Without a terminal (a log file, the Python API's pipe) the bar is hidden and
+            // so would be its lines: the epoch lines are the progress there.
+            match bar.is_hidden() {
+                true => eprintln!("{line}"),
+                false => bar.println(line),
+            }
         }
     }
     bar.finish_and_clear();
