@@ -55,6 +55,30 @@ pub fn without_autocast<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// libtorch's process-wide settings for a run: cuDNN's benchmark mode (the fastest
+/// convolution algorithm for each shape, found by timing them; not reproducible, so off when
+/// `deterministic`), TensorFloat-32 for float32 matrix products and convolutions on CUDA
+/// (`tf32`), and deterministic algorithms (`torch.use_deterministic_algorithms(True)`: an op
+/// without a deterministic implementation is an error instead of a silent difference; with
+/// `CUBLAS_WORKSPACE_CONFIG` set by the caller before CUDA starts). On the CPU only
+/// `deterministic` changes anything.
+pub fn set_backend(tf32: bool, deterministic: bool) -> Result<()> {
+    check(native::selfsup_set_backend(
+        !deterministic as c_int,
+        tf32 as c_int,
+        deterministic as c_int,
+    ))
+}
+
+/// What `set_backend` set: (cuDNN benchmark, TF32 for matmul, TF32 for cuDNN,
+/// deterministic algorithms).
+pub fn backend() -> (bool, bool, bool, bool) {
+    let mut out = [0 as c_int; 4];
+    // SAFETY: the shim writes exactly four ints.
+    unsafe { native::selfsup_get_backend(out.as_mut_ptr()) };
+    (out[0] != 0, out[1] != 0, out[2] != 0, out[3] != 0)
+}
+
 /// c10::DeviceType's numbers of the devices autocast runs on.
 const CPU: c_int = 0;
 const CUDA: c_int = 1;
@@ -207,6 +231,26 @@ mod tests {
         let r = std::panic::catch_unwind(|| without_autocast(|| panic!("inside")));
         assert!(r.is_err());
         assert!(autocast_enabled(Device::Cpu).unwrap());
+    }
+
+    #[test]
+    fn backend_settings_read_back_as_set() {
+        // Process-wide flags: the previous ones come back at the end. Deterministic mode is
+        // switched on only for the instant of the read (CPU ops that other tests run in
+        // parallel have deterministic kernels anyway).
+        let before = backend();
+        set_backend(false, true).unwrap();
+        let strict = backend();
+        set_backend(true, false).unwrap();
+        let fast = backend();
+        check(native::selfsup_set_backend(
+            before.0 as c_int,
+            before.1 as c_int,
+            before.3 as c_int,
+        ))
+        .unwrap();
+        assert_eq!(strict, (false, false, false, true));
+        assert_eq!(fast, (true, true, true, false));
     }
 
     #[test]

@@ -104,6 +104,15 @@ keys! {
         /// (libtorch's autocast: convolutions and matrix products in bfloat16; weights,
         /// optimizer state, losses and checkpoints stay float32).
         pub precision: Precision = Precision::Fp32,
+        /// CUDA: float32 matrix products and convolutions in TensorFloat-32 (10-bit mantissa,
+        /// up to 8x the float32 speed on tensor cores; PyTorch's default for convolutions).
+        /// No effect on the CPU.
+        pub tf32: bool = true,
+        /// Deterministic algorithms only (`torch.use_deterministic_algorithms`): on CUDA the
+        /// same seed gives the same numbers run after run, at some cost in speed (cuDNN's
+        /// benchmark mode off; needs `CUBLAS_WORKSPACE_CONFIG=:4096:8` in the environment); an op without a
+        /// deterministic kernel is then an error. CPU runs are deterministic either way.
+        pub deterministic: bool = false,
         /// Log a line to metrics.jsonl every this many steps (more often in runs shorter than
         /// 100 x log_every steps: see `train::log_interval`).
         pub log_every: usize = 20,

@@ -68,6 +68,12 @@ unsafe extern "C" {
     ) -> *mut c_char;
     pub(crate) safe fn selfsup_autocast_is_enabled(device_type: c_int) -> c_int;
     pub(crate) safe fn selfsup_autocast_set_enabled(device_type: c_int, enabled: c_int) -> c_int;
+    pub(crate) safe fn selfsup_set_backend(
+        cudnn_benchmark: c_int,
+        tf32: c_int,
+        deterministic: c_int,
+    ) -> *mut c_char;
+    pub(crate) fn selfsup_get_backend(out: *mut c_int);
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn selfsup_fused_adam(
         decoupled: c_int,

@@ -346,6 +346,29 @@ int selfsup_autocast_set_enabled(int device_type, int enabled) {
   return prev;
 }
 
+// The process-wide backend settings of a run (as torch.backends.cudnn.benchmark,
+// torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 and
+// torch.use_deterministic_algorithms set them); settable without a GPU.
+char* selfsup_set_backend(int cudnn_benchmark, int tf32, int deterministic) {
+  return guarded([&] {
+    auto& ctx = at::globalContext();
+    ctx.setBenchmarkCuDNN(cudnn_benchmark != 0);
+    ctx.setAllowTF32CuBLAS(tf32 != 0);
+    ctx.setAllowTF32CuDNN(tf32 != 0);
+    ctx.setDeterministicAlgorithms(deterministic != 0, false);
+  });
+}
+
+// The settings selfsup_set_backend sets, read back: cuDNN benchmark, TF32 for matmul, TF32
+// for cuDNN, deterministic algorithms.
+void selfsup_get_backend(int* out) {
+  auto& ctx = at::globalContext();
+  out[0] = ctx.benchmarkCuDNN();
+  out[1] = ctx.allowTF32CuBLAS();
+  out[2] = ctx.allowTF32CuDNN();
+  out[3] = ctx.deterministicAlgorithms();
+}
+
 namespace {
 std::vector<at::Tensor> tensors(const at::Tensor* const* ts, int n) {
   std::vector<at::Tensor> v;

@@ -27,6 +27,15 @@ impl Model {
     /// Builds the method named in `cfg.method`; initialisation is seeded by `cfg.train.seed`.
     pub fn build(cfg: &Config, info: &DataInfo, device: Device) -> Result<Model> {
         let spec = methods::find(&cfg.method)?;
+        if cfg.train.deterministic
+            && device.is_cuda()
+            && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none()
+        {
+            bail!(
+                "deterministic = true on CUDA needs CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment (cuBLAS reads it when it starts)"
+            );
+        }
+        crate::precision::set_backend(cfg.train.tf32, cfg.train.deterministic)?;
         tch::manual_seed(cfg.train.seed as i64);
         let vs = nn::VarStore::new(device);
         let mut method = (spec.build)(&vs.root(), &cfg.method_view(), info)?;
