@@ -462,4 +462,78 @@ mod tests {
         assert!(a.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         assert!(a.allclose(&b, 1e-4, 1e-6, false));
     }
+
+    /// The adversarial term trains the generator: the gradient of the loss in the encoder
+    /// and decoder is that of (1 - λ) L_rec + λ BCE(D(completed), real), not that of
+    /// (1 - λ) L_rec alone (which a detached or dropped adversarial term would leave).
+    #[test]
+    fn adversarial_term_gives_the_generator_its_gradient() {
+        let _rng = crate::torch_rng_lock();
+        let cfg = {
+            let mut c = tiny_config("context-encoder");
+            c.keys.ce_adversarial = true;
+            c.keys.ce_adv_weight = 0.5;
+            c
+        };
+        let info = DataInfo {
+            shape: [1, 8, 8],
+            num_classes: 4,
+        };
+        let x = Tensor::rand([4, 1, 8, 8], (Kind::Float, Device::Cpu));
+        let ctx = StepCtx {
+            epoch: 0,
+            step: 0,
+            total_steps: 1,
+        };
+        let lambda = cfg.keys.ce_adv_weight;
+        // The generator's gradient (every encoder and decoder variable) of: 0 the loss,
+        // 1 (1 - λ) L_rec + λ L_adv by hand, 2 (1 - λ) L_rec alone.
+        let grads = |which: u8| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            tch::manual_seed(0);
+            let mut ce = ContextEncoder::new(&vs.root(), &cfg.method_view(), &info).unwrap();
+            tch::manual_seed(1);
+            let l = if which == 0 {
+                ce.loss(std::slice::from_ref(&x), &x, &ctx)
+            } else {
+                let (mask, input) = ce.mask_batch(&x);
+                let pred = ce
+                    .decoder
+                    .forward_t(&ce.encoder.forward_t(&input, true), true);
+                let w = overlap_weights(&mask, ce.overlap, ce.overlap_weight);
+                let rec = losses::weighted_mse(&pred, &x, &w) * (1.0 - lambda);
+                let fake = &x * (mask.ones_like() - &mask) + &pred * &mask;
+                let d = ce.discriminator.as_ref().unwrap();
+                match which {
+                    1 => rec + losses::bce_with_logits(&d.forward(&fake), 1.0) * lambda,
+                    _ => rec,
+                }
+            };
+            l.backward();
+            let vars = vs.variables();
+            let mut names: Vec<&String> = vars
+                .keys()
+                .filter(|k| !k.starts_with("discriminator") && vars[*k].requires_grad())
+                .collect();
+            names.sort();
+            let g: Vec<Tensor> = names
+                .iter()
+                .map(|k| vars[*k].grad().flatten(0, -1))
+                .collect();
+            Tensor::cat(&g, 0)
+        };
+        let (full, by_hand, rec_only) = (grads(0), grads(1), grads(2));
+        let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        let scale = by_hand.abs().max().double_value(&[]);
+        assert!(
+            diff(&full, &by_hand) < 1e-4 * scale,
+            "the generator's gradient differs from (1 - λ) L_rec + λ L_adv's by {}",
+            diff(&full, &by_hand)
+        );
+        assert!(
+            diff(&full, &rec_only) > 1e-3 * scale,
+            "the generator's gradient is (1 - λ) L_rec's alone (differs by {}): no adversarial gradient",
+            diff(&full, &rec_only)
+        );
+    }
 }
