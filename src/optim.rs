@@ -114,7 +114,7 @@ impl Optimizer {
                 continue;
             }
             let ptrs = |ts: &[&Tensor]| -> Vec<*const C_tensor> {
-                ts.iter().map(|t| t.as_ptr() as *const C_tensor).collect()
+                ts.iter().map(|t| t.as_ptr()).collect()
             };
             let params: Vec<&Tensor> = group.iter().map(|(_, p, _)| p).collect();
             let grads: Vec<&Tensor> = group.iter().map(|(_, _, g)| g).collect();
