@@ -10,14 +10,16 @@ B=${SELFSUP_BIN:-./target/release/selfsup}
 O=${OUT:-runs/finetune}
 E=${FT_EPOCHS:-3}
 mkdir -p $O
-for m in simclr byol nnclr; do
-  [ -f $O/$m/checkpoint.safetensors ] || $B pretrain --quiet --config presets/fashion-mnist-$m.toml \
-    --set epochs=3 --set train_subset=20000 --out $O/$m
+# Pretrains into $O/NAME with the given options, or continues the run there (a run killed
+# midway resumes from its last checkpoint; a finished one is left as it is).
+pre() {
+  d=$O/$1; shift
+  if [ -f $d/config.toml ]; then $B pretrain --quiet --resume --out $d; else $B pretrain --quiet "$@" --out $d; fi
+}
+for m in simclr byol nnclr mae; do
+  pre $m --config presets/fashion-mnist-$m.toml --set epochs=3 --set train_subset=20000
 done
-[ -f $O/mae/checkpoint.safetensors ] || $B pretrain --quiet --config presets/fashion-mnist-mae.toml \
-  --set epochs=3 --set train_subset=20000 --out $O/mae
-[ -f $O/supervised/checkpoint.safetensors ] || $B pretrain --quiet --method supervised --set cnn_pool=3 \
-  --set epochs=3 --set train_subset=20000 --out $O/supervised
+pre supervised --method supervised --set cnn_pool=3 --set epochs=3 --set train_subset=20000
 # The random ViT, fine-tuned from scratch as MAE's baseline.
 $B finetune --quiet --baseline random --set encoder=vit --set vit_patch=4 --set vit_depth=6 \
   --set vit_image_size=28 --labels 1%,10%,100% --set finetune_epochs=$E --out $O/random-vit

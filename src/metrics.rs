@@ -24,8 +24,18 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The line printed after pretraining `what` into `out`.
+    /// The line printed after pretraining `what` into `out`. A loss that is not a number
+    /// means no step ran in this invocation (a step's loss that is not finite stops the
+    /// run): a resumed run that had already finished.
     pub fn describe(&self, what: &str, out: &Path) -> String {
+        if self.final_loss.is_nan() {
+            return format!(
+                "{what}: the run in {} had already finished ({} epochs, {} steps); nothing left to train",
+                out.display(),
+                self.epochs,
+                self.steps
+            );
+        }
         format!(
             "pretrained {what}: {} epochs, {} steps, final loss {:.5}, {:.0} images/s, wall {:.1}s -> {}",
             self.epochs,
@@ -247,6 +257,27 @@ fn end_last_line(file: &mut File) -> std::io::Result<Option<u64>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_summary_says_when_nothing_was_left_to_train() {
+        let mut s = super::Summary {
+            epochs: 3,
+            steps: 234,
+            final_loss: 3.383414,
+            images_per_sec: 67.2,
+            wall_seconds: 893.6,
+        };
+        let out = std::path::Path::new("runs/x");
+        assert_eq!(
+            s.describe("simclr", out),
+            "pretrained simclr: 3 epochs, 234 steps, final loss 3.38341, 67 images/s, wall 893.6s -> runs/x"
+        );
+        s.final_loss = f64::NAN;
+        assert_eq!(
+            s.describe("simclr", out),
+            "simclr: the run in runs/x had already finished (3 epochs, 234 steps); nothing left to train"
+        );
+    }
+
     use super::*;
     use crate::rundir::RunDir;
 
