@@ -123,11 +123,7 @@ fn pretrain_then_eval_on_a_tiny_folder() {
 
     // Running into the same folder again needs --resume; resuming with more epochs continues.
     let o = selfsup(&args);
-    assert!(
-        !o.status.success() && stderr(&o).contains("--resume"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, "--resume");
     let o = selfsup(&[
         "pretrain",
         "--quiet",
@@ -228,11 +224,7 @@ fn pretrain_then_eval_on_a_tiny_folder() {
         "8x8 tiles enlarged to 64 px"
     );
     let o = selfsup(&["neighbors", "--run", run.to_str().unwrap(), "--k", "0"]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("--k 0"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, "--k 0");
     let weights = tmp.path().join("enc.safetensors");
     let o = selfsup(&[
         "export",
@@ -512,11 +504,7 @@ fn pretext_methods_run_from_the_cli_and_colorization_refuses_grey_data() {
     assert!(!run.exists());
     // The tile methods refuse tiles larger than their cells (8x8 images: 2-pixel cells).
     let o = pretrain("jigsaw", &tmp.path().join("jig"), &[]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("option tile_size = 7"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, "option tile_size = 7");
 }
 
 /// Tiny CIFAR-10 (one record per file), STL-10 and image folders, each with a known first
@@ -671,11 +659,7 @@ fn pretrain_on_an_unlabeled_folder_and_refuse_to_evaluate_it() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("1 epochs, 2 steps"), "{}", stdout(&o));
     let o = selfsup(&["eval", "--baseline", "raw", "--data", &flat]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("cannot be evaluated"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, "cannot be evaluated");
 }
 
 #[test]
@@ -767,11 +751,7 @@ fn compare_trains_methods_and_adds_the_three_baselines() {
         stderr(&o)
     );
     let o = selfsup(&["compare", "--out", out.to_str().unwrap()]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("--runs"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, "--runs");
 }
 
 #[test]
@@ -845,17 +825,9 @@ fn report_writes_metrics_plots_and_a_page_into_the_run() {
     }
 
     let o = selfsup(&["report", "--run", run.to_str().unwrap(), "--points", "0"]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("--points 0"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, "--points 0");
     let o = selfsup(&["report", "--run", run.to_str().unwrap(), "--set", "lr=1"]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("only the eval keys"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, "only the eval keys");
 }
 
 #[test]
@@ -1017,11 +989,7 @@ fn segment_a_run_and_a_random_encoder_then_report_and_compare_them() {
         "--seg-data",
         "seg-folder:/no/such/dir",
     ]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("/no/such/dir"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, "/no/such/dir");
     let colour = tmp.path().join("colour");
     for d in ["images", "masks"] {
         std::fs::create_dir_all(colour.join(d)).unwrap();
@@ -1224,11 +1192,7 @@ fn a_streamed_runs_features_are_computed_once_and_packed_shards_train_alike() {
         "--out",
         shards.to_str().unwrap(),
     ]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("already holds .tar shards"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, "already holds .tar shards");
 }
 
 /// `finetune` fine-tunes a run's encoder on fractions of the labels and records test
@@ -1421,11 +1385,7 @@ fn config_prints_the_effective_config_as_toml_that_reads_back() {
     want.insert("lr".into(), toml::Value::Float(0.5));
     assert_eq!(again, want);
     let o = selfsup(&["config", "--set", "epochs=-1"]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("epochs"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, "epochs");
 }
 
 /// `selfsup bench-augment` with a few images: every shape on 1 thread and on all of them,

@@ -417,9 +417,9 @@ mod tests {
         assert!(d < 0.5 * d0, "discriminator {d0} -> {d}: {seen:?}");
     }
 
-    #[test]
-    fn adversarial_term_gives_the_discriminator_only_its_own_gradient() {
-        let _rng = crate::torch_rng_lock();
+    /// The adversarial context encoder of the gradient tests (λ = 0.5), a batch of 8x8
+    /// images and a step.
+    fn adversarial_setup() -> (crate::config::Config, DataInfo, Tensor, StepCtx) {
         let cfg = {
             let mut c = tiny_config("context-encoder");
             c.keys.ce_adversarial = true;
@@ -436,6 +436,13 @@ mod tests {
             step: 0,
             total_steps: 1,
         };
+        (cfg, info, x, ctx)
+    }
+
+    #[test]
+    fn adversarial_term_gives_the_discriminator_only_its_own_gradient() {
+        let _rng = crate::torch_rng_lock();
+        let (cfg, info, x, ctx) = adversarial_setup();
         // Gradient of the full loss vs. of the discriminator's own loss alone.
         let grads = |full: bool| {
             let vs = nn::VarStore::new(Device::Cpu);
@@ -469,22 +476,7 @@ mod tests {
     #[test]
     fn adversarial_term_gives_the_generator_its_gradient() {
         let _rng = crate::torch_rng_lock();
-        let cfg = {
-            let mut c = tiny_config("context-encoder");
-            c.keys.ce_adversarial = true;
-            c.keys.ce_adv_weight = 0.5;
-            c
-        };
-        let info = DataInfo {
-            shape: [1, 8, 8],
-            num_classes: 4,
-        };
-        let x = Tensor::rand([4, 1, 8, 8], (Kind::Float, Device::Cpu));
-        let ctx = StepCtx {
-            epoch: 0,
-            step: 0,
-            total_steps: 1,
-        };
+        let (cfg, info, x, ctx) = adversarial_setup();
         let lambda = cfg.keys.ce_adv_weight;
         // The generator's gradient (every encoder and decoder variable) of: 0 the loss,
         // 1 (1 - λ) L_rec + λ L_adv by hand, 2 (1 - λ) L_rec alone.

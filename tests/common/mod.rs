@@ -112,6 +112,16 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts that the command failed with `needle` in its error output (shown when not).
+#[track_caller]
+pub fn assert_fails_with(o: &Output, needle: &str) {
+    assert!(
+        !o.status.success() && stderr(o).contains(needle),
+        "{}",
+        stderr(o)
+    );
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
