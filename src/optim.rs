@@ -113,29 +113,25 @@ impl Optimizer {
             if group.is_empty() {
                 continue;
             }
-            let ptrs = |ts: &[&Tensor]| -> Vec<*const C_tensor> {
-                ts.iter().map(|t| t.as_ptr()).collect()
-            };
-            let params: Vec<&Tensor> = group.iter().map(|(_, p, _)| p).collect();
-            let grads: Vec<&Tensor> = group.iter().map(|(_, _, g)| g).collect();
-            let (p, g, n) = (ptrs(&params), ptrs(&grads), group.len() as c_int);
+            let p = ptrs(group.iter().map(|(_, p, _)| p));
+            let g = ptrs(group.iter().map(|(_, _, g)| g));
+            let n = group.len() as c_int;
             match self.kind {
                 OptKind::Sgd { momentum } => {
                     let bufs: Vec<Tensor> = group
                         .iter()
                         .map(|(name, p, _)| {
-                            let key = format!("{name}/momentum");
                             if momentum == 0.0 {
                                 Tensor::new()
                             } else {
                                 self.state
-                                    .entry(key)
+                                    .entry(format!("{name}/momentum"))
                                     .or_insert_with(|| p.empty_like())
                                     .shallow_clone()
                             }
                         })
                         .collect();
-                    let b = ptrs(&bufs.iter().collect::<Vec<_>>());
+                    let b = ptrs(&bufs);
                     // SAFETY: n pointers to live tensors in each list, borrowed for the call.
                     check(unsafe {
                         native::selfsup_fused_sgd(
@@ -163,10 +159,7 @@ impl Optimizer {
                             .collect()
                     };
                     let (m, v) = (moment("exp_avg"), moment("exp_avg_sq"));
-                    let (m, v) = (
-                        ptrs(&m.iter().collect::<Vec<_>>()),
-                        ptrs(&v.iter().collect::<Vec<_>>()),
-                    );
+                    let (m, v) = (ptrs(&m), ptrs(&v));
                     // SAFETY: n pointers to live tensors in each list, borrowed for the call.
                     check(unsafe {
                         native::selfsup_fused_adam(
@@ -308,6 +301,11 @@ impl Optimizer {
         }
         Ok(())
     }
+}
+
+/// The shim's view of a list of tensors: pointers that stay valid while the tensors live.
+fn ptrs<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Vec<*const C_tensor> {
+    ts.into_iter().map(Tensor::as_ptr).collect()
 }
 
 #[cfg(test)]
