@@ -467,7 +467,8 @@ fn train_f64(
                     lr,
                     cfg.train.seed,
                 )
-                .unwrap(),
+                .unwrap()
+                .double_value(&[]),
             );
         }
     }

@@ -96,13 +96,9 @@ pub fn rebalancing_weights(counts: &Tensor, smooth: &Tensor) -> Tensor {
     let p = counts / counts.sum(Kind::Float).clamp_min(1.0); // [Q]
     let p = smooth.matmul(&p.unsqueeze(1)).squeeze_dim(1); // [Q]
     let w = ((&p * (1.0 - REBALANCE_LAMBDA)) + REBALANCE_LAMBDA / q).reciprocal();
-    let norm = (&p * &w).sum(Kind::Float);
-    // Before any count, p̃ is 0 and every weight is 1.
-    if norm.double_value(&[]) > 0.0 {
-        w / norm
-    } else {
-        w.ones_like()
-    }
+    let norm = (&p * &w).sum(Kind::Float); // []
+    // Before any count, p̃ is 0 and every weight is 1 (chosen on the device: no host read).
+    (&w / &norm).where_self(&norm.gt(0.0), &w.ones_like())
 }
 
 pub struct Colorization {

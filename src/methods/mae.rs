@@ -226,10 +226,10 @@ impl Mae {
             &ids_restore.unsqueeze(-1).expand([n, l, dd], false),
             false,
         );
-        let pos = Tensor::from_slice(&sincos_2d(self.width, grid.0, grid.1))
-            .view([1, l, self.width])
-            .to_device(x.device())
-            .to_kind(x.kind());
+        let name = format!("MAE decoder positions {} {}x{}", self.width, grid.0, grid.1);
+        let pos = nets::constant(&name, x.kind(), x.device(), || {
+            Tensor::from_slice(&sincos_2d(self.width, grid.0, grid.1)).view([1, l, self.width])
+        });
         let mut x = x + pos;
         for b in &self.blocks {
             x = b.forward(&x);

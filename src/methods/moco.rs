@@ -70,7 +70,7 @@ pub struct Moco {
     key_head: nn::SequentialT,
     /// `[K, dim]`, L2-normalised keys; `queue_ptr` is where the next key goes.
     queue: Tensor,
-    queue_ptr: Tensor,
+    queue_ptr: RingPtr,
     pending_keys: Option<Tensor>,
     momentum: MomentumPairs,
     m: f64,
@@ -102,11 +102,11 @@ impl Moco {
             (Kind::Float, p.device()),
         ));
         let queue = p.add("queue", init, false);
-        let queue_ptr = p.add(
+        let queue_ptr = RingPtr::new(p.add(
             "queue_ptr",
             Tensor::zeros([], (Kind::Int64, p.device())),
             false,
-        );
+        ));
         Ok(Moco {
             encoder,
             head,
@@ -124,9 +124,24 @@ impl Moco {
     }
 }
 
+/// Where a ring buffer's next key goes: the `queue_ptr` variable, which checkpoints carry,
+/// and its value on the host, read from the variable once (at the first enqueue, after any
+/// checkpoint was loaded into it) and then kept in step with it, so that no step waits for
+/// the device to read it.
+pub struct RingPtr {
+    var: Tensor,
+    host: Option<i64>,
+}
+
+impl RingPtr {
+    pub fn new(var: Tensor) -> RingPtr {
+        RingPtr { var, host: None }
+    }
+}
+
 /// Writes `keys` `[B, dim]` into the ring buffer `queue` `[K, dim]` at `ptr`, replacing
 /// the oldest keys, and advances `ptr`. With B > K only the newest K keys are kept.
-pub fn enqueue(queue: &Tensor, ptr: &Tensor, keys: &Tensor) {
+pub fn enqueue(queue: &Tensor, ptr: &mut RingPtr, keys: &Tensor) {
     let k = queue.size()[0];
     let keys = if keys.size()[0] > k {
         keys.narrow(0, keys.size()[0] - k, k)
@@ -134,7 +149,7 @@ pub fn enqueue(queue: &Tensor, ptr: &Tensor, keys: &Tensor) {
         keys.shallow_clone()
     };
     let b = keys.size()[0];
-    let mut at = ptr.int64_value(&[]);
+    let mut at = *ptr.host.get_or_insert_with(|| ptr.var.int64_value(&[]));
     let mut written = 0;
     tch::no_grad(|| {
         while written < b {
@@ -143,8 +158,9 @@ pub fn enqueue(queue: &Tensor, ptr: &Tensor, keys: &Tensor) {
             written += n;
             at = (at + n) % k;
         }
-        let _ = ptr.shallow_clone().fill_(at);
+        let _ = ptr.var.shallow_clone().fill_(at);
     });
+    ptr.host = Some(at);
 }
 
 impl Method for Moco {
@@ -172,7 +188,7 @@ impl Method for Moco {
     fn after_step(&mut self, _ctx: &StepCtx) {
         self.momentum.update(self.m);
         if let Some(k) = self.pending_keys.take() {
-            enqueue(&self.queue, &self.queue_ptr, &k);
+            enqueue(&self.queue, &mut self.queue_ptr, &k);
         }
     }
     fn bind(&mut self, vs: &nn::VarStore) -> Result<()> {
@@ -224,18 +240,18 @@ mod tests {
     #[test]
     fn queue_enqueues_newest_and_dequeues_oldest() {
         let queue = Tensor::zeros([6, 2], (Kind::Float, Device::Cpu));
-        let ptr = Tensor::zeros([], (Kind::Int64, Device::Cpu));
+        let mut ptr = RingPtr::new(Tensor::zeros([], (Kind::Int64, Device::Cpu)));
         let keys = |from: i64| {
             Tensor::arange_start(from, from + 4, (Kind::Float, Device::Cpu))
                 .unsqueeze(1)
                 .repeat([1, 2])
         };
-        enqueue(&queue, &ptr, &keys(1)); // keys 1..=4
+        enqueue(&queue, &mut ptr, &keys(1)); // keys 1..=4
         assert_eq!(rows(&queue), vec![1., 2., 3., 4., 0., 0.]);
-        assert_eq!(ptr.int64_value(&[]), 4);
-        enqueue(&queue, &ptr, &keys(5)); // keys 5..=8: the two oldest (1, 2) go
+        assert_eq!(ptr.var.int64_value(&[]), 4);
+        enqueue(&queue, &mut ptr, &keys(5)); // keys 5..=8: the two oldest (1, 2) go
         assert_eq!(rows(&queue), vec![7., 8., 3., 4., 5., 6.]);
-        assert_eq!(ptr.int64_value(&[]), 2);
+        assert_eq!(ptr.var.int64_value(&[]), 2);
         let mut held = rows(&queue);
         held.sort_by(f32::total_cmp);
         assert_eq!(
@@ -246,7 +262,7 @@ mod tests {
         // More keys than the queue holds: only the newest K stay.
         enqueue(
             &queue,
-            &ptr,
+            &mut ptr,
             &Tensor::arange_start(10, 18, (Kind::Float, Device::Cpu))
                 .unsqueeze(1)
                 .repeat([1, 2]),
@@ -267,7 +283,7 @@ mod tests {
         let (b, d, k) = (int(&f, "batch"), int(&f, "dim"), int(&f, "queue_size"));
         let t = num(&f, "temperature");
         let queue = tensor(&f, "queue", &[k, d]);
-        let ptr = Tensor::zeros([], (Kind::Int64, Device::Cpu));
+        let mut ptr = RingPtr::new(Tensor::zeros([], (Kind::Int64, Device::Cpu)));
         for step in ["1", "2"] {
             let q = losses::l2_normalize(&tensor(&f, &format!("q{step}"), &[b, d]));
             let keys = losses::l2_normalize(&tensor(&f, &format!("k{step}"), &[b, d]));
@@ -275,7 +291,7 @@ mod tests {
                 &losses::info_nce(&q, &keys, &queue, t, None),
                 num(&f, &format!("loss_step{step}")),
             );
-            enqueue(&queue, &ptr, &keys);
+            enqueue(&queue, &mut ptr, &keys);
             let want = tensor(&f, &format!("queue_after_step{step}"), &[k, d]);
             assert!(
                 queue.allclose(&want, 1e-12, 1e-12, false),

@@ -8,6 +8,7 @@
 //! global batch as negatives (`temperature`, the paper's 0.1 in the presets). The queue
 //! starts as random unit vectors and lives in the checkpoint.
 
+use super::moco::RingPtr;
 use super::{DataInfo, Method, MethodConfig, MethodSpec, StepCtx, views};
 use crate::augment::Views;
 use crate::config::check;
@@ -55,7 +56,7 @@ pub struct Nnclr {
     predictor: nn::SequentialT,
     /// `[K, proj_dim]`: past projections; `queue_ptr` is where the next one goes.
     queue: Tensor,
-    queue_ptr: Tensor,
+    queue_ptr: RingPtr,
     pending: Option<Tensor>,
     temperature: f64,
     views: Arc<Views>,
@@ -89,11 +90,11 @@ impl Nnclr {
             projector,
             predictor,
             queue: p.add("queue", init, false),
-            queue_ptr: p.add(
+            queue_ptr: RingPtr::new(p.add(
                 "queue_ptr",
                 Tensor::zeros([], (Kind::Int64, p.device())),
                 false,
-            ),
+            )),
             pending: None,
             temperature: k.temperature,
             views: views::two_views(cfg.aug, data),
@@ -132,7 +133,11 @@ impl Method for Nnclr {
     }
     fn after_step(&mut self, _ctx: &StepCtx) {
         if let Some(z) = self.pending.take() {
-            super::moco::enqueue(&self.queue, &self.queue_ptr, &z.to_kind(self.queue.kind()));
+            super::moco::enqueue(
+                &self.queue,
+                &mut self.queue_ptr,
+                &z.to_kind(self.queue.kind()),
+            );
         }
     }
     fn encoder(&self) -> &Encoder {
@@ -171,12 +176,12 @@ mod tests {
             .double_value(&[]);
         let want = f["loss"].as_f64().unwrap();
         assert!((loss - want).abs() < 1e-12, "{loss} vs {want}");
-        let ptr = Tensor::zeros([], (Kind::Int64, tch::Device::Cpu));
-        super::super::moco::enqueue(&bank, &ptr, &z2);
+        let t = Tensor::zeros([], (Kind::Int64, tch::Device::Cpu));
+        super::super::moco::enqueue(&bank, &mut RingPtr::new(t.shallow_clone()), &z2);
         assert!(
             bank.equal(&tensor(&f["bank_after"])),
             "the second view's projections enqueued"
         );
-        assert_eq!(ptr.int64_value(&[]), z2.size()[0]);
+        assert_eq!(t.int64_value(&[]), z2.size()[0]);
     }
 }

@@ -71,6 +71,10 @@ pub struct Swav {
     queue: Option<Tensor>,
     /// The embeddings of this step's global crops, queued after the step.
     pending: Option<Tensor>,
+    /// How many rows of the queue hold embeddings (a prefix, newest first): counted in the
+    /// queue once, after any checkpoint was loaded into it, then on the host, so that no
+    /// step waits to read the queue.
+    filled: Option<i64>,
     temperature: f64,
     epsilon: f64,
     iterations: usize,
@@ -105,6 +109,7 @@ impl Swav {
             prototypes,
             queue,
             pending: None,
+            filled: None,
             temperature: cfg.keys.temperature,
             epsilon: cfg.keys.swav_epsilon,
             iterations: cfg.keys.swav_iterations,
@@ -113,15 +118,30 @@ impl Swav {
         }
     }
 
+    /// Whether the queue is full (false without one).
+    fn queue_full(&mut self) -> bool {
+        let Some(queue) = &self.queue else {
+            return false;
+        };
+        let filled = *self.filled.get_or_insert_with(|| {
+            // Embeddings are unit vectors, never zero: the rows set are those not zero.
+            let norms = queue
+                .get(0)
+                .abs()
+                .sum_dim_intlist(&[1i64][..], false, Kind::Float); // [L]
+            norms.gt(0.0).sum(Kind::Int64).int64_value(&[])
+        });
+        filled >= queue.size()[1]
+    }
+
     /// The Sinkhorn codes `[B, K]` of this rank's crop `a` from its scores `[B, K]`: the
-    /// assignment is solved over the global batch and, when the queue is full, the queue.
-    fn codes(&self, a: usize, scores: &Tensor) -> Tensor {
+    /// assignment is solved over the global batch and, when the queue is `full`, the queue.
+    fn codes(&self, a: usize, scores: &Tensor, full: bool) -> Tensor {
         let _guard = tch::no_grad_guard();
         let b = scores.size()[0];
-        let queued = self.queue.as_ref().map(|q| q.get(a as i64)).filter(|q| {
-            // Full once its oldest row is set (embeddings are unit vectors, never zero).
-            q.get(-1).abs().sum(Kind::Float).double_value(&[]) > 0.0
-        });
+        let queued = (self.queue.as_ref())
+            .filter(|_| full)
+            .map(|q| q.get(a as i64));
         let local = match &queued {
             Some(q) => Tensor::cat(&[q.matmul(&self.prototypes.tr()), scores.detach()], 0),
             None => scores.detach(),
@@ -142,6 +162,7 @@ impl Method for Swav {
         // The encoder once per crop size, the projector on every crop together.
         let h = views::encode(&self.encoder, images); // [V B, D]
         let z = self.projector.forward_t(&h, true); // [V B, D]
+        let full = self.queue_full();
         // Scores, codes and loss in float32 whatever the training precision.
         precision::in_fp32([&z], |[z]| {
             let z = l2_normalize(&z);
@@ -153,7 +174,9 @@ impl Method for Swav {
                 false => self.prototypes.shallow_clone(),
             };
             let scores = z.matmul(&prototypes.tr()).chunk(v, 0); // V x [B, K]
-            let codes: Vec<Tensor> = (0..CODED).map(|a| self.codes(a, &scores[a])).collect();
+            let codes: Vec<Tensor> = (0..CODED)
+                .map(|a| self.codes(a, &scores[a], full))
+                .collect();
             if self.queue.is_some() {
                 let (b, coded) = (z.size()[0] / v, CODED as i64);
                 self.pending = Some(z.narrow(0, 0, coded * b).detach().view([coded, b, -1]));
@@ -169,6 +192,7 @@ impl Method for Swav {
                 let kept = queue.narrow(1, 0, l - b).copy();
                 queue.shallow_clone().narrow(1, b, l - b).copy_(&kept);
                 queue.shallow_clone().narrow(1, 0, b).copy_(&new);
+                self.filled = self.filled.map(|f| (f + b).min(l));
             }
         });
     }

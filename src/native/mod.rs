@@ -90,6 +90,8 @@ unsafe extern "C" {
         step: i64,
     ) -> *mut c_char;
     #[allow(clippy::too_many_arguments)]
+    #[cfg(test)]
+    safe fn selfsup_host_reads() -> i64;
     pub(crate) fn selfsup_fused_sgd(
         params: *const *const C_tensor,
         grads: *const *const C_tensor,
@@ -100,6 +102,16 @@ unsafe extern "C" {
         lr: f64,
         first_step: c_int,
     ) -> *mut c_char;
+}
+
+/// How many times libtorch has made the host wait for a tensor's value (`Tensor::item`, and the
+/// operators whose output shape depends on the data: nonzero, masked_select, unique) on this
+/// thread since its first call, which starts the count. On a GPU each is a synchronisation
+/// that stalls the step; the count sees them on the CPU too, for the tests. (A copy of a
+/// CPU tensor's data into a Vec, `Vec::try_from`, calls no operator and is not counted.)
+#[cfg(test)]
+pub fn host_reads() -> i64 {
+    selfsup_host_reads()
 }
 
 /// The result of a shim call: Ok for null, else its message (which is freed here).
@@ -113,4 +125,35 @@ pub(crate) fn check(error: *mut c_char) -> Result<()> {
         .into_owned();
     unsafe { selfsup_free_error(error) };
     Err(anyhow!(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_reads;
+    use tch::{Device, Kind, Tensor};
+
+    /// The counter sees each kind of host read once, and none in arithmetic or autograd.
+    #[test]
+    fn host_reads_count_item_and_data_dependent_shapes_only() {
+        let x = Tensor::rand([4, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let before = host_reads();
+        let y = (x.matmul(&x.tr()).relu() * 2.0).sum(Kind::Float);
+        y.backward();
+        assert_eq!(host_reads(), before, "arithmetic and backward read nothing");
+        let _ = y.double_value(&[]);
+        assert_eq!(host_reads(), before + 1, "double_value");
+        let _ = x.int64_value(&[0, 0]);
+        assert_eq!(host_reads(), before + 2, "int64_value");
+        let _ = x.gt(0.5).nonzero();
+        assert_eq!(host_reads(), before + 3, "nonzero");
+        // (masked_select counts twice: it runs nonzero inside.)
+        let _ = x.masked_select(&x.gt(0.5));
+        assert!(host_reads() > before + 3, "masked_select");
+        // Another thread's reads are its own.
+        let mine = host_reads();
+        std::thread::spawn(|| Tensor::from(1.0).double_value(&[]))
+            .join()
+            .unwrap();
+        assert_eq!(host_reads(), mine, "another thread's read");
+    }
 }

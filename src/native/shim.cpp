@@ -5,6 +5,7 @@
 // Tensors cross as tch's `torch::Tensor*`. Every entry point returns NULL on success or a
 // malloc'ed error message (freed by selfsup_free_error): no C++ exception crosses into Rust.
 #include <ATen/autocast_mode.h>
+#include <ATen/record_function.h>
 #include <ATen/ops/_fused_adam.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/_fused_sgd.h>
@@ -31,6 +32,18 @@ namespace {
 
 using Ms = std::chrono::milliseconds;
 using BackendType = c10d::ProcessGroup::BackendType;
+
+// The host-read counter's state (selfsup_host_reads, below), declared here for the fused
+// optimizer, whose CPU kernels read each parameter's step count with item(): a CPU loop's own
+// business, which the CUDA kernels do on the device, so not counted.
+thread_local int64_t host_reads = 0;
+thread_local bool host_reads_counted = false;
+thread_local bool host_reads_ignored = false;
+struct IgnoreHostReads {
+  bool prev;
+  explicit IgnoreHostReads(bool on) : prev(host_reads_ignored) { host_reads_ignored = prev || on; }
+  ~IgnoreHostReads() { host_reads_ignored = prev; }
+};
 
 // An exception's message; a c10 error's without its C++ backtrace, which would bury the cause.
 std::string message(const std::exception& e) {
@@ -392,6 +405,7 @@ char* selfsup_fused_adam(int decoupled, const at::Tensor* const* params, const a
     steps.reserve(n);
     for (int i = 0; i < n; ++i)
       steps.push_back(at::full({}, static_cast<double>(step), p[i].options().dtype(at::kFloat)));
+    IgnoreHostReads cpu_kernel_reads(p[0].is_cpu());
     if (decoupled)
       at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, false, false);
     else
@@ -410,6 +424,38 @@ char* selfsup_fused_sgd(const at::Tensor* const* params, const at::Tensor* const
     auto b = momentum != 0 ? tensors(bufs, n) : std::vector<at::Tensor>{};
     at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, 0.0, false, false, first_step != 0);
   });
+}
+
+// Host reads: the operators that make the host wait for a device's result. `aten::_local_scalar_dense`
+// is every Tensor::item (tch's double_value, int64_value, f64::try_from); nonzero, masked_select
+// and unique have shapes that depend on the data. Counted by a RecordFunction callback, which sees
+// them on any device, so that a CPU test can find a read a GPU step would stall on. The callback
+// is the calling thread's (the training step and its CPU backward pass run there), so that other
+// threads (data loaders, other tests) do not count.
+namespace {
+
+bool is_host_read(const char* name) {
+  static const char* const names[] = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select",
+                                      "aten::_unique", "aten::_unique2", "aten::unique_dim",
+                                      "aten::unique_consecutive"};
+  for (const char* n : names)
+    if (std::strcmp(name, n) == 0) return true;
+  return false;
+}
+}  // namespace
+
+// The number of host reads on this thread since its first call (which starts the count).
+int64_t selfsup_host_reads() {
+  if (!host_reads_counted) {
+    host_reads_counted = true;
+    at::addThreadLocalCallback(at::RecordFunctionCallback(
+                                   [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+                                     if (!host_reads_ignored && is_host_read(fn.name())) ++host_reads;
+                                     return nullptr;
+                                   })
+                                   .scopes({at::RecordScope::FUNCTION}));
+  }
+  return host_reads;
 }
 
 }  // extern "C"

@@ -31,8 +31,10 @@ const WHITE: [f64; 3] = [0.950_47, 1.0, 1.088_83];
 const DELTA: f64 = 6.0 / 29.0;
 
 /// `[3, 3]` matrix applied to the channel dimension of `[B, 3, H, W]`.
-fn mix_channels(m: &[f32; 9], x: &Tensor) -> Tensor {
-    let m = Tensor::from_slice(m).view([3, 3]).to_device(x.device());
+fn mix_channels(name: &str, m: &[f32; 9], x: &Tensor) -> Tensor {
+    let m = super::constant(name, Kind::Float, x.device(), || {
+        Tensor::from_slice(m).view([3, 3])
+    });
     Tensor::einsum("ij,bjhw->bihw", &[m, x.to_kind(Kind::Float)], None::<i64>)
 }
 
@@ -42,9 +44,9 @@ fn pick(cond: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
 }
 
 fn white(device: Device) -> Tensor {
-    Tensor::from_slice(&WHITE.map(|v| v as f32))
-        .view([1, 3, 1, 1])
-        .to_device(device)
+    super::constant("D65 white", Kind::Float, device, || {
+        Tensor::from_slice(&WHITE.map(|v| v as f32)).view([1, 3, 1, 1])
+    })
 }
 
 /// sRGB in [0, 1] `[B, 3, H, W]` -> Lab `[B, 3, H, W]` (L in [0, 100], a and b roughly in
@@ -60,7 +62,7 @@ fn rgb_to_lab_fp32(rgb: &Tensor) -> Tensor {
         &(&c / 12.92),
         &((&c + 0.055) / 1.055).pow_tensor_scalar(2.4),
     );
-    let xyz = mix_channels(&RGB_TO_XYZ, &linear) / white(rgb.device()); // [B, 3, H, W]
+    let xyz = mix_channels("RGB to XYZ", &RGB_TO_XYZ, &linear) / white(rgb.device()); // [B, 3, H, W]
     let f = pick(
         &xyz.gt(DELTA.powi(3)),
         &xyz.clamp_min(1e-12).pow_tensor_scalar(1.0 / 3.0),
@@ -93,7 +95,7 @@ fn lab_to_rgb_fp32(lab: &Tensor) -> Tensor {
         &f.pow_tensor_scalar(3.0),
         &((&f - 4.0 / 29.0) * (3.0 * DELTA * DELTA)),
     ) * white(lab.device());
-    let linear = mix_channels(&XYZ_TO_RGB, &xyz).clamp(0.0, 1.0);
+    let linear = mix_channels("XYZ to RGB", &XYZ_TO_RGB, &xyz).clamp(0.0, 1.0);
     pick(
         &linear.le(0.0031308),
         &(&linear * 12.92),

@@ -17,9 +17,11 @@ pub use decoder::Decoder;
 use crate::config::{EncoderKind, EncoderSpec};
 use crate::dist::current as dist;
 use anyhow::Result;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use tch::nn::{self, ModuleT};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// What an encoder's network is applied to when the encoder is evaluated.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -104,9 +106,13 @@ impl Backbone {
             return map.mean_dim(&[-2i64, -1][..], false, float_kind(map.kind()));
         }
         let s = map.size(); // [B, C, h, w]
-        let weights = adaptive_pool_matrix(s[2], s[3], self.pool)
-            .to_kind(map.kind())
-            .to_device(map.device()); // [pool^2, h w]
+        let (name, g) = (
+            format!("pool {}x{} to {}", s[2], s[3], self.pool),
+            self.pool,
+        );
+        let weights = constant(&name, map.kind(), map.device(), || {
+            adaptive_pool_matrix(s[2], s[3], g)
+        }); // [pool^2, h w]
         let pixels = map.permute([0, 2, 3, 1]).reshape([s[0], s[2] * s[3], s[1]]); // [B, h w, C]
         weights
             .matmul(&pixels) // [B, pool^2, C]
@@ -232,6 +238,22 @@ impl Encoder {
             .view([s[0], s[1], s[2], self.dim])
             .permute([0, 3, 1, 2])
     }
+}
+
+/// The constant tensor that `make` builds on the host, in `kind` on `device`: built and
+/// copied once per (`name`, kind, device) and kept, so that no step waits for a copy from
+/// the host (each a synchronisation on a GPU). `name` must say everything `make` depends on.
+pub fn constant(name: &str, kind: Kind, device: Device, make: impl FnOnce() -> Tensor) -> Tensor {
+    thread_local! {
+        static CONSTANTS: RefCell<HashMap<String, Tensor>> = RefCell::new(HashMap::new());
+    }
+    let key = format!("{name}/{kind:?}/{device:?}");
+    CONSTANTS.with(|c| {
+        c.borrow_mut()
+            .entry(key)
+            .or_insert_with(|| make().to_kind(kind).to_device(device))
+            .shallow_clone()
+    })
 }
 
 /// The kind that pooling and normalisation statistics are computed in: float32, or float64

@@ -123,9 +123,10 @@ fn ema_(running: &Tensor, value: &Tensor) {
 
 /// Combines per-rank moments `[W, 1 + 2C]` (each row: count, mean `[C]`, sum of squared
 /// deviations from that mean `[C]`) into the moments of the union: (mean `[C]`, biased
-/// variance `[C]`, count). Chan et al.'s pairwise formula, which stays accurate where
-/// E[x²] - E[x]² would cancel. Differentiable in the means and sums.
-pub fn combine_moments(all: &Tensor, channels: i64) -> (Tensor, Tensor, f64) {
+/// variance `[C]`, count `[]`). Chan et al.'s pairwise formula, which stays accurate where
+/// E[x²] - E[x]² would cancel. Differentiable in the means and sums. All on the device: the
+/// host never waits for the count.
+pub fn combine_moments(all: &Tensor, channels: i64) -> (Tensor, Tensor, Tensor) {
     let n = all.narrow(1, 0, 1); // [W, 1]
     let means = all.narrow(1, 1, channels); // [W, C]
     let m2 = all.narrow(1, 1 + channels, channels); // [W, C]
@@ -134,7 +135,7 @@ pub fn combine_moments(all: &Tensor, channels: i64) -> (Tensor, Tensor, f64) {
     let mean = (&means * &n).sum_dim_intlist(&[0i64][..], false, kind) / &total; // [C]
     let spread = (&means - mean.unsqueeze(0)).square() * &n; // [W, C]
     let var = (m2 + spread).sum_dim_intlist(&[0i64][..], false, kind) / &total; // [C]
-    (mean, var, total.double_value(&[]))
+    (mean, var, total)
 }
 
 impl BatchNorm {
@@ -187,7 +188,8 @@ impl BatchNorm {
                 &self.bn.running_mean,
                 &mean.to_kind(self.bn.running_mean.kind()),
             );
-            let unbiased = &var * (n / (n - 1.0).max(1.0));
+            let n = n.to_kind(Kind::Double); // []
+            let unbiased = var.to_kind(Kind::Double) * (&n / (&n - 1.0).clamp_min(1.0));
             ema_(
                 &self.bn.running_var,
                 &unbiased.to_kind(self.bn.running_var.kind()),
@@ -233,7 +235,7 @@ mod tests {
         };
         let all = Tensor::stack(&[part(&[1., 2., 3.]), part(&[10., 20.])], 0); // [2, 3]
         let (mean, var, n) = combine_moments(&all, 1);
-        assert_eq!(n, 5.0);
+        assert_eq!(n.double_value(&[]), 5.0);
         assert!((mean.double_value(&[0]) - 7.2).abs() < 1e-12);
         assert!((var.double_value(&[0]) - 50.96).abs() < 1e-12);
     }

@@ -152,8 +152,11 @@ impl Setup {
         };
         let total = opts.warmup + opts.steps;
         let mut start = Instant::now();
+        // Read (and so waited for) at the end of the warm-up and of the timed steps only.
+        let mut pending = super::PendingLosses::default();
         for step in 0..total {
             if step == opts.warmup {
+                pending.read()?;
                 start = Instant::now();
             }
             let batch = match (&mut self.input, &mut loader) {
@@ -184,7 +187,7 @@ impl Setup {
                 step,
                 total_steps: total,
             };
-            train_step(
+            let loss = train_step(
                 &mut self.model,
                 None,
                 &mut self.opt,
@@ -193,7 +196,9 @@ impl Setup {
                 cfg.train.lr,
                 cfg.train.seed,
             )?;
+            pending.push(&ctx, loss);
         }
+        pending.read()?;
         Ok((opts.steps * cfg.train.batch_size) as f64 / start.elapsed().as_secs_f64())
     }
 }

@@ -92,13 +92,13 @@ impl DataParallel {
             .context("averaging the gradients")
     }
 
-    /// The mean of `value` over the ranks.
-    pub fn mean(&self, value: f64) -> Result<f64> {
-        let t = Tensor::from_slice(&[value]).to_device(self.device); // [1]
+    /// The mean of `value` (on this rank's device) over the ranks, on the device.
+    pub fn mean(&self, value: &Tensor) -> Result<Tensor> {
+        let t = value.to_device(self.device).copy(); // all-reduced in place
         self.group()
             .all_reduce_sum_(&t)
             .context("averaging the loss")?;
-        Ok(t.double_value(&[0]) / self.world_size() as f64)
+        Ok(t / self.world_size() as f64)
     }
 
     /// Waits for every rank (none may tear down while another's last collective still needs

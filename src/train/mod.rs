@@ -21,7 +21,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 
 /// Steps between two step records of metrics.jsonl: `log_every`, or fewer in runs shorter
 /// than 100 x `log_every` steps, so that every loss curve has about 100 points.
@@ -97,10 +97,12 @@ pub fn epoch_loader(
 
 /// One optimizer step of `model` on `batch` with learning rate `lr`: libtorch's RNG seeded
 /// for the step (so that a resumed run draws the same), the loss, its gradients, the update
-/// and the method's after-step hook (momentum targets, queues). Returns the loss, which
-/// must be finite. Data-parallel (`dist`), `batch` is this rank's slice of the global
-/// batch, the forward pass runs with the group current, the gradients are averaged over
-/// the ranks before the update, and the loss returned is the global batch's. The forward
+/// and the method's after-step hook (momentum targets, queues). Returns the loss `[]` as
+/// float64 on the device, unread: the host reads losses a window at a time
+/// (`PendingLosses`), so that a GPU step never waits for its own result. Data-parallel
+/// (`dist`), `batch` is this rank's slice of the global batch, the forward pass runs with
+/// the group current, the gradients are averaged over the ranks before the update, and the
+/// loss returned is the global batch's (all-reduced on the device). The forward
 /// pass and the loss run in the model's precision (the methods compute their losses in
 /// float32, `precision::in_fp32`); the backward pass outside the autocast scope, as in
 /// PyTorch, gives float32 gradients of the float32 weights.
@@ -112,7 +114,7 @@ pub fn train_step(
     ctx: &StepCtx,
     lr: f64,
     seed: u64,
-) -> Result<f64> {
+) -> Result<Tensor> {
     let rank = dist.map_or(0, DataParallel::rank);
     tch::manual_seed(data_parallel::rank_seed(
         checkpoint::step_seed(seed, ctx.step),
@@ -133,18 +135,46 @@ pub fn train_step(
     }
     opt.step(lr)?;
     tch::no_grad(|| model.method.after_step(ctx));
-    let l = match dist {
-        Some(dp) => dp.mean(loss.double_value(&[]))?,
-        None => loss.double_value(&[]),
-    };
-    if !l.is_finite() {
-        bail!(
-            "loss became {l} at step {} (epoch {}); try a lower lr",
-            ctx.step,
-            ctx.epoch + 1
-        );
+    let loss = loss.detach().to_kind(Kind::Double); // []
+    match dist {
+        Some(dp) => dp.mean(&loss),
+        None => Ok(loss),
     }
-    Ok(l)
+}
+
+/// The losses of the steps since the host last read them, each still on the device: read
+/// together (one host read) where the loop needs them (a log line, a checkpoint, an epoch's
+/// end), and checked there, before anything is written, for a non-finite value.
+#[derive(Default)]
+pub struct PendingLosses {
+    /// (step, epoch, loss `[]`) of each step not yet read.
+    steps: Vec<(usize, usize, Tensor)>,
+}
+
+impl PendingLosses {
+    pub fn push(&mut self, ctx: &StepCtx, loss: Tensor) {
+        self.steps.push((ctx.step, ctx.epoch, loss));
+    }
+
+    /// The pending losses in step order (emptied), or an error naming the first step whose
+    /// loss is not finite.
+    pub fn read(&mut self) -> Result<Vec<f64>> {
+        if self.steps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let on_device: Vec<&Tensor> = self.steps.iter().map(|(.., l)| l).collect();
+        let values = Vec::<f64>::try_from(Tensor::stack(&on_device, 0))?; // one host read
+        for ((step, epoch, _), l) in self.steps.iter().zip(&values) {
+            if !l.is_finite() {
+                bail!(
+                    "loss became {l} at step {step} (epoch {}); try a lower lr",
+                    epoch + 1
+                );
+            }
+        }
+        self.steps.clear();
+        Ok(values)
+    }
 }
 
 /// Pretrains `cfg.method` on `ds`, writing metrics and checkpoints into `out`.
@@ -290,6 +320,7 @@ pub fn pretrain(
         n => n,
     };
     let mut stopped_mid_epoch = false;
+    let mut pending = PendingLosses::default();
     while epoch < stop_at && step < limit {
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.train.epochs));
         let loader = epoch_loader(
@@ -318,7 +349,7 @@ pub fn pretrain(
                 cfg.train.lr,
                 cfg.train.min_lr,
             );
-            let l = train_step(
+            let loss = train_step(
                 &mut model,
                 dp.as_ref(),
                 &mut opt,
@@ -327,30 +358,37 @@ pub fn pretrain(
                 lr,
                 cfg.train.seed,
             )?;
+            pending.push(&ctx, loss);
             let b = batch.indices.len() * world; // the global batch
-            (sums.loss_sum, images_seen) = (sums.loss_sum + l, images_seen + b);
+            images_seen += b;
             window.1 += b;
             step += 1;
-            final_loss = l;
-            let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {l:.4} lr {lr:.2e} {ips:.0} img/s"));
             bar.inc(1);
-            let wall = wall_before + started.elapsed().as_secs_f64();
-            if let Some(log) = log.as_mut()
-                && step % log_every == 0
-            {
-                log.record(
-                    &json!({"kind": "step", "epoch": epoch + 1, "step": step, "loss": l, "lr": lr,
-                                   "images_per_sec": ips, "time": wall}),
-                )?;
-                window = (Instant::now(), 0);
-            }
             // The epoch's end writes its own checkpoint below; `max_steps` ends the run here.
             let stop = step >= limit && step % spe != 0;
+            let save =
+                log.is_some() && step % spe != 0 && (stop || interval.due(step, Instant::now()));
+            // The losses are read where they are needed (every rank reads at the log steps,
+            // so that each finds a non-finite loss as soon as rank 0 does).
+            if step % log_every == 0 || save || stop {
+                for l in pending.read()? {
+                    (sums.loss_sum, final_loss) = (sums.loss_sum + l, l);
+                }
+                let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("loss {final_loss:.4} lr {lr:.2e} {ips:.0} img/s"));
+                if let Some(log) = log.as_mut()
+                    && step % log_every == 0
+                {
+                    let wall = wall_before + started.elapsed().as_secs_f64();
+                    log.record(&json!({"kind": "step", "epoch": epoch + 1, "step": step,
+                        "loss": final_loss, "lr": lr, "images_per_sec": ips, "time": wall}))?;
+                    window = (Instant::now(), 0);
+                }
+            }
             if let Some(log) = log.as_mut()
-                && step % spe != 0
-                && (stop || interval.due(step, Instant::now()))
+                && save
             {
+                let wall = wall_before + started.elapsed().as_secs_f64();
                 let now_sums = EpochSums {
                     seconds: epoch_seconds(&sums),
                     ..sums
@@ -372,6 +410,9 @@ pub fn pretrain(
         }
         if stopped_mid_epoch {
             break;
+        }
+        for l in pending.read()? {
+            (sums.loss_sum, final_loss) = (sums.loss_sum + l, l);
         }
         epoch += 1;
         let secs = epoch_seconds(&sums);
@@ -906,6 +947,87 @@ pub(crate) mod tests {
             "{}",
             s.final_loss
         );
+    }
+
+    /// No method's training step makes the host wait for the device (a host read), after a
+    /// first step that may read once what it then keeps on the host (queue pointers); the
+    /// loop reads the losses a window at a time. Each read is a stall on a GPU.
+    #[test]
+    fn no_step_reads_from_the_device() {
+        let _rng = crate::torch_rng_lock();
+        let ds = crate::methods::colorization::tests::tiny_colour_dataset();
+        // Every method, and the paths its defaults leave out: SwAV's queue, the CNN's
+        // pooling grid (every Fashion-MNIST preset), SGD.
+        let mut cfgs: Vec<(String, Config)> = (methods::REGISTRY.iter())
+            .map(|spec| (spec.name.to_string(), small_heads(spec.name)))
+            .collect();
+        let mut swav = small_heads("swav");
+        swav.keys.swav_queue = 32;
+        let mut grid = small_heads("simclr");
+        (grid.encoder.cnn_pool, grid.train.optimizer) = (3, crate::config::OptimizerKind::Sgd);
+        cfgs.extend([
+            ("swav with a queue".into(), swav),
+            ("simclr, pool 3, sgd".into(), grid),
+        ]);
+        for (name, cfg) in &cfgs {
+            let mut model = Model::build(cfg, &data_info(&ds), Device::Cpu).unwrap();
+            let mut opt = optim::Optimizer::new(
+                &model.vs,
+                cfg.train.optimizer,
+                cfg.train.momentum,
+                cfg.train.weight_decay,
+            );
+            let train = Arc::new(ds.train.clone());
+            let views = model.method.views();
+            // Made before counting: the loader's threads are not the step's.
+            let batches: Vec<Batch> =
+                epoch_loader(&cfg.train, &train, &views, 0, 0, Device::Cpu, (1, 0))
+                    .take(3)
+                    .collect::<Result<_>>()
+                    .unwrap();
+            let mut pending = PendingLosses::default();
+            let mut reads = Vec::new();
+            for (step, batch) in batches.iter().enumerate() {
+                let ctx = StepCtx {
+                    epoch: 1,
+                    step,
+                    total_steps: 10,
+                };
+                let before = crate::native::host_reads();
+                let loss = train_step(&mut model, None, &mut opt, batch, &ctx, 1e-3, 0).unwrap();
+                reads.push(crate::native::host_reads() - before);
+                pending.push(&ctx, loss);
+            }
+            assert_eq!(&reads[1..], [0, 0], "{name}: host reads per step {reads:?}");
+            assert!(reads[0] <= 1, "{name}: host reads per step {reads:?}");
+            let losses = pending.read().unwrap();
+            assert!(
+                losses.len() == 3 && losses.iter().all(|l| l.is_finite()),
+                "{losses:?}"
+            );
+        }
+    }
+
+    /// The window gives its losses in step order, names the first step whose loss is not
+    /// finite, and is empty after a read.
+    #[test]
+    fn pending_losses_read_in_order_and_name_the_first_bad_step() {
+        let mut p = PendingLosses::default();
+        let ctx = |step| StepCtx {
+            epoch: 2,
+            step,
+            total_steps: 100,
+        };
+        for (s, v) in [(7, 1.5), (8, 0.25)] {
+            p.push(&ctx(s), Tensor::from(v));
+        }
+        assert_eq!(p.read().unwrap(), vec![1.5, 0.25]);
+        assert_eq!(p.read().unwrap(), Vec::<f64>::new());
+        for (s, v) in [(9, 1.0), (10, f64::NAN), (11, f64::INFINITY)] {
+            p.push(&ctx(s), Tensor::from(v));
+        }
+        let e = p.read().unwrap_err().to_string();
+        assert_eq!(e, "loss became NaN at step 10 (epoch 3); try a lower lr");
     }
 
     #[test]
