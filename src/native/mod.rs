@@ -6,6 +6,7 @@
 //! which `check` turns into an `anyhow::Error` and frees.
 use anyhow::{Result, anyhow};
 use std::ffi::{CStr, c_char, c_int};
+use tch::Tensor;
 use torch_sys::C_tensor;
 
 /// A c10d process group (the shim's `SelfsupGroup`), only ever behind a pointer.
@@ -100,6 +101,11 @@ unsafe extern "C" {
         lr: f64,
         first_step: c_int,
     ) -> *mut c_char;
+}
+
+/// The shim's view of a list of tensors: pointers that stay valid while the tensors live.
+pub(crate) fn ptrs<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Vec<*const C_tensor> {
+    ts.into_iter().map(Tensor::as_ptr).collect()
 }
 
 /// The result of a shim call: Ok for null, else its message (which is freed here).
