@@ -278,17 +278,6 @@ impl ProcessGroup {
         Ok(unsafe { Tensor::from_ptr(out) })
     }
 
-    /// Replaces each gradient by its mean over all ranks, with one all-reduce per bucket of
-    /// up to `bucket_bytes` (gradients of one dtype and device flattened together), not one
-    /// per tensor. Every rank must pass the same shapes in the same order.
-    pub fn average_gradients(&self, grads: &[Tensor], bucket_bytes: usize) -> Result<()> {
-        let world = self.world_size as f64;
-        bucketed(grads, bucket_bytes, |flat| {
-            self.all_reduce_sum_(flat)?;
-            Ok(flat / world)
-        })
-    }
-
     /// Copies rank 0's variables (parameters and buffers) of `vs` to every rank, so that all
     /// start from the same weights.
     pub fn broadcast_var_store(&self, vs: &nn::VarStore) -> Result<()> {
@@ -346,7 +335,7 @@ fn bucketed(
     collective: impl Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<()> {
     if let Some(i) = tensors.iter().position(|t| !t.defined()) {
-        bail!("tensor {i} of the list is undefined (a parameter without a gradient?)");
+        bail!("tensor {i} of the list is undefined");
     }
     let _no_grad = tch::no_grad_guard();
     for range in buckets(tensors, bucket_bytes, bucket_bytes) {

@@ -71,16 +71,6 @@ impl Optimizer {
         }
     }
 
-    /// The gradients currently stored, of the parameters that have one, in name order
-    /// (the same order on every rank of a data-parallel run).
-    pub fn grads(&self) -> Vec<Tensor> {
-        self.params
-            .iter()
-            .map(|(_, p)| p.grad())
-            .filter(Tensor::defined)
-            .collect()
-    }
-
     /// Applies one update with learning rate `lr` from the gradients currently stored,
     /// through libtorch's fused kernels.
     pub fn step(&mut self, lr: f64) -> Result<()> {

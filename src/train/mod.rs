@@ -100,7 +100,8 @@ pub fn epoch_loader(
 /// and the method's after-step hook (momentum targets, queues). Returns the loss, which
 /// must be finite. Data-parallel (`dist`), `batch` is this rank's slice of the global
 /// batch, the forward pass runs with the group current, the gradients are averaged over
-/// the ranks before the update, and the loss returned is the global batch's. The forward
+/// the ranks during the backward pass (buckets all-reduced as they fill, as in PyTorch's
+/// DDP), and the loss returned is the global batch's. The forward
 /// pass and the loss run in the model's precision (the methods compute their losses in
 /// float32, `precision::in_fp32`); the backward pass outside the autocast scope, as in
 /// PyTorch, gives float32 gradients of the float32 weights.
@@ -128,7 +129,7 @@ pub fn train_step(
         }
     };
     match dist {
-        Some(dp) => dp.backward(&loss, || opt.grads())?,
+        Some(dp) => dp.backward(&loss, &model.vs)?,
         None => loss.backward(),
     }
     opt.step(lr)?;
