@@ -4,7 +4,8 @@
 //! `ProcessGroup` joins the others and runs the collectives.
 //!
 //! `current` holds the group of the forward pass running on a thread, for the code inside
-//! it that cannot be handed one (BatchNorm layers, a method's loss).
+//! it that cannot be handed one (BatchNorm layers, a method's loss); `reducer` averages the
+//! gradients over the ranks in buckets while the backward pass runs, as PyTorch DDP does.
 //!
 //! A leaf module: it uses nothing of selfsup but `native`.
 use crate::native::{self, check};
@@ -16,6 +17,9 @@ use std::time::Duration;
 use tch::{Tensor, nn};
 
 pub mod current;
+pub mod reducer;
+
+pub use reducer::{Launches, Reducer};
 
 /// PyTorch DDP's default bucket size (`bucket_cap_mb = 25`).
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -274,17 +278,6 @@ impl ProcessGroup {
         Ok(unsafe { Tensor::from_ptr(out) })
     }
 
-    /// Replaces each gradient by its mean over all ranks, with one all-reduce per bucket of
-    /// up to `bucket_bytes` (gradients of one dtype and device flattened together), not one
-    /// per tensor. Every rank must pass the same shapes in the same order.
-    pub fn average_gradients(&self, grads: &[Tensor], bucket_bytes: usize) -> Result<()> {
-        let world = self.world_size as f64;
-        bucketed(grads, bucket_bytes, |flat| {
-            self.all_reduce_sum_(flat)?;
-            Ok(flat / world)
-        })
-    }
-
     /// Copies rank 0's variables (parameters and buffers) of `vs` to every rank, so that all
     /// start from the same weights.
     pub fn broadcast_var_store(&self, vs: &nn::VarStore) -> Result<()> {
@@ -342,10 +335,10 @@ fn bucketed(
     collective: impl Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<()> {
     if let Some(i) = tensors.iter().position(|t| !t.defined()) {
-        bail!("tensor {i} of the list is undefined (a parameter without a gradient?)");
+        bail!("tensor {i} of the list is undefined");
     }
     let _no_grad = tch::no_grad_guard();
-    for range in buckets(tensors, bucket_bytes) {
+    for range in buckets(tensors, bucket_bytes, bucket_bytes) {
         let bucket = &tensors[range];
         let parts: Vec<Tensor> = bucket.iter().map(|t| t.reshape(-1)).collect();
         let flat = Tensor::cat(&parts, 0); // [sum of numel]
@@ -361,18 +354,22 @@ fn bucketed(
     Ok(())
 }
 
-/// Consecutive runs of `tensors` of one dtype and device and at most `bucket_bytes` (or one
-/// larger tensor alone).
-fn buckets(tensors: &[Tensor], bucket_bytes: usize) -> Vec<Range<usize>> {
+/// Consecutive runs of `tensors` of one dtype and device and at most `bucket_bytes`, the
+/// first at most `first_bytes` (or one larger tensor alone).
+fn buckets(tensors: &[Tensor], first_bytes: usize, bucket_bytes: usize) -> Vec<Range<usize>> {
     let mut ranges: Vec<Range<usize>> = Vec::new();
     let mut bytes = 0;
     for (i, t) in tensors.iter().enumerate() {
         let size = t.numel() * t.kind().elt_size_in_bytes();
+        let cap = match ranges.len() {
+            1 => first_bytes,
+            _ => bucket_bytes,
+        };
         match ranges.last_mut() {
             Some(last)
                 if tensors[last.start].kind() == t.kind()
                     && tensors[last.start].device() == t.device()
-                    && bytes + size <= bucket_bytes =>
+                    && bytes + size <= cap =>
             {
                 last.end = i + 1;
                 bytes += size;
@@ -608,8 +605,15 @@ mod tests {
         let d = |n| Tensor::zeros([n], (Kind::Double, tch::Device::Cpu));
         let ts = [f(2), f(2), f(3), f(20), f(1), d(1), d(1), f(1)];
         // 16 bytes: [8 + 8], [12], [80 alone], [4], then a new dtype twice, then back.
-        assert_eq!(buckets(&ts, 16), vec![0..2, 2..3, 3..4, 4..5, 5..7, 7..8]);
-        assert_eq!(buckets(&ts, DEFAULT_BUCKET_BYTES), vec![0..5, 5..7, 7..8]);
-        assert_eq!(buckets(&[], 16), Vec::<Range<usize>>::new());
+        assert_eq!(
+            buckets(&ts, 16, 16),
+            vec![0..2, 2..3, 3..4, 4..5, 5..7, 7..8]
+        );
+        let all = DEFAULT_BUCKET_BYTES;
+        assert_eq!(buckets(&ts, all, all), vec![0..5, 5..7, 7..8]);
+        // A first bucket of 8 bytes (as DDP's small first bucket), then 16 bytes.
+        let small_first = vec![0..1, 1..2, 2..3, 3..4, 4..5, 5..7, 7..8];
+        assert_eq!(buckets(&ts, 8, 16), small_first);
+        assert_eq!(buckets(&[], 16, 16), Vec::<Range<usize>>::new());
     }
 }

@@ -8,12 +8,11 @@
 //! writes the same rules out tensor by tensor, for other dtypes and as the tests' reference.
 
 use crate::config::OptimizerKind;
-use crate::native::{self, check};
+use crate::native::{self, check, ptrs};
 use anyhow::{Result, bail};
 use std::collections::BTreeMap;
 use std::ffi::c_int;
 use tch::{Kind, Tensor, nn};
-use torch_sys::C_tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptKind {
@@ -70,16 +69,6 @@ impl Optimizer {
                 let _ = g.detach_().zero_();
             }
         }
-    }
-
-    /// The gradients currently stored, of the parameters that have one, in name order
-    /// (the same order on every rank of a data-parallel run).
-    pub fn grads(&self) -> Vec<Tensor> {
-        self.params
-            .iter()
-            .map(|(_, p)| p.grad())
-            .filter(Tensor::defined)
-            .collect()
     }
 
     /// Applies one update with learning rate `lr` from the gradients currently stored,
@@ -301,11 +290,6 @@ impl Optimizer {
         }
         Ok(())
     }
-}
-
-/// The shim's view of a list of tensors: pointers that stay valid while the tensors live.
-fn ptrs<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Vec<*const C_tensor> {
-    ts.into_iter().map(Tensor::as_ptr).collect()
 }
 
 #[cfg(test)]

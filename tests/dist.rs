@@ -6,7 +6,7 @@ mod common;
 use selfsup::config::{Config, OptimizerKind};
 use selfsup::data::Split;
 use selfsup::data::loader::{Batch, Loader, ViewSpec, epoch_order};
-use selfsup::dist::{Backend, DistEnv, ProcessGroup};
+use selfsup::dist::{Backend, DistEnv, ProcessGroup, Reducer};
 use selfsup::methods::{DataInfo, StepCtx};
 use selfsup::optim::Optimizer;
 use selfsup::run::Model;
@@ -16,6 +16,7 @@ use selfsup::train::train_step;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor, nn};
@@ -188,41 +189,6 @@ fn collectives() {
 fn gradients() {
     if let Some(pg) = worker_group(Duration::from_secs(30)) {
         let r = pg.rank() as f64;
-        // Bucketed averaging (16-byte buckets: several per dtype, the [3, 4] alone) against one
-        // all-reduce per tensor and against the mean computed here.
-        let grads_of = |r: f64| {
-            let cpu = |kind| (kind, Device::Cpu);
-            vec![
-                Tensor::arange(12, cpu(Kind::Float)).view([3, 4]) * (r + 1.),
-                Tensor::full([2], r + 0.5, cpu(Kind::Float)),
-                Tensor::full([2, 2], 3. * r, cpu(Kind::Double)),
-                Tensor::arange(3, cpu(Kind::Float)) + r,
-            ]
-        };
-        let bucketed = grads_of(r);
-        pg.average_gradients(&bucketed, 16).unwrap();
-        let per_tensor = grads_of(r);
-        for t in &per_tensor {
-            pg.all_reduce_sum_(t).unwrap();
-        }
-        let per_tensor: Vec<Tensor> = per_tensor.iter().map(|t| t / 2.).collect();
-        let by_hand: Vec<Tensor> = grads_of(0.)
-            .iter()
-            .zip(grads_of(1.))
-            .map(|(a, b)| (a + b) / 2.)
-            .collect();
-        let all = |other: &[Tensor]| {
-            bucketed
-                .iter()
-                .zip(other)
-                .all(|(a, b)| a.kind() == b.kind() && values(a) == values(b))
-        };
-        println!(
-            "RESULT bucketed = per-tensor: {}, = by hand: {}",
-            all(&per_tensor),
-            all(&by_hand)
-        );
-
         // loss_r = sum(gathered * w_r) with w_r = (r + 1) * base, base = 1..=12 as [4, 3]. The
         // gradient of rank s's rows over both ranks' losses is (1 + 2) * base[2s..2s + 2].
         let base = Tensor::arange_start(1, 13, (Kind::Float, Device::Cpu)).view([4, 3]);
@@ -257,9 +223,124 @@ fn gradients() {
         assert_eq!(
             rank.results(),
             [
-                "bucketed = per-tensor: true, = by hand: true".to_string(),
                 format!("forward = all_gather: true, grad {}", grads[r]),
                 format!("transposed grad {}", grads[r]),
+            ],
+            "rank {r}"
+        );
+    }
+}
+
+/// The largest difference between two lists of tensors, as f64 (infinite where one is
+/// undefined or the shapes differ).
+fn max_difference(a: &[Tensor], b: &[Tensor]) -> f64 {
+    a.iter().zip(b).fold(0.0, |worst: f64, (x, y)| {
+        let d = match x.defined() && y.defined() && x.size() == y.size() {
+            true => (x.to_kind(Kind::Double) - y.to_kind(Kind::Double))
+                .abs()
+                .max()
+                .double_value(&[]),
+            false => f64::INFINITY,
+        };
+        worst.max(d)
+    })
+}
+
+/// The reducer's gradients are the mean of the ranks' gradients (as averaging them after the
+/// backward pass gives), with the buckets all-reduced during the backward pass: 32-byte
+/// buckets (six), float32 and float64, a parameter the loss does not reach that holds a
+/// gradient (averaged, as a zeroed gradient is) and one without (left without).
+#[test]
+fn reducer_averages_buckets_during_the_backward_pass() {
+    if let Some(pg) = worker_group(Duration::from_secs(30)) {
+        let (rank, pg) = (pg.rank(), Rc::new(pg));
+        let (f32_, f64_) = ((Kind::Float, Device::Cpu), (Kind::Double, Device::Cpu));
+        tch::manual_seed(7); // the same parameters on both ranks
+        let leaf = |t: Tensor| t.set_requires_grad(true);
+        // In the forward pass's order: [3, 5] and [5] (f32), [5, 4] and [4] (f32), a scale [4]
+        // (f64); then two parameters the loss does not use.
+        let params = [
+            leaf(Tensor::randn([3, 5], f32_)),
+            leaf(Tensor::randn([5], f32_)),
+            leaf(Tensor::randn([5, 4], f32_)),
+            leaf(Tensor::randn([4], f32_)),
+            leaf(Tensor::randn([4], f64_)),
+            leaf(Tensor::ones([3], f32_)),
+            leaf(Tensor::ones([2], f32_)),
+        ];
+        let loss = || {
+            tch::manual_seed(100 + rank as i64); // each rank its own batch
+            let x = Tensor::randn([6, 3], f32_);
+            let h = (x.matmul(&params[0]) + &params[1]).relu();
+            let y = h.matmul(&params[2]) + &params[3]; // [6, 4]
+            (y.to_kind(Kind::Double) * &params[4])
+                .square()
+                .sum(Kind::Double)
+        };
+        // A gradient of (rank + 1) for the unused params[5], as a previous step would leave.
+        (&params[5] * (rank as f64 + 1.))
+            .sum(Kind::Float)
+            .backward();
+        // The reference: this rank's gradients, and their mean over the ranks by all-gather.
+        loss().backward();
+        let grads = |ps: &[Tensor]| -> Vec<Tensor> { ps.iter().map(|p| p.grad().copy()).collect() };
+        let local = grads(&params[..6]);
+        let mean: Vec<Tensor> = (local.iter())
+            .map(|g| {
+                pg.all_gather(&g.unsqueeze(0))
+                    .unwrap()
+                    .sum_dim_intlist(0, false, None)
+                    / 2.
+            })
+            .collect();
+        let zero_used = || params[..5].iter().for_each(|p| drop(p.grad().zero_()));
+
+        let reducer = Reducer::new(pg.clone(), &params, 32).unwrap();
+        for step in 0..2 {
+            zero_used(); // as the optimizer does; params[5] keeps its gradient
+            reducer.backward(&loss()).unwrap();
+            let reduced = grads(&params[..6]);
+            println!(
+                "RESULT step {step}: the mean within 1e-6: {}, unused without a gradient: {}, \
+                 differs from the local gradients: {}, {:?}",
+                max_difference(&reduced, &mean) < 1e-6,
+                !params[6].grad().defined(),
+                max_difference(&reduced[..5], &local[..5]) > 1e-3,
+                reducer.launches()
+            );
+            // The reduced params[5] is 1.5 on both ranks; back to this rank's for the next step.
+            params[5].grad().copy_(&local[5]);
+        }
+        // Outside `backward` the hooks do nothing: a plain backward pass keeps the local ones.
+        zero_used();
+        loss().backward();
+        println!(
+            "RESULT after: plain backward gives the local gradients: {}, covers: {}",
+            max_difference(&grads(&params[..5]), &local[..5]) == 0.,
+            reducer.covers(&params)
+        );
+        drop(reducer);
+        Rc::try_unwrap(pg).unwrap().shutdown().unwrap();
+        return;
+    }
+    let ranks = run_ranks("reducer_averages_buckets_during_the_backward_pass");
+    for (r, rank) in ranks.iter().enumerate() {
+        rank.assert_success(r);
+        // Reversed: [the two unused] (before the backward pass), [scale f64], [4], [5, 4], [5],
+        // [3, 5], each launched by the hook of its last gradient.
+        let step = |s| {
+            format!(
+                "step {s}: the mean within 1e-6: true, unused without a gradient: true, \
+                 differs from the local gradients: true, \
+                 Launches {{ buckets: 6, before: 1, during: 5 }}"
+            )
+        };
+        assert_eq!(
+            rank.results(),
+            [
+                step(0),
+                step(1),
+                "after: plain backward gives the local gradients: true, covers: true".into()
             ],
             "rank {r}"
         );
@@ -312,6 +393,46 @@ fn killed_peer_is_an_error_not_a_hang() {
     assert!(error.contains("all-reduce failed on rank 0"), "{error}");
     assert!(error.contains("lost rank 1: no heartbeat"), "{error}");
     assert!(seconds < 10., "{seconds} s, with a 20 s timeout");
+}
+
+/// A bucket whose peer died fails the reducer's backward pass with the all-reduce's clear
+/// error (the lost rank named), not a hang or a crash.
+#[test]
+fn reducer_with_a_killed_peer_is_an_error_not_a_hang() {
+    if let Some(pg) = worker_group(Duration::from_secs(20)) {
+        let (rank, pg) = (pg.rank(), Rc::new(pg));
+        let params: Vec<Tensor> = (0..4)
+            .map(|_| Tensor::ones([8], (Kind::Float, Device::Cpu)).set_requires_grad(true))
+            .collect();
+        let reducer = Reducer::new(pg.clone(), &params, 32).unwrap();
+        if rank == 1 {
+            std::thread::sleep(Duration::from_secs(1)); // rank 0 is waiting for its buckets
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        let loss = params
+            .iter()
+            .fold(Tensor::from(0f32), |l, p| l + p.sum(Kind::Float));
+        let start = Instant::now();
+        let e = reducer.backward(&loss).unwrap_err();
+        let seconds = start.elapsed().as_secs_f64();
+        println!("RESULT error after {seconds:.2}s: {e:#}");
+        println!("RESULT {:?}", reducer.launches());
+        return;
+    }
+    let ranks = run_ranks("reducer_with_a_killed_peer_is_an_error_not_a_hang");
+    assert_eq!(ranks[1].status.signal(), Some(libc::SIGKILL));
+    ranks[0].assert_success(0);
+    let (error, seconds) = error_and_seconds(&ranks[0]);
+    println!("rank 0's reducer, rank 1 killed after 1 s: error after {seconds} s: {error}");
+    assert!(
+        error.starts_with("averaging the gradients: all-reduce failed on rank 0"),
+        "{error}"
+    );
+    assert!(error.contains("lost rank 1: no heartbeat"), "{error}");
+    assert!(seconds < 10., "{seconds} s, with a 20 s timeout");
+    // Four buckets of one parameter each, all launched by the hooks.
+    let launches = "Launches { buckets: 4, before: 0, during: 4 }";
+    assert_eq!(ranks[0].results()[1], launches);
 }
 
 #[test]
@@ -557,6 +678,9 @@ fn data_parallel_training_equals_one_process() {
         let dir = PathBuf::from(std::env::var("SELFSUP_TEST_OUT").unwrap());
         let rank = pg.rank();
         let mut dp = Some(DataParallel::new(pg, Device::Cpu, true));
+        // Buckets of 1 kB (these models hold 10 to 60 kB in float64): many buckets, each
+        // all-reduced during the backward pass, stand between the two runs.
+        dp.as_mut().unwrap().bucket_bytes = 1024;
         let runs = equivalence_runs()
             .into_iter()
             .chain([("simclr-local-bn".to_string(), {
@@ -568,6 +692,11 @@ fn data_parallel_training_equals_one_process() {
             dp.as_mut().unwrap().sync_bn = cfg.train.sync_bn;
             let two;
             (two, dp) = train_f64(&cfg, dp);
+            let l = dp.as_ref().unwrap().launches().unwrap();
+            println!(
+                "RESULT {name}: {} buckets, {} launched before the backward pass, {} during it",
+                l.buckets, l.before, l.during
+            );
             let file = dir.join(format!("{name}-rank{rank}.safetensors"));
             Tensor::write_safetensors(&two, file).unwrap();
             if rank == 0 {
@@ -587,6 +716,17 @@ fn data_parallel_training_equals_one_process() {
     );
     for (r, rank) in ranks.iter().enumerate() {
         rank.assert_success(r);
+        // The last step of every run: several buckets, every one launched before the backward
+        // pass returned, most by the hooks while it ran.
+        for line in rank.results() {
+            println!("rank {r}: {line}");
+            let numbers: Vec<usize> = (line.split(' ')).filter_map(|w| w.parse().ok()).collect();
+            let [buckets, before, during] = numbers[..] else {
+                panic!("{line}")
+            };
+            assert!(buckets > 1 && during > 0, "{line}");
+            assert_eq!(before + during, buckets, "{line}");
+        }
     }
     let read = |name: String| {
         let mut t = Tensor::read_safetensors(dir.path().join(name)).unwrap();

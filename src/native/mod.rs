@@ -1,16 +1,23 @@
 //! The C ABI of `shim.cpp` (compiled by build.rs) and its error strings. The safe API over
-//! it is `dist` (c10d process groups), `precision` (autocast) and `optim` (the fused
+//! it is `dist` (c10d process groups and the gradient reducer), `precision` (autocast) and `optim` (the fused
 //! optimizer kernels), the modules above it.
 //!
 //! Each fallible function returns null on success or an error message allocated by the shim,
 //! which `check` turns into an `anyhow::Error` and frees.
 use anyhow::{Result, anyhow};
 use std::ffi::{CStr, c_char, c_int};
+use tch::Tensor;
 use torch_sys::C_tensor;
 
 /// A c10d process group (the shim's `SelfsupGroup`), only ever behind a pointer.
 #[repr(C)]
 pub(crate) struct Group {
+    _opaque: [u8; 0],
+}
+
+/// The shim's gradient reducer (`SelfsupReducer`), only ever behind a pointer.
+#[repr(C)]
+pub(crate) struct Reducer {
     _opaque: [u8; 0],
 }
 
@@ -55,6 +62,27 @@ unsafe extern "C" {
         t: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    pub(crate) fn selfsup_reducer_create(
+        group: *mut Group,
+        params: *const *const C_tensor,
+        n: c_int,
+        bucket_sizes: *const i64,
+        buckets: c_int,
+        out: *mut *mut Reducer,
+    ) -> *mut c_char;
+    pub(crate) fn selfsup_reducer_destroy(reducer: *mut Reducer);
+    pub(crate) fn selfsup_reducer_matches(
+        reducer: *mut Reducer,
+        params: *const *const C_tensor,
+        n: c_int,
+    ) -> c_int;
+    pub(crate) fn selfsup_reducer_prepare(
+        reducer: *mut Reducer,
+        loss: *const C_tensor,
+    ) -> *mut c_char;
+    pub(crate) fn selfsup_reducer_finish(reducer: *mut Reducer) -> *mut c_char;
+    pub(crate) fn selfsup_reducer_abort(reducer: *mut Reducer);
+    pub(crate) fn selfsup_reducer_stats(reducer: *mut Reducer, out: *mut i64);
     pub(crate) fn selfsup_autocast_enter(
         device_type: c_int,
         dtype: c_int,
@@ -102,6 +130,11 @@ unsafe extern "C" {
         lr: f64,
         first_step: c_int,
     ) -> *mut c_char;
+}
+
+/// The shim's view of a list of tensors: pointers that stay valid while the tensors live.
+pub(crate) fn ptrs<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Vec<*const C_tensor> {
+    ts.into_iter().map(Tensor::as_ptr).collect()
 }
 
 /// How many times libtorch has made the host wait for a tensor's value (`Tensor::item`, and the

@@ -1,5 +1,5 @@
 // selfsup's one native module: PyTorch's own c10d (TCPStore, Gloo, NCCL, the functional
-// collectives), libtorch's autocast switches and its fused optimizer kernels (which tch does
+// collectives, a gradient reducer after DDP's), libtorch's autocast switches and its fused optimizer kernels (which tch does
 // not bind: they take lists of tensors), behind a small C ABI for src/native/mod.rs.
 //
 // Tensors cross as tch's `torch::Tensor*`. Every entry point returns NULL on success or a
@@ -15,6 +15,9 @@
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -26,6 +29,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace {
@@ -456,6 +461,315 @@ int64_t selfsup_host_reads() {
                                    .scopes({at::RecordScope::FUNCTION}));
   }
   return host_reads;
+}
+
+}  // extern "C"
+
+// The gradient reducer of data-parallel training, after PyTorch DDP's (torch/csrc/distributed/
+// c10d/reducer.cpp): the parameters, in the order their gradients become ready in the backward
+// pass (the reverse of the forward's), are cut into buckets, each a flat buffer of one dtype and
+// device. A post hook on each parameter's gradient accumulator copies its gradient into its slot
+// as soon as autograd has accumulated it; a bucket whose every gradient is in is all-reduced
+// (sum) at once, asynchronously, while the backward pass goes on. Buckets are launched in their
+// order only, so that every rank issues the same collectives in the same order. After the
+// backward pass, `finish` waits for every bucket, divides by the world size and writes the means
+// into the gradients.
+//
+// A parameter that the graph of the loss does not reach gets no gradient in this backward pass:
+// it is ready from the start (as DDP's find_unused_parameters), with the gradient it holds
+// (zeroed by the optimizer, or none). A parameter without a gradient adds zeros to the sum and
+// keeps no gradient, as the parameters left out of a list of gradients were.
+struct SelfsupReducer {
+  using Node = torch::autograd::Node;
+  struct Bucket {
+    at::Tensor flat;  // the gradients of params [first, end), flattened
+    size_t first = 0, end = 0;
+    size_t pending = 0;  // its parameters not ready yet
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+
+  SelfsupGroup* group = nullptr;
+  std::vector<at::Tensor> params;  // bucket order
+  std::vector<int64_t> numel, offset;
+  std::vector<size_t> bucket_of;
+  std::vector<Bucket> buckets;
+  // The accumulators are held weakly by their parameters: kept alive here, so that every later
+  // graph uses the same ones, with the hooks.
+  std::vector<std::shared_ptr<Node>> accumulators;
+  std::vector<uintptr_t> hooks;
+  std::unordered_map<const Node*, size_t> index_of;
+
+  std::mutex mutex;  // the hooks run on autograd's threads (one per device)
+  bool armed = false;
+  std::vector<char> ready, has_grad;
+  size_t next_bucket = 0;  // the first bucket not launched
+  int64_t launched_before = 0, launched_during = 0;
+  std::string hook_error;  // the first failure inside a hook, reported by `finish`
+  bool hook_error_collective = false;
+
+  ~SelfsupReducer() {
+    for (size_t i = 0; i < hooks.size(); i++) accumulators[i]->del_post_hook(hooks[i]);
+  }
+
+  at::Tensor slot(size_t i) const { return buckets[bucket_of[i]].flat.narrow(0, offset[i], numel[i]); }
+
+  // Parameter i's gradient (this backward's, accumulated) into its slot; lock held.
+  void mark_ready(size_t i) {
+    TORCH_CHECK(!ready[i], "parameter ", i, " of the reducer got a gradient twice in one backward pass");
+    ready[i] = 1;
+    const auto& grad = params[i].grad();
+    auto s = slot(i);
+    if (grad.defined()) {
+      s.view(grad.sizes()).copy_(grad);
+      has_grad[i] = 1;
+    } else {
+      s.zero_();
+    }
+    buckets[bucket_of[i]].pending--;
+  }
+
+  // Launches the buckets that are complete, in order; lock held.
+  void launch_ready(int64_t* count) {
+    while (next_bucket < buckets.size() && buckets[next_bucket].pending == 0) {
+      auto& b = buckets[next_bucket++];
+      std::vector<at::Tensor> ts{b.flat};
+      b.work = group->pg->allreduce(ts);
+      if (count) ++*count;
+    }
+  }
+
+  // The hook of parameter i: outside `prepare`..`finish` it does nothing (another backward
+  // pass over the same parameters, such as an evaluation's, is not the training step's).
+  void on_ready(size_t i) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!armed || !hook_error.empty()) return;
+    at::NoGradGuard no_grad;
+    try {
+      mark_ready(i);
+    } catch (const std::exception& e) {
+      hook_error = message(e);
+      return;
+    }
+    try {
+      launch_ready(&launched_during);
+    } catch (const std::exception& e) {
+      hook_error = message(e);
+      hook_error_collective = true;
+    }
+  }
+
+  // Leaves the launched collectives to themselves: fresh buffers, so that one still running
+  // cannot write into a later step's; lock held.
+  void abandon() {
+    armed = false;
+    for (auto& b : buckets) {
+      if (b.work) b.flat = at::empty_like(b.flat);
+      b.work.reset();
+    }
+  }
+};
+
+namespace {
+
+struct ReadyHook : torch::autograd::FunctionPostHook {
+  SelfsupReducer* reducer;
+  size_t index;
+  ReadyHook(SelfsupReducer* r, size_t i) : reducer(r), index(i) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list& /*inputs*/) override {
+    reducer->on_ready(index);
+    return outputs;
+  }
+};
+
+// The gradient accumulators that the graph of `root` reaches.
+std::unordered_set<const torch::autograd::Node*> reached_from(const std::shared_ptr<torch::autograd::Node>& root) {
+  std::unordered_set<const torch::autograd::Node*> seen;
+  std::vector<torch::autograd::Node*> stack;
+  if (root) {
+    seen.insert(root.get());
+    stack.push_back(root.get());
+  }
+  while (!stack.empty()) {
+    auto* node = stack.back();
+    stack.pop_back();
+    for (const auto& edge : node->next_edges()) {
+      auto* next = edge.function.get();
+      if (next && seen.insert(next).second) stack.push_back(next);
+    }
+  }
+  return seen;
+}
+
+}  // namespace
+
+extern "C" {
+
+// A reducer over `group` for n parameters (leaves that require grad) in the order their
+// gradients become ready, cut into nb buckets of bucket_sizes[b] consecutive parameters, each
+// of one dtype and device.
+char* selfsup_reducer_create(SelfsupGroup* g, const at::Tensor* const* params, int n, const int64_t* bucket_sizes,
+                             int nb, SelfsupReducer** out) {
+  *out = nullptr;
+  return guarded([&] {
+    auto r = std::make_unique<SelfsupReducer>();
+    r->group = g;
+    size_t i = 0;
+    for (int b = 0; b < nb; b++) {
+      SelfsupReducer::Bucket bucket;
+      bucket.first = i;
+      int64_t total = 0;
+      for (int64_t k = 0; k < bucket_sizes[b]; k++, i++) {
+        TORCH_CHECK(static_cast<int>(i) < n, "the buckets hold more parameters than the ", n, " given");
+        const auto& p = *params[i];
+        TORCH_CHECK(p.is_leaf() && p.requires_grad(), "parameter ", i, " is not a leaf that requires grad");
+        const auto& head = *params[bucket.first];
+        TORCH_CHECK(p.scalar_type() == head.scalar_type() && p.device() == head.device(), "bucket ", b,
+                    " mixes dtypes or devices");
+        r->params.push_back(p);
+        r->numel.push_back(p.numel());
+        r->offset.push_back(total);
+        r->bucket_of.push_back(b);
+        total += p.numel();
+      }
+      bucket.end = i;
+      bucket.pending = bucket.end - bucket.first;
+      TORCH_CHECK(bucket.pending > 0, "bucket ", b, " is empty");
+      bucket.flat = at::zeros({total}, at::TensorOptions().dtype(params[bucket.first]->scalar_type()).device(
+                                           params[bucket.first]->device()));
+      r->buckets.push_back(std::move(bucket));
+    }
+    TORCH_CHECK(static_cast<int>(i) == n, "the buckets hold ", i, " of the ", n, " parameters");
+    r->ready.assign(n, 0);
+    r->has_grad.assign(n, 0);
+    for (size_t j = 0; j < r->params.size(); j++) {
+      auto acc = torch::autograd::impl::grad_accumulator(r->params[j]);
+      TORCH_CHECK(acc, "parameter ", j, " has no gradient accumulator");
+      TORCH_CHECK(r->index_of.emplace(acc.get(), j).second, "parameter ", j, " is listed twice");
+      auto key = acc->add_post_hook(std::make_unique<ReadyHook>(r.get(), j));
+      r->accumulators.push_back(std::move(acc));
+      r->hooks.push_back(key);
+    }
+    *out = r.release();
+  });
+}
+
+// Removes the hooks and frees the reducer.
+void selfsup_reducer_destroy(SelfsupReducer* r) { delete r; }
+
+// 1 when the reducer was made for these n parameters (in this order) and they are unchanged:
+// the same tensors, dtypes, devices, sizes and gradient accumulators (a change of dtype gives
+// a parameter a new accumulator, without the hook); else 0.
+int selfsup_reducer_matches(SelfsupReducer* r, const at::Tensor* const* params, int n) {
+  try {
+    if (static_cast<size_t>(n) != r->params.size()) return 0;
+    for (size_t i = 0; i < r->params.size(); i++) {
+      const auto& p = *params[i];
+      const auto& flat = r->buckets[r->bucket_of[i]].flat;
+      if (p.unsafeGetTensorImpl() != r->params[i].unsafeGetTensorImpl() || p.scalar_type() != flat.scalar_type() ||
+          p.device() != flat.device() || p.numel() != r->numel[i] ||
+          torch::autograd::impl::try_get_grad_accumulator(p) != r->accumulators[i])
+        return 0;
+    }
+    return 1;
+  } catch (...) {
+    return 0;
+  }
+}
+
+// Before the backward pass of `loss`: the parameters its graph does not reach are ready now
+// (their buckets may go at once), and the hooks are armed.
+char* selfsup_reducer_prepare(SelfsupReducer* r, const at::Tensor* loss) {
+  return guarded([&] {
+    std::lock_guard<std::mutex> lock(r->mutex);
+    TORCH_CHECK(!r->armed, "the reducer is prepared already (a backward pass without finish?)");
+    r->abandon();  // nothing in flight after a finish; after an abort, no stale buffer
+    std::fill(r->ready.begin(), r->ready.end(), 0);
+    std::fill(r->has_grad.begin(), r->has_grad.end(), 0);
+    for (auto& b : r->buckets) b.pending = b.end - b.first;
+    r->next_bucket = 0;
+    r->launched_before = r->launched_during = 0;
+    r->hook_error.clear();
+    r->hook_error_collective = false;
+    at::NoGradGuard no_grad;
+    const auto reached = reached_from(loss->grad_fn());
+    for (size_t i = 0; i < r->params.size(); i++)
+      if (!reached.count(r->accumulators[i].get())) r->mark_ready(i);
+    try {
+      r->launch_ready(&r->launched_before);
+    } catch (const std::exception& e) {
+      r->abandon();
+      r->group->fail("all-reduce", message(e));
+    }
+    r->armed = true;
+  });
+}
+
+// After the backward pass: launches what is left (a parameter whose hook did not run), waits
+// for every bucket and writes the means into the gradients. On a failure the gradients are
+// left as they are.
+char* selfsup_reducer_finish(SelfsupReducer* r) {
+  return guarded([&] {
+    std::lock_guard<std::mutex> lock(r->mutex);
+    TORCH_CHECK(r->armed, "the reducer was not prepared for this backward pass");
+    r->armed = false;
+    if (!r->hook_error.empty()) {
+      r->abandon();
+      if (r->hook_error_collective) r->group->fail("all-reduce", r->hook_error);
+      r->group->broken = true;  // the ranks' collectives may be out of step
+      throw std::runtime_error(r->hook_error);
+    }
+    at::NoGradGuard no_grad;
+    std::string failed;
+    try {
+      for (size_t i = 0; i < r->params.size(); i++)
+        if (!r->ready[i]) r->mark_ready(i);
+      r->launch_ready(nullptr);
+    } catch (const std::exception& e) {
+      failed = message(e);
+    }
+    // Every launched bucket is waited for, even after a failure: none is left writing.
+    for (auto& b : r->buckets) {
+      if (!b.work) continue;
+      try {
+        b.work->wait();
+      } catch (const std::exception& e) {
+        if (failed.empty()) failed = message(e);
+      }
+      b.work.reset();
+    }
+    if (!failed.empty()) {
+      r->abandon();
+      r->group->fail("all-reduce", failed);
+    }
+    const double world = r->group->world;
+    for (auto& b : r->buckets) b.flat.div_(world);
+    for (size_t i = 0; i < r->params.size(); i++) {
+      if (!r->has_grad[i]) continue;
+      const auto& grad = r->params[i].grad();
+      grad.copy_(r->slot(i).view(grad.sizes()));
+    }
+  });
+}
+
+// After a failed backward pass: disarms the hooks and leaves the launched buckets.
+void selfsup_reducer_abort(SelfsupReducer* r) {
+  std::lock_guard<std::mutex> lock(r->mutex);
+  r->armed = false;
+  try {
+    r->abandon();
+  } catch (...) {
+    // No memory for fresh buffers: the run ends with the backward pass's error anyway.
+  }
+}
+
+// out[0]: buckets; out[1]: launched before the last backward pass ran (all their parameters
+// out of its graph); out[2]: launched during it, by the hooks.
+void selfsup_reducer_stats(SelfsupReducer* r, int64_t* out) {
+  std::lock_guard<std::mutex> lock(r->mutex);
+  out[0] = static_cast<int64_t>(r->buckets.size());
+  out[1] = r->launched_before;
+  out[2] = r->launched_during;
 }
 
 }  // extern "C"

@@ -1,14 +1,18 @@
 //! Data-parallel training over a c10d process group (`dist`). Each of W processes (ranks)
 //! trains on a contiguous slice of every global batch of `batch_size` images and makes only
 //! its own images' views; the forward pass runs with the group current, so that losses
-//! gather their negatives and BatchNorm its statistics from every rank; after the backward
-//! pass the gradients are averaged (bucketed all-reduce), so every rank takes the same step
-//! and holds the same model, which starts as rank 0's (parameters and buffers broadcast).
+//! gather their negatives and BatchNorm its statistics from every rank; the gradients are
+//! averaged over the ranks during the backward pass (`dist::Reducer`: buckets all-reduced as
+//! their gradients become ready, as PyTorch DDP does), so every rank takes the same step and
+//! holds the same model, which starts as rank 0's (parameters and buffers broadcast).
 //! W ranks then compute what one process computes with the whole batch.
 
-use crate::dist::{Backend, DEFAULT_BUCKET_BYTES, DistEnv, ProcessGroup, current};
+use crate::dist::{
+    Backend, DEFAULT_BUCKET_BYTES, DistEnv, Launches, ProcessGroup, Reducer, current,
+};
 use crate::nets::norm;
 use anyhow::{Context, Result, ensure};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 use tch::{Device, Tensor, nn};
@@ -26,6 +30,10 @@ pub struct DataParallel {
     device: Device,
     /// BatchNorm over the global batch (the `sync_bn` key); else local to each rank.
     pub sync_bn: bool,
+    /// The gradient buckets' size (DDP's `bucket_cap_mb`): `DEFAULT_BUCKET_BYTES`.
+    pub bucket_bytes: usize,
+    /// The reducer of the model being trained, made by its first backward pass.
+    reducer: RefCell<Option<Reducer>>,
 }
 
 impl DataParallel {
@@ -51,6 +59,8 @@ impl DataParallel {
             group: Some(Rc::new(group)),
             device,
             sync_bn,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+            reducer: RefCell::new(None),
         }
     }
 
@@ -83,13 +93,32 @@ impl DataParallel {
     }
 
     /// The backward pass of `loss` (whose gathers reduce-scatter their gradients to every
-    /// rank), then each of the `grads` it filled replaced by its mean over the ranks.
-    pub fn backward(&self, loss: &Tensor, grads: impl FnOnce() -> Vec<Tensor>) -> Result<()> {
-        loss.f_backward()
-            .map_err(|e| self.group().failure("the backward pass", &e.to_string()))?;
-        self.group()
-            .average_gradients(&grads(), DEFAULT_BUCKET_BYTES)
-            .context("averaging the gradients")
+    /// rank), with the gradients of `vs`'s trainable variables that require grad averaged
+    /// over the ranks as they become ready (in buckets of `bucket_bytes`); then each of them
+    /// holds its mean over the ranks. The reducer is made on the first call, and again when
+    /// the variables change (another model, a new dtype).
+    pub fn backward(&self, loss: &Tensor, vs: &nn::VarStore) -> Result<()> {
+        // In creation order, the order the forward pass uses them: the reducer fills its
+        // buckets from the end, where the backward pass starts.
+        let params: Vec<Tensor> = (vs.trainable_variables().into_iter())
+            .filter(Tensor::requires_grad)
+            .collect();
+        let mut reducer = self.reducer.borrow_mut();
+        if !reducer.as_ref().is_some_and(|r| r.covers(&params)) {
+            *reducer = None; // its hooks off first
+            *reducer = Some(Reducer::new(
+                self.group().clone(),
+                &params,
+                self.bucket_bytes,
+            )?);
+        }
+        reducer.as_ref().expect("made above").backward(loss)
+    }
+
+    /// How the gradient buckets of the last backward pass were launched; None before the
+    /// first.
+    pub fn launches(&self) -> Option<Launches> {
+        self.reducer.borrow().as_ref().map(Reducer::launches)
     }
 
     /// The mean of `value` (on this rank's device) over the ranks, on the device.
@@ -104,6 +133,7 @@ impl DataParallel {
     /// Waits for every rank (none may tear down while another's last collective still needs
     /// it), then leaves the group.
     pub fn shutdown(mut self) -> Result<()> {
+        self.reducer.take(); // it holds the group too
         let group = self.group.take().expect("shutdown once");
         Rc::try_unwrap(group)
             .expect("no forward pass holds the group")

@@ -101,8 +101,9 @@ pub fn epoch_loader(
 /// float64 on the device, unread: the host reads losses a window at a time
 /// (`PendingLosses`), so that a GPU step never waits for its own result. Data-parallel
 /// (`dist`), `batch` is this rank's slice of the global batch, the forward pass runs with
-/// the group current, the gradients are averaged over the ranks before the update, and the
-/// loss returned is the global batch's (all-reduced on the device). The forward
+/// the group current, the gradients are averaged over the ranks during the backward pass
+/// (buckets all-reduced as they fill, as in PyTorch's DDP), and the loss returned is the
+/// global batch's (all-reduced on the device). The forward
 /// pass and the loss run in the model's precision (the methods compute their losses in
 /// float32, `precision::in_fp32`); the backward pass outside the autocast scope, as in
 /// PyTorch, gives float32 gradients of the float32 weights.
@@ -130,7 +131,7 @@ pub fn train_step(
         }
     };
     match dist {
-        Some(dp) => dp.backward(&loss, || opt.grads())?,
+        Some(dp) => dp.backward(&loss, &model.vs)?,
         None => loss.backward(),
     }
     opt.step(lr)?;
