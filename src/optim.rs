@@ -62,13 +62,14 @@ impl Optimizer {
         }
     }
 
+    /// Sets every gradient to none (as PyTorch's default `zero_grad(set_to_none=True)`):
+    /// nothing to zero, and a parameter the next backward pass does not reach is left alone
+    /// by `step` (no momentum, no weight decay).
     pub fn zero_grad(&mut self) {
-        for (_, p) in &self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
-            }
-        }
+        let p = native::ptrs(self.params.iter().map(|(_, p)| p));
+        // SAFETY: p.len() pointers to the live parameters, borrowed for the call.
+        check(unsafe { native::selfsup_clear_grads(p.as_ptr(), p.len() as c_int) })
+            .expect("resetting a gradient cannot fail");
     }
 
     /// Applies one update with learning rate `lr` from the gradients currently stored,
@@ -313,6 +314,29 @@ mod tests {
 
     fn vals(p: &Tensor) -> Vec<f32> {
         Vec::<f32>::try_from(p).unwrap()
+    }
+
+    /// zero_grad leaves no gradient (nothing zeroed), and a parameter that a step's backward
+    /// pass does not reach is left alone: no momentum, no weight decay (as PyTorch).
+    #[test]
+    fn gradients_are_set_to_none_and_unreached_parameters_stay() {
+        let _rng = crate::torch_rng_lock();
+        let (vs, _, p) = setup(OptimizerKind::AdamW, 0.1);
+        let q = vs.root().var_copy("q", &Tensor::from_slice(&[3f32]));
+        let mut opt = Optimizer::new(&vs, OptimizerKind::AdamW, 0.9, 0.1);
+        opt.zero_grad();
+        ((p.square().sum(Kind::Float) + q.square().sum(Kind::Float)) * 0.5).backward();
+        opt.step(0.1).unwrap();
+        opt.zero_grad();
+        assert!(
+            !p.grad().defined() && !q.grad().defined(),
+            "no gradient after zero_grad"
+        );
+        let q1 = vals(&q);
+        (p.square().sum(Kind::Float) * 0.5).backward(); // q not reached
+        opt.step(0.1).unwrap();
+        assert_eq!(vals(&q), q1, "q has no gradient this step: unchanged");
+        assert!(!q.grad().defined());
     }
 
     #[test]

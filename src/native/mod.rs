@@ -118,6 +118,13 @@ unsafe extern "C" {
         step: i64,
     ) -> *mut c_char;
     #[allow(clippy::too_many_arguments)]
+    pub(crate) fn selfsup_clear_grads(params: *const *const C_tensor, n: c_int) -> *mut c_char;
+    pub(crate) fn selfsup_ema(
+        targets: *const *const C_tensor,
+        online: *const *const C_tensor,
+        n: c_int,
+        m: f64,
+    ) -> *mut c_char;
     #[cfg(test)]
     safe fn selfsup_host_reads() -> i64;
     pub(crate) fn selfsup_fused_sgd(

@@ -8,6 +8,8 @@
 #include <ATen/record_function.h>
 #include <ATen/ops/_fused_adam.h>
 #include <ATen/ops/_fused_adamw.h>
+#include <ATen/ops/_foreach_add.h>
+#include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_fused_sgd.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/distributed/c10d/GroupRegistry.hpp>
@@ -428,6 +430,27 @@ char* selfsup_fused_sgd(const at::Tensor* const* params, const at::Tensor* const
     auto p = tensors(params, n), g = tensors(grads, n);
     auto b = momentum != 0 ? tensors(bufs, n) : std::vector<at::Tensor>{};
     at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, 0.0, false, false, first_step != 0);
+  });
+}
+
+// Each parameter's gradient set to none, as torch.optim's zero_grad(set_to_none=True): no kernel
+// zeroes it, the next backward pass writes it fresh, and a parameter that pass does not reach
+// keeps none (so that the optimizer leaves it alone).
+char* selfsup_clear_grads(const at::Tensor* const* params, int n) {
+  return guarded([&] {
+    for (int i = 0; i < n; ++i) params[i]->mutable_grad().reset();
+  });
+}
+
+// The momentum (EMA) update target <- m target + (1 - m) online of n pairs, in two multi-tensor
+// kernels (torch._foreach_mul_ and _foreach_add_) instead of three kernels per pair.
+char* selfsup_ema(const at::Tensor* const* targets, const at::Tensor* const* online, int n, double m) {
+  return guarded([&] {
+    if (n == 0) return;
+    at::NoGradGuard no_grad;
+    auto t = tensors(targets, n), o = tensors(online, n);
+    at::_foreach_mul_(t, at::Scalar(m));
+    at::_foreach_add_(t, o, at::Scalar(1.0 - m));
   });
 }
 
