@@ -203,9 +203,37 @@ pub fn nhwc_batch(images: &Tensor, [c, h, w]: [i64; 3]) -> Tensor {
         .as_strided([n, c, h, w], [h * w * c, 1, w * c, c], None)
 }
 
+/// A prepared batch as tensors, made on the producer thread: in page-locked (pinned) memory
+/// for a CUDA device, so that the copy there is asynchronous (the host goes on to queue the
+/// step while the batch travels).
+struct ReadyBatch {
+    images: Tensor,
+    labels: Tensor,
+    indices: Vec<usize>,
+}
+
+impl HostBatch {
+    /// The batch's tensors, pinned for the GPU `pin`.
+    fn tensors(self, pin: Option<Device>) -> ReadyBatch {
+        let (images, labels) = (
+            Tensor::from_slice(&self.images),
+            Tensor::from_slice(&self.labels),
+        );
+        let pinned = |t: Tensor| match pin {
+            Some(gpu) => t.pin_memory(gpu),
+            None => t,
+        };
+        ReadyBatch {
+            images: pinned(images),
+            labels: pinned(labels),
+            indices: self.indices,
+        }
+    }
+}
+
 /// An iterator over the batches of one pass through `order`.
 pub struct Loader {
-    rx: Receiver<Result<HostBatch>>,
+    rx: Receiver<Result<ReadyBatch>>,
     /// The crop sizes of the batches (see `pack`).
     groups: Vec<(usize, [usize; 3])>,
     device: Device,
@@ -243,9 +271,10 @@ impl Loader {
         let remaining = chunks.len();
         let groups = size_groups(split.shape, views.as_ref().map(|v| &*v.views));
         let (tx, rx) = sync_channel(prefetch.max(1));
+        let pin = device.is_cuda().then_some(device);
         std::thread::spawn(move || {
             for chunk in chunks {
-                let batch = prepare(&split, &chunk, views.as_ref());
+                let batch = prepare(&split, &chunk, views.as_ref()).map(|b| b.tensors(pin));
                 let failed = batch.is_err();
                 // A send error means the loader was dropped: stop quietly.
                 if tx.send(batch).is_err() || failed {
@@ -282,11 +311,13 @@ impl Iterator for Loader {
             }
         };
         self.remaining -= 1;
-        let images = pack(&Tensor::from_slice(&hb.images), &self.groups)
+        // Non-blocking from pinned memory to a GPU; on the CPU the tensors themselves.
+        let to_device = |t: &Tensor| t.to_device_(self.device, t.kind(), true, false);
+        let images = pack(&hb.images, &self.groups)
             .iter()
-            .map(|t| t.to_device(self.device))
+            .map(to_device)
             .collect();
-        let labels = Tensor::from_slice(&hb.labels).to_device(self.device);
+        let labels = to_device(&hb.labels);
         Some(Ok(Batch {
             images,
             labels,
