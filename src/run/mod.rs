@@ -40,6 +40,9 @@ impl Model {
         let vs = nn::VarStore::new(device);
         let mut method = (spec.build)(&vs.root(), &cfg.method_view(), info)?;
         method.bind(&vs)?;
+        if device.is_cuda() {
+            crate::nets::channels_last_weights(&vs);
+        }
         Ok(Model {
             spec,
             vs,
