@@ -10,6 +10,15 @@ use std::path::{Path, PathBuf};
 /// The libtorch `lib` folder this binary was built against.
 pub const LIBTORCH_LIB: &str = env!("SELFSUP_LIBTORCH_LIB");
 
+/// A file of the source tree (a reference script, a preset), for the commands that run
+/// them (the bench commands): under `SELFSUP_SOURCE` when set (a checkout next to a binary
+/// carried to another machine), else in the tree this binary was built from.
+pub fn source_file(relative: &str) -> PathBuf {
+    std::env::var_os("SELFSUP_SOURCE")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join(relative)
+}
+
 /// `SELFSUP_PYTHON` when set, else `bin/python` of the venv that holds the linked libtorch.
 pub fn python() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("SELFSUP_PYTHON") {

@@ -4,7 +4,7 @@
 use super::{ConfigArgs, config};
 use crate::{augment, data, train, venv};
 use anyhow::Result;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::Device;
 
 /// The config `bench-step` measures unless given one.
@@ -16,7 +16,7 @@ pub fn step(
     python: Option<PathBuf>,
     device: Device,
 ) -> Result<()> {
-    let preset = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_BENCH_PRESET);
+    let preset = venv::source_file(DEFAULT_BENCH_PRESET);
     let file = cfg.config.clone().unwrap_or(preset);
     let config = config::of_method(Some(&file), cfg)?;
     let ds = data::load(&config.data, config.train.seed)?;

@@ -261,7 +261,7 @@ const CHANNELS_LAST: &str = "channels-last";
 
 /// Runs the PyTorch step with `python`; (precision, layout, images/s) of each line it prints.
 fn measure_torch(python: &Path, args: &[String]) -> Result<Vec<(Precision, &'static str, f64)>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_step_torch.py");
+    let script = venv::source_file("scripts/bench_step_torch.py");
     let mut rows = Vec::new();
     for v in venv::run_json_lines(python, &script, args)? {
         let line = v.to_string();
