@@ -3,7 +3,8 @@
 The same step as selfsup's: the encoder (selfsup's small CNN: per stage two 3x3
 conv-BN-ReLU, the first of each later stage with stride 2, average-pooled to a pool x pool
 grid and flattened; or the CIFAR ResNet-18: torchvision's with a 3x3 stride-1 stem, no
-max-pool, no fc), the projection head Linear-ReLU-Linear, NT-Xent computed in float32,
+max-pool, no fc; where torchvision is not installed, the same network written out here),
+the projection head Linear-ReLU-Linear, NT-Xent computed in float32,
 AdamW (or Adam / SGD with momentum), on random input of 2 x batch views. With
 --precision bf16 the forward pass runs under torch.autocast(device, torch.bfloat16) and
 the loss in float32 (autocast disabled, inputs cast), as selfsup does; weights and
@@ -183,10 +184,43 @@ def main() -> None:
         layers += [nn.AdaptiveAvgPool2d(a.cnn_pool), nn.Flatten()]
         return nn.Sequential(*layers), cin * a.cnn_pool * a.cnn_pool
 
-    def resnet18(cin: int) -> tuple[nn.Module, int]:
-        import torchvision
+    class BasicBlock(nn.Module):
+        """torchvision's BasicBlock, for a venv without torchvision (the GPU check's)."""
 
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return self.relu(out + identity)
+
+    def resnet18(cin: int) -> tuple[nn.Module, int]:
         widths = [round(64 * a.resnet_width * 2**i) for i in range(4)]
+        try:
+            import torchvision
+        except ImportError:
+            layers = [
+                nn.Conv2d(cin, widths[0], 3, 1, 1, bias=False),
+                nn.BatchNorm2d(widths[0]),
+                nn.ReLU(inplace=True),
+            ]
+            for i, w in enumerate(widths):
+                prev = widths[max(i - 1, 0)]
+                layers += [BasicBlock(prev, w, 1 if i == 0 else 2), BasicBlock(w, w, 1)]
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+            return nn.Sequential(*layers), widths[3]
         net = torchvision.models.resnet18()
         if widths[0] != 64:
             # A width multiplier: torchvision's block layout with other channel counts.

@@ -1068,6 +1068,17 @@ fn bench_step_measures_the_default_preset_on_a_tiny_configuration() {
         out.contains("bf16: selfsup / PyTorch's best (eager, "),
         "{out}"
     );
+    // selfsup's rows alone.
+    args.push("--no-pytorch");
+    let o = selfsup(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("selfsup  bf16      channels-last -"), "{out}");
+    assert!(!out.contains("PyTorch"), "{out}");
+    assert!(out.contains("selfsup bf16 / fp32"), "{out}");
+    args.extend(["--python", "python3"]);
+    let e = stderr(&selfsup(&args));
+    assert!(e.contains("cannot be used with"), "{e}");
     for option in ["--steps", "--rounds"] {
         let o = selfsup(&["bench-step", "--data", &data_arg, option, "0"]);
         let e = stderr(&o);

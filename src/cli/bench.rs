@@ -14,6 +14,7 @@ pub fn step(
     cfg: &ConfigArgs,
     opts: train::bench::BenchOptions,
     python: Option<PathBuf>,
+    no_pytorch: bool,
     device: Device,
 ) -> Result<()> {
     let preset = venv::source_file(DEFAULT_BENCH_PRESET);
@@ -24,7 +25,11 @@ pub fn step(
         "{}",
         train::bench::describe_step(&config.method, &config.encoder, &config.train, &ds, device)
     );
-    let python = python.map_or_else(venv::python, Ok);
+    let python = match python {
+        _ if no_pytorch => Err(anyhow::anyhow!("--no-pytorch")),
+        Some(p) => Ok(p),
+        None => venv::python(),
+    };
     let rows = train::bench::measure(&config, &ds, device, &opts, python)?;
     print!("{}", train::bench::table(&rows));
     Ok(())

@@ -360,6 +360,9 @@ pub enum Command {
         /// compile each of its four setups).
         #[arg(long)]
         no_compile: bool,
+        /// selfsup's rows alone, without PyTorch's.
+        #[arg(long, conflicts_with = "python")]
+        no_pytorch: bool,
         /// Python with torch (default: the setup venv).
         #[arg(long)]
         python: Option<PathBuf>,
@@ -493,6 +496,7 @@ pub fn run(cli: Cli) -> Result<()> {
             warmup,
             rounds,
             no_compile,
+            no_pytorch,
             python,
         } => {
             let opts = BenchOptions {
@@ -501,7 +505,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 rounds,
                 compile: !no_compile,
             };
-            bench::step(&cfg, opts, python, device)
+            bench::step(&cfg, opts, python, no_pytorch, device)
         }
         Command::BenchAugment { images, python } => bench::augment(images, python),
         Command::BenchData {
