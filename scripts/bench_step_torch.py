@@ -15,10 +15,11 @@ optimizer state stay float32.
 backward pass) and the optimizer step, each compiled once per setup. The compilation is
 timed apart (compile_seconds: the first two steps, which compile the forward and backward
 graphs and the optimizer step before and after its state exists, less two steady steps)
-and is not part of images_per_sec. Where inductor cannot build kernels (no C++ compiler on
-the CPU; on CUDA no Triton, no C compiler or no Python.h for its launcher), or the
-compilation fails, the compiled setup's line says why ("error") instead of a speed, and
-the other setups still run.
+and is not part of images_per_sec. Inductor keeps what it compiled in its cache on disk
+(/tmp/torchinductor_$USER), so a later run of the same setup compiles in far less time.
+Where inductor cannot build kernels (no C++ compiler on the CPU; on CUDA no Triton, no C
+compiler or no Python.h for its launcher), or the compilation fails, the compiled setup's
+line says why ("error") instead of a speed, and the other setups still run.
 
 selfsup's binary tunes glibc's allocator before anything runs (no mmap for large buffers,
 no trimming; src/main.rs); --malloc mallopt does the same here through ctypes before torch
@@ -305,14 +306,18 @@ def main() -> None:
             self.compile_seconds: float | None = None
 
         def compile(self) -> None:
+            """Runs the first two steps, which compile; their time less two steady steps
+            (the fastest of the next three) is the compilation's."""
             start = time.perf_counter()
             self.step()
             self.step()
             first_two = time.perf_counter() - start
-            start = time.perf_counter()
-            self.step()
-            one = time.perf_counter() - start
-            self.compile_seconds = max(0.0, first_two - 2 * one)
+            steady = []
+            for _ in range(3):
+                start = time.perf_counter()
+                self.step()
+                steady.append(time.perf_counter() - start)
+            self.compile_seconds = max(0.0, first_two - 2 * min(steady))
 
         def round(self) -> float:
             """`warmup` untimed steps, then `steps` timed ones: images per second."""

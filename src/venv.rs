@@ -67,7 +67,8 @@ where
 /// A script kept running between requests: each request is one line on its stdin, answered
 /// by JSON lines on its stdout up to the one that ends the answer. What it builds once
 /// (models, compiled graphs) then serves every request. Its stderr is kept (the last
-/// `STDERR_KEPT` bytes) for the error when it fails; it is killed when dropped.
+/// `STDERR_KEPT` bytes) for the error when it fails; dropped, it is asked to end (its stdin
+/// closed) and killed if it does not.
 pub struct Server {
     child: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
@@ -170,8 +171,17 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Closes its stdin (the end of its requests) and gives it 10 s to end by itself, so that
+    /// it can stop what it started (torch.compile's worker processes); then kills it.
     fn drop(&mut self) {
         self.stdin = None;
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(10) {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
