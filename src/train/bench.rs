@@ -162,9 +162,16 @@ impl Setup {
             }
         };
         let total = opts.warmup + opts.steps;
+        // On a GPU the clock reads after the queued work is done, not when it is launched.
+        let sync = || {
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
+        };
         let mut start = Instant::now();
         for step in 0..total {
             if step == opts.warmup {
+                sync();
                 start = Instant::now();
             }
             let batch = match (&mut self.input, &mut loader) {
@@ -205,6 +212,7 @@ impl Setup {
                 cfg.train.seed,
             )?;
         }
+        sync();
         Ok((opts.steps * cfg.train.batch_size) as f64 / start.elapsed().as_secs_f64())
     }
 }
