@@ -45,6 +45,8 @@ impl DistEnv {
     /// `MASTER_ADDR`, `MASTER_PORT`, `TORCHELASTIC_USE_AGENT_STORE`), else Slurm's
     /// (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`; the master is `MASTER_ADDR` or the
     /// first host of `SLURM_JOB_NODELIST`, the port `MASTER_PORT`). None for a single process.
+    /// A world of one process is None too, unless `SELFSUP_GROUP_OF_ONE=1`: then it joins a
+    /// process group of one rank, to check the collectives where only one GPU is.
     /// Under Slurm, start one task per process with `srun`: a batch script itself also carries
     /// `SLURM_PROCID=0` and the job's `SLURM_NTASKS`.
     pub fn from_env() -> Result<Option<DistEnv>> {
@@ -73,7 +75,9 @@ impl DistEnv {
             rank < world_size,
             "{rank_var}={rank} is not below {world_var}={world_size}"
         );
-        if world_size == 1 {
+        // A world of one trains without a group, unless SELFSUP_GROUP_OF_ONE asks for one:
+        // the collectives (NCCL's on a machine with one GPU) then run, over one rank.
+        if world_size == 1 && var("SELFSUP_GROUP_OF_ONE").is_none_or(|v| v.trim() != "1") {
             return Ok(None);
         }
         // Without LOCAL_RANK, all ranks are taken to share this node.
@@ -453,6 +457,23 @@ mod tests {
             env_of(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")]).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_group_of_one_when_asked() {
+        let one = [
+            ("RANK", "0"),
+            ("WORLD_SIZE", "1"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29500"),
+        ];
+        let asked = |v| env_of(&[&one[..], &[("SELFSUP_GROUP_OF_ONE", v)]].concat());
+        let env = asked("1").unwrap().unwrap();
+        assert_eq!((env.rank, env.world_size, env.local_rank), (0, 1, 0));
+        assert_eq!(asked("0").unwrap(), None);
+        assert_eq!(env_of(&one).unwrap(), None);
+        // No launcher: one process, whatever the variable says.
+        assert_eq!(env_of(&[("SELFSUP_GROUP_OF_ONE", "1")]).unwrap(), None);
     }
 
     #[test]

@@ -1038,6 +1038,8 @@ fn bench_step_measures_the_default_preset_on_a_tiny_configuration() {
         "1",
         "--warmup",
         "0",
+        // The compiled rows take a compilation each (src/train/bench.rs tests one).
+        "--no-compile",
         "--set",
         "proj_hidden_dim=16",
         "--set",
@@ -1052,16 +1054,31 @@ fn bench_step_measures_the_default_preset_on_a_tiny_configuration() {
         "{out}"
     );
     for row in [
-        "selfsup  fp32 channels-last",
-        "selfsup  bf16 channels-last",
-        "PyTorch  fp32 contiguous",
-        "PyTorch  bf16 contiguous",
-        "PyTorch  fp32 channels-last",
-        "PyTorch  bf16 channels-last",
+        "selfsup  fp32      channels-last -",
+        "selfsup  bf16      channels-last -",
+        "PyTorch  fp32      contiguous    eager",
+        "PyTorch  bf16      contiguous    eager",
+        "PyTorch  fp32      channels-last eager",
+        "PyTorch  bf16      channels-last eager",
     ] {
         assert!(out.contains(row), "{row}: {out}");
     }
-    assert!(out.contains("bf16: selfsup / PyTorch's best ("), "{out}");
+    assert!(!out.contains("compiled"), "{out}");
+    assert!(
+        out.contains("bf16: selfsup / PyTorch's best (eager, "),
+        "{out}"
+    );
+    // selfsup's rows alone.
+    args.push("--no-pytorch");
+    let o = selfsup(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("selfsup  bf16      channels-last -"), "{out}");
+    assert!(!out.contains("PyTorch"), "{out}");
+    assert!(out.contains("selfsup bf16 / fp32"), "{out}");
+    args.extend(["--python", "python3"]);
+    let e = stderr(&selfsup(&args));
+    assert!(e.contains("cannot be used with"), "{e}");
     for option in ["--steps", "--rounds"] {
         let o = selfsup(&["bench-step", "--data", &data_arg, option, "0"]);
         let e = stderr(&o);

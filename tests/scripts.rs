@@ -96,3 +96,95 @@ fn every_script_parses() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// The GPU check's every step, run on the CPU with --quick: each section of its one
+/// summary file has a result, and each result is ok.
+#[test]
+fn gpu_check_runs_every_step_on_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gpu-out");
+    let o = output_within(
+        Command::new("bash")
+            .arg(scripts().join("gpu_check.sh"))
+            .args([
+                "--device",
+                "cpu",
+                "--quick",
+                "--bin",
+                env!("CARGO_BIN_EXE_selfsup"),
+            ])
+            .arg("--python")
+            .arg(selfsup::venv::python().unwrap())
+            .arg("--out")
+            .arg(&out)
+            .env("RAYON_NUM_THREADS", "2"),
+        COMMAND_LIMIT,
+    );
+    let summary = out.join("gpu_check.md");
+    let md = std::fs::read_to_string(&summary)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", summary.display(), stderr(&o)));
+    assert!(o.status.success(), "{md}\n{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), summary.display().to_string());
+    let sections = [
+        "Environment",
+        "Generated CIFAR-10 data (320 + 80 images)",
+        "Devices: what selfsup reports for --device auto and --device cpu",
+        "bench-step: CIFAR ResNet-18 SimCLR step, selfsup vs PyTorch eager and compiled",
+        "Process group of one rank (Gloo), one epoch of 64 images",
+        "One epoch of presets/cifar10-simclr.toml (320 images)",
+        "selfsup eval of that run",
+        "2 processes on one CPU",
+        "CUDA settings: selfsup's step with each on and off",
+    ];
+    for title in sections {
+        let row = md.lines().find(|l| l.starts_with(&format!("| {title} | ")));
+        assert!(
+            row.is_some_and(|r| r.contains("| ok |")),
+            "{title}: {row:?}\n{md}"
+        );
+        assert!(
+            md.contains(&format!("## {title}\n\nresult: ok (")),
+            "{title}\n{md}"
+        );
+    }
+    // What each step measured or did, as the summary shows it.
+    for part in [
+        "torch 2.11.0",
+        "selfsup --device auto: Cpu",
+        "selfsup --device cpu: Cpu",
+        "selfsup  bf16      channels-last -",
+        "PyTorch  bf16      channels-last eager",
+        "bf16: selfsup / PyTorch's best (eager, ",
+        "device Cpu, 1 processes",
+        "device Cpu, 2 processes",
+        "pretrained simclr: 1 epochs, 10 steps",
+        "linear probe   top-1",
+        "| tf32 = false | ",
+    ] {
+        assert!(md.contains(part), "{part}\n{md}");
+    }
+    let settings: Vec<_> = md
+        .lines()
+        .filter(|l| {
+            l.starts_with("| default: ")
+                || l.starts_with("| tf32 = ")
+                || l.starts_with("| deterministic = ")
+        })
+        .collect();
+    assert_eq!(settings.len(), 3, "{md}");
+    for row in settings {
+        // | setting | fp32 compute / end-to-end | bf16 compute / end-to-end |
+        let figures: Vec<f64> = row
+            .split(['|', '/'])
+            .skip(2)
+            .filter_map(|f| f.trim().parse().ok())
+            .collect();
+        assert!(
+            figures.len() == 4 && figures.iter().all(|&x| x > 0.0),
+            "{row}"
+        );
+    }
+    for log in ["environment", "bench-step", "settings", "eval"] {
+        assert!(out.join(format!("logs/{log}.log")).is_file(), "{log}");
+    }
+}

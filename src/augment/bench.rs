@@ -138,7 +138,7 @@ pub fn table(images: usize, python: Result<PathBuf>) -> Result<String> {
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
     let shapes = [(1, 28), (3, 32), (3, 96)].map(|(channels, size)| Shape { channels, size });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_augment_torchvision.py");
+    let script = crate::venv::source_file("scripts/bench_augment_torchvision.py");
     let tv = python
         .and_then(|py| torchvision_throughput(&py, &script, images, &threads, &shapes))
         .unwrap_or_else(|e| {

@@ -4,7 +4,7 @@
 use super::{ConfigArgs, config};
 use crate::{augment, data, train, venv};
 use anyhow::Result;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::Device;
 
 /// The config `bench-step` measures unless given one.
@@ -14,9 +14,10 @@ pub fn step(
     cfg: &ConfigArgs,
     opts: train::bench::BenchOptions,
     python: Option<PathBuf>,
+    no_pytorch: bool,
     device: Device,
 ) -> Result<()> {
-    let preset = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_BENCH_PRESET);
+    let preset = venv::source_file(DEFAULT_BENCH_PRESET);
     let file = cfg.config.clone().unwrap_or(preset);
     let config = config::of_method(Some(&file), cfg)?;
     let ds = data::load(&config.data, config.train.seed)?;
@@ -24,7 +25,11 @@ pub fn step(
         "{}",
         train::bench::describe_step(&config.method, &config.encoder, &config.train, &ds, device)
     );
-    let python = python.map_or_else(venv::python, Ok);
+    let python = match python {
+        _ if no_pytorch => Err(anyhow::anyhow!("--no-pytorch")),
+        Some(p) => Ok(p),
+        None => venv::python(),
+    };
     let rows = train::bench::measure(&config, &ds, device, &opts, python)?;
     print!("{}", train::bench::table(&rows));
     Ok(())

@@ -339,7 +339,8 @@ pub enum Command {
     },
     /// Benchmark: one config's training step (default: presets/fashion-mnist-simclr.toml)
     /// in fp32 and bf16, on random input (compute only) and through the loader with its
-    /// augmentation (end to end), next to the same step in PyTorch in the setup venv.
+    /// augmentation (end to end), next to the same step in PyTorch in the setup venv, eager
+    /// and through torch.compile (its compilation timed apart), in both memory layouts.
     BenchStep {
         /// The config to measure (--config, --set, --data); its `precision` is ignored: both
         /// are measured.
@@ -355,6 +356,13 @@ pub enum Command {
         /// (other work on the machine slows some rounds down).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Leave out PyTorch's compiled rows (torch.compile takes tens of seconds to
+        /// compile each of its four setups).
+        #[arg(long)]
+        no_compile: bool,
+        /// selfsup's rows alone, without PyTorch's.
+        #[arg(long, conflicts_with = "python")]
+        no_pytorch: bool,
         /// Python with torch (default: the setup venv).
         #[arg(long)]
         python: Option<PathBuf>,
@@ -487,14 +495,17 @@ pub fn run(cli: Cli) -> Result<()> {
             steps,
             warmup,
             rounds,
+            no_compile,
+            no_pytorch,
             python,
         } => {
             let opts = BenchOptions {
                 steps,
                 warmup,
                 rounds,
+                compile: !no_compile,
             };
-            bench::step(&cfg, opts, python, device)
+            bench::step(&cfg, opts, python, no_pytorch, device)
         }
         Command::BenchAugment { images, python } => bench::augment(images, python),
         Command::BenchData {

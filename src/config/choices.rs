@@ -24,7 +24,8 @@ macro_rules! choice {
         }
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                // `pad`, not `write_str`: a width (`{:<9}` in a table) applies.
+                f.pad(self.as_str())
             }
         }
     };

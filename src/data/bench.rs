@@ -115,7 +115,7 @@ pub fn decode_rate(split: &Arc<Split>, images: usize, round: usize) -> Result<f6
 
 /// torchvision's rows (and PIL decoding's), from the script run with `python`.
 fn torchvision_rows(python: &Path, opts: &BenchDataOptions, workers: usize) -> Result<Vec<Row>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_data_torchvision.py");
+    let script = crate::venv::source_file("scripts/bench_data_torchvision.py");
     let mut args = vec![
         "--root".to_string(),
         opts.folder.display().to_string(),

@@ -2,7 +2,8 @@
 //! input (compute only) and through the data pipeline (loader and augmentation, as
 //! `pretrain` runs it), next to the same step in PyTorch (`scripts/bench_step_torch.py`,
 //! run with the setup venv's Python and selfsup's allocator settings) in both of PyTorch's
-//! memory layouts: selfsup is compared with the faster of the two, PyTorch's best.
+//! memory layouts, eager and through `torch.compile` (whose compilation is timed apart):
+//! selfsup is compared with the fastest of them, PyTorch's best.
 
 use super::{Model, data_info, epoch_loader, optim::Optimizer, train_step};
 use crate::config::{Config, EncoderKind, EncoderSpec, MethodConfig, Precision, TrainSpec};
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// How long to measure.
+/// How long to measure, and what.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Timed steps of each measurement.
@@ -25,6 +26,8 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// Measurements of each setup, interleaved; the best counts.
     pub rounds: usize,
+    /// PyTorch through `torch.compile` too (its compilation takes tens of seconds per setup).
+    pub compile: bool,
 }
 
 /// One measurement: images per second (each image gives the method its views).
@@ -35,10 +38,18 @@ pub struct Row {
     /// The activations' memory layout: selfsup's batches are channels-last; PyTorch is
     /// measured in "contiguous" (its default, NCHW) and "channels-last".
     pub layout: &'static str,
-    /// Random input of the batch's shape, the step alone.
+    /// PyTorch's step as written ("eager") or through `torch.compile` ("compiled");
+    /// selfsup's "-".
+    pub mode: &'static str,
+    /// Random input of the batch's shape, the step alone; 0 where `failed`.
     pub compute: f64,
     /// Through the loader (augmentation included); `None` where not measured.
     pub end_to_end: Option<f64>,
+    /// Seconds `torch.compile` took to compile the step (apart from `compute`).
+    pub compile_secs: Option<f64>,
+    /// Why the setup could not be measured (a compiled step where inductor cannot build
+    /// kernels); such a row has no speed and no ratio is taken against it.
+    pub failed: Option<String>,
 }
 
 /// The step's input for random data: B images' views in the loader's layout (`Batch::images`).
@@ -151,12 +162,20 @@ impl Setup {
             }
         };
         let total = opts.warmup + opts.steps;
+        // On a GPU the clock reads after the queued work is done, not when it is launched.
+        let sync = || {
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
+        };
         let mut start = Instant::now();
-        // Read (and so waited for) at the end of the warm-up and of the timed steps only.
+        // The losses read (checked) and the GPU's queue drained at the end of the warm-up
+        // and of the timed steps only.
         let mut pending = super::PendingLosses::default();
         for step in 0..total {
             if step == opts.warmup {
                 pending.read()?;
+                sync();
                 start = Instant::now();
             }
             let batch = match (&mut self.input, &mut loader) {
@@ -199,12 +218,13 @@ impl Setup {
             pending.push(&ctx, loss);
         }
         pending.read()?;
+        sync();
         Ok((opts.steps * cfg.train.batch_size) as f64 / start.elapsed().as_secs_f64())
     }
 }
 
 /// The arguments of `scripts/bench_step_torch.py` that build the step of `method` with
-/// `m` and `train`.
+/// `m` and `train`, to be served one round at a time (`--serve`).
 fn torch_args(
     method: &str,
     m: MethodConfig,
@@ -249,8 +269,6 @@ fn torch_args(
         ("--weight-decay", train.weight_decay.to_string()),
         ("--steps", opts.steps.to_string()),
         ("--warmup", opts.warmup.to_string()),
-        // One round per call: `measure` interleaves PyTorch's rounds with selfsup's.
-        ("--rounds", "1".to_string()),
         ("--threads", tch::get_num_threads().to_string()),
         ("--device", device),
     ] {
@@ -258,39 +276,101 @@ fn torch_args(
     }
     a.extend(["--precision", "fp32", "bf16"].map(String::from));
     a.extend(["--memory-format", CONTIGUOUS, CHANNELS_LAST].map(String::from));
+    a.extend(["--mode", EAGER].map(String::from));
+    if opts.compile {
+        a.push(COMPILED.into());
+    }
+    // One round per request: `measure` interleaves PyTorch's rounds with selfsup's.
+    a.push("--serve".into());
     Ok(a)
 }
 
 const CONTIGUOUS: &str = "contiguous";
 const CHANNELS_LAST: &str = "channels-last";
+const EAGER: &str = "eager";
+const COMPILED: &str = "compiled";
 
-/// Runs the PyTorch step with `python`; (precision, layout, images/s) of each line it prints.
-fn measure_torch(python: &Path, args: &[String]) -> Result<Vec<(Precision, &'static str, f64)>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_step_torch.py");
-    let mut rows = Vec::new();
-    for v in venv::run_json_lines(python, &script, args)? {
-        let line = v.to_string();
-        let precision = match v["precision"].as_str() {
-            Some("fp32") => Precision::Fp32,
-            Some("bf16") => Precision::Bf16,
-            _ => bail!("no precision in '{line}'"),
-        };
-        let layout = match v["memory_format"].as_str() {
-            Some(CONTIGUOUS) => CONTIGUOUS,
-            Some(CHANNELS_LAST) => CHANNELS_LAST,
-            _ => bail!("no memory_format in '{line}'"),
-        };
-        let ips = v["images_per_sec"]
-            .as_f64()
-            .with_context(|| format!("no images_per_sec in '{line}'"))?;
-        rows.push((precision, layout, ips));
+/// One of PyTorch's rows of one round, as `scripts/bench_step_torch.py` prints it: its
+/// speed in images/s, or why it could not run (an "error" in place of images_per_sec).
+fn torch_row(v: &serde_json::Value) -> Result<Row> {
+    let line = v.to_string();
+    let precision = match v["precision"].as_str() {
+        Some("fp32") => Precision::Fp32,
+        Some("bf16") => Precision::Bf16,
+        _ => bail!("no precision in '{line}'"),
+    };
+    let layout = match v["memory_format"].as_str() {
+        Some(CONTIGUOUS) => CONTIGUOUS,
+        Some(CHANNELS_LAST) => CHANNELS_LAST,
+        _ => bail!("no memory_format in '{line}'"),
+    };
+    let mode = match v["mode"].as_str() {
+        Some(EAGER) => EAGER,
+        Some(COMPILED) => COMPILED,
+        _ => bail!("no mode in '{line}'"),
+    };
+    let (compute, failed) = match v["error"].as_str() {
+        Some(why) => (0.0, Some(why.to_string())),
+        None => {
+            let ips = v["images_per_sec"]
+                .as_f64()
+                .with_context(|| format!("no images_per_sec in '{line}'"))?;
+            (ips, None)
+        }
+    };
+    Ok(Row {
+        system: "PyTorch",
+        precision,
+        layout,
+        mode,
+        compute,
+        end_to_end: None,
+        compile_secs: v["compile_seconds"].as_f64(),
+        failed,
+    })
+}
+
+/// Adds one round of PyTorch's rows to the best so far: the faster figure of each setup
+/// counts; a setup that failed in any round stays failed, with its reason.
+fn keep_best(best: &mut Vec<Row>, round: Vec<Row>) {
+    for r in round {
+        let same =
+            |b: &&mut Row| (b.precision, b.layout, b.mode) == (r.precision, r.layout, r.mode);
+        match best.iter_mut().find(same) {
+            None => best.push(r),
+            Some(b) if b.failed.is_some() => {}
+            Some(b) if r.failed.is_some() => *b = r,
+            Some(b) => b.compute = b.compute.max(r.compute),
+        }
     }
-    Ok(rows)
+}
+
+/// `scripts/bench_step_torch.py --serve`, started and ready: its setups built (and
+/// compiled) before selfsup measures anything, so that the compilation does not share the
+/// machine with selfsup's rounds.
+struct TorchSteps(venv::Server);
+
+impl TorchSteps {
+    fn start(python: &Path, args: &[String]) -> Result<TorchSteps> {
+        let script = venv::source_file("scripts/bench_step_torch.py");
+        let mut server = venv::Server::start(python, &script, args)?;
+        server.request(None, |v| v["ready"] == true)?;
+        Ok(TorchSteps(server))
+    }
+
+    /// One round of every PyTorch setup.
+    fn round(&mut self) -> Result<Vec<Row>> {
+        let lines = self
+            .0
+            .request(Some("round"), |v| v["end_of_round"] == true)?;
+        lines[..lines.len() - 1].iter().map(torch_row).collect()
+    }
 }
 
 /// Every measurement of `cfg`'s step: selfsup in fp32 and bf16 (compute only and end to
-/// end), then PyTorch in both, in both memory layouts (compute only; left out, with a note
-/// on stderr, when it cannot run: no Python, or a method other than SimCLR).
+/// end), then PyTorch in both, in both memory layouts, eager and (`opts.compile`) compiled
+/// (compute only; left out, with a note on stderr, when it cannot run: no Python, or a
+/// method other than SimCLR; a compiled setup that cannot run is a row saying why).
 pub fn measure(
     cfg: &Config,
     ds: &Dataset,
@@ -312,36 +392,26 @@ pub fn measure(
             setups.push((Setup::new(cfg.clone(), ds, *precision, data, device)?, 0f64));
         }
     }
-    // PyTorch: its arguments checked once; where it cannot run, a note and selfsup alone.
+    // PyTorch: started once, its setups built and compiled before the first round; where
+    // it cannot run, a note and selfsup alone.
+    let skipped = |e: anyhow::Error| eprintln!("PyTorch comparison skipped: {e:#}");
     let mut torch = python
         .and_then(|py| {
-            Ok((
-                py,
-                torch_args(&cfg.method, cfg.method_view(), &cfg.train, ds, opts, device)?,
-            ))
+            let args = torch_args(&cfg.method, cfg.method_view(), &cfg.train, ds, opts, device)?;
+            TorchSteps::start(&py, &args)
         })
-        .map_err(|e| eprintln!("PyTorch comparison skipped: {e:#}"))
+        .map_err(skipped)
         .ok();
-    let mut torch_best: Vec<(Precision, &'static str, f64)> = Vec::new();
+    let mut torch_best: Vec<Row> = Vec::new();
     for _ in 0..opts.rounds {
         for (setup, best) in &mut setups {
             *best = best.max(setup.round(opts)?);
         }
-        let Some((py, args)) = &torch else { continue };
-        match measure_torch(py, args) {
-            Ok(round) => {
-                for (precision, layout, ips) in round {
-                    match torch_best
-                        .iter_mut()
-                        .find(|(p, l, _)| *p == precision && *l == layout)
-                    {
-                        Some(best) => best.2 = best.2.max(ips),
-                        None => torch_best.push((precision, layout, ips)),
-                    }
-                }
-            }
+        let Some(steps) = &mut torch else { continue };
+        match steps.round() {
+            Ok(round) => keep_best(&mut torch_best, round),
             Err(e) => {
-                eprintln!("PyTorch comparison skipped: {e:#}");
+                skipped(e);
                 torch = None;
                 torch_best.clear();
             }
@@ -353,21 +423,14 @@ pub fn measure(
             system: "selfsup",
             precision: pair[0].0.cfg.train.precision,
             layout: CHANNELS_LAST,
+            mode: "-",
             compute: pair[0].1,
             end_to_end: Some(pair[1].1),
+            compile_secs: None,
+            failed: None,
         });
     }
-    rows.extend(
-        torch_best
-            .into_iter()
-            .map(|(precision, layout, compute)| Row {
-                system: "PyTorch",
-                precision,
-                layout,
-                compute,
-                end_to_end: None,
-            }),
-    );
+    rows.extend(torch_best);
     Ok(rows)
 }
 
@@ -398,32 +461,34 @@ pub fn describe_step(
     )
 }
 
-/// The table `selfsup bench-step` prints: images/s of each row and, under it, the ratios of
-/// selfsup's figures to PyTorch's best compute-only one at the same precision (the faster
-/// of its layouts).
+/// The table `selfsup bench-step` prints: images/s of each row (and the compilation's
+/// seconds, or why a setup could not run) and, under it, the ratios of selfsup's figures
+/// to PyTorch's best compute-only one at the same precision (the fastest of its layouts
+/// and modes that ran).
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<8} {:<9} {:<13} {:>13} {:>16}\n",
-        "system", "precision", "layout", "compute img/s", "end-to-end img/s"
+        "{:<8} {:<9} {:<13} {:<8} {:>13} {:>16} {:>9}\n",
+        "system", "precision", "layout", "mode", "compute img/s", "end-to-end img/s", "compile s"
     );
     for r in rows {
-        let e2e = r.end_to_end.map_or("-".into(), |x| format!("{x:.0}"));
-        let _ = writeln!(
-            out,
-            "{:<8} {:<9} {:<13} {:>13.0} {:>16}",
-            r.system, r.precision, r.layout, r.compute, e2e
+        let head = format!(
+            "{:<8} {:<9} {:<13} {:<8}",
+            r.system, r.precision, r.layout, r.mode
         );
+        if let Some(why) = &r.failed {
+            let _ = writeln!(out, "{head} failed: {why}");
+            continue;
+        }
+        let e2e = r.end_to_end.map_or("-".into(), |x| format!("{x:.0}"));
+        let compile = r.compile_secs.map_or("-".into(), |x| format!("{x:.1}"));
+        let _ = writeln!(out, "{head} {:>13.0} {e2e:>16} {compile:>9}", r.compute);
     }
-    let best = |system, precision| {
-        rows.iter()
-            .filter(|r| r.system == system && r.precision == precision)
-            .max_by(|a, b| a.compute.total_cmp(&b.compute))
-    };
     for p in Precision::ALL {
-        if let (Some(ours), Some(torch)) = (best("selfsup", *p), best("PyTorch", *p)) {
+        if let (Some(ours), Some(torch)) = (best(rows, "selfsup", *p), best(rows, "PyTorch", *p)) {
             let _ = write!(
                 out,
-                "{p}: selfsup / PyTorch's best ({}) compute-only: compute {:.2}x",
+                "{p}: selfsup / PyTorch's best ({}, {}) compute-only: compute {:.2}x",
+                torch.mode,
                 torch.layout,
                 ours.compute / torch.compute
             );
@@ -434,8 +499,8 @@ pub fn table(rows: &[Row]) -> String {
         }
     }
     if let (Some(f), Some(b)) = (
-        best("selfsup", Precision::Fp32),
-        best("selfsup", Precision::Bf16),
+        best(rows, "selfsup", Precision::Fp32),
+        best(rows, "selfsup", Precision::Bf16),
     ) {
         let _ = write!(
             out,
@@ -450,76 +515,280 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// The fastest compute-only row of `system` at `precision` that ran.
+fn best<'a>(rows: &'a [Row], system: &str, precision: Precision) -> Option<&'a Row> {
+    rows.iter()
+        .filter(|r| r.system == system && r.precision == precision && r.failed.is_none())
+        .max_by(|a, b| a.compute.total_cmp(&b.compute))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tiny_simclr() -> Config {
+        let mut c = super::super::tests::tiny_config("simclr");
+        c.keys.proj_hidden_dim = 16;
+        c.keys.proj_dim = 8;
+        c.aug.aug_crop_scale = [0.5, 1.0];
+        c
+    }
 
     #[test]
     fn bench_step_runs_a_tiny_simclr_step_in_selfsup_and_pytorch() {
         let _rng = crate::torch_rng_lock();
         let ds = super::super::tests::tiny_dataset();
-        let cfg = {
-            let mut c = super::super::tests::tiny_config("simclr");
-            c.keys.proj_hidden_dim = 16;
-            c.keys.proj_dim = 8;
-            c.aug.aug_crop_scale = [0.5, 1.0];
-            c
-        };
         let opts = BenchOptions {
             steps: 2,
             warmup: 1,
             rounds: 2,
+            compile: false,
         };
-        let rows = measure(&cfg, &ds, Device::Cpu, &opts, crate::venv::python()).unwrap();
+        let rows = measure(&tiny_simclr(), &ds, Device::Cpu, &opts, venv::python()).unwrap();
         let got: Vec<_> = rows
             .iter()
-            .map(|r| (r.system, r.precision, r.layout, r.end_to_end.is_some()))
+            .map(|r| {
+                (
+                    r.system,
+                    r.precision,
+                    r.layout,
+                    r.mode,
+                    r.end_to_end.is_some(),
+                )
+            })
             .collect();
         let (f, b) = (Precision::Fp32, Precision::Bf16);
         assert_eq!(
             got,
             vec![
-                ("selfsup", f, CHANNELS_LAST, true),
-                ("selfsup", b, CHANNELS_LAST, true),
-                ("PyTorch", f, CONTIGUOUS, false),
-                ("PyTorch", b, CONTIGUOUS, false),
-                ("PyTorch", f, CHANNELS_LAST, false),
-                ("PyTorch", b, CHANNELS_LAST, false),
+                ("selfsup", f, CHANNELS_LAST, "-", true),
+                ("selfsup", b, CHANNELS_LAST, "-", true),
+                ("PyTorch", f, CONTIGUOUS, EAGER, false),
+                ("PyTorch", b, CONTIGUOUS, EAGER, false),
+                ("PyTorch", f, CHANNELS_LAST, EAGER, false),
+                ("PyTorch", b, CHANNELS_LAST, EAGER, false),
             ]
         );
         for r in &rows {
             assert!(r.compute.is_finite() && r.compute > 0.0, "{r:?}");
+            assert!(r.failed.is_none() && r.compile_secs.is_none(), "{r:?}");
         }
         let t = table(&rows);
-        assert!(t.contains("bf16: selfsup / PyTorch's best ("), "{t}");
+        assert!(t.contains("bf16: selfsup / PyTorch's best (eager, "), "{t}");
         assert!(t.contains("selfsup bf16 / fp32"), "{t}");
     }
 
+    /// The PyTorch script, served as `measure` drives it, with one compiled setup: it is
+    /// compiled before the first round, its compilation timed apart from its speed.
     #[test]
-    fn ratios_are_against_pytorchs_faster_layout() {
-        let row = |system, precision, layout, compute, end_to_end| Row {
+    fn a_compiled_pytorch_step_reports_its_compilation_apart() {
+        let ds = super::super::tests::tiny_dataset();
+        let cfg = tiny_simclr();
+        let opts = BenchOptions {
+            steps: 2,
+            warmup: 1,
+            rounds: 1,
+            compile: true,
+        };
+        let mut args = torch_args(
+            &cfg.method,
+            cfg.method_view(),
+            &cfg.train,
+            &ds,
+            &opts,
+            Device::Cpu,
+        )
+        .unwrap();
+        // Only fp32 channels-last, eager and compiled: one compilation keeps the test short.
+        let only = |args: &mut Vec<String>, option: &str, value: &str| {
+            let i = args.iter().position(|a| a == option).unwrap();
+            let end = (i + 1..args.len())
+                .find(|&j| args[j].starts_with("--"))
+                .unwrap_or(args.len());
+            args.splice(i + 1..end, [value.to_string()]);
+        };
+        only(&mut args, "--precision", "fp32");
+        only(&mut args, "--memory-format", CHANNELS_LAST);
+        let mut steps = TorchSteps::start(&venv::python().unwrap(), &args).unwrap();
+        for _ in 0..2 {
+            let rows = steps.round().unwrap();
+            let modes: Vec<_> = rows.iter().map(|r| r.mode).collect();
+            assert_eq!(modes, [EAGER, COMPILED]);
+            let [eager, compiled] = &rows[..] else {
+                unreachable!()
+            };
+            assert!(
+                eager.compile_secs.is_none() && eager.compute > 0.0,
+                "{eager:?}"
+            );
+            // The machines of the tests have a C++ compiler (scripts/setup.sh installs g++).
+            assert!(compiled.failed.is_none(), "{compiled:?}");
+            assert!(compiled.compute.is_finite() && compiled.compute > 0.0);
+            assert!(
+                compiled.compile_secs.is_some_and(|s| s > 0.0),
+                "{compiled:?}"
+            );
+        }
+    }
+
+    /// Without a C++ compiler inductor cannot build CPU kernels: the compiled setups are
+    /// rows saying so, found before any compilation, and the eager ones still run.
+    #[test]
+    fn a_compiled_step_without_a_compiler_is_a_row_saying_why() {
+        let ds = super::super::tests::tiny_dataset();
+        let cfg = tiny_simclr();
+        let opts = BenchOptions {
+            steps: 1,
+            warmup: 0,
+            rounds: 1,
+            compile: true,
+        };
+        let args = torch_args(
+            &cfg.method,
+            cfg.method_view(),
+            &cfg.train,
+            &ds,
+            &opts,
+            Device::Cpu,
+        )
+        .unwrap();
+        let args = &args[..args.len() - 1]; // all rounds in one call, not served
+        assert!(!args.contains(&"--serve".to_string()));
+        let script = venv::source_file("scripts/bench_step_torch.py");
+        let start = Instant::now();
+        let out = std::process::Command::new(venv::python().unwrap())
+            .arg(script)
+            .args(args)
+            .args(["--rounds", "1"])
+            .env("CXX", "/nonexistent/g++")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let rows: Vec<Row> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| torch_row(&serde_json::from_str(l).unwrap()).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 8, "{rows:?}");
+        for r in &rows {
+            match r.mode {
+                EAGER => assert!(r.failed.is_none() && r.compute > 0.0, "{r:?}"),
+                _ => {
+                    let why = r.failed.as_deref().unwrap_or_default();
+                    assert!(why.contains("no C++ compiler"), "{r:?}");
+                    assert!(why.contains("/nonexistent/g++"), "{r:?}");
+                }
+            }
+        }
+        // Found before compiling, not by a compilation failing minutes later.
+        assert!(start.elapsed().as_secs() < 60, "{:?}", start.elapsed());
+        let t = table(&rows);
+        assert!(
+            t.contains("PyTorch  bf16      channels-last compiled failed: no C++ compiler"),
+            "{t}"
+        );
+    }
+
+    fn row(
+        system: &'static str,
+        precision: Precision,
+        layout: &'static str,
+        mode: &'static str,
+        compute: f64,
+    ) -> Row {
+        Row {
             system,
             precision,
             layout,
+            mode,
             compute,
-            end_to_end,
-        };
+            end_to_end: None,
+            compile_secs: (mode == COMPILED).then_some(30.0),
+            failed: None,
+        }
+    }
+
+    #[test]
+    fn ratios_are_against_pytorchs_fastest_row_that_ran() {
         let (f, b) = (Precision::Fp32, Precision::Bf16);
+        let ours = |p, compute, e2e| Row {
+            end_to_end: Some(e2e),
+            ..row("selfsup", p, CHANNELS_LAST, "-", compute)
+        };
+        let failed = |p, layout| Row {
+            failed: Some("no C++ compiler".into()),
+            compile_secs: None,
+            ..row("PyTorch", p, layout, COMPILED, 0.0)
+        };
         let t = table(&[
-            row("selfsup", f, CHANNELS_LAST, 500.0, Some(400.0)),
-            row("selfsup", b, CHANNELS_LAST, 1000.0, Some(900.0)),
-            row("PyTorch", f, CONTIGUOUS, 250.0, None),
-            row("PyTorch", b, CONTIGUOUS, 500.0, None),
-            row("PyTorch", f, CHANNELS_LAST, 200.0, None),
-            row("PyTorch", b, CHANNELS_LAST, 800.0, None),
+            ours(f, 500.0, 400.0),
+            ours(b, 1000.0, 900.0),
+            row("PyTorch", f, CONTIGUOUS, EAGER, 250.0),
+            row("PyTorch", b, CONTIGUOUS, EAGER, 500.0),
+            row("PyTorch", f, CHANNELS_LAST, EAGER, 200.0),
+            row("PyTorch", b, CHANNELS_LAST, EAGER, 800.0),
+            failed(f, CONTIGUOUS),
+            row("PyTorch", b, CONTIGUOUS, COMPILED, 400.0),
+            failed(f, CHANNELS_LAST),
+            row("PyTorch", b, CHANNELS_LAST, COMPILED, 1250.0),
         ]);
         for line in [
-            "fp32: selfsup / PyTorch's best (contiguous) compute-only: compute 2.00x, end-to-end 1.60x",
-            "bf16: selfsup / PyTorch's best (channels-last) compute-only: compute 1.25x, end-to-end 1.12x",
+            "fp32: selfsup / PyTorch's best (eager, contiguous) compute-only: compute 2.00x, end-to-end 1.60x",
+            "bf16: selfsup / PyTorch's best (compiled, channels-last) compute-only: compute 0.80x, end-to-end 0.72x",
             "selfsup bf16 / fp32: compute 2.00x, end-to-end 2.25x",
+            "PyTorch  bf16      channels-last compiled          1250                -      30.0",
+            "PyTorch  fp32      contiguous    compiled failed: no C++ compiler",
+            "selfsup  bf16      channels-last -                 1000              900         -",
         ] {
             assert!(t.contains(line), "{line}\nnot in\n{t}");
         }
+    }
+
+    #[test]
+    fn pytorch_lines_parse_into_rows_and_the_best_round_counts() {
+        let line = |s: &str| torch_row(&serde_json::from_str(s).unwrap());
+        let fast = line(
+            r#"{"precision": "bf16", "memory_format": "channels-last", "mode": "compiled",
+                "images_per_sec": 900.5, "compile_seconds": 31.25, "threads": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (fast.system, fast.precision, fast.layout, fast.mode),
+            ("PyTorch", Precision::Bf16, CHANNELS_LAST, COMPILED)
+        );
+        assert_eq!((fast.compute, fast.compile_secs), (900.5, Some(31.25)));
+        let eager = line(
+            r#"{"precision": "fp32", "memory_format": "contiguous", "mode": "eager",
+                "images_per_sec": 300.0, "compile_seconds": null}"#,
+        )
+        .unwrap();
+        assert_eq!((eager.mode, eager.compile_secs), (EAGER, None));
+        let failed = line(
+            r#"{"precision": "fp32", "memory_format": "contiguous", "mode": "compiled",
+                "error": "no C++ compiler for inductor's CPU kernels"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            failed.failed.as_deref(),
+            Some("no C++ compiler for inductor's CPU kernels")
+        );
+        for bad in [
+            r#"{"precision": "fp16", "memory_format": "contiguous", "mode": "eager", "images_per_sec": 1}"#,
+            r#"{"precision": "fp32", "memory_format": "contiguous", "images_per_sec": 1}"#,
+            r#"{"precision": "fp32", "memory_format": "contiguous", "mode": "eager"}"#,
+        ] {
+            assert!(line(bad).is_err(), "{bad}");
+        }
+        // Rounds: the faster figure counts; a failure stays.
+        let slower = Row {
+            compute: 700.0,
+            ..fast.clone()
+        };
+        let mut best = Vec::new();
+        keep_best(&mut best, vec![slower, eager.clone()]);
+        keep_best(&mut best, vec![fast.clone(), eager.clone(), failed.clone()]);
+        keep_best(&mut best, vec![eager.clone(), failed.clone()]);
+        assert_eq!(best, [fast, eager, failed]);
     }
 
     #[test]
@@ -531,33 +800,42 @@ mod tests {
             c.encoder.cnn_pool = 2;
             c
         };
-        // Any number of rounds: each PyTorch call measures one, between selfsup's rounds.
-        let opts = BenchOptions {
+        // Any number of rounds: the script serves one per request, between selfsup's rounds.
+        let mut opts = BenchOptions {
             steps: 5,
             warmup: 2,
             rounds: 4,
+            compile: true,
         };
-        let a = torch_args(
-            &cfg.method,
-            cfg.method_view(),
-            &cfg.train,
-            &ds,
-            &opts,
-            Device::Cpu,
-        )
-        .unwrap()
-        .join(" ");
+        let args = |opts: &BenchOptions| {
+            torch_args(
+                &cfg.method,
+                cfg.method_view(),
+                &cfg.train,
+                &ds,
+                opts,
+                Device::Cpu,
+            )
+            .unwrap()
+            .join(" ")
+        };
+        let a = args(&opts);
         for part in [
             "--shape 1 6 6",
             "--cnn-widths 4 8 --cnn-pool 2",
             "--batch-size 16",
-            "--steps 5 --warmup 2 --rounds 1 ",
+            "--steps 5 --warmup 2 ",
             "--optimizer adamw",
             "--memory-format contiguous channels-last",
+            "--mode eager compiled --serve",
         ] {
             assert!(a.contains(part), "{part} not in {a}");
         }
-        let byol = tiny_byol();
+        assert!(!a.contains("--rounds"), "{a}");
+        opts.compile = false;
+        let a = args(&opts);
+        assert!(a.ends_with("--mode eager --serve"), "{a}");
+        let byol = super::super::tests::tiny_config("byol");
         let e = torch_args(
             &byol.method,
             byol.method_view(),
@@ -569,9 +847,5 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("byol"), "{e}");
-    }
-
-    fn tiny_byol() -> Config {
-        super::super::tests::tiny_config("byol")
     }
 }
