@@ -10,7 +10,7 @@
 use super::Split;
 use super::stream::Streamed;
 use crate::augment::{Image, Views, sample_rng};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
@@ -213,21 +213,24 @@ struct ReadyBatch {
 }
 
 impl HostBatch {
-    /// The batch's tensors, pinned for the GPU `pin`.
-    fn tensors(self, pin: Option<Device>) -> ReadyBatch {
+    /// The batch's tensors, pinned for the GPU `pin` (an error, not a panic on the
+    /// producer thread that would end the epoch early, where pinning fails).
+    fn tensors(self, pin: Option<Device>) -> Result<ReadyBatch> {
         let (images, labels) = (
             Tensor::from_slice(&self.images),
             Tensor::from_slice(&self.labels),
         );
         let pinned = |t: Tensor| match pin {
-            Some(gpu) => t.pin_memory(gpu),
-            None => t,
+            Some(gpu) => t
+                .f_pin_memory(gpu)
+                .with_context(|| format!("pinning a batch in host memory for {gpu:?}")),
+            None => Ok(t),
         };
-        ReadyBatch {
-            images: pinned(images),
-            labels: pinned(labels),
+        Ok(ReadyBatch {
+            images: pinned(images)?,
+            labels: pinned(labels)?,
             indices: self.indices,
-        }
+        })
     }
 }
 
@@ -274,7 +277,7 @@ impl Loader {
         let pin = device.is_cuda().then_some(device);
         std::thread::spawn(move || {
             for chunk in chunks {
-                let batch = prepare(&split, &chunk, views.as_ref()).map(|b| b.tensors(pin));
+                let batch = prepare(&split, &chunk, views.as_ref()).and_then(|b| b.tensors(pin));
                 let failed = batch.is_err();
                 // A send error means the loader was dropped: stop quietly.
                 if tx.send(batch).is_err() || failed {
