@@ -176,6 +176,14 @@ impl PendingLosses {
         self.steps.clear();
         Ok(values)
     }
+
+    /// `read`, the losses added to the epoch's `sums` and the last one kept as `last`.
+    fn read_into(&mut self, sums: &mut EpochSums, last: &mut f64) -> Result<()> {
+        for l in self.read()? {
+            (sums.loss_sum, *last) = (sums.loss_sum + l, l);
+        }
+        Ok(())
+    }
 }
 
 /// Pretrains `cfg.method` on `ds`, writing metrics and checkpoints into `out`.
@@ -372,9 +380,7 @@ pub fn pretrain(
             // The losses are read where they are needed (every rank reads at the log steps,
             // so that each finds a non-finite loss as soon as rank 0 does).
             if step % log_every == 0 || save || stop {
-                for l in pending.read()? {
-                    (sums.loss_sum, final_loss) = (sums.loss_sum + l, l);
-                }
+                pending.read_into(&mut sums, &mut final_loss)?;
                 let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!("loss {final_loss:.4} lr {lr:.2e} {ips:.0} img/s"));
                 if let Some(log) = log.as_mut()
@@ -412,9 +418,7 @@ pub fn pretrain(
         if stopped_mid_epoch {
             break;
         }
-        for l in pending.read()? {
-            (sums.loss_sum, final_loss) = (sums.loss_sum + l, l);
-        }
+        pending.read_into(&mut sums, &mut final_loss)?;
         epoch += 1;
         let secs = epoch_seconds(&sums);
         let mean_loss = sums.loss_sum / spe as f64;
