@@ -534,6 +534,21 @@ mod tests {
         c
     }
 
+    /// The PyTorch script's arguments for `tiny_simclr` on the tiny data set, compiled rows
+    /// included.
+    fn tiny_torch_args(steps: usize, warmup: usize) -> Vec<String> {
+        let ds = super::super::tests::tiny_dataset();
+        let cfg = tiny_simclr();
+        let opts = BenchOptions {
+            steps,
+            warmup,
+            rounds: 1,
+            compile: true,
+        };
+        let m = cfg.method_view();
+        torch_args(&cfg.method, m, &cfg.train, &ds, &opts, Device::Cpu).unwrap()
+    }
+
     #[test]
     fn bench_step_runs_a_tiny_simclr_step_in_selfsup_and_pytorch() {
         let _rng = crate::torch_rng_lock();
@@ -582,23 +597,7 @@ mod tests {
     /// compiled before the first round, its compilation timed apart from its speed.
     #[test]
     fn a_compiled_pytorch_step_reports_its_compilation_apart() {
-        let ds = super::super::tests::tiny_dataset();
-        let cfg = tiny_simclr();
-        let opts = BenchOptions {
-            steps: 2,
-            warmup: 1,
-            rounds: 1,
-            compile: true,
-        };
-        let mut args = torch_args(
-            &cfg.method,
-            cfg.method_view(),
-            &cfg.train,
-            &ds,
-            &opts,
-            Device::Cpu,
-        )
-        .unwrap();
+        let mut args = tiny_torch_args(2, 1);
         // Only fp32 channels-last, eager and compiled: one compilation keeps the test short.
         let only = |args: &mut Vec<String>, option: &str, value: &str| {
             let i = args.iter().position(|a| a == option).unwrap();
@@ -635,23 +634,7 @@ mod tests {
     /// rows saying so, found before any compilation, and the eager ones still run.
     #[test]
     fn a_compiled_step_without_a_compiler_is_a_row_saying_why() {
-        let ds = super::super::tests::tiny_dataset();
-        let cfg = tiny_simclr();
-        let opts = BenchOptions {
-            steps: 1,
-            warmup: 0,
-            rounds: 1,
-            compile: true,
-        };
-        let args = torch_args(
-            &cfg.method,
-            cfg.method_view(),
-            &cfg.train,
-            &ds,
-            &opts,
-            Device::Cpu,
-        )
-        .unwrap();
+        let args = tiny_torch_args(1, 0);
         let args = &args[..args.len() - 1]; // all rounds in one call, not served
         assert!(!args.contains(&"--serve".to_string()));
         let script = venv::source_file("scripts/bench_step_torch.py");
