@@ -15,7 +15,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 use tch::{Device, Tensor};
 
 pub struct Batch {
@@ -241,6 +242,8 @@ pub struct Loader {
     groups: Vec<(usize, [usize; 3])>,
     device: Device,
     remaining: usize,
+    /// The producer thread, joined where it stops before its last batch (to say why).
+    producer: Option<JoinHandle<()>>,
 }
 
 impl Loader {
@@ -273,9 +276,8 @@ impl Loader {
         }
         let remaining = chunks.len();
         let groups = size_groups(split.shape, views.as_ref().map(|v| &*v.views));
-        let (tx, rx) = sync_channel(prefetch.max(1));
         let pin = device.is_cuda().then_some(device);
-        std::thread::spawn(move || {
+        Loader::spawn(remaining, groups, device, prefetch, move |tx| {
             for chunk in chunks {
                 let batch = prepare(&split, &chunk, views.as_ref()).and_then(|b| b.tensors(pin));
                 let failed = batch.is_err();
@@ -284,13 +286,44 @@ impl Loader {
                     return;
                 }
             }
-        });
+        })
+    }
+
+    /// A loader of `remaining` batches sent by `produce` on its own thread.
+    fn spawn(
+        remaining: usize,
+        groups: Vec<(usize, [usize; 3])>,
+        device: Device,
+        prefetch: usize,
+        produce: impl FnOnce(&SyncSender<Result<ReadyBatch>>) + Send + 'static,
+    ) -> Loader {
+        let (tx, rx) = sync_channel(prefetch.max(1));
+        let producer = std::thread::spawn(move || produce(&tx));
         Loader {
             rx,
             groups,
             device,
             remaining,
+            producer: Some(producer),
         }
+    }
+
+    /// Why the producer stopped while `remaining` batches were still to come: its panic
+    /// message (a silent end would pass for the end of the epoch).
+    fn stopped_early(&mut self) -> anyhow::Error {
+        let why = match self.producer.take().map(JoinHandle::join) {
+            Some(Err(panic)) => {
+                let msg = (panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                format!("it panicked: {msg}")
+            }
+            _ => "it ended without a word".into(),
+        };
+        anyhow::anyhow!(
+            "the data loader's thread stopped with {} batch(es) of the pass still to make: {why}",
+            self.remaining
+        )
     }
 
     pub fn len(&self) -> usize {
@@ -306,9 +339,15 @@ impl Loader {
 impl Iterator for Loader {
     type Item = Result<Batch>;
     fn next(&mut self) -> Option<Result<Batch>> {
-        let hb = match self.rx.recv().ok()? {
-            Ok(hb) => hb,
-            Err(e) => {
+        let hb = match self.rx.recv() {
+            Ok(Ok(hb)) => hb,
+            Ok(Err(e)) => {
+                self.remaining = 0;
+                return Some(Err(e));
+            }
+            Err(_) if self.remaining == 0 => return None,
+            Err(_) => {
+                let e = self.stopped_early();
                 self.remaining = 0;
                 return Some(Err(e));
             }
@@ -398,6 +437,32 @@ mod tests {
             let k = Tensor::ones([8, 1, 3, 3], (tch::Kind::Float, Device::Cpu));
             let y = b.plain().conv2d(&k, None::<Tensor>, [1], [1], [1], 1); // [3, 8, 4, 4]
             assert_eq!(y.stride(), vec![128, 1, 32, 8]);
+        })
+    }
+
+    /// A producer that panics mid-pass ends it with an error that says so, not with a
+    /// silent end that would pass for the end of the epoch.
+    #[test]
+    fn a_panic_on_the_producer_thread_is_an_error_not_the_end_of_the_pass() {
+        within(LIMIT, || {
+            let groups = size_groups([1, 2, 2], None);
+            let mut loader = Loader::spawn(3, groups, Device::Cpu, 1, |tx| {
+                let hb = HostBatch {
+                    images: vec![0.5; 4],
+                    labels: vec![7],
+                    indices: vec![0],
+                };
+                tx.send(hb.tensors(None)).unwrap();
+                panic!("planted failure in batch 2");
+            });
+            let first = loader.next().unwrap().unwrap();
+            assert_eq!(Vec::<i64>::try_from(&first.labels).unwrap(), [7]);
+            let e = loader.next().unwrap().err().unwrap().to_string();
+            assert!(
+                e.contains("2 batch(es)") && e.contains("planted failure in batch 2"),
+                "{e}"
+            );
+            assert!(loader.next().is_none());
         })
     }
 
