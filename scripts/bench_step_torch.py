@@ -33,7 +33,10 @@ views each), as selfsup counts them. With --serve the setups are built (and comp
 once ({"ready": true} says they are) and a round runs each time a line "round" arrives on
 stdin: one JSON object per setup with that round's figure, then {"end_of_round": true}; the
 process ends at the end of its input. `selfsup bench-step` drives it that way, between its
-own rounds.
+own rounds. A line "profile" instead runs one more round with each setup's --steps steps
+(after --warmup) under torch.profiler (CPU activity): each setup's object then has
+"profile": {"steps", "wall_seconds", "ops": {name: [calls, self seconds]}}, from the
+profiler's key averages, for `selfsup bench-step --profile`.
 
 usage: python bench_step_torch.py --precision fp32 bf16 --memory-format contiguous
        channels-last --mode eager compiled --steps 20 [--serve] ...
@@ -319,6 +322,21 @@ def main() -> None:
                 steady.append(time.perf_counter() - start)
             self.compile_seconds = max(0.0, first_two - 2 * min(steady))
 
+        def profile(self) -> dict[str, Any]:
+            """`warmup` untimed steps, then `steps` under torch.profiler: each operator's
+            calls and self time, and the steps' wall time."""
+            from torch.profiler import ProfilerActivity, profile
+
+            for _ in range(a.warmup):
+                self.step()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                start = time.perf_counter()
+                for _ in range(a.steps):
+                    self.step()
+                wall = time.perf_counter() - start
+            ops = {e.key: [e.count, e.self_cpu_time_total * 1e-6] for e in prof.key_averages()}
+            return {"steps": a.steps, "wall_seconds": wall, "ops": ops}
+
         def round(self) -> float:
             """`warmup` untimed steps, then `steps` timed ones: images per second."""
             for _ in range(a.warmup):
@@ -335,7 +353,7 @@ def main() -> None:
         (p, f, m): setup(p, f, m) for m in a.mode for f in a.memory_format for p in a.precision
     }
 
-    def line(key: tuple[str, str, str], ips: float | None) -> str:
+    def line(key: tuple[str, str, str], ips: float | None, prof: dict | None = None) -> str:
         (precision, memory_format, mode), s = key, setups[key]
         row: dict[str, Any] = {"precision": precision, "memory_format": memory_format}
         row |= {"mode": mode, "threads": torch.get_num_threads(), "malloc": a.malloc}
@@ -344,6 +362,9 @@ def main() -> None:
         else:
             row["images_per_sec"] = ips
             row["compile_seconds"] = s.compile_seconds
+            if prof is not None:
+                row["profile"] = prof
+                row["images_per_sec"] = a.steps * a.batch_size / prof["wall_seconds"]
         return json.dumps(row)
 
     def one_round() -> dict[tuple[str, str, str], float | None]:
@@ -364,10 +385,15 @@ def main() -> None:
     if a.serve:
         print(json.dumps({"ready": True}), flush=True)
         for request in sys.stdin:
-            if request.strip() != "round":
-                sys.exit(f"expected 'round' on stdin, got {request.strip()!r}")
-            for k, ips in one_round().items():
-                print(line(k, ips))
+            if request.strip() == "profile":
+                for k, s in setups.items():
+                    prof = None if isinstance(s, Failed) else s.profile()
+                    print(line(k, None, prof))
+            elif request.strip() == "round":
+                for k, ips in one_round().items():
+                    print(line(k, ips))
+            else:
+                sys.exit(f"expected 'round' or 'profile' on stdin, got {request.strip()!r}")
             print(json.dumps({"end_of_round": True}), flush=True)
         return
     best: dict[tuple[str, str, str], float] = {k: 0.0 for k in setups}

@@ -28,6 +28,9 @@ pub mod tensor_io;
 pub mod train;
 pub mod venv;
 
+/// The op profiler of `bench-step --profile`, for any code on libtorch (the examples).
+pub use native::{OpTime, profile};
+
 /// Tests that seed or draw from libtorch's global random generator hold this lock, so that
 /// tests running on parallel threads cannot interleave their draws (the exact-resume test
 /// needs a run to be reproducible).

@@ -32,6 +32,7 @@ pub fn step(
     };
     let rows = train::bench::measure(&config, &ds, device, &opts, python)?;
     print!("{}", train::bench::table(&rows));
+    print!("{}", train::bench::profile_table(&rows));
     Ok(())
 }
 

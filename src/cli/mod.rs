@@ -363,6 +363,11 @@ pub enum Command {
         /// selfsup's rows alone, without PyTorch's.
         #[arg(long, conflicts_with = "python")]
         no_pytorch: bool,
+        /// After the rounds, profile `--steps` more compute-only steps of each setup
+        /// (selfsup's operators timed by libtorch's RecordFunction hooks, PyTorch's by
+        /// torch.profiler) and print where each step's time goes, by kind of operator (CPU).
+        #[arg(long)]
+        profile: bool,
         /// Python with torch (default: the setup venv).
         #[arg(long)]
         python: Option<PathBuf>,
@@ -497,6 +502,7 @@ pub fn run(cli: Cli) -> Result<()> {
             rounds,
             no_compile,
             no_pytorch,
+            profile,
             python,
         } => {
             let opts = BenchOptions {
@@ -504,6 +510,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 warmup,
                 rounds,
                 compile: !no_compile,
+                profile,
             };
             bench::step(&cfg, opts, python, no_pytorch, device)
         }

@@ -127,6 +127,8 @@ unsafe extern "C" {
     ) -> *mut c_char;
     #[cfg(test)]
     safe fn selfsup_host_reads() -> i64;
+    fn selfsup_profile_start() -> *mut c_char;
+    fn selfsup_profile_stop() -> *mut c_char;
     pub(crate) fn selfsup_fused_sgd(
         params: *const *const C_tensor,
         grads: *const *const C_tensor,
@@ -154,6 +156,58 @@ pub fn host_reads() -> i64 {
     selfsup_host_reads()
 }
 
+/// One operator in a profile: how many times it ran and its self time (its wall time less
+/// that of the operators it called), as PyTorch's profiler counts them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpTime {
+    pub name: String,
+    pub calls: u64,
+    pub self_secs: f64,
+}
+
+/// Runs `f` with every libtorch operator on this thread timed (forward, a CPU backward pass,
+/// the optimizer's kernels; not other threads' work): `f`'s result and the operators, slowest
+/// first. Used by `bench-step --profile`; the timing costs a few microseconds per operator.
+pub fn profile<T>(f: impl FnOnce() -> T) -> Result<(T, Vec<OpTime>)> {
+    /// Stops the profile even where `f` panics, so that no callback outlives it.
+    struct Running;
+    impl Running {
+        fn stop(self) -> String {
+            std::mem::forget(self);
+            // SAFETY: stop returns a NUL-terminated string from strdup, ours to free.
+            let table = unsafe { selfsup_profile_stop() };
+            let text = unsafe { CStr::from_ptr(table) }
+                .to_string_lossy()
+                .into_owned();
+            unsafe { selfsup_free_error(table) };
+            text
+        }
+    }
+    impl Drop for Running {
+        fn drop(&mut self) {
+            unsafe { selfsup_free_error(selfsup_profile_stop()) };
+        }
+    }
+    check(unsafe { selfsup_profile_start() })?;
+    let running = Running;
+    let out = f();
+    let text = running.stop();
+    let mut ops = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.rsplitn(3, '\t');
+        let (Some(ns), Some(calls), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(anyhow!("a garbled line from the op profiler: {line:?}"));
+        };
+        ops.push(OpTime {
+            name: name.to_string(),
+            calls: calls.parse()?,
+            self_secs: ns.parse::<i64>()? as f64 * 1e-9,
+        });
+    }
+    ops.sort_by(|a, b| b.self_secs.total_cmp(&a.self_secs));
+    Ok((out, ops))
+}
+
 /// The result of a shim call: Ok for null, else its message (which is freed here).
 pub(crate) fn check(error: *mut c_char) -> Result<()> {
     if error.is_null() {
@@ -169,8 +223,51 @@ pub(crate) fn check(error: *mut c_char) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::host_reads;
+    use super::{host_reads, profile};
     use tch::{Device, Kind, Tensor};
+
+    /// The profiler counts each operator's calls, nests self times inside the wall time of
+    /// the whole, times the backward pass on this thread, and stops with its scope.
+    #[test]
+    fn the_op_profiler_counts_calls_and_self_times_within_the_wall_time() {
+        let x = Tensor::rand([64, 8, 16, 16], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let k = Tensor::rand([16, 8, 3, 3], (Kind::Float, Device::Cpu));
+        let m = Tensor::rand([256, 256], (Kind::Float, Device::Cpu));
+        let start = std::time::Instant::now();
+        let (_, ops) = profile(|| {
+            for _ in 0..3 {
+                let _ = m.mm(&m);
+            }
+            let y = x
+                .conv2d(&k, None::<Tensor>, [1], [1], [1], 1)
+                .sum(Kind::Float);
+            y.backward();
+        })
+        .unwrap();
+        let wall = start.elapsed().as_secs_f64();
+        let get = |n: &str| ops.iter().find(|o| o.name == n);
+        assert_eq!(get("aten::mm").map(|o| o.calls), Some(3), "{ops:?}");
+        assert!(
+            ops.iter().any(|o| o.name.contains("convolution_backward")),
+            "the backward pass: {ops:?}"
+        );
+        let total: f64 = ops.iter().map(|o| o.self_secs).sum();
+        assert!(ops.iter().all(|o| o.self_secs >= 0.0), "{ops:?}");
+        assert!(
+            total > 0.0 && total <= wall,
+            "self times {total} s, wall {wall} s"
+        );
+        // The callback went with the profile: a second one starts afresh and sees only its own.
+        let (_, again) = profile(|| m.relu()).unwrap();
+        assert!(again.iter().all(|o| o.name != "aten::mm"), "{again:?}");
+        assert_eq!(
+            again
+                .iter()
+                .find(|o| o.name == "aten::relu")
+                .map(|o| o.calls),
+            Some(1)
+        );
+    }
 
     /// The counter sees each kind of host read once, and none in arithmetic or autograd.
     #[test]

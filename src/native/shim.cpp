@@ -25,6 +25,7 @@
 #endif
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -484,6 +485,65 @@ int64_t selfsup_host_reads() {
                                    .scopes({at::RecordScope::FUNCTION}));
   }
   return host_reads;
+}
+
+// The op profiler of `selfsup bench-step --profile`: every operator libtorch runs on this
+// thread (forward, the CPU backward pass, the optimizer's kernels), timed by a RecordFunction
+// callback, as PyTorch's profiler times them: each op's self time is its wall time less that of
+// the ops it calls. One profile at a time per thread; stop returns the table and removes the
+// callback.
+namespace {
+struct OpTime {
+  int64_t calls = 0;
+  int64_t self_ns = 0;
+};
+struct Frame {
+  std::chrono::steady_clock::time_point start;
+  int64_t children_ns = 0;
+};
+thread_local std::unordered_map<std::string, OpTime> profile_ops;
+thread_local std::vector<Frame> profile_stack;
+thread_local at::CallbackHandle profile_handle = 0;
+}  // namespace
+
+char* selfsup_profile_start() {
+  return guarded([&] {
+    if (profile_handle != 0) throw std::runtime_error("a profile is already running on this thread");
+    profile_ops.clear();
+    profile_stack.clear();
+    profile_handle = at::addThreadLocalCallback(
+        at::RecordFunctionCallback(
+            [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
+              profile_stack.push_back({std::chrono::steady_clock::now(), 0});
+              return nullptr;
+            },
+            [](const at::RecordFunction& fn, at::ObserverContext*) {
+              if (profile_stack.empty()) return;  // began before the profile did
+              Frame f = profile_stack.back();
+              profile_stack.pop_back();
+              int64_t wall = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 std::chrono::steady_clock::now() - f.start)
+                                 .count();
+              if (!profile_stack.empty()) profile_stack.back().children_ns += wall;
+              OpTime& t = profile_ops[fn.name()];
+              t.calls += 1;
+              t.self_ns += wall - f.children_ns;
+            })
+            .needsInputs(false));
+  });
+}
+
+// The profile so far as lines "name\tcalls\tself_ns" (malloc'ed, freed by selfsup_free_error),
+// and the callback removed.
+char* selfsup_profile_stop() {
+  if (profile_handle != 0) at::removeCallback(profile_handle);
+  profile_handle = 0;
+  std::string out;
+  for (const auto& [name, t] : profile_ops)
+    out += name + "\t" + std::to_string(t.calls) + "\t" + std::to_string(t.self_ns) + "\n";
+  profile_ops.clear();
+  profile_stack.clear();
+  return strdup(out.c_str());
 }
 
 }  // extern "C"

@@ -28,6 +28,19 @@ pub struct BenchOptions {
     pub rounds: usize,
     /// PyTorch through `torch.compile` too (its compilation takes tens of seconds per setup).
     pub compile: bool,
+    /// After the rounds, `steps` more compute-only steps of each setup with every operator
+    /// timed (selfsup's by the native op profiler, PyTorch's by `torch.profiler`): where
+    /// the step's time goes (`profile_table`).
+    pub profile: bool,
+}
+
+/// Where one setup's compute-only step spends its time: its operators' self times over
+/// `steps` steps and the wall time of those steps (with the profiler's own cost in both).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepProfile {
+    pub steps: usize,
+    pub wall_secs: f64,
+    pub ops: Vec<crate::native::OpTime>,
 }
 
 /// One measurement: images per second (each image gives the method its views).
@@ -50,6 +63,8 @@ pub struct Row {
     /// Why the setup could not be measured (a compiled step where inductor cannot build
     /// kernels); such a row has no speed and no ratio is taken against it.
     pub failed: Option<String>,
+    /// Its step's operators, where `BenchOptions::profile` asked for them.
+    pub profile: Option<StepProfile>,
 }
 
 /// The step's input for random data: B images' views in the loader's layout (`Batch::images`).
@@ -221,6 +236,27 @@ impl Setup {
         sync();
         Ok((opts.steps * cfg.train.batch_size) as f64 / start.elapsed().as_secs_f64())
     }
+
+    /// `opts.steps` steps with every operator timed, after `opts.warmup` untimed ones.
+    fn profile(&mut self, opts: &BenchOptions) -> Result<StepProfile> {
+        self.round(&BenchOptions {
+            steps: opts.warmup.max(1),
+            warmup: 0,
+            ..opts.clone()
+        })?;
+        let timed = BenchOptions {
+            warmup: 0,
+            ..opts.clone()
+        };
+        let start = Instant::now();
+        let (ips, ops) = crate::native::profile(|| self.round(&timed))?;
+        ips?;
+        Ok(StepProfile {
+            steps: opts.steps,
+            wall_secs: start.elapsed().as_secs_f64(),
+            ops,
+        })
+    }
 }
 
 /// The arguments of `scripts/bench_step_torch.py` that build the step of `method` with
@@ -318,6 +354,10 @@ fn torch_row(v: &serde_json::Value) -> Result<Row> {
             (ips, None)
         }
     };
+    let profile = match v.get("profile") {
+        None => None,
+        Some(p) => Some(torch_profile(p).with_context(|| format!("the profile in '{line}'"))?),
+    };
     Ok(Row {
         system: "PyTorch",
         precision,
@@ -327,6 +367,33 @@ fn torch_row(v: &serde_json::Value) -> Result<Row> {
         end_to_end: None,
         compile_secs: v["compile_seconds"].as_f64(),
         failed,
+        profile,
+    })
+}
+
+/// A profile as the PyTorch script prints it: `{"steps": N, "wall_seconds": S, "ops":
+/// {name: [calls, self seconds]}}` (from `torch.profiler`'s key averages).
+fn torch_profile(p: &serde_json::Value) -> Result<StepProfile> {
+    let ops = p["ops"].as_object().context("no ops")?;
+    let mut ops = ops
+        .iter()
+        .map(|(name, v)| {
+            let (calls, secs) = (v[0].as_u64(), v[1].as_f64());
+            let (Some(calls), Some(self_secs)) = (calls, secs) else {
+                bail!("{name}: expected [calls, seconds], got {v}");
+            };
+            Ok(crate::native::OpTime {
+                name: name.clone(),
+                calls,
+                self_secs,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ops.sort_by(|a, b| b.self_secs.total_cmp(&a.self_secs));
+    Ok(StepProfile {
+        steps: p["steps"].as_u64().context("no steps")? as usize,
+        wall_secs: p["wall_seconds"].as_f64().context("no wall_seconds")?,
+        ops,
     })
 }
 
@@ -340,7 +407,10 @@ fn keep_best(best: &mut Vec<Row>, round: Vec<Row>) {
             None => best.push(r),
             Some(b) if b.failed.is_some() => {}
             Some(b) if r.failed.is_some() => *b = r,
-            Some(b) => b.compute = b.compute.max(r.compute),
+            Some(b) => {
+                b.compute = b.compute.max(r.compute);
+                b.profile = b.profile.take().or(r.profile);
+            }
         }
     }
 }
@@ -358,11 +428,12 @@ impl TorchSteps {
         Ok(TorchSteps(server))
     }
 
-    /// One round of every PyTorch setup.
-    fn round(&mut self) -> Result<Vec<Row>> {
+    /// One round of every PyTorch setup: `request` "round", or "profile" for a round
+    /// under `torch.profiler` (each row with its profile).
+    fn round(&mut self, request: &str) -> Result<Vec<Row>> {
         let lines = self
             .0
-            .request(Some("round"), |v| v["end_of_round"] == true)?;
+            .request(Some(request), |v| v["end_of_round"] == true)?;
         lines[..lines.len() - 1].iter().map(torch_row).collect()
     }
 }
@@ -408,7 +479,7 @@ pub fn measure(
             *best = best.max(setup.round(opts)?);
         }
         let Some(steps) = &mut torch else { continue };
-        match steps.round() {
+        match steps.round("round") {
             Ok(round) => keep_best(&mut torch_best, round),
             Err(e) => {
                 skipped(e);
@@ -418,7 +489,11 @@ pub fn measure(
         }
     }
     let mut rows = Vec::new();
-    for pair in setups.chunks(2) {
+    for pair in setups.chunks_mut(2) {
+        let profile = match opts.profile {
+            true => Some(pair[0].0.profile(opts)?),
+            false => None,
+        };
         rows.push(Row {
             system: "selfsup",
             precision: pair[0].0.cfg.train.precision,
@@ -428,7 +503,18 @@ pub fn measure(
             end_to_end: Some(pair[1].1),
             compile_secs: None,
             failed: None,
+            profile,
         });
+    }
+    if let (true, Some(steps)) = (opts.profile, &mut torch) {
+        let profiled = steps.round("profile").context("profiling PyTorch's step")?;
+        for p in profiled {
+            let same =
+                |b: &&mut Row| (b.precision, b.layout, b.mode) == (p.precision, p.layout, p.mode);
+            if let Some(b) = torch_best.iter_mut().find(same) {
+                b.profile = p.profile;
+            }
+        }
     }
     rows.extend(torch_best);
     Ok(rows)
@@ -515,6 +601,144 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// The part of a training step an operator belongs to, by its name (libtorch's operators
+/// and autograd nodes, and the regions `torch.compile` runs its own kernels in, are named
+/// alike by both profilers): the columns of `profile_table`.
+pub fn op_category(name: &str) -> &'static str {
+    let n = name.to_ascii_lowercase();
+    let has = |parts: &[&str]| parts.iter().any(|p| n.contains(p));
+    if has(&["convolution_backward", "convolutionbackward"]) {
+        "conv bwd"
+    } else if has(&["convolution", "conv2d"]) {
+        "conv fwd"
+    } else if has(&["batch_norm", "batchnorm"]) {
+        "batch norm"
+    } else if has(&["relu", "threshold_backward", "clamp_min"]) {
+        // (libtorch's relu runs as clamp_min(0), where the time is; nothing else in a step
+        // clamps more than a norm's few values)
+        "relu"
+    } else if has(&["compiled", "inductor"]) || n.starts_with("## ") {
+        "inductor"
+    } else if [
+        "aten::mm",
+        "aten::addmm",
+        "aten::bmm",
+        "aten::matmul",
+        "aten::linear",
+    ]
+    .contains(&n.as_str())
+        || has(&["mmbackward"])
+    {
+        "matmul"
+    } else if has(&[
+        "adam",
+        "sgd",
+        "_foreach_",
+        "optimizer",
+        "zero_grad",
+        "clear_grads",
+    ]) {
+        "optimizer"
+    } else {
+        "other ops"
+    }
+}
+
+const CATEGORIES: [&str; 8] = [
+    "conv fwd",
+    "conv bwd",
+    "batch norm",
+    "relu",
+    "matmul",
+    "optimizer",
+    "inductor",
+    "other ops",
+];
+
+/// Where each profiled row's step goes, in milliseconds per step: its operators' self
+/// times by `op_category`, the time outside every operator ("outside": the host's own
+/// work between them) and the whole step; empty where no row has a profile.
+pub fn profile_table(rows: &[Row]) -> String {
+    let profiled: Vec<(&Row, &StepProfile)> = rows
+        .iter()
+        .filter_map(|r| r.profile.as_ref().map(|p| (r, p)))
+        .collect();
+    if profiled.is_empty() {
+        return String::new();
+    }
+    let mut out =
+        "where the compute-only step's time goes, ms per step (self time of the operators; \
+        profiled, so slower than above)\n"
+            .to_string();
+    let _ = write!(
+        out,
+        "{:<8} {:<9} {:<13} {:<8}",
+        "system", "precision", "layout", "mode"
+    );
+    for c in CATEGORIES.iter().chain(&["outside", "step"]) {
+        let _ = write!(out, " {c:>10}");
+    }
+    out.push('\n');
+    for (r, p) in profiled {
+        let per_step = |s: f64| 1e3 * s / p.steps.max(1) as f64;
+        let _ = write!(
+            out,
+            "{:<8} {:<9} {:<13} {:<8}",
+            r.system, r.precision, r.layout, r.mode
+        );
+        let mut inside = 0.0;
+        for c in CATEGORIES {
+            let mut ops = p
+                .ops
+                .iter()
+                .filter(|o| op_category(&o.name) == c)
+                .peekable();
+            if ops.peek().is_none() {
+                let _ = write!(out, " {:>10}", "-");
+                continue;
+            }
+            let t: f64 = ops.map(|o| o.self_secs).sum();
+            inside += t;
+            let _ = write!(out, " {:>10.1}", per_step(t));
+        }
+        let outside = (p.wall_secs - inside).max(0.0);
+        let _ = writeln!(
+            out,
+            " {:>10.1} {:>10.1}",
+            per_step(outside),
+            per_step(p.wall_secs)
+        );
+    }
+    // What "other ops" holds: each row's largest few (`ops` is sorted slowest first).
+    out.push_str("largest other ops, ms per step:\n");
+    for (r, p) in rows
+        .iter()
+        .filter_map(|r| r.profile.as_ref().map(|p| (r, p)))
+    {
+        let top: Vec<String> = (p.ops.iter())
+            .filter(|o| op_category(&o.name) == "other ops")
+            .take(5)
+            .map(|o| {
+                format!(
+                    "{} {:.1}",
+                    o.name,
+                    1e3 * o.self_secs / p.steps.max(1) as f64
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {} {} {} {}: {}",
+            r.system,
+            r.precision,
+            r.layout,
+            r.mode,
+            top.join(", ")
+        );
+    }
+    out
+}
+
 /// The fastest compute-only row of `system` at `precision` that ran.
 fn best<'a>(rows: &'a [Row], system: &str, precision: Precision) -> Option<&'a Row> {
     rows.iter()
@@ -544,6 +768,7 @@ mod tests {
             warmup,
             rounds: 1,
             compile: true,
+            profile: false,
         };
         let m = cfg.method_view();
         torch_args(&cfg.method, m, &cfg.train, &ds, &opts, Device::Cpu).unwrap()
@@ -558,6 +783,7 @@ mod tests {
             warmup: 1,
             rounds: 2,
             compile: false,
+            profile: true,
         };
         let rows = measure(&tiny_simclr(), &ds, Device::Cpu, &opts, venv::python()).unwrap();
         let got: Vec<_> = rows
@@ -591,6 +817,53 @@ mod tests {
         let t = table(&rows);
         assert!(t.contains("bf16: selfsup / PyTorch's best (eager, "), "{t}");
         assert!(t.contains("selfsup bf16 / fp32"), "{t}");
+        // Every row profiled: both systems' convolutions forward and backward found by name,
+        // the operators' self times within the steps' wall time.
+        for r in &rows {
+            let p = r
+                .profile
+                .as_ref()
+                .unwrap_or_else(|| panic!("no profile: {r:?}"));
+            assert_eq!(p.steps, opts.steps);
+            let time = |c| -> f64 {
+                (p.ops.iter().filter(|o| op_category(&o.name) == c))
+                    .map(|o| o.self_secs)
+                    .sum()
+            };
+            assert!(time("conv fwd") > 0.0 && time("conv bwd") > 0.0, "{r:?}");
+            assert!(time("batch norm") > 0.0 && time("optimizer") > 0.0, "{r:?}");
+            let inside: f64 = p.ops.iter().map(|o| o.self_secs).sum();
+            assert!(inside > 0.0 && inside <= p.wall_secs, "{r:?}");
+        }
+        let pt = profile_table(&rows);
+        assert_eq!(pt.lines().count(), 3 + 2 * rows.len(), "{pt}");
+        assert!(pt.contains("conv bwd") && pt.contains("outside"), "{pt}");
+    }
+
+    /// Operators of either profiler land in the part of the step they belong to.
+    #[test]
+    fn operators_are_sorted_into_the_parts_of_the_step() {
+        for (name, want) in [
+            ("aten::mkldnn_convolution", "conv fwd"),
+            ("aten::convolution_backward", "conv bwd"),
+            ("ConvolutionBackward0", "conv bwd"),
+            ("aten::native_batch_norm", "batch norm"),
+            ("aten::native_batch_norm_backward", "batch norm"),
+            ("aten::relu_", "relu"),
+            ("aten::clamp_min", "relu"),
+            ("aten::threshold_backward", "relu"),
+            ("aten::addmm", "matmul"),
+            ("AddmmBackward0", "matmul"),
+            ("aten::_fused_adamw_", "optimizer"),
+            ("aten::_foreach_mul_", "optimizer"),
+            ("Optimizer.step#AdamW.step", "optimizer"),
+            ("Torch-Compiled Region: 0/0", "inductor"),
+            ("CompiledFunction", "inductor"),
+            ("aten::cat", "other ops"),
+            ("aten::mm_like_but_not", "other ops"),
+        ] {
+            assert_eq!(op_category(name), want, "{name}");
+        }
     }
 
     /// The PyTorch script, served as `measure` drives it, with one compiled setup: it is
@@ -610,7 +883,7 @@ mod tests {
         only(&mut args, "--memory-format", CHANNELS_LAST);
         let mut steps = TorchSteps::start(&venv::python().unwrap(), &args).unwrap();
         for _ in 0..2 {
-            let rows = steps.round().unwrap();
+            let rows = steps.round("round").unwrap();
             let modes: Vec<_> = rows.iter().map(|r| r.mode).collect();
             assert_eq!(modes, [EAGER, COMPILED]);
             let [eager, compiled] = &rows[..] else {
@@ -688,6 +961,7 @@ mod tests {
             end_to_end: None,
             compile_secs: (mode == COMPILED).then_some(30.0),
             failed: None,
+            profile: None,
         }
     }
 
@@ -789,6 +1063,7 @@ mod tests {
             warmup: 2,
             rounds: 4,
             compile: true,
+            profile: false,
         };
         let args = |opts: &BenchOptions| {
             torch_args(
