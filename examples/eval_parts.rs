@@ -28,13 +28,7 @@ fn main() -> anyhow::Result<()> {
         println!("  {:<40} {:>7} {:>8.3}s", o.name, o.calls, o.self_secs);
     }
     let v = r.cfg.eval_view();
-    let probe = linear::ProbeConfig {
-        epochs: v.probe.probe_epochs,
-        lr: v.probe.probe_lr,
-        batch_size: v.probe.probe_batch_size,
-        weight_decay: v.probe.probe_weight_decay,
-        seed: v.seed,
-    };
+    let probe = linear::ProbeConfig::of(&v);
     let t = Instant::now();
     let ((a, _), ops) = selfsup::profile(|| {
         linear::linear_probe(&f.train.0, &f.train.1, &f.test.0, &f.test.1, 10, &probe)

@@ -164,13 +164,7 @@ pub fn score(
     num_classes: i64,
     cfg: &EvalView,
 ) -> Scores {
-    let probe = linear::ProbeConfig {
-        epochs: cfg.probe.probe_epochs,
-        lr: cfg.probe.probe_lr,
-        batch_size: cfg.probe.probe_batch_size,
-        weight_decay: cfg.probe.probe_weight_decay,
-        seed: cfg.seed,
-    };
+    let probe = linear::ProbeConfig::of(cfg);
     let (linear_top1, linear_top5) =
         linear::linear_probe(&train.0, &train.1, &test.0, &test.1, num_classes, &probe);
     let knn_top1 = knn::knn_accuracy(

@@ -128,6 +128,19 @@ unsafe extern "C" {
     #[cfg(test)]
     safe fn selfsup_host_reads() -> i64;
     fn selfsup_profile_start() -> *mut c_char;
+    #[allow(clippy::too_many_arguments)]
+    fn selfsup_conv_bn_relu_eval(
+        x: *const C_tensor,
+        w: *const C_tensor,
+        gamma: *const C_tensor,
+        beta: *const C_tensor,
+        mean: *const C_tensor,
+        var: *const C_tensor,
+        eps: f64,
+        stride: i64,
+        padding: i64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn selfsup_profile_stop() -> *mut c_char;
     pub(crate) fn selfsup_fused_sgd(
         params: *const *const C_tensor,
@@ -154,6 +167,41 @@ pub(crate) fn ptrs<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Vec<*const C
 #[cfg(test)]
 pub fn host_reads() -> i64 {
     selfsup_host_reads()
+}
+
+/// relu(batch_norm(conv2d(x, w, stride, padding), running statistics)) in evaluation mode as
+/// one oneDNN convolution, the batch norm folded into its weights and bias and the ReLU its
+/// post-op; an error where that does not apply (not the CPU, gradients on, a dtype other
+/// than float32 and bfloat16), for the caller to run the three steps instead.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_relu_eval(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+    stride: i64,
+    padding: i64,
+) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the tensors are alive for the call; on success `out` is a new tensor we own.
+    check(unsafe {
+        selfsup_conv_bn_relu_eval(
+            x.as_ptr(),
+            w.as_ptr(),
+            gamma.as_ptr(),
+            beta.as_ptr(),
+            mean.as_ptr(),
+            var.as_ptr(),
+            eps,
+            stride,
+            padding,
+            &mut out,
+        )
+    })?;
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// One operator in a profile: how many times it ran and its self time (its wall time less

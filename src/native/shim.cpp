@@ -4,7 +4,9 @@
 //
 // Tensors cross as tch's `torch::Tensor*`. Every entry point returns NULL on success or a
 // malloc'ed error message (freed by selfsup_free_error): no C++ exception crosses into Rust.
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
 #include <ATen/ops/_fused_adam.h>
 #include <ATen/ops/_fused_adamw.h>
@@ -485,6 +487,43 @@ int64_t selfsup_host_reads() {
                                    .scopes({at::RecordScope::FUNCTION}));
   }
   return host_reads;
+}
+
+// Evaluation-mode convolution (no bias) -> batch norm on its running statistics -> ReLU as one
+// oneDNN convolution: the batch norm folded into the weights and a bias, the ReLU its post-op
+// (mkldnn::_convolution_pointwise, what inductor calls for frozen CPU inference). Where it
+// applies: the CPU with oneDNN, gradients off, float32 or bfloat16 (autocast's dtype when
+// autocast is on, as the convolution would have run); else an error, and the caller runs the
+// three steps.
+char* selfsup_conv_bn_relu_eval(const at::Tensor* x, const at::Tensor* w, const at::Tensor* gamma,
+                                const at::Tensor* beta, const at::Tensor* mean, const at::Tensor* var,
+                                double eps, int64_t stride, int64_t padding, at::Tensor** out) {
+  return guarded([&] {
+    if (at::GradMode::is_enabled()) throw std::runtime_error("the fused evaluation convolution needs gradients off");
+    if (!x->is_cpu() || !at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn())
+      throw std::runtime_error("the fused evaluation convolution is oneDNN's, on the CPU");
+    const at::ScalarType dtype =
+        at::autocast::is_autocast_enabled(at::kCPU) ? at::autocast::get_autocast_dtype(at::kCPU) : x->scalar_type();
+    if (dtype != at::kFloat && dtype != at::kBFloat16)
+      throw std::runtime_error("the fused evaluation convolution runs in float32 or bfloat16");
+    at::Tensor scale = *gamma * (*var + eps).rsqrt();  // [C_out]
+    at::Tensor wf = (*w * scale.view({-1, 1, 1, 1})).to(dtype);
+    at::Tensor bf = (*beta - *mean * scale).to(dtype);
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise", "");
+    std::vector<c10::IValue> stack;
+    stack.emplace_back(x->to(dtype));
+    stack.emplace_back(wf);
+    stack.emplace_back(bf);
+    stack.emplace_back(std::vector<int64_t>{padding, padding});
+    stack.emplace_back(std::vector<int64_t>{stride, stride});
+    stack.emplace_back(std::vector<int64_t>{1, 1});
+    stack.emplace_back(int64_t{1});
+    stack.emplace_back(std::string("relu"));
+    stack.emplace_back(c10::List<std::optional<at::Scalar>>());
+    stack.emplace_back(c10::IValue());
+    op.callBoxed(&stack);
+    *out = new at::Tensor(stack.at(0).toTensor());
+  });
 }
 
 // The op profiler of `selfsup bench-step --profile`: every operator libtorch runs on this

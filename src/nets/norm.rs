@@ -32,6 +32,18 @@ pub struct BatchNorm {
     bn: nn::BatchNorm,
 }
 
+impl BatchNorm {
+    /// The epsilon of every layer here (libtorch's default).
+    pub const EPS: f64 = 1e-5;
+
+    /// (weight, bias, running mean, running variance) `[C]` each: the affine map the layer
+    /// applies in evaluation, `(x - mean) / sqrt(var + EPS) * weight + bias`.
+    pub fn eval_affine(&self) -> Option<(&Tensor, &Tensor, &Tensor, &Tensor)> {
+        let (w, b) = (self.bn.ws.as_ref()?, self.bn.bs.as_ref()?);
+        Some((w, b, &self.bn.running_mean, &self.bn.running_var))
+    }
+}
+
 /// BatchNorm over `[N, C]` (or `[N, C, L]`) with the variables of `nn::batch_norm1d`.
 pub fn batch_norm1d<'a, P: Borrow<nn::Path<'a>>>(p: P, channels: i64) -> BatchNorm {
     BatchNorm {
