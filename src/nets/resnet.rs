@@ -4,14 +4,14 @@
 //! makes 7x7 stride 2 followed by a max-pool.
 
 use super::norm::{BatchNorm, batch_norm2d};
-use super::{Backbone, conv_bn_relu};
+use super::{Backbone, ConvBnRelu, conv_bn_relu};
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
 
 #[derive(Debug)]
 struct BasicBlock {
-    conv1: nn::Conv2D,
-    bn1: BatchNorm,
+    /// conv1 -> bn1 -> ReLU (one fused convolution in evaluation).
+    first: ConvBnRelu,
     conv2: nn::Conv2D,
     bn2: BatchNorm,
     downsample: Option<(nn::Conv2D, BatchNorm)>,
@@ -37,8 +37,7 @@ impl BasicBlock {
             )
         });
         BasicBlock {
-            conv1: nn::conv2d(p / "conv1", cin, cout, 3, c3(stride)),
-            bn1: batch_norm2d(p / "bn1", cout),
+            first: conv_bn_relu(p, "conv1", "bn1", cin, cout, stride),
             conv2: nn::conv2d(p / "conv2", cout, cout, 3, c3(1)),
             bn2: batch_norm2d(p / "bn2", cout),
             downsample,
@@ -48,7 +47,7 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let out = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let out = self.first.forward_t(xs, train);
         let out = out.apply(&self.conv2).apply_t(&self.bn2, train);
         let shortcut = match &self.downsample {
             Some((conv, bn)) => xs.apply(conv).apply_t(bn, train),
