@@ -31,6 +31,18 @@ pub mod venv;
 /// The op profiler of `bench-step --profile`, for any code on libtorch (the examples).
 pub use native::{OpTime, profile};
 
+/// Keeps glibc from serving libtorch's large activation buffers with fresh mmaps (and
+/// unmapping them on free): every batch would otherwise pay for page faults and zeroing,
+/// which doubled the wall time of a CNN forward pass here. For a program's `main` (the
+/// binary's, the examples'), before any thread starts.
+pub fn tune_malloc() {
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// Tests that seed or draw from libtorch's global random generator hold this lock, so that
 /// tests running on parallel threads cannot interleave their draws (the exact-resume test
 /// needs a run to be reproducible).
