@@ -222,13 +222,8 @@ pub fn profile<T>(f: impl FnOnce() -> T) -> Result<(T, Vec<OpTime>)> {
     impl Running {
         fn stop(self) -> String {
             std::mem::forget(self);
-            // SAFETY: stop returns a NUL-terminated string from strdup, ours to free.
-            let table = unsafe { selfsup_profile_stop() };
-            let text = unsafe { CStr::from_ptr(table) }
-                .to_string_lossy()
-                .into_owned();
-            unsafe { selfsup_free_error(table) };
-            text
+            // SAFETY: stop returns a NUL-terminated string from strdup.
+            unsafe { take_string(selfsup_profile_stop()) }
         }
     }
     impl Drop for Running {
@@ -261,12 +256,18 @@ pub(crate) fn check(error: *mut c_char) -> Result<()> {
     if error.is_null() {
         return Ok(());
     }
-    // SAFETY: a non-null result is a NUL-terminated string from the shim's strdup, ours to free.
-    let message = unsafe { CStr::from_ptr(error) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { selfsup_free_error(error) };
-    Err(anyhow!(message))
+    // SAFETY: a non-null result is a NUL-terminated string from the shim's strdup.
+    Err(anyhow!(unsafe { take_string(error) }))
+}
+
+/// A string the shim allocated (strdup), copied and freed.
+///
+/// # Safety
+/// `s` is a non-null, NUL-terminated string from the shim's strdup, not used after this.
+unsafe fn take_string(s: *mut c_char) -> String {
+    let text = unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned();
+    unsafe { selfsup_free_error(s) };
+    text
 }
 
 #[cfg(test)]
