@@ -66,7 +66,7 @@ impl Optimizer {
     /// nothing to zero, and a parameter the next backward pass does not reach is left alone
     /// by `step` (no momentum, no weight decay).
     pub fn zero_grad(&mut self) {
-        let p = native::ptrs(self.params.iter().map(|(_, p)| p));
+        let p = ptrs(self.params.iter().map(|(_, p)| p));
         // SAFETY: p.len() pointers to the live parameters, borrowed for the call.
         check(unsafe { native::selfsup_clear_grads(p.as_ptr(), p.len() as c_int) })
             .expect("resetting a gradient cannot fail");

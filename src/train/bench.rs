@@ -43,6 +43,22 @@ pub struct StepProfile {
     pub ops: Vec<crate::native::OpTime>,
 }
 
+impl StepProfile {
+    /// Seconds of the run in milliseconds per step.
+    fn per_step_ms(&self, secs: f64) -> f64 {
+        1e3 * secs / self.steps.max(1) as f64
+    }
+
+    /// The self seconds of the operators in `category` (`op_category`); None where none is.
+    fn secs_in(&self, category: &str) -> Option<f64> {
+        let mut ops = (self.ops.iter())
+            .filter(|o| op_category(&o.name) == category)
+            .peekable();
+        ops.peek()?;
+        Some(ops.map(|o| o.self_secs).sum())
+    }
+}
+
 /// One measurement: images per second (each image gives the method its views).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -65,6 +81,13 @@ pub struct Row {
     pub failed: Option<String>,
     /// Its step's operators, where `BenchOptions::profile` asked for them.
     pub profile: Option<StepProfile>,
+}
+
+impl Row {
+    /// The same setup (precision, layout, mode) as `other`, in another round.
+    fn same_setup(&self, other: &Row) -> bool {
+        (self.precision, self.layout, self.mode) == (other.precision, other.layout, other.mode)
+    }
 }
 
 /// The step's input for random data: B images' views in the loader's layout (`Batch::images`).
@@ -401,16 +424,11 @@ fn torch_profile(p: &serde_json::Value) -> Result<StepProfile> {
 /// counts; a setup that failed in any round stays failed, with its reason.
 fn keep_best(best: &mut Vec<Row>, round: Vec<Row>) {
     for r in round {
-        let same =
-            |b: &&mut Row| (b.precision, b.layout, b.mode) == (r.precision, r.layout, r.mode);
-        match best.iter_mut().find(same) {
+        match best.iter_mut().find(|b| b.same_setup(&r)) {
             None => best.push(r),
             Some(b) if b.failed.is_some() => {}
             Some(b) if r.failed.is_some() => *b = r,
-            Some(b) => {
-                b.compute = b.compute.max(r.compute);
-                b.profile = b.profile.take().or(r.profile);
-            }
+            Some(b) => b.compute = b.compute.max(r.compute),
         }
     }
 }
@@ -509,9 +527,7 @@ pub fn measure(
     if let (true, Some(steps)) = (opts.profile, &mut torch) {
         let profiled = steps.round("profile").context("profiling PyTorch's step")?;
         for p in profiled {
-            let same =
-                |b: &&mut Row| (b.precision, b.layout, b.mode) == (p.precision, p.layout, p.mode);
-            if let Some(b) = torch_best.iter_mut().find(same) {
+            if let Some(b) = torch_best.iter_mut().find(|b| b.same_setup(&p)) {
                 b.profile = p.profile;
             }
         }
@@ -679,8 +695,7 @@ pub fn profile_table(rows: &[Row]) -> String {
         let _ = write!(out, " {c:>10}");
     }
     out.push('\n');
-    for (r, p) in profiled {
-        let per_step = |s: f64| 1e3 * s / p.steps.max(1) as f64;
+    for &(r, p) in &profiled {
         let _ = write!(
             out,
             "{:<8} {:<9} {:<13} {:<8}",
@@ -688,43 +703,31 @@ pub fn profile_table(rows: &[Row]) -> String {
         );
         let mut inside = 0.0;
         for c in CATEGORIES {
-            let mut ops = p
-                .ops
-                .iter()
-                .filter(|o| op_category(&o.name) == c)
-                .peekable();
-            if ops.peek().is_none() {
-                let _ = write!(out, " {:>10}", "-");
-                continue;
+            match p.secs_in(c) {
+                None => {
+                    let _ = write!(out, " {:>10}", "-");
+                }
+                Some(t) => {
+                    inside += t;
+                    let _ = write!(out, " {:>10.1}", p.per_step_ms(t));
+                }
             }
-            let t: f64 = ops.map(|o| o.self_secs).sum();
-            inside += t;
-            let _ = write!(out, " {:>10.1}", per_step(t));
         }
         let outside = (p.wall_secs - inside).max(0.0);
         let _ = writeln!(
             out,
             " {:>10.1} {:>10.1}",
-            per_step(outside),
-            per_step(p.wall_secs)
+            p.per_step_ms(outside),
+            p.per_step_ms(p.wall_secs)
         );
     }
     // What "other ops" holds: each row's largest few (`ops` is sorted slowest first).
     out.push_str("largest other ops, ms per step:\n");
-    for (r, p) in rows
-        .iter()
-        .filter_map(|r| r.profile.as_ref().map(|p| (r, p)))
-    {
+    for (r, p) in profiled {
         let top: Vec<String> = (p.ops.iter())
             .filter(|o| op_category(&o.name) == "other ops")
             .take(5)
-            .map(|o| {
-                format!(
-                    "{} {:.1}",
-                    o.name,
-                    1e3 * o.self_secs / p.steps.max(1) as f64
-                )
-            })
+            .map(|o| format!("{} {:.1}", o.name, p.per_step_ms(o.self_secs)))
             .collect();
         let _ = writeln!(
             out,
@@ -825,11 +828,7 @@ mod tests {
                 .as_ref()
                 .unwrap_or_else(|| panic!("no profile: {r:?}"));
             assert_eq!(p.steps, opts.steps);
-            let time = |c| -> f64 {
-                (p.ops.iter().filter(|o| op_category(&o.name) == c))
-                    .map(|o| o.self_secs)
-                    .sum()
-            };
+            let time = |c| p.secs_in(c).unwrap_or(0.0);
             assert!(time("conv fwd") > 0.0 && time("conv bwd") > 0.0, "{r:?}");
             assert!(time("batch norm") > 0.0 && time("optimizer") > 0.0, "{r:?}");
             let inside: f64 = p.ops.iter().map(|o| o.self_secs).sum();
