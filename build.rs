@@ -40,6 +40,18 @@ fn main() {
         build.flag("-isystem").flag(dir);
     }
     build.compile("selfsup_native");
+    // The fused batch norm + ReLU loops the shim calls (after it on the link line): plain C++,
+    // vectorised by the compiler at -O3, split among threads by OpenMP. The binary then needs
+    // libgomp.so.1, which libtorch needs too: the loader finds libtorch's copy (the rpath) and
+    // loads it once, so these loops and libtorch's share one thread pool and its thread count.
+    cc::Build::new()
+        .cpp(true)
+        .file("src/native/bn_relu.cpp")
+        .flag("-std=c++17")
+        .flag("-fopenmp")
+        .opt_level(3)
+        .compile("selfsup_kernels");
+    println!("cargo:rustc-link-lib=gomp");
     // After the static shim on the link line, so that its references resolve.
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=torch_cpu");
@@ -60,7 +72,9 @@ fn main() {
         }
     }
 
-    println!("cargo:rerun-if-changed=src/native/shim.cpp");
+    for file in ["shim.cpp", "bn_relu.cpp", "bn_relu.h"] {
+        println!("cargo:rerun-if-changed=src/native/{file}");
+    }
     println!("cargo:rerun-if-changed=src/native/stub");
     for var in ["DEP_TCH_LIBTORCH_LIB", "LIBTORCH", "CUDA_HOME", "CUDA_PATH"] {
         println!("cargo:rerun-if-env-changed={var}");

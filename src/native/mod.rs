@@ -142,6 +142,17 @@ unsafe extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn selfsup_profile_stop() -> *mut c_char;
+    #[allow(clippy::too_many_arguments)]
+    fn selfsup_bn_relu_train(
+        x: *const C_tensor,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        running_mean: *const C_tensor,
+        running_var: *const C_tensor,
+        momentum: f64,
+        eps: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     pub(crate) fn selfsup_fused_sgd(
         params: *const *const C_tensor,
         grads: *const *const C_tensor,
@@ -167,6 +178,39 @@ pub(crate) fn ptrs<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Vec<*const C
 #[cfg(test)]
 pub fn host_reads() -> i64 {
     selfsup_host_reads()
+}
+
+/// relu(batch_norm(x)) in training mode (`[N, C, H, W]`, batch statistics; the running mean
+/// and variance `[C]` updated in place as libtorch's batch_norm updates them), forward and
+/// backward as one autograd function: on the CPU over channels-last float32 or bfloat16 input,
+/// one pass for the statistics and one for the output forward, two backward, where libtorch's
+/// batch_norm and relu make seven (the ReLU's mask is recomputed from the input). Elsewhere it is
+/// libtorch's batch_norm and relu.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    momentum: f64,
+    eps: f64,
+) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the tensors are alive for the call; on success `out` is a new tensor we own.
+    check(unsafe {
+        selfsup_bn_relu_train(
+            x.as_ptr(),
+            weight.as_ptr(),
+            bias.as_ptr(),
+            running_mean.as_ptr(),
+            running_var.as_ptr(),
+            momentum,
+            eps,
+            &mut out,
+        )
+    })?;
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// relu(batch_norm(conv2d(x, w, stride, padding), running statistics)) in evaluation mode as

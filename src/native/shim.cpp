@@ -19,12 +19,16 @@
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
+
+#include "bn_relu.h"
 
 #include <atomic>
 #include <chrono>
@@ -523,6 +527,119 @@ char* selfsup_conv_bn_relu_eval(const at::Tensor* x, const at::Tensor* w, const 
     stack.emplace_back(c10::IValue());
     op.callBoxed(&stack);
     *out = new at::Tensor(stack.at(0).toTensor());
+  });
+}
+
+// Training-mode batch norm (batch statistics, running statistics updated as libtorch's
+// batch_norm updates them) followed by ReLU, forward and backward as one autograd function
+// over channels-last float32 or bfloat16 activations: the loops in bn_relu.cpp, split among
+// libtorch's threads. Where that does not apply (another layout or dtype, not the CPU, one value
+// per channel) it is libtorch's batch_norm and relu.
+extern "C++" {
+namespace {
+bool bn_relu_fusable(const at::Tensor& x) {
+  return x.is_cpu() && x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast) && x.size(1) > 0 && x.numel() / x.size(1) > 1;
+}
+
+// Calls f with a null pointer of x's element type (float, or uint16_t for bfloat16).
+template <class F>
+void by_element(const at::Tensor& x, F&& f) {
+  if (x.scalar_type() == at::kFloat)
+    f(static_cast<float*>(nullptr));
+  else
+    f(static_cast<uint16_t*>(nullptr));
+}
+
+struct BnRelu : public torch::autograd::Function<BnRelu> {
+  // x [N, C, H, W] channels-last; weight, bias, running mean and variance [C].
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& bias, const at::Tensor& running_mean, const at::Tensor& running_var,
+                            double momentum, double eps) {
+    RECORD_FUNCTION("selfsup::bn_relu_forward", std::vector<c10::IValue>());
+    const int64_t C = x.size(1), M = x.numel() / C;
+    const at::Tensor rows = x.permute({0, 2, 3, 1}).reshape({M, C});  // [M, C], a view
+    const at::Tensor origin = rows[0].to(at::kFloat).contiguous();    // [C], the sums' shift
+    at::Tensor y = at::empty_like(x);
+    at::Tensor sums = at::empty({2, C}, at::kDouble);
+    double* sp = sums.data_ptr<double>();
+    by_element(x, [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      selfsup_kernels::bn_relu_stats(reinterpret_cast<const T*>(x.data_ptr()), M, C, origin.data_ptr<float>(), sp,
+                                     sp + C);
+    });
+    const at::Tensor d = sums[0] / double(M);                             // [C], mean - origin
+    const at::Tensor var = (sums[1] / double(M) - d * d).clamp_min(0.0);  // [C], biased
+    const at::Tensor mean64 = origin.to(at::kDouble) + d;
+    const at::Tensor invstd64 = (var + eps).rsqrt();
+    const at::Tensor scale64 = weight.to(at::kDouble) * invstd64;
+    const at::Tensor mean = mean64.to(at::kFloat), invstd = invstd64.to(at::kFloat);
+    const at::Tensor scale = scale64.to(at::kFloat), shift = (bias.to(at::kDouble) - mean64 * scale64).to(at::kFloat);
+    running_mean.mul_(1.0 - momentum).add_((mean64 * momentum).to(running_mean.scalar_type()));
+    running_var.mul_(1.0 - momentum).add_((var * (momentum * double(M) / double(M - 1))).to(running_var.scalar_type()));
+    by_element(x, [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      selfsup_kernels::bn_relu_forward(reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<T*>(y.data_ptr()), M,
+                                       C, scale.data_ptr<float>(), shift.data_ptr<float>());
+    });
+    ctx->save_for_backward({x});
+    ctx->saved_data["mean"] = mean;
+    ctx->saved_data["invstd"] = invstd;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["shift"] = shift;
+    ctx->saved_data["weight"] = weight.detach();
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    RECORD_FUNCTION("selfsup::bn_relu_backward", std::vector<c10::IValue>());
+    const at::Tensor x = ctx->get_saved_variables()[0];
+    const at::Tensor gy = grads[0].to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor mean = ctx->saved_data["mean"].toTensor(), invstd = ctx->saved_data["invstd"].toTensor();
+    const at::Tensor scale = ctx->saved_data["scale"].toTensor(), shift = ctx->saved_data["shift"].toTensor();
+    const at::Tensor weight = ctx->saved_data["weight"].toTensor();
+    const int64_t C = x.size(1), M = x.numel() / C;
+    at::Tensor gx = at::empty_like(x);
+    at::Tensor sums = at::empty({2, C}, at::kDouble);  // sum of g, sum of g (x - mean); g past the ReLU
+    double* sp = sums.data_ptr<double>();
+    const float *sc = scale.data_ptr<float>(), *sh = shift.data_ptr<float>();
+    by_element(x, [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      selfsup_kernels::bn_relu_backward_sums(reinterpret_cast<const T*>(gy.data_ptr()),
+                                             reinterpret_cast<const T*>(x.data_ptr()), M, C, sc, sh,
+                                             mean.data_ptr<float>(), sp, sp + C);
+    });
+    const at::Tensor istd = invstd.to(at::kDouble);
+    const at::Tensor grad_bias = sums[0], grad_weight = sums[1] * istd;
+    // gx = w istd (g - sum_g / M - (x - mean) istd^2 sum_gx / M) = g a + x b + c0
+    const at::Tensor a = weight.to(at::kDouble) * istd;
+    const at::Tensor k = istd * istd * sums[1] / double(M);
+    const at::Tensor fa = a.to(at::kFloat), fb = (-a * k).to(at::kFloat);
+    const at::Tensor fc = (a * (k * mean.to(at::kDouble) - sums[0] / double(M))).to(at::kFloat);
+    by_element(x, [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      selfsup_kernels::bn_relu_backward_grad(reinterpret_cast<const T*>(gy.data_ptr()),
+                                             reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<T*>(gx.data_ptr()),
+                                             M, C, sc, sh, fa.data_ptr<float>(), fb.data_ptr<float>(),
+                                             fc.data_ptr<float>());
+    });
+    return {gx, grad_weight.to(weight.scalar_type()), grad_bias.to(weight.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+}  // namespace
+}  // extern "C++"
+
+char* selfsup_bn_relu_train(const at::Tensor* x, const at::Tensor* weight, const at::Tensor* bias,
+                            const at::Tensor* running_mean, const at::Tensor* running_var, double momentum, double eps,
+                            at::Tensor** out) {
+  return guarded([&] {
+    if (!bn_relu_fusable(*x)) {
+      *out = new at::Tensor(
+          at::batch_norm(*x, *weight, *bias, *running_mean, *running_var, true, momentum, eps, false).relu());
+      return;
+    }
+    *out = new at::Tensor(BnRelu::apply(*x, *weight, *bias, *running_mean, *running_var, momentum, eps));
   });
 }
 

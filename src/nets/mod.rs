@@ -437,7 +437,8 @@ pub fn conv_bn_relu(
 /// gradients on the CPU (feature extraction) the three run as one oneDNN convolution, the
 /// batch norm folded into its weights and bias and the ReLU fused into it
 /// (`native::conv_bn_relu_eval`): the same function to rounding, with two passes over the
-/// activations fewer (they took half of `eval`'s feature time).
+/// activations fewer (they took half of `eval`'s feature time). In training the batch norm
+/// and ReLU run as one (`BatchNorm::relu_train`).
 #[derive(Debug)]
 pub struct ConvBnRelu {
     conv: nn::Conv2D,
@@ -473,9 +474,12 @@ impl nn::ModuleT for ConvBnRelu {
         if !train && let Some(y) = self.fused_eval(x) {
             return y;
         }
-        self.bn
-            .forward_t(&self.conv.forward_t(x, train), train)
-            .relu()
+        let y = self.conv.forward_t(x, train);
+        if train {
+            self.bn.relu_train(&y)
+        } else {
+            self.bn.forward_t(&y, train).relu()
+        }
     }
 }
 
@@ -574,6 +578,105 @@ mod tests {
         // With gradients on (a training-time call in evaluation mode): the three steps.
         assert!(layer.fused_eval(&x).is_none());
         assert_eq!(diff(&layer.forward_t(&x, false)), 0.0);
+    }
+
+    /// Training-mode batch norm + ReLU fused (`native::bn_relu_train`) against libtorch's two
+    /// steps: the output, the gradients of the input, weight and bias, and the running
+    /// statistics, in float32 (to 1e-5 of the scale) and bfloat16 (within its rounding), on
+    /// channels-last input whose channels sit far from zero (the sums' shift matters), with
+    /// some negative weights (the ReLU's mask flips sides); and the fused kernels ran.
+    #[test]
+    fn fused_training_bn_relu_matches_the_two_steps() {
+        let _rng = crate::torch_rng_lock();
+        let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        for kind in [Kind::Float, Kind::BFloat16] {
+            tch::manual_seed(11);
+            let opts = (Kind::Float, Device::Cpu);
+            let c = 24; // not a multiple of a vector's lanes
+            let x0 = Tensor::randn([5, c, 7, 6], opts) * 3.0
+                + Tensor::arange(c, opts).view([1, c, 1, 1]) * 2.0
+                - 20.0;
+            let x0 = nhwc(x0.to_kind(kind));
+            assert!(!x0.is_contiguous() && x0.stride()[1] == 1);
+            let r = Tensor::randn([5, c, 7, 6], opts); // d loss / d y
+            let weight = Tensor::randn([c], opts);
+            let bias = Tensor::randn([c], opts) * 0.5;
+            let (rm, rv) = (Tensor::randn([c], opts), Tensor::rand([c], opts) + 0.5);
+            let run = |fused: bool| {
+                let vs = nn::VarStore::new(Device::Cpu);
+                let bn = norm::batch_norm2d(vs.root() / "bn", c);
+                tch::no_grad(|| {
+                    let v = vs.variables();
+                    for (name, t) in [
+                        ("bn.weight", &weight),
+                        ("bn.bias", &bias),
+                        ("bn.running_mean", &rm),
+                        ("bn.running_var", &rv),
+                    ] {
+                        v[name].shallow_clone().copy_(t);
+                    }
+                });
+                let x = x0.detach().set_requires_grad(true);
+                norm::set_fused_relu(fused);
+                let (y, ops) = native::profile(|| {
+                    let y = bn.relu_train(&x);
+                    (y.to_kind(Kind::Float) * &r).sum(Kind::Float).backward();
+                    y
+                })
+                .unwrap();
+                norm::set_fused_relu(true);
+                let ran = ops.iter().any(|o| o.name == "selfsup::bn_relu_backward");
+                assert_eq!(ran, fused, "{kind:?}: fused kernels ran: {ran}");
+                assert_eq!(y.kind(), kind);
+                let v = vs.variables();
+                let grad = |n: &str| v[n].grad();
+                [
+                    y,
+                    x.grad(),
+                    grad("bn.weight"),
+                    grad("bn.bias"),
+                    v["bn.running_mean"].copy(),
+                    v["bn.running_var"].copy(),
+                ]
+                .map(|t| t.to_kind(Kind::Double))
+            };
+            let (fused, two) = (run(true), run(false));
+            let tol = if kind == Kind::Float { 1e-5 } else { 2e-2 };
+            let names = ["y", "x.grad", "weight.grad", "bias.grad", "mean", "var"];
+            for ((a, b), name) in fused.iter().zip(&two).zip(names) {
+                let scale = b.abs().max().double_value(&[]);
+                let d = (a - b).abs().max().double_value(&[]);
+                assert!(scale > 0.1 && scale.is_finite(), "{kind:?} {name}: {scale}");
+                assert!(d <= tol * scale, "{kind:?} {name}: {d} (scale {scale})");
+            }
+            let zeros = |t: &Tensor| t.eq(0.0).sum(Kind::Int64).int64_value(&[]);
+            assert!(zeros(&fused[0]) > 200, "the ReLU cut some values");
+            assert_eq!(
+                zeros(&fused[0]),
+                zeros(&two[0]),
+                "{kind:?}: the ReLU's mask"
+            );
+        }
+        // Contiguous input: libtorch's two steps, the same values.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bn = norm::batch_norm2d(vs.root() / "bn", 3);
+        let x = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));
+        let (y, ops) = native::profile(|| bn.relu_train(&x)).unwrap();
+        assert!(!ops.iter().any(|o| o.name.starts_with("selfsup::")));
+        let v = vs.variables();
+        let (w, b) = (Some(&v["bn.weight"]), Some(&v["bn.bias"]));
+        let reference = Tensor::batch_norm(
+            &x,
+            w,
+            b,
+            None::<&Tensor>,
+            None::<&Tensor>,
+            true,
+            0.1,
+            1e-5,
+            false,
+        );
+        assert_eq!((y - reference.relu()).abs().max().double_value(&[]), 0.0);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! checkpoints and the PyTorch export do not change.
 
 use crate::dist::current as dist;
+use crate::native;
 use std::borrow::Borrow;
 use std::cell::RefCell;
 use tch::nn::{self, ModuleT};
@@ -41,6 +42,42 @@ impl BatchNorm {
     pub fn eval_affine(&self) -> Option<(&Tensor, &Tensor, &Tensor, &Tensor)> {
         let (w, b) = (self.bn.ws.as_ref()?, self.bn.bs.as_ref()?);
         Some((w, b, &self.bn.running_mean, &self.bn.running_var))
+    }
+}
+
+thread_local! {
+    /// Whether `relu_train` fuses (on by default; off to compare with the two steps).
+    static FUSE_RELU: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Turns the fused training batch norm + ReLU on or off on this thread (`native::bn_relu_train`;
+/// on by default): off runs libtorch's batch_norm and relu, for comparisons.
+pub fn set_fused_relu(on: bool) {
+    FUSE_RELU.with(|f| f.set(on));
+}
+
+impl BatchNorm {
+    /// relu(self(xs)) in training mode. In one process (libtorch's batch_norm, as `forward_t`)
+    /// the two run fused, as one autograd function (`native::bn_relu_train`; on the CPU over
+    /// channels-last float32 or bfloat16, libtorch's two steps elsewhere); on several ranks,
+    /// the layer's synchronised or local forward and a ReLU.
+    pub fn relu_train(&self, xs: &Tensor) -> Tensor {
+        if dist::world_size() == 1
+            && FUSE_RELU.with(|f| f.get())
+            && let (Some(w), Some(b)) = self.weight_bias()
+        {
+            return native::bn_relu_train(
+                xs,
+                w,
+                b,
+                &self.bn.running_mean,
+                &self.bn.running_var,
+                MOMENTUM,
+                EPS,
+            )
+            .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}"));
+        }
+        self.forward_t(xs, true).relu()
     }
 }
 

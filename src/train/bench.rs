@@ -627,7 +627,8 @@ pub fn op_category(name: &str) -> &'static str {
         "conv bwd"
     } else if has(&["convolution", "conv2d"]) {
         "conv fwd"
-    } else if has(&["batch_norm", "batchnorm"]) {
+    } else if has(&["batch_norm", "batchnorm", "selfsup::bn_relu"]) {
+        // (selfsup's fused training batch norm + ReLU counts here: its ReLU costs no pass)
         "batch norm"
     } else if has(&["relu", "threshold_backward", "clamp_min"]) {
         // (libtorch's relu runs as clamp_min(0), where the time is; nothing else in a step
@@ -848,6 +849,8 @@ mod tests {
             ("ConvolutionBackward0", "conv bwd"),
             ("aten::native_batch_norm", "batch norm"),
             ("aten::native_batch_norm_backward", "batch norm"),
+            ("selfsup::bn_relu_forward", "batch norm"),
+            ("selfsup::bn_relu_backward", "batch norm"),
             ("aten::relu_", "relu"),
             ("aten::clamp_min", "relu"),
             ("aten::threshold_backward", "relu"),

@@ -1,0 +1,260 @@
+// The loops of the fused training BatchNorm + ReLU (src/native/shim.cpp's selfsup_bn_relu_train)
+// over channels-last activations, a [rows, C] matrix: rows = N * H * W, C contiguous. Plain
+// C++ without libtorch, compiled at -O3 (build.rs) and cloned per instruction set (AVX-512,
+// AVX2, baseline; the loader picks one for the CPU at start), so the compiler vectorises the
+// inner loop over channels. Each function works on the rows [r0, r1): the shim splits the rows
+// among its threads. bfloat16 values are the upper halves of float32 ones (uint16_t here).
+//
+// The pass over the activations that a separate ReLU makes forward (read, write) and backward
+// (read two, write one) is gone, and so is PyTorch's second pass for the variance: the backward
+// pass recomputes the ReLU's mask from the input, so it reads the input and the gradient twice
+// and writes once, as BatchNorm's own backward does.
+#include "bn_relu.h"
+
+#include <omp.h>
+
+#include <cstring>
+#include <vector>
+
+namespace {
+
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline float load(const uint16_t* p, int64_t i) {
+  uint32_t u = uint32_t(p[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline void store(float* p, int64_t i, float v) { p[i] = v; }
+// Round to nearest even, as PyTorch's float -> bfloat16; NaN stays NaN.
+inline void store(uint16_t* p, int64_t i, float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  p[i] = uint16_t(v != v ? 0x7FC0u : rounded);
+}
+
+// The normalised value before the ReLU, the same expression forward and backward so that the
+// backward pass's mask is the forward pass's.
+inline float pre(float x, float scale, float shift) { return x * scale + shift; }
+
+// Rows are summed in float in blocks of this many, each block's sums added in double: float's
+// speed, double's accuracy over hundreds of thousands of rows.
+constexpr int64_t kBlock = 64;
+
+// Each loop is written once for a channel count CC known when compiling (the common widths:
+// the compiler unrolls the loop over channels and keeps the per-channel values in registers)
+// and for CC = 0, the count given at run time.
+#define SELFSUP_WIDTH(CC, C_rt) const int64_t C = (CC) > 0 ? (CC) : (C_rt)
+
+// Per-block float sums of the rows [b, e): s, q of length C.
+template <typename T, int64_t CC, typename F>
+__attribute__((always_inline)) inline void in_blocks(int64_t r0, int64_t r1, int64_t C_rt, double* __restrict sum,
+                                                     double* __restrict sumsq, F&& rows) {
+  SELFSUP_WIDTH(CC, C_rt);
+  constexpr int64_t kFixed = CC > 0 ? CC : 1;
+  float s_fixed[kFixed], q_fixed[kFixed];
+  std::vector<float> s_any, q_any;
+  float* __restrict s = s_fixed;
+  float* __restrict q = q_fixed;
+  if constexpr (CC == 0) {
+    s_any.resize(C);
+    q_any.resize(C);
+    s = s_any.data();
+    q = q_any.data();
+  }
+  for (int64_t b = r0; b < r1; b += kBlock) {
+    const int64_t e = b + kBlock < r1 ? b + kBlock : r1;
+    for (int64_t c = 0; c < C; ++c) s[c] = q[c] = 0.f;
+    rows(b, e, s, q);
+    for (int64_t c = 0; c < C; ++c) {
+      sum[c] += s[c];
+      sumsq[c] += q[c];
+    }
+  }
+}
+
+template <typename T, int64_t CC>
+__attribute__((always_inline)) inline void stats(const T* __restrict x, int64_t r0, int64_t r1, int64_t C_rt,
+                                                 const float* __restrict shift, double* sum, double* sumsq) {
+  SELFSUP_WIDTH(CC, C_rt);
+  in_blocks<T, CC>(r0, r1, C, sum, sumsq, [&](int64_t b, int64_t e, float* __restrict s, float* __restrict q) {
+    for (int64_t r = b; r < e; ++r) {
+      const T* __restrict row = x + r * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const float d = load(row, c) - shift[c];
+        s[c] += d;
+        q[c] += d * d;
+      }
+    }
+  });
+}
+
+template <typename T, int64_t CC>
+__attribute__((always_inline)) inline void forward(const T* __restrict x, T* __restrict y, int64_t r0, int64_t r1,
+                                                   int64_t C_rt, const float* __restrict scale,
+                                                   const float* __restrict shift) {
+  SELFSUP_WIDTH(CC, C_rt);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* __restrict in = x + r * C;
+    T* __restrict out = y + r * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = pre(load(in, c), scale[c], shift[c]);
+      store(out, c, v < 0.f ? 0.f : v);  // NaN passes, as in torch.relu
+    }
+  }
+}
+
+template <typename T, int64_t CC>
+__attribute__((always_inline)) inline void backward_sums(const T* __restrict gy, const T* __restrict x, int64_t r0,
+                                                         int64_t r1, int64_t C_rt, const float* __restrict scale,
+                                                         const float* __restrict shift, const float* __restrict mean,
+                                                         double* sum_g, double* sum_gx) {
+  SELFSUP_WIDTH(CC, C_rt);
+  in_blocks<T, CC>(r0, r1, C, sum_g, sum_gx, [&](int64_t b, int64_t e, float* __restrict s, float* __restrict q) {
+    for (int64_t r = b; r < e; ++r) {
+      const T* __restrict g = gy + r * C;
+      const T* __restrict in = x + r * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const float xv = load(in, c);
+        const float gv = pre(xv, scale[c], shift[c]) > 0.f ? load(g, c) : 0.f;
+        s[c] += gv;
+        q[c] += gv * (xv - mean[c]);
+      }
+    }
+  });
+}
+
+template <typename T, int64_t CC>
+__attribute__((always_inline)) inline void backward_grad(const T* __restrict gy, const T* __restrict x,
+                                                         T* __restrict gx, int64_t r0, int64_t r1, int64_t C_rt,
+                                                         const float* __restrict scale, const float* __restrict shift,
+                                                         const float* __restrict a, const float* __restrict b,
+                                                         const float* __restrict c0) {
+  SELFSUP_WIDTH(CC, C_rt);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* __restrict g = gy + r * C;
+    const T* __restrict in = x + r * C;
+    T* __restrict out = gx + r * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float xv = load(in, c);
+      const float gv = pre(xv, scale[c], shift[c]) > 0.f ? load(g, c) : 0.f;
+      store(out, c, gv * a[c] + xv * b[c] + c0[c]);
+    }
+  }
+}
+
+// Calls KERNEL<T, CC>(args...) with CC the channel count where it is a common width, else 0.
+#define SELFSUP_BY_WIDTH(KERNEL, T, C, ...)   \
+  switch (C) {                                \
+    case 16:                                  \
+      return KERNEL<T, 16>(__VA_ARGS__);      \
+    case 32:                                  \
+      return KERNEL<T, 32>(__VA_ARGS__);      \
+    case 64:                                  \
+      return KERNEL<T, 64>(__VA_ARGS__);      \
+    case 128:                                 \
+      return KERNEL<T, 128>(__VA_ARGS__);     \
+    case 256:                                 \
+      return KERNEL<T, 256>(__VA_ARGS__);     \
+    case 512:                                 \
+      return KERNEL<T, 512>(__VA_ARGS__);     \
+    default:                                  \
+      return KERNEL<T, 0>(__VA_ARGS__);       \
+  }
+
+}  // namespace
+
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(SELFSUP_NO_CLONES)
+#define SELFSUP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SELFSUP_CLONES
+#endif
+
+#define SELFSUP_BN_RELU_KERNELS(T)                                                                     \
+  SELFSUP_CLONES void rows_stats(const T* x, int64_t r0, int64_t r1, int64_t C, const float* shift, \
+                                    double* sum, double* sumsq) {                                      \
+    SELFSUP_BY_WIDTH(stats, T, C, x, r0, r1, C, shift, sum, sumsq)                                     \
+  }                                                                                                    \
+  SELFSUP_CLONES void rows_forward(const T* x, T* y, int64_t r0, int64_t r1, int64_t C,             \
+                                      const float* scale, const float* shift) {                        \
+    SELFSUP_BY_WIDTH(forward, T, C, x, y, r0, r1, C, scale, shift)                                     \
+  }                                                                                                    \
+  SELFSUP_CLONES void rows_backward_sums(const T* gy, const T* x, int64_t r0, int64_t r1, int64_t C, \
+                                            const float* scale, const float* shift, const float* mean, \
+                                            double* sum_g, double* sum_gx) {                           \
+    SELFSUP_BY_WIDTH(backward_sums, T, C, gy, x, r0, r1, C, scale, shift, mean, sum_g, sum_gx)         \
+  }                                                                                                    \
+  SELFSUP_CLONES void rows_backward_grad(const T* gy, const T* x, T* gx, int64_t r0, int64_t r1,    \
+                                            int64_t C, const float* scale, const float* shift,         \
+                                            const float* a, const float* b, const float* c0) {         \
+    SELFSUP_BY_WIDTH(backward_grad, T, C, gy, x, gx, r0, r1, C, scale, shift, a, b, c0)                \
+  }
+
+SELFSUP_BN_RELU_KERNELS(float)
+SELFSUP_BN_RELU_KERNELS(uint16_t)
+
+// Runs f(r0, r1, tid) on the rows [0, M) cut into one part per thread of libtorch's OpenMP
+// pool (the same runtime: one libgomp.so.1 in the process), the same cut for the same thread
+// count on every run. Split as ATen's parallel_for splits, without a num_threads clause.
+template <typename F>
+void in_parallel(int64_t M, F&& f) {
+#pragma omp parallel
+  {
+    const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
+    f(M * tid / threads, M * (tid + 1) / threads, tid);
+  }
+}
+
+// Per-thread sums, added up in thread order after the parallel region: deterministic.
+template <typename F>
+void summed(int64_t M, int64_t C, double* sum_a, double* sum_b, F&& rows) {
+  std::vector<double> parts(int64_t(omp_get_max_threads()) * 2 * C, 0.0);
+  int64_t used = 0;
+#pragma omp parallel
+  {
+    const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
+    if (tid == 0) used = threads;
+    double* mine = parts.data() + tid * 2 * C;
+    rows(M * tid / threads, M * (tid + 1) / threads, mine, mine + C);
+  }
+  for (int64_t c = 0; c < C; ++c) sum_a[c] = sum_b[c] = 0.0;
+  for (int64_t t = 0; t < used; ++t)
+    for (int64_t c = 0; c < C; ++c) {
+      sum_a[c] += parts[t * 2 * C + c];
+      sum_b[c] += parts[t * 2 * C + C + c];
+    }
+}
+
+}  // namespace
+
+namespace selfsup_kernels {
+
+#define SELFSUP_BN_RELU_DRIVERS(T)                                                                          \
+  void bn_relu_stats(const T* x, int64_t M, int64_t C, const float* shift, double* sum, double* sumsq) {   \
+    summed(M, C, sum, sumsq, [&](int64_t r0, int64_t r1, double* s, double* q) {                            \
+      rows_stats(x, r0, r1, C, shift, s, q);                                                                \
+    });                                                                                                     \
+  }                                                                                                         \
+  void bn_relu_forward(const T* x, T* y, int64_t M, int64_t C, const float* scale, const float* shift) {   \
+    in_parallel(M, [&](int64_t r0, int64_t r1, int64_t) { rows_forward(x, y, r0, r1, C, scale, shift); }); \
+  }                                                                                                         \
+  void bn_relu_backward_sums(const T* gy, const T* x, int64_t M, int64_t C, const float* scale,             \
+                             const float* shift, const float* mean, double* sum_g, double* sum_gx) {        \
+    summed(M, C, sum_g, sum_gx, [&](int64_t r0, int64_t r1, double* s, double* q) {                         \
+      rows_backward_sums(gy, x, r0, r1, C, scale, shift, mean, s, q);                                       \
+    });                                                                                                     \
+  }                                                                                                         \
+  void bn_relu_backward_grad(const T* gy, const T* x, T* gx, int64_t M, int64_t C, const float* scale,      \
+                             const float* shift, const float* a, const float* b, const float* c0) {         \
+    in_parallel(M, [&](int64_t r0, int64_t r1, int64_t) {                                                   \
+      rows_backward_grad(gy, x, gx, r0, r1, C, scale, shift, a, b, c0);                                     \
+    });                                                                                                     \
+  }
+
+SELFSUP_BN_RELU_DRIVERS(float)
+SELFSUP_BN_RELU_DRIVERS(uint16_t)
+
+}  // namespace selfsup_kernels
