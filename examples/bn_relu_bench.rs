@@ -30,7 +30,7 @@ fn main() {
     // (y * g).sum() gives y the gradient g, as a following layer would.
     let step = || {
         for ((l, x), g) in layers.iter().zip(&xs).zip(&gs) {
-            (l.relu_train(x) * g).sum(kind).backward();
+            (l.relu_train(x, None) * g).sum(kind).backward();
         }
     };
     let mut best = [f64::MAX; 2];

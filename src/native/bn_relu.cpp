@@ -74,7 +74,7 @@ __attribute__((always_inline)) inline void in_blocks(int64_t r0, int64_t r1, int
   }
 }
 
-template <typename T, int64_t CC>
+template <typename T, int64_t CC, bool Res>
 __attribute__((always_inline)) inline void stats(const T* __restrict x, int64_t r0, int64_t r1, int64_t C_rt,
                                                  const float* __restrict shift, double* sum, double* sumsq) {
   SELFSUP_WIDTH(CC, C_rt);
@@ -90,34 +90,46 @@ __attribute__((always_inline)) inline void stats(const T* __restrict x, int64_t 
   });
 }
 
-template <typename T, int64_t CC>
-__attribute__((always_inline)) inline void forward(const T* __restrict x, T* __restrict y, int64_t r0, int64_t r1,
-                                                   int64_t C_rt, const float* __restrict scale,
+// The value before the ReLU: the normalised x, plus the residual's value where there is one
+// (Res: a ResNet block's shortcut, added before its last ReLU).
+template <bool Res, typename T>
+__attribute__((always_inline)) inline float before_relu(const T* __restrict res_row, int64_t c, float xv, float scale,
+                                                        float shift) {
+  float v = pre(xv, scale, shift);
+  if constexpr (Res) v += load(res_row, c);
+  return v;
+}
+
+template <typename T, int64_t CC, bool Res>
+__attribute__((always_inline)) inline void forward(const T* __restrict x, const T* __restrict res, T* __restrict y,
+                                                   int64_t r0, int64_t r1, int64_t C_rt, const float* __restrict scale,
                                                    const float* __restrict shift) {
   SELFSUP_WIDTH(CC, C_rt);
   for (int64_t r = r0; r < r1; ++r) {
     const T* __restrict in = x + r * C;
+    const T* __restrict res_row = Res ? res + r * C : nullptr;
     T* __restrict out = y + r * C;
     for (int64_t c = 0; c < C; ++c) {
-      const float v = pre(load(in, c), scale[c], shift[c]);
+      const float v = before_relu<Res>(res_row, c, load(in, c), scale[c], shift[c]);
       store(out, c, v < 0.f ? 0.f : v);  // NaN passes, as in torch.relu
     }
   }
 }
 
-template <typename T, int64_t CC>
-__attribute__((always_inline)) inline void backward_sums(const T* __restrict gy, const T* __restrict x, int64_t r0,
-                                                         int64_t r1, int64_t C_rt, const float* __restrict scale,
-                                                         const float* __restrict shift, const float* __restrict mean,
-                                                         double* sum_g, double* sum_gx) {
+template <typename T, int64_t CC, bool Res>
+__attribute__((always_inline)) inline void backward_sums(const T* __restrict gy, const T* __restrict x,
+                                                         const T* __restrict res, int64_t r0, int64_t r1, int64_t C_rt,
+                                                         const float* __restrict scale, const float* __restrict shift,
+                                                         const float* __restrict mean, double* sum_g, double* sum_gx) {
   SELFSUP_WIDTH(CC, C_rt);
   in_blocks<T, CC>(r0, r1, C, sum_g, sum_gx, [&](int64_t b, int64_t e, float* __restrict s, float* __restrict q) {
     for (int64_t r = b; r < e; ++r) {
       const T* __restrict g = gy + r * C;
       const T* __restrict in = x + r * C;
+      const T* __restrict res_row = Res ? res + r * C : nullptr;
       for (int64_t c = 0; c < C; ++c) {
         const float xv = load(in, c);
-        const float gv = pre(xv, scale[c], shift[c]) > 0.f ? load(g, c) : 0.f;
+        const float gv = before_relu<Res>(res_row, c, xv, scale[c], shift[c]) > 0.f ? load(g, c) : 0.f;
         s[c] += gv;
         q[c] += gv * (xv - mean[c]);
       }
@@ -125,9 +137,10 @@ __attribute__((always_inline)) inline void backward_sums(const T* __restrict gy,
   });
 }
 
-template <typename T, int64_t CC>
+template <typename T, int64_t CC, bool Res>
 __attribute__((always_inline)) inline void backward_grad(const T* __restrict gy, const T* __restrict x,
-                                                         T* __restrict gx, int64_t r0, int64_t r1, int64_t C_rt,
+                                                         const T* __restrict res, T* __restrict gx,
+                                                         T* __restrict gres, int64_t r0, int64_t r1, int64_t C_rt,
                                                          const float* __restrict scale, const float* __restrict shift,
                                                          const float* __restrict a, const float* __restrict b,
                                                          const float* __restrict c0) {
@@ -135,32 +148,41 @@ __attribute__((always_inline)) inline void backward_grad(const T* __restrict gy,
   for (int64_t r = r0; r < r1; ++r) {
     const T* __restrict g = gy + r * C;
     const T* __restrict in = x + r * C;
+    const T* __restrict res_row = Res ? res + r * C : nullptr;
     T* __restrict out = gx + r * C;
     for (int64_t c = 0; c < C; ++c) {
       const float xv = load(in, c);
-      const float gv = pre(xv, scale[c], shift[c]) > 0.f ? load(g, c) : 0.f;
+      const float gv = before_relu<Res>(res_row, c, xv, scale[c], shift[c]) > 0.f ? load(g, c) : 0.f;
       store(out, c, gv * a[c] + xv * b[c] + c0[c]);
+      if constexpr (Res) store(gres + r * C, c, gv);  // the shortcut's gradient: the ReLU's
     }
   }
 }
 
-// Calls KERNEL<T, CC>(args...) with CC the channel count where it is a common width, else 0.
-#define SELFSUP_BY_WIDTH(KERNEL, T, C, ...)   \
-  switch (C) {                                \
-    case 16:                                  \
-      return KERNEL<T, 16>(__VA_ARGS__);      \
-    case 32:                                  \
-      return KERNEL<T, 32>(__VA_ARGS__);      \
-    case 64:                                  \
-      return KERNEL<T, 64>(__VA_ARGS__);      \
-    case 128:                                 \
-      return KERNEL<T, 128>(__VA_ARGS__);     \
-    case 256:                                 \
-      return KERNEL<T, 256>(__VA_ARGS__);     \
-    case 512:                                 \
-      return KERNEL<T, 512>(__VA_ARGS__);     \
-    default:                                  \
-      return KERNEL<T, 0>(__VA_ARGS__);       \
+// Calls KERNEL<T, CC, RES>(args...) with CC the channel count where it is a common width, else 0.
+#define SELFSUP_BY_WIDTH(KERNEL, T, RES, C, ...) \
+  switch (C) {                                   \
+    case 16:                                     \
+      return KERNEL<T, 16, RES>(__VA_ARGS__);    \
+    case 32:                                     \
+      return KERNEL<T, 32, RES>(__VA_ARGS__);    \
+    case 64:                                     \
+      return KERNEL<T, 64, RES>(__VA_ARGS__);    \
+    case 128:                                    \
+      return KERNEL<T, 128, RES>(__VA_ARGS__);   \
+    case 256:                                    \
+      return KERNEL<T, 256, RES>(__VA_ARGS__);   \
+    case 512:                                    \
+      return KERNEL<T, 512, RES>(__VA_ARGS__);   \
+    default:                                     \
+      return KERNEL<T, 0, RES>(__VA_ARGS__);     \
+  }
+// The same, RES true where `res` is given.
+#define SELFSUP_BY_WIDTH_RES(KERNEL, T, res, C, ...)   \
+  if (res) {                                           \
+    SELFSUP_BY_WIDTH(KERNEL, T, true, C, __VA_ARGS__)  \
+  } else {                                             \
+    SELFSUP_BY_WIDTH(KERNEL, T, false, C, __VA_ARGS__) \
   }
 
 }  // namespace
@@ -173,24 +195,25 @@ namespace {
 #define SELFSUP_CLONES
 #endif
 
-#define SELFSUP_BN_RELU_KERNELS(T)                                                                     \
-  SELFSUP_CLONES void rows_stats(const T* x, int64_t r0, int64_t r1, int64_t C, const float* shift, \
-                                    double* sum, double* sumsq) {                                      \
-    SELFSUP_BY_WIDTH(stats, T, C, x, r0, r1, C, shift, sum, sumsq)                                     \
-  }                                                                                                    \
-  SELFSUP_CLONES void rows_forward(const T* x, T* y, int64_t r0, int64_t r1, int64_t C,             \
-                                      const float* scale, const float* shift) {                        \
-    SELFSUP_BY_WIDTH(forward, T, C, x, y, r0, r1, C, scale, shift)                                     \
-  }                                                                                                    \
-  SELFSUP_CLONES void rows_backward_sums(const T* gy, const T* x, int64_t r0, int64_t r1, int64_t C, \
-                                            const float* scale, const float* shift, const float* mean, \
-                                            double* sum_g, double* sum_gx) {                           \
-    SELFSUP_BY_WIDTH(backward_sums, T, C, gy, x, r0, r1, C, scale, shift, mean, sum_g, sum_gx)         \
-  }                                                                                                    \
-  SELFSUP_CLONES void rows_backward_grad(const T* gy, const T* x, T* gx, int64_t r0, int64_t r1,    \
-                                            int64_t C, const float* scale, const float* shift,         \
-                                            const float* a, const float* b, const float* c0) {         \
-    SELFSUP_BY_WIDTH(backward_grad, T, C, gy, x, gx, r0, r1, C, scale, shift, a, b, c0)                \
+#define SELFSUP_BN_RELU_KERNELS(T)                                                                          \
+  SELFSUP_CLONES void rows_stats(const T* x, int64_t r0, int64_t r1, int64_t C, const float* shift,        \
+                                 double* sum, double* sumsq) {                                            \
+    SELFSUP_BY_WIDTH(stats, T, false, C, x, r0, r1, C, shift, sum, sumsq)                                 \
+  }                                                                                                       \
+  SELFSUP_CLONES void rows_forward(const T* x, const T* res, T* y, int64_t r0, int64_t r1, int64_t C,     \
+                                   const float* scale, const float* shift) {                              \
+    SELFSUP_BY_WIDTH_RES(forward, T, res, C, x, res, y, r0, r1, C, scale, shift)                          \
+  }                                                                                                       \
+  SELFSUP_CLONES void rows_backward_sums(const T* gy, const T* x, const T* res, int64_t r0, int64_t r1,    \
+                                         int64_t C, const float* scale, const float* shift,               \
+                                         const float* mean, double* sum_g, double* sum_gx) {              \
+    SELFSUP_BY_WIDTH_RES(backward_sums, T, res, C, gy, x, res, r0, r1, C, scale, shift, mean, sum_g,      \
+                         sum_gx)                                                                          \
+  }                                                                                                       \
+  SELFSUP_CLONES void rows_backward_grad(const T* gy, const T* x, const T* res, T* gx, T* gres, int64_t r0, \
+                                         int64_t r1, int64_t C, const float* scale, const float* shift,   \
+                                         const float* a, const float* b, const float* c0) {               \
+    SELFSUP_BY_WIDTH_RES(backward_grad, T, res, C, gy, x, res, gx, gres, r0, r1, C, scale, shift, a, b, c0) \
   }
 
 SELFSUP_BN_RELU_KERNELS(float)
@@ -233,25 +256,27 @@ void summed(int64_t M, int64_t C, double* sum_a, double* sum_b, F&& rows) {
 namespace selfsup_kernels {
 
 #define SELFSUP_BN_RELU_DRIVERS(T)                                                                          \
-  void bn_relu_stats(const T* x, int64_t M, int64_t C, const float* shift, double* sum, double* sumsq) {   \
-    summed(M, C, sum, sumsq, [&](int64_t r0, int64_t r1, double* s, double* q) {                            \
-      rows_stats(x, r0, r1, C, shift, s, q);                                                                \
-    });                                                                                                     \
-  }                                                                                                         \
-  void bn_relu_forward(const T* x, T* y, int64_t M, int64_t C, const float* scale, const float* shift) {   \
-    in_parallel(M, [&](int64_t r0, int64_t r1, int64_t) { rows_forward(x, y, r0, r1, C, scale, shift); }); \
-  }                                                                                                         \
-  void bn_relu_backward_sums(const T* gy, const T* x, int64_t M, int64_t C, const float* scale,             \
-                             const float* shift, const float* mean, double* sum_g, double* sum_gx) {        \
-    summed(M, C, sum_g, sum_gx, [&](int64_t r0, int64_t r1, double* s, double* q) {                         \
-      rows_backward_sums(gy, x, r0, r1, C, scale, shift, mean, s, q);                                       \
-    });                                                                                                     \
-  }                                                                                                         \
-  void bn_relu_backward_grad(const T* gy, const T* x, T* gx, int64_t M, int64_t C, const float* scale,      \
-                             const float* shift, const float* a, const float* b, const float* c0) {         \
-    in_parallel(M, [&](int64_t r0, int64_t r1, int64_t) {                                                   \
-      rows_backward_grad(gy, x, gx, r0, r1, C, scale, shift, a, b, c0);                                     \
-    });                                                                                                     \
+  void bn_relu_stats(const T* x, int64_t M, int64_t C, const float* shift, double* sum, double* sumsq) {     \
+    summed(M, C, sum, sumsq, [&](int64_t r0, int64_t r1, double* s, double* q) {                              \
+      rows_stats(x, r0, r1, C, shift, s, q);                                                                  \
+    });                                                                                                       \
+  }                                                                                                           \
+  void bn_relu_forward(const T* x, const T* res, T* y, int64_t M, int64_t C, const float* scale,              \
+                       const float* shift) {                                                                  \
+    in_parallel(M, [&](int64_t r0, int64_t r1, int64_t) { rows_forward(x, res, y, r0, r1, C, scale, shift); }); \
+  }                                                                                                           \
+  void bn_relu_backward_sums(const T* gy, const T* x, const T* res, int64_t M, int64_t C, const float* scale,  \
+                             const float* shift, const float* mean, double* sum_g, double* sum_gx) {          \
+    summed(M, C, sum_g, sum_gx, [&](int64_t r0, int64_t r1, double* s, double* q) {                           \
+      rows_backward_sums(gy, x, res, r0, r1, C, scale, shift, mean, s, q);                                    \
+    });                                                                                                       \
+  }                                                                                                           \
+  void bn_relu_backward_grad(const T* gy, const T* x, const T* res, T* gx, T* gres, int64_t M, int64_t C,     \
+                             const float* scale, const float* shift, const float* a, const float* b,          \
+                             const float* c0) {                                                               \
+    in_parallel(M, [&](int64_t r0, int64_t r1, int64_t) {                                                     \
+      rows_backward_grad(gy, x, res, gx, gres, r0, r1, C, scale, shift, a, b, c0);                            \
+    });                                                                                                       \
   }
 
 SELFSUP_BN_RELU_DRIVERS(float)

@@ -147,6 +147,7 @@ unsafe extern "C" {
         x: *const C_tensor,
         weight: *const C_tensor,
         bias: *const C_tensor,
+        residual: *const C_tensor,
         running_mean: *const C_tensor,
         running_var: *const C_tensor,
         momentum: f64,
@@ -180,17 +181,18 @@ pub fn host_reads() -> i64 {
     selfsup_host_reads()
 }
 
-/// relu(batch_norm(x)) in training mode (`[N, C, H, W]`, batch statistics; the running mean
-/// and variance `[C]` updated in place as libtorch's batch_norm updates them), forward and
-/// backward as one autograd function: on the CPU over channels-last float32 or bfloat16 input,
-/// one pass for the statistics and one for the output forward, two backward, where libtorch's
-/// batch_norm and relu make seven (the ReLU's mask is recomputed from the input). Elsewhere it is
-/// libtorch's batch_norm and relu.
+/// relu(batch_norm(x) + residual) in training mode (`[N, C, H, W]`, batch statistics; the
+/// running mean and variance `[C]` updated in place as libtorch's batch_norm updates them; the
+/// residual optional, like x), forward and backward as one autograd function: on the CPU over
+/// channels-last float32 or bfloat16 input, one pass for the statistics and one for the output
+/// forward, two backward, where libtorch's batch_norm and relu make seven (the ReLU's mask is
+/// recomputed from the input). Elsewhere it is libtorch's batch_norm, add and relu.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_relu_train(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
+    residual: Option<&Tensor>,
     running_mean: &Tensor,
     running_var: &Tensor,
     momentum: f64,
@@ -203,6 +205,7 @@ pub fn bn_relu_train(
             x.as_ptr(),
             weight.as_ptr(),
             bias.as_ptr(),
+            residual.map_or(std::ptr::null(), Tensor::as_ptr),
             running_mean.as_ptr(),
             running_var.as_ptr(),
             momentum,

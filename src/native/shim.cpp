@@ -531,15 +531,26 @@ char* selfsup_conv_bn_relu_eval(const at::Tensor* x, const at::Tensor* w, const 
 }
 
 // Training-mode batch norm (batch statistics, running statistics updated as libtorch's
-// batch_norm updates them) followed by ReLU, forward and backward as one autograd function
+// batch_norm updates them), plus a residual where one is given (a ResNet block's shortcut),
+// followed by ReLU, forward and backward as one autograd function
 // over channels-last float32 or bfloat16 activations: the loops in bn_relu.cpp, split among
 // libtorch's threads. Where that does not apply (another layout or dtype, not the CPU, one value
 // per channel) it is libtorch's batch_norm and relu.
 extern "C++" {
 namespace {
-bool bn_relu_fusable(const at::Tensor& x) {
-  return x.is_cpu() && x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+// The residual is an empty tensor where there is none: libtorch's custom autograd functions take
+// no undefined tensors.
+bool bn_relu_fusable(const at::Tensor& x, const at::Tensor& residual) {
+  const bool fits = residual.numel() == 0 || (residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type() &&
+                                            residual.is_contiguous(at::MemoryFormat::ChannelsLast));
+  return fits && x.is_cpu() && x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
          x.is_contiguous(at::MemoryFormat::ChannelsLast) && x.size(1) > 0 && x.numel() / x.size(1) > 1;
+}
+
+// The data of an optional tensor as T*, null where it is undefined or empty.
+template <typename T>
+T* data_or_null(const at::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? reinterpret_cast<T*>(t.data_ptr()) : nullptr;
 }
 
 // Calls f with a null pointer of x's element type (float, or uint16_t for bfloat16).
@@ -552,10 +563,10 @@ void by_element(const at::Tensor& x, F&& f) {
 }
 
 struct BnRelu : public torch::autograd::Function<BnRelu> {
-  // x [N, C, H, W] channels-last; weight, bias, running mean and variance [C].
+  // x [N, C, H, W] channels-last, residual like x or empty; weight, bias, running mean and variance [C].
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& bias, const at::Tensor& running_mean, const at::Tensor& running_var,
-                            double momentum, double eps) {
+                            const at::Tensor& bias, const at::Tensor& residual, const at::Tensor& running_mean,
+                            const at::Tensor& running_var, double momentum, double eps) {
     RECORD_FUNCTION("selfsup::bn_relu_forward", std::vector<c10::IValue>());
     const int64_t C = x.size(1), M = x.numel() / C;
     const at::Tensor rows = x.permute({0, 2, 3, 1}).reshape({M, C});  // [M, C], a view
@@ -579,10 +590,11 @@ struct BnRelu : public torch::autograd::Function<BnRelu> {
     running_var.mul_(1.0 - momentum).add_((var * (momentum * double(M) / double(M - 1))).to(running_var.scalar_type()));
     by_element(x, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      selfsup_kernels::bn_relu_forward(reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<T*>(y.data_ptr()), M,
-                                       C, scale.data_ptr<float>(), shift.data_ptr<float>());
+      selfsup_kernels::bn_relu_forward(reinterpret_cast<const T*>(x.data_ptr()), data_or_null<const T>(residual),
+                                       reinterpret_cast<T*>(y.data_ptr()), M, C, scale.data_ptr<float>(),
+                                       shift.data_ptr<float>());
     });
-    ctx->save_for_backward({x});
+    ctx->save_for_backward({x, residual});
     ctx->saved_data["mean"] = mean;
     ctx->saved_data["invstd"] = invstd;
     ctx->saved_data["scale"] = scale;
@@ -594,21 +606,22 @@ struct BnRelu : public torch::autograd::Function<BnRelu> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     RECORD_FUNCTION("selfsup::bn_relu_backward", std::vector<c10::IValue>());
-    const at::Tensor x = ctx->get_saved_variables()[0];
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &residual = saved[1];
     const at::Tensor gy = grads[0].to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor mean = ctx->saved_data["mean"].toTensor(), invstd = ctx->saved_data["invstd"].toTensor();
     const at::Tensor scale = ctx->saved_data["scale"].toTensor(), shift = ctx->saved_data["shift"].toTensor();
     const at::Tensor weight = ctx->saved_data["weight"].toTensor();
     const int64_t C = x.size(1), M = x.numel() / C;
-    at::Tensor gx = at::empty_like(x);
+    at::Tensor gx = at::empty_like(x), grad_residual = residual.numel() > 0 ? at::empty_like(x) : at::Tensor();
     at::Tensor sums = at::empty({2, C}, at::kDouble);  // sum of g, sum of g (x - mean); g past the ReLU
     double* sp = sums.data_ptr<double>();
     const float *sc = scale.data_ptr<float>(), *sh = shift.data_ptr<float>();
     by_element(x, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       selfsup_kernels::bn_relu_backward_sums(reinterpret_cast<const T*>(gy.data_ptr()),
-                                             reinterpret_cast<const T*>(x.data_ptr()), M, C, sc, sh,
-                                             mean.data_ptr<float>(), sp, sp + C);
+                                             reinterpret_cast<const T*>(x.data_ptr()), data_or_null<const T>(residual),
+                                             M, C, sc, sh, mean.data_ptr<float>(), sp, sp + C);
     });
     const at::Tensor istd = invstd.to(at::kDouble);
     const at::Tensor grad_bias = sums[0], grad_weight = sums[1] * istd;
@@ -620,26 +633,29 @@ struct BnRelu : public torch::autograd::Function<BnRelu> {
     by_element(x, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       selfsup_kernels::bn_relu_backward_grad(reinterpret_cast<const T*>(gy.data_ptr()),
-                                             reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<T*>(gx.data_ptr()),
-                                             M, C, sc, sh, fa.data_ptr<float>(), fb.data_ptr<float>(),
+                                             reinterpret_cast<const T*>(x.data_ptr()), data_or_null<const T>(residual),
+                                             reinterpret_cast<T*>(gx.data_ptr()), data_or_null<T>(grad_residual), M, C,
+                                             sc, sh, fa.data_ptr<float>(), fb.data_ptr<float>(),
                                              fc.data_ptr<float>());
     });
-    return {gx, grad_weight.to(weight.scalar_type()), grad_bias.to(weight.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {gx,           grad_weight.to(weight.scalar_type()), grad_bias.to(weight.scalar_type()), grad_residual,
+            at::Tensor(), at::Tensor(),                         at::Tensor(),                       at::Tensor()};
   }
 };
 }  // namespace
 }  // extern "C++"
 
 char* selfsup_bn_relu_train(const at::Tensor* x, const at::Tensor* weight, const at::Tensor* bias,
-                            const at::Tensor* running_mean, const at::Tensor* running_var, double momentum, double eps,
-                            at::Tensor** out) {
+                            const at::Tensor* residual, const at::Tensor* running_mean, const at::Tensor* running_var,
+                            double momentum, double eps, at::Tensor** out) {
   return guarded([&] {
-    if (!bn_relu_fusable(*x)) {
-      *out = new at::Tensor(
-          at::batch_norm(*x, *weight, *bias, *running_mean, *running_var, true, momentum, eps, false).relu());
+    const at::Tensor res = residual ? *residual : at::empty({0}, x->options());
+    if (!bn_relu_fusable(*x, res)) {
+      at::Tensor y = at::batch_norm(*x, *weight, *bias, *running_mean, *running_var, true, momentum, eps, false);
+      *out = new at::Tensor((residual ? y + res : y).relu());
       return;
     }
-    *out = new at::Tensor(BnRelu::apply(*x, *weight, *bias, *running_mean, *running_var, momentum, eps));
+    *out = new at::Tensor(BnRelu::apply(*x, *weight, *bias, res, *running_mean, *running_var, momentum, eps));
   });
 }
 

@@ -476,7 +476,7 @@ impl nn::ModuleT for ConvBnRelu {
         }
         let y = self.conv.forward_t(x, train);
         if train {
-            self.bn.relu_train(&y)
+            self.bn.relu_train(&y, None)
         } else {
             self.bn.forward_t(&y, train).relu()
         }
@@ -580,29 +580,38 @@ mod tests {
         assert_eq!(diff(&layer.forward_t(&x, false)), 0.0);
     }
 
-    /// Training-mode batch norm + ReLU fused (`native::bn_relu_train`) against libtorch's two
-    /// steps: the output, the gradients of the input, weight and bias, and the running
-    /// statistics, in float32 (to 1e-5 of the scale) and bfloat16 (within its rounding), on
-    /// channels-last input whose channels sit far from zero (the sums' shift matters), with
-    /// some negative weights (the ReLU's mask flips sides); and the fused kernels ran.
+    /// Training-mode batch norm (+ a residual) + ReLU fused (`native::bn_relu_train`) against
+    /// libtorch's steps in float32 on the same values: the output, the gradients of the input,
+    /// weight, bias and residual, and the running statistics, in float32 (to 1e-5 of the scale)
+    /// and bfloat16 (within its rounding), on channels-last input whose channels sit far from
+    /// zero (the sums' shift matters), with some negative weights (the ReLU's mask flips
+    /// sides); and the fused kernels ran. (Against libtorch's bfloat16 steps the residual case
+    /// differs at the ReLU's edge: libtorch rounds the batch norm's output before the sum.)
     #[test]
     fn fused_training_bn_relu_matches_the_two_steps() {
         let _rng = crate::torch_rng_lock();
         let nhwc = |t: Tensor| t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-        for kind in [Kind::Float, Kind::BFloat16] {
+        for (kind, with_residual) in [
+            (Kind::Float, false),
+            (Kind::BFloat16, false),
+            (Kind::Float, true),
+            (Kind::BFloat16, true),
+        ] {
             tch::manual_seed(11);
             let opts = (Kind::Float, Device::Cpu);
             let c = 24; // not a multiple of a vector's lanes
-            let x0 = Tensor::randn([5, c, 7, 6], opts) * 3.0
+            let shape = [5, c, 7, 6];
+            let x0 = Tensor::randn(shape, opts) * 3.0
                 + Tensor::arange(c, opts).view([1, c, 1, 1]) * 2.0
                 - 20.0;
             let x0 = nhwc(x0.to_kind(kind));
             assert!(!x0.is_contiguous() && x0.stride()[1] == 1);
-            let r = Tensor::randn([5, c, 7, 6], opts); // d loss / d y
+            let res0 = nhwc(Tensor::randn(shape, opts).to_kind(kind));
+            let r = Tensor::randn(shape, opts); // d loss / d y
             let weight = Tensor::randn([c], opts);
             let bias = Tensor::randn([c], opts) * 0.5;
             let (rm, rv) = (Tensor::randn([c], opts), Tensor::rand([c], opts) + 0.5);
-            let run = |fused: bool| {
+            let run = |fused: bool, kind: Kind| {
                 let vs = nn::VarStore::new(Device::Cpu);
                 let bn = norm::batch_norm2d(vs.root() / "bn", c);
                 tch::no_grad(|| {
@@ -616,10 +625,11 @@ mod tests {
                         v[name].shallow_clone().copy_(t);
                     }
                 });
-                let x = x0.detach().set_requires_grad(true);
+                let x = x0.to_kind(kind).copy().set_requires_grad(true);
+                let res = res0.to_kind(kind).copy().set_requires_grad(true);
                 norm::set_fused_relu(fused);
                 let (y, ops) = native::profile(|| {
-                    let y = bn.relu_train(&x);
+                    let y = bn.relu_train(&x, with_residual.then_some(&res));
                     (y.to_kind(Kind::Float) * &r).sum(Kind::Float).backward();
                     y
                 })
@@ -630,6 +640,11 @@ mod tests {
                 assert_eq!(y.kind(), kind);
                 let v = vs.variables();
                 let grad = |n: &str| v[n].grad();
+                let res_grad = if with_residual {
+                    res.grad()
+                } else {
+                    r.ones_like()
+                };
                 [
                     y,
                     x.grad(),
@@ -637,31 +652,29 @@ mod tests {
                     grad("bn.bias"),
                     v["bn.running_mean"].copy(),
                     v["bn.running_var"].copy(),
+                    res_grad,
                 ]
                 .map(|t| t.to_kind(Kind::Double))
             };
-            let (fused, two) = (run(true), run(false));
+            let (fused, two) = (run(true, kind), run(false, Kind::Float));
             let tol = if kind == Kind::Float { 1e-5 } else { 2e-2 };
-            let names = ["y", "x.grad", "weight.grad", "bias.grad", "mean", "var"];
+            let names = ["y", "x.grad", "w.grad", "b.grad", "mean", "var", "res.grad"];
+            let what = format!("{kind:?}, residual {with_residual}");
             for ((a, b), name) in fused.iter().zip(&two).zip(names) {
                 let scale = b.abs().max().double_value(&[]);
+                assert!(scale > 0.1 && scale.is_finite(), "{what} {name}: {scale}");
                 let d = (a - b).abs().max().double_value(&[]);
-                assert!(scale > 0.1 && scale.is_finite(), "{kind:?} {name}: {scale}");
-                assert!(d <= tol * scale, "{kind:?} {name}: {d} (scale {scale})");
+                assert!(d <= tol * scale, "{what} {name}: {d} (scale {scale})");
             }
             let zeros = |t: &Tensor| t.eq(0.0).sum(Kind::Int64).int64_value(&[]);
             assert!(zeros(&fused[0]) > 200, "the ReLU cut some values");
-            assert_eq!(
-                zeros(&fused[0]),
-                zeros(&two[0]),
-                "{kind:?}: the ReLU's mask"
-            );
+            assert_eq!(zeros(&fused[0]), zeros(&two[0]), "{what}: the ReLU's mask");
         }
         // Contiguous input: libtorch's two steps, the same values.
         let vs = nn::VarStore::new(Device::Cpu);
         let bn = norm::batch_norm2d(vs.root() / "bn", 3);
         let x = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));
-        let (y, ops) = native::profile(|| bn.relu_train(&x)).unwrap();
+        let (y, ops) = native::profile(|| bn.relu_train(&x, None)).unwrap();
         assert!(!ops.iter().any(|o| o.name.starts_with("selfsup::")));
         let v = vs.variables();
         let (w, b) = (Some(&v["bn.weight"]), Some(&v["bn.bias"]));

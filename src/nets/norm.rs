@@ -57,11 +57,12 @@ pub fn set_fused_relu(on: bool) {
 }
 
 impl BatchNorm {
-    /// relu(self(xs)) in training mode. In one process (libtorch's batch_norm, as `forward_t`)
-    /// the two run fused, as one autograd function (`native::bn_relu_train`; on the CPU over
-    /// channels-last float32 or bfloat16, libtorch's two steps elsewhere); on several ranks,
-    /// the layer's synchronised or local forward and a ReLU.
-    pub fn relu_train(&self, xs: &Tensor) -> Tensor {
+    /// relu(self(xs) + residual) in training mode, the residual optional (a ResNet block's
+    /// shortcut). In one process (libtorch's batch_norm, as `forward_t`) they run fused, as one
+    /// autograd function (`native::bn_relu_train`; on the CPU over channels-last float32 or
+    /// bfloat16, libtorch's steps elsewhere); on several ranks, the layer's synchronised or local
+    /// forward, the sum and a ReLU.
+    pub fn relu_train(&self, xs: &Tensor, residual: Option<&Tensor>) -> Tensor {
         if dist::world_size() == 1
             && FUSE_RELU.with(|f| f.get())
             && let (Some(w), Some(b)) = self.weight_bias()
@@ -70,6 +71,7 @@ impl BatchNorm {
                 xs,
                 w,
                 b,
+                residual,
                 &self.bn.running_mean,
                 &self.bn.running_var,
                 MOMENTUM,
@@ -77,7 +79,12 @@ impl BatchNorm {
             )
             .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}"));
         }
-        self.forward_t(xs, true).relu()
+        let ys = self.forward_t(xs, true);
+        match residual {
+            Some(r) => ys + r,
+            None => ys,
+        }
+        .relu()
     }
 }
 

@@ -47,13 +47,17 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let out = self.first.forward_t(xs, train);
-        let out = out.apply(&self.conv2).apply_t(&self.bn2, train);
+        let out = self.first.forward_t(xs, train).apply(&self.conv2);
         let shortcut = match &self.downsample {
             Some((conv, bn)) => xs.apply(conv).apply_t(bn, train),
             None => xs.shallow_clone(),
         };
-        (out + shortcut).relu()
+        if train {
+            // bn2, the sum and the ReLU as one (`BatchNorm::relu_train`)
+            self.bn2.relu_train(&out, Some(&shortcut))
+        } else {
+            (out.apply_t(&self.bn2, train) + shortcut).relu()
+        }
     }
 }
 
