@@ -13,6 +13,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -220,8 +221,8 @@ SELFSUP_BN_RELU_KERNELS(float)
 SELFSUP_BN_RELU_KERNELS(uint16_t)
 
 // Runs f(r0, r1, tid) on the rows [0, M) cut into one part per thread of libtorch's OpenMP
-// pool (the same runtime: one libgomp.so.1 in the process), the same cut for the same thread
-// count on every run. Split as ATen's parallel_for splits, without a num_threads clause.
+// pool (the same runtime: one libgomp.so.1 in the process), split as ATen's parallel_for splits,
+// without a num_threads clause. For element-wise loops, whose values do not depend on the cut.
 template <typename F>
 void in_parallel(int64_t M, F&& f) {
 #pragma omp parallel
@@ -231,23 +232,27 @@ void in_parallel(int64_t M, F&& f) {
   }
 }
 
-// Per-thread sums, added up in thread order after the parallel region: deterministic.
+// Sums over the rows in fixed parts of kPart rows, each part's added up in part order after the
+// parallel region: the same result whatever the number of threads (deterministic runs do not
+// depend on --threads).
+constexpr int64_t kPart = 2048;
 template <typename F>
 void summed(int64_t M, int64_t C, double* sum_a, double* sum_b, F&& rows) {
-  std::vector<double> parts(int64_t(omp_get_max_threads()) * 2 * C, 0.0);
-  int64_t used = 0;
+  const int64_t parts = (M + kPart - 1) / kPart;
+  std::vector<double> part_sums(parts * 2 * C, 0.0);
 #pragma omp parallel
   {
     const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
-    if (tid == 0) used = threads;
-    double* mine = parts.data() + tid * 2 * C;
-    rows(M * tid / threads, M * (tid + 1) / threads, mine, mine + C);
+    for (int64_t p = parts * tid / threads; p < parts * (tid + 1) / threads; ++p) {
+      double* mine = part_sums.data() + p * 2 * C;
+      rows(p * kPart, std::min(M, (p + 1) * kPart), mine, mine + C);
+    }
   }
   for (int64_t c = 0; c < C; ++c) sum_a[c] = sum_b[c] = 0.0;
-  for (int64_t t = 0; t < used; ++t)
+  for (int64_t p = 0; p < parts; ++p)
     for (int64_t c = 0; c < C; ++c) {
-      sum_a[c] += parts[t * 2 * C + c];
-      sum_b[c] += parts[t * 2 * C + C + c];
+      sum_a[c] += part_sums[p * 2 * C + c];
+      sum_b[c] += part_sums[p * 2 * C + C + c];
     }
 }
 
