@@ -1,14 +1,17 @@
-// The loops of the fused training BatchNorm + ReLU (src/native/shim.cpp's selfsup_bn_relu_train)
-// over channels-last activations, a [rows, C] matrix: rows = N * H * W, C contiguous. Plain
-// C++ without libtorch, compiled at -O3 (build.rs) and cloned per instruction set (AVX-512,
-// AVX2, baseline; the loader picks one for the CPU at start), so the compiler vectorises the
-// inner loop over channels. Each function works on the rows [r0, r1): the shim splits the rows
-// among its threads. bfloat16 values are the upper halves of float32 ones (uint16_t here).
+// The loops of the fused training BatchNorm (+ residual) + ReLU (src/native/shim.cpp's
+// selfsup_bn_relu_train) over channels-last activations, a [rows, C] matrix: rows = N * H * W,
+// C contiguous. Plain C++ without libtorch, compiled at -O3 (build.rs): the loops over a range
+// of rows are cloned per instruction set (AVX-512, AVX2, baseline; the loader picks one for the
+// CPU at start) and written for fixed channel counts, so the compiler vectorises the inner loop
+// over channels; the drivers at the end split the rows among libtorch's OpenMP threads.
+// bfloat16 values are the upper halves of float32 ones (uint16_t here).
 //
-// The pass over the activations that a separate ReLU makes forward (read, write) and backward
-// (read two, write one) is gone, and so is PyTorch's second pass for the variance: the backward
-// pass recomputes the ReLU's mask from the input, so it reads the input and the gradient twice
-// and writes once, as BatchNorm's own backward does.
+// Forward: one pass for the per-channel sums, one that writes relu(x * scale + shift (+ res)).
+// Backward: one pass for the two per-channel sums of the gradient past the ReLU, one that writes
+// the input's gradient (and the residual's). The ReLU's mask is recomputed from the input, so
+// nothing but the input (and residual) is kept for the backward pass. libtorch makes three
+// passes forward in batch_norm (mean, variance, output), one in relu (and one in add), one in
+// relu's backward and two in batch_norm's.
 #include "bn_relu.h"
 
 #include <omp.h>
