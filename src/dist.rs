@@ -276,10 +276,8 @@ impl ProcessGroup {
     }
 
     fn gather_with(&self, t: &Tensor, gather: native::GatherFn) -> Result<Tensor> {
-        let mut out = std::ptr::null_mut();
-        check(unsafe { gather(self.raw, t.as_ptr(), &mut out) })?;
-        // SAFETY: on success the shim hands over a new tensor.
-        Ok(unsafe { Tensor::from_ptr(out) })
+        // SAFETY: the group and `t` are alive for the call.
+        unsafe { native::new_tensor(|out| gather(self.raw, t.as_ptr(), out)) }
     }
 
     /// Copies rank 0's variables (parameters and buffers) of `vs` to every rank, so that all

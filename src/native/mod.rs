@@ -198,22 +198,22 @@ pub fn bn_relu_train(
     momentum: f64,
     eps: f64,
 ) -> Result<Tensor> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
-    // SAFETY: the tensors are alive for the call; on success `out` is a new tensor we own.
-    check(unsafe {
-        selfsup_bn_relu_train(
-            x.as_ptr(),
-            weight.as_ptr(),
-            bias.as_ptr(),
-            residual.map_or(std::ptr::null(), Tensor::as_ptr),
-            running_mean.as_ptr(),
-            running_var.as_ptr(),
-            momentum,
-            eps,
-            &mut out,
-        )
-    })?;
-    Ok(unsafe { Tensor::from_ptr(out) })
+    // SAFETY: the tensors are alive for the call.
+    unsafe {
+        new_tensor(|out| {
+            selfsup_bn_relu_train(
+                x.as_ptr(),
+                weight.as_ptr(),
+                bias.as_ptr(),
+                residual.map_or(std::ptr::null(), Tensor::as_ptr),
+                running_mean.as_ptr(),
+                running_var.as_ptr(),
+                momentum,
+                eps,
+                out,
+            )
+        })
+    }
 }
 
 /// relu(batch_norm(conv2d(x, w, stride, padding), running statistics)) in evaluation mode as
@@ -232,23 +232,23 @@ pub fn conv_bn_relu_eval(
     stride: i64,
     padding: i64,
 ) -> Result<Tensor> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
-    // SAFETY: the tensors are alive for the call; on success `out` is a new tensor we own.
-    check(unsafe {
-        selfsup_conv_bn_relu_eval(
-            x.as_ptr(),
-            w.as_ptr(),
-            gamma.as_ptr(),
-            beta.as_ptr(),
-            mean.as_ptr(),
-            var.as_ptr(),
-            eps,
-            stride,
-            padding,
-            &mut out,
-        )
-    })?;
-    Ok(unsafe { Tensor::from_ptr(out) })
+    // SAFETY: the tensors are alive for the call.
+    unsafe {
+        new_tensor(|out| {
+            selfsup_conv_bn_relu_eval(
+                x.as_ptr(),
+                w.as_ptr(),
+                gamma.as_ptr(),
+                beta.as_ptr(),
+                mean.as_ptr(),
+                var.as_ptr(),
+                eps,
+                stride,
+                padding,
+                out,
+            )
+        })
+    }
 }
 
 /// One operator in a profile: how many times it ran and its self time (its wall time less
@@ -305,6 +305,21 @@ pub(crate) fn check(error: *mut c_char) -> Result<()> {
     }
     // SAFETY: a non-null result is a NUL-terminated string from the shim's strdup.
     Err(anyhow!(unsafe { take_string(error) }))
+}
+
+/// Runs a shim call that hands over a new tensor through its `out` argument (the pointer
+/// `call` is given): that tensor, or the shim's error.
+///
+/// # Safety
+/// `call` passes its argument to the shim function as `out`, and every tensor it names is
+/// alive for the call.
+pub(crate) unsafe fn new_tensor(
+    call: impl FnOnce(*mut *mut C_tensor) -> *mut c_char,
+) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    check(call(&mut out))?;
+    // SAFETY: on success the shim has put a new tensor in `out`, which is now ours.
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// A string the shim allocated (strdup), copied and freed.
