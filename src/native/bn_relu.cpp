@@ -52,7 +52,7 @@ constexpr int64_t kBlock = 64;
 #define SELFSUP_WIDTH(CC, C_rt) const int64_t C = (CC) > 0 ? (CC) : (C_rt)
 
 // Per-block float sums of the rows [b, e): s, q of length C.
-template <typename T, int64_t CC, typename F>
+template <int64_t CC, typename F>
 __attribute__((always_inline)) inline void in_blocks(int64_t r0, int64_t r1, int64_t C_rt, double* __restrict sum,
                                                      double* __restrict sumsq, F&& rows) {
   SELFSUP_WIDTH(CC, C_rt);
@@ -82,7 +82,7 @@ template <typename T, int64_t CC, bool Res>
 __attribute__((always_inline)) inline void stats(const T* __restrict x, int64_t r0, int64_t r1, int64_t C_rt,
                                                  const float* __restrict shift, double* sum, double* sumsq) {
   SELFSUP_WIDTH(CC, C_rt);
-  in_blocks<T, CC>(r0, r1, C, sum, sumsq, [&](int64_t b, int64_t e, float* __restrict s, float* __restrict q) {
+  in_blocks<CC>(r0, r1, C, sum, sumsq, [&](int64_t b, int64_t e, float* __restrict s, float* __restrict q) {
     for (int64_t r = b; r < e; ++r) {
       const T* __restrict row = x + r * C;
       for (int64_t c = 0; c < C; ++c) {
@@ -126,7 +126,7 @@ __attribute__((always_inline)) inline void backward_sums(const T* __restrict gy,
                                                          const float* __restrict scale, const float* __restrict shift,
                                                          const float* __restrict mean, double* sum_g, double* sum_gx) {
   SELFSUP_WIDTH(CC, C_rt);
-  in_blocks<T, CC>(r0, r1, C, sum_g, sum_gx, [&](int64_t b, int64_t e, float* __restrict s, float* __restrict q) {
+  in_blocks<CC>(r0, r1, C, sum_g, sum_gx, [&](int64_t b, int64_t e, float* __restrict s, float* __restrict q) {
     for (int64_t r = b; r < e; ++r) {
       const T* __restrict g = gy + r * C;
       const T* __restrict in = x + r * C;
@@ -189,11 +189,7 @@ __attribute__((always_inline)) inline void backward_grad(const T* __restrict gy,
     SELFSUP_BY_WIDTH(KERNEL, T, false, C, __VA_ARGS__) \
   }
 
-}  // namespace
-
-namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(SELFSUP_NO_CLONES)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define SELFSUP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SELFSUP_CLONES
@@ -223,7 +219,7 @@ namespace {
 SELFSUP_BN_RELU_KERNELS(float)
 SELFSUP_BN_RELU_KERNELS(uint16_t)
 
-// Runs f(r0, r1, tid) on the rows [0, M) cut into one part per thread of libtorch's OpenMP
+// Runs f(r0, r1) on the rows [0, M) cut into one part per thread of libtorch's OpenMP
 // pool (the same runtime: one libgomp.so.1 in the process), split as ATen's parallel_for splits,
 // without a num_threads clause. For element-wise loops, whose values do not depend on the cut.
 template <typename F>
@@ -231,7 +227,7 @@ void in_parallel(int64_t M, F&& f) {
 #pragma omp parallel
   {
     const int64_t threads = omp_get_num_threads(), tid = omp_get_thread_num();
-    f(M * tid / threads, M * (tid + 1) / threads, tid);
+    f(M * tid / threads, M * (tid + 1) / threads);
   }
 }
 
@@ -271,7 +267,7 @@ namespace selfsup_kernels {
   }                                                                                                           \
   void bn_relu_forward(const T* x, const T* res, T* y, int64_t M, int64_t C, const float* scale,              \
                        const float* shift) {                                                                  \
-    in_parallel(M, [&](int64_t r0, int64_t r1, int64_t) { rows_forward(x, res, y, r0, r1, C, scale, shift); }); \
+    in_parallel(M, [&](int64_t r0, int64_t r1) { rows_forward(x, res, y, r0, r1, C, scale, shift); }); \
   }                                                                                                           \
   void bn_relu_backward_sums(const T* gy, const T* x, const T* res, int64_t M, int64_t C, const float* scale,  \
                              const float* shift, const float* mean, double* sum_g, double* sum_gx) {          \
@@ -282,7 +278,7 @@ namespace selfsup_kernels {
   void bn_relu_backward_grad(const T* gy, const T* x, const T* res, T* gx, T* gres, int64_t M, int64_t C,     \
                              const float* scale, const float* shift, const float* a, const float* b,          \
                              const float* c0) {                                                               \
-    in_parallel(M, [&](int64_t r0, int64_t r1, int64_t) {                                                     \
+    in_parallel(M, [&](int64_t r0, int64_t r1) {                                                              \
       rows_backward_grad(gy, x, res, gx, gres, r0, r1, C, scale, shift, a, b, c0);                            \
     });                                                                                                       \
   }

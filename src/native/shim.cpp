@@ -19,7 +19,6 @@
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
@@ -547,9 +546,10 @@ bool bn_relu_fusable(const at::Tensor& x, const at::Tensor& residual) {
          x.is_contiguous(at::MemoryFormat::ChannelsLast) && x.size(1) > 0 && x.numel() / x.size(1) > 1;
 }
 
-// The data of an optional tensor as T*, null where it is undefined or empty.
+// A tensor's elements as T* (its storage read as the loops' element type); null for an undefined
+// or empty tensor (no residual).
 template <typename T>
-T* data_or_null(const at::Tensor& t) {
+T* elements(const at::Tensor& t) {
   return t.defined() && t.numel() > 0 ? reinterpret_cast<T*>(t.data_ptr()) : nullptr;
 }
 
@@ -576,8 +576,7 @@ struct BnRelu : public torch::autograd::Function<BnRelu> {
     double* sp = sums.data_ptr<double>();
     by_element(x, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      selfsup_kernels::bn_relu_stats(reinterpret_cast<const T*>(x.data_ptr()), M, C, origin.data_ptr<float>(), sp,
-                                     sp + C);
+      selfsup_kernels::bn_relu_stats(elements<const T>(x), M, C, origin.data_ptr<float>(), sp, sp + C);
     });
     const at::Tensor d = sums[0] / double(M);                             // [C], mean - origin
     const at::Tensor var = (sums[1] / double(M) - d * d).clamp_min(0.0);  // [C], biased
@@ -590,16 +589,14 @@ struct BnRelu : public torch::autograd::Function<BnRelu> {
     running_var.mul_(1.0 - momentum).add_((var * (momentum * double(M) / double(M - 1))).to(running_var.scalar_type()));
     by_element(x, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      selfsup_kernels::bn_relu_forward(reinterpret_cast<const T*>(x.data_ptr()), data_or_null<const T>(residual),
-                                       reinterpret_cast<T*>(y.data_ptr()), M, C, scale.data_ptr<float>(),
-                                       shift.data_ptr<float>());
+      selfsup_kernels::bn_relu_forward(elements<const T>(x), elements<const T>(residual), elements<T>(y), M, C,
+                                       scale.data_ptr<float>(), shift.data_ptr<float>());
     });
     ctx->save_for_backward({x, residual});
     ctx->saved_data["mean"] = mean;
     ctx->saved_data["invstd"] = invstd;
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["shift"] = shift;
-    ctx->saved_data["weight"] = weight.detach();
     return y;
   }
 
@@ -611,7 +608,6 @@ struct BnRelu : public torch::autograd::Function<BnRelu> {
     const at::Tensor gy = grads[0].to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor mean = ctx->saved_data["mean"].toTensor(), invstd = ctx->saved_data["invstd"].toTensor();
     const at::Tensor scale = ctx->saved_data["scale"].toTensor(), shift = ctx->saved_data["shift"].toTensor();
-    const at::Tensor weight = ctx->saved_data["weight"].toTensor();
     const int64_t C = x.size(1), M = x.numel() / C;
     at::Tensor gx = at::empty_like(x), grad_residual = residual.numel() > 0 ? at::empty_like(x) : at::Tensor();
     at::Tensor sums = at::empty({2, C}, at::kDouble);  // sum of g, sum of g (x - mean); g past the ReLU
@@ -619,27 +615,24 @@ struct BnRelu : public torch::autograd::Function<BnRelu> {
     const float *sc = scale.data_ptr<float>(), *sh = shift.data_ptr<float>();
     by_element(x, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      selfsup_kernels::bn_relu_backward_sums(reinterpret_cast<const T*>(gy.data_ptr()),
-                                             reinterpret_cast<const T*>(x.data_ptr()), data_or_null<const T>(residual),
+      selfsup_kernels::bn_relu_backward_sums(elements<const T>(gy), elements<const T>(x), elements<const T>(residual),
                                              M, C, sc, sh, mean.data_ptr<float>(), sp, sp + C);
     });
     const at::Tensor istd = invstd.to(at::kDouble);
     const at::Tensor grad_bias = sums[0], grad_weight = sums[1] * istd;
-    // gx = w istd (g - sum_g / M - (x - mean) istd^2 sum_gx / M) = g a + x b + c0
-    const at::Tensor a = weight.to(at::kDouble) * istd;
+    // gx = w istd (g - sum_g / M - (x - mean) istd^2 sum_gx / M) = g a + x b + c0, a = w istd = scale
+    const at::Tensor a = scale.to(at::kDouble);
     const at::Tensor k = istd * istd * sums[1] / double(M);
     const at::Tensor fa = a.to(at::kFloat), fb = (-a * k).to(at::kFloat);
     const at::Tensor fc = (a * (k * mean.to(at::kDouble) - sums[0] / double(M))).to(at::kFloat);
     by_element(x, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      selfsup_kernels::bn_relu_backward_grad(reinterpret_cast<const T*>(gy.data_ptr()),
-                                             reinterpret_cast<const T*>(x.data_ptr()), data_or_null<const T>(residual),
-                                             reinterpret_cast<T*>(gx.data_ptr()), data_or_null<T>(grad_residual), M, C,
-                                             sc, sh, fa.data_ptr<float>(), fb.data_ptr<float>(),
-                                             fc.data_ptr<float>());
+      selfsup_kernels::bn_relu_backward_grad(elements<const T>(gy), elements<const T>(x), elements<const T>(residual),
+                                             elements<T>(gx), elements<T>(grad_residual), M, C, sc, sh,
+                                             fa.data_ptr<float>(), fb.data_ptr<float>(), fc.data_ptr<float>());
     });
-    return {gx,           grad_weight.to(weight.scalar_type()), grad_bias.to(weight.scalar_type()), grad_residual,
-            at::Tensor(), at::Tensor(),                         at::Tensor(),                       at::Tensor()};
+    // (in double: the autograd engine casts each gradient to its input's dtype)
+    return {gx, grad_weight, grad_bias, grad_residual, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 }  // namespace

@@ -640,6 +640,9 @@ mod tests {
                 assert_eq!(y.kind(), kind);
                 let v = vs.variables();
                 let grad = |n: &str| v[n].grad();
+                for n in ["bn.weight", "bn.bias"] {
+                    assert_eq!(grad(n).kind(), Kind::Float, "{kind:?}: {n}'s gradient");
+                }
                 let res_grad = if with_residual {
                     res.grad()
                 } else {
