@@ -24,9 +24,8 @@ use std::cell::RefCell;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
-/// tch's defaults, which every BatchNorm here uses.
+/// tch's default momentum, which every BatchNorm here uses (and its epsilon, `BatchNorm::EPS`).
 const MOMENTUM: f64 = 0.1;
-const EPS: f64 = 1e-5;
 
 #[derive(Debug)]
 pub struct BatchNorm {
@@ -75,7 +74,7 @@ impl BatchNorm {
                 &self.bn.running_mean,
                 &self.bn.running_var,
                 MOMENTUM,
-                EPS,
+                Self::EPS,
             )
             .unwrap_or_else(|e| panic!("fused batch norm + ReLU: {e}"));
         }
@@ -212,7 +211,7 @@ impl BatchNorm {
     /// for the end of the `bn_local` scope.
     fn local(&self, xs: &Tensor) -> Tensor {
         let (w, b) = self.weight_bias();
-        let ys = Tensor::batch_norm(xs, w, b, None, None, true, MOMENTUM, EPS, true);
+        let ys = Tensor::batch_norm(xs, w, b, None, None, true, MOMENTUM, Self::EPS, true);
         let (dims, _) = Self::layout(xs);
         let (var, mean) = tch::no_grad(|| xs.var_mean_dim(&dims[..], true, false));
         let update = Update {
@@ -251,7 +250,7 @@ impl BatchNorm {
                 &unbiased.to_kind(self.bn.running_var.kind()),
             );
         });
-        let mut ys = (x - mean.view(&shape[..])) * (var + EPS).rsqrt().view(&shape[..]);
+        let mut ys = (x - mean.view(&shape[..])) * (var + Self::EPS).rsqrt().view(&shape[..]);
         if let (Some(w), Some(b)) = self.weight_bias() {
             ys = ys * w.view(&shape[..]) + b.view(&shape[..]);
         }
